@@ -1,0 +1,68 @@
+"""cas: a content-addressed artifact cache for ML models.
+
+The module-level functions act on the default cache (``$CAS_HOME``, else
+``~/.cache/cas``), like ``bentoml.models``; use ``Cache(root)`` for another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cache import Cache, Staging, VerifyReport, default_root
+from .errors import CacheBusy, CasError, CorruptObject, InvalidInput, InvalidManifest, InvalidTag, NotFound
+from .ref import ModelInfo
+
+__all__ = [
+    "Cache",
+    "CacheBusy",
+    "CasError",
+    "CorruptObject",
+    "InvalidInput",
+    "InvalidManifest",
+    "InvalidTag",
+    "ModelInfo",
+    "NotFound",
+    "Staging",
+    "VerifyReport",
+    "add",
+    "create",
+    "default_cache",
+    "delete",
+    "get",
+    "list",
+    "materialize",
+]
+
+_default: Cache | None = None
+
+
+def default_cache() -> Cache:
+    """The cache at ``$CAS_HOME`` (else ``~/.cache/cas``), chosen at first use."""
+    global _default
+    if _default is None or _default.root != Cache(default_root()).root:
+        _default = Cache()
+    return _default
+
+
+def add(path: Any, tag: str, **kwargs: Any) -> ModelInfo:
+    return default_cache().add(path, tag, **kwargs)
+
+
+def create(name: str, **kwargs: Any):
+    return default_cache().create(name, **kwargs)
+
+
+def get(tag: str) -> ModelInfo:
+    return default_cache().get(tag)
+
+
+def list(name: str | None = None) -> "list[ModelInfo]":  # noqa: A001 - mirrors bentoml.models.list
+    return default_cache().list(name)
+
+
+def delete(tag: str) -> "list[ModelInfo]":
+    return default_cache().delete(tag)
+
+
+def materialize(tag: str) -> Any:
+    return default_cache().materialize(tag)

@@ -1,0 +1,479 @@
+"""The local cache of one host: refs, trees, blobs and snapshots on disk.
+
+Layout under the cache root::
+
+    refs/<name>/<version>     ref records (msgpack), replaced atomically
+    trees/<ab>/<root>         tree manifests, immutable
+    blobs/<ab>/<file id>      whole files, mode 0444 (``.x`` suffix: 0555)
+    snapshots/<root>/         a model's files as hardlinks to blobs
+    tmp/                      staging; same filesystem as blobs
+    locks/                    lock files
+
+A snapshot directory is built under a temporary name inside ``snapshots/``
+and renamed into place when complete: its presence is its completion
+marker, so the warm path needs one ``stat`` and a model directory holds
+nothing but the model's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ref as refs
+from . import tags
+from .digest import hash_file, hex_id
+from .errors import CasError, CorruptObject, InvalidInput, NotFound
+from .fsutil import atomic_write, fsync_dir, link_or_copy, publish, remove_tree, temp_name, write_new
+from .ingest import digest_file
+from .locks import locked
+from .ref import ModelInfo
+from .tree import FileEntry, Tree, check_path, root_of
+from .tree import decode as decode_tree
+
+Progress = Callable[[int], None]
+
+
+def default_root() -> Path:
+    """``$CAS_HOME``, else ``$XDG_CACHE_HOME/cas``, else ``~/.cache/cas``."""
+    home = os.environ.get("CAS_HOME")
+    if home:
+        return Path(home)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "cas" if xdg else Path.home() / ".cache" / "cas"
+
+
+@dataclass
+class Staging:
+    """A directory inside the cache to write a new model into (see ``Cache.create``)."""
+
+    path: Path
+    tag: str
+
+
+@dataclass
+class VerifyReport:
+    """What ``Cache.verify`` found and what it repaired."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    tampered: list[str] = field(default_factory=list)
+    orphaned: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is left broken (orphans and repaired damage do not count)."""
+        return not self.missing and not self.unrepaired
+
+    @property
+    def unrepaired(self) -> list[str]:
+        return [t for t in self.tampered if t not in self.repaired]
+
+
+@dataclass
+class _Source:
+    """One file to ingest: where it is and where it goes in the tree."""
+
+    path: str  # tree path
+    src: str  # absolute path on disk
+    executable: bool
+    size: int
+
+
+class Cache:
+    """A content-addressed model cache rooted at one directory."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(os.path.abspath(os.path.expanduser(root if root is not None else default_root())))
+        self._tmp = self.root / "tmp"
+        self._snapshots = self.root / "snapshots"
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.root)!r})"
+
+    # -- layout -------------------------------------------------------------
+
+    def _ref_path(self, name: str, version: str) -> Path:
+        return self.root / "refs" / name / version
+
+    def _tree_path(self, root: str) -> Path:
+        return self.root / "trees" / root[:2] / root
+
+    def _blob_path(self, file_id: bytes, executable: bool) -> Path:
+        h = hex_id(file_id)
+        return self.root / "blobs" / h[:2] / (h + ".x" if executable else h)
+
+    def snapshot_path(self, root: str) -> Path:
+        """Where the snapshot of a tree lives once materialized."""
+        return self._snapshots / root
+
+    def _lock(self, name: str, *, shared: bool = False):
+        return locked(self.root / "locks" / name, shared=shared)
+
+    def _objects_lock(self, *, shared: bool):
+        """Shared by writers of objects, exclusive for pruning, so a prune never
+        removes a blob that an ingest in progress is about to reference."""
+        return self._lock("objects", shared=shared)
+
+    # -- reading refs -------------------------------------------------------
+
+    def get(self, tag: str) -> ModelInfo:
+        """The model stored under ``tag``; ``name`` and ``name:latest`` mean the newest version."""
+        t = tags.parse(tag)
+        if t.is_latest:
+            return self._latest(t.name)
+        try:
+            data = self._ref_path(t.name, t.version).read_bytes()
+        except FileNotFoundError:
+            raise self._not_found(str(t)) from None
+        return refs.decode(data, name=t.name, version=t.version)
+
+    def _not_found(self, tag: str) -> NotFound:
+        return NotFound(
+            f"model {tag} is not in the cache at {self.root}; store it with "
+            f"'cas add PATH {tag.split(':')[0]}' or set CAS_REMOTE to pull it from a repository"
+        )
+
+    def _versions(self, name: str) -> list[ModelInfo]:
+        d = self.root / "refs" / name
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        out = []
+        for version in names:
+            if version.startswith("."):
+                continue
+            try:
+                out.append(refs.decode((d / version).read_bytes(), name=name, version=version))
+            except FileNotFoundError:  # deleted while we listed
+                continue
+        return out
+
+    def _latest(self, name: str) -> ModelInfo:
+        versions = self._versions(name)
+        if not versions:
+            raise self._not_found(f"{name}:latest")
+        return max(versions, key=lambda i: (i.created, i.version))
+
+    def list(self, name: str | None = None) -> list[ModelInfo]:
+        """Stored models, newest first; only versions of ``name`` when given."""
+        if name is not None:
+            names = [tags.validate_name(name)]
+        else:
+            try:
+                names = sorted(n for n in os.listdir(self.root / "refs") if not n.startswith("."))
+            except FileNotFoundError:
+                names = []
+        infos = [i for n in names for i in self._versions(n)]
+        return sorted(infos, key=lambda i: (i.created, i.tag), reverse=True)
+
+    def tree(self, tag: str | ModelInfo) -> Tree:
+        """The tree manifest of a stored model."""
+        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        try:
+            data = self._tree_path(info.root).read_bytes()
+        except FileNotFoundError:
+            raise CorruptObject(
+                f"tree {info.root} of {info.tag} is missing from {self.root}; run 'cas verify' and add the model again"
+            ) from None
+        return decode_tree(data, bytes.fromhex(info.root))
+
+    # -- storing models -----------------------------------------------------
+
+    def add(
+        self,
+        path: str | os.PathLike[str],
+        tag: str,
+        *,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> ModelInfo:
+        """Copy a directory (or one file) into the cache under ``tag`` (``name`` or ``name:version``).
+
+        The user's files are copied, never moved or linked, so later edits to
+        them cannot reach the cache. ``progress`` is called with byte counts.
+        """
+        name, version = self._new_tag(tag)
+        labels, metadata = refs.check_labels(labels), refs.check_metadata(metadata)
+        sources = _scan(Path(path))
+        with self._objects_lock(shared=True):
+            entries = [self._ingest_copy(s, progress) for s in sources]
+            return self._record(name, version, entries, labels, metadata)
+
+    @contextlib.contextmanager
+    def create(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Iterator[Staging]:
+        """Write a new model in place: yields a staging directory inside the cache.
+
+        On normal exit the files are moved (not copied) into the cache under a
+        new version; on an exception nothing is recorded and staging is removed.
+        """
+        name, version = self._new_tag(name)
+        labels, metadata = refs.check_labels(labels), refs.check_metadata(metadata)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        staging = self._tmp / temp_name("create-")
+        staging.mkdir()
+        try:
+            yield Staging(staging, f"{name}:{version}")
+            sources = _scan(staging)
+            with self._objects_lock(shared=True):
+                entries = [self._ingest_move(s) for s in sources]
+                self._record(name, version, entries, labels, metadata)
+        finally:
+            remove_tree(staging)
+
+    def _new_tag(self, tag: str) -> tuple[str, str]:
+        name, version = tags.split(tag)
+        if version is None:
+            return name, tags.new_version()
+        return name, tags.validate_version(version, whole=tag)
+
+    def _ingest_copy(self, s: _Source, progress: Progress | None) -> FileEntry:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp / temp_name("blob-")
+        try:
+            d = digest_file(s.src, copy_to=tmp, progress=progress)
+            self._store_blob(tmp, d.file_id, s.executable)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
+
+    def _ingest_move(self, s: _Source) -> FileEntry:
+        d = digest_file(s.src)
+        self._store_blob(Path(s.src), d.file_id, s.executable)
+        return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
+
+    def _store_blob(self, tmp: Path, file_id: bytes, executable: bool) -> None:
+        """Publish ``tmp`` as the blob for ``file_id`` unless that blob exists already."""
+        dest = self._blob_path(file_id, executable)
+        if dest.exists():
+            return
+        os.chmod(tmp, 0o555 if executable else 0o444)
+        publish(tmp, dest)
+
+    def _record(
+        self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str], metadata: dict[str, Any]
+    ) -> ModelInfo:
+        tree = Tree.build(entries)
+        encoded = tree.encode()
+        root = hex_id(root_of(encoded))
+        tree_path = self._tree_path(root)
+        if not tree_path.exists():
+            write_new(tree_path, encoded, self._tmp)
+        info = ModelInfo(
+            name=name,
+            version=version,
+            root=root,
+            created=time.time(),
+            size=tree.size,
+            file_count=len(tree.files),
+            labels=labels,
+            metadata=metadata,
+        )
+        ref_path = self._ref_path(name, version)
+        with self._lock(f"ref-{name}"):
+            if ref_path.exists():
+                existing = refs.decode(ref_path.read_bytes(), name=name, version=version)
+                if existing.root == root:
+                    return existing
+                raise InvalidInput(
+                    f"model {name}:{version} already exists with other content (root {existing.root[:12]}); "
+                    f"store under a new version, or remove it first with 'cas rm {name}:{version}'"
+                )
+            atomic_write(ref_path, info.encode(), self._tmp)
+        return info
+
+    # -- deleting -----------------------------------------------------------
+
+    def delete(self, tag: str) -> list[ModelInfo]:
+        """Remove ``name:version`` (``name:latest``: the newest; bare ``name``: every version).
+
+        Trees, blobs and snapshots no other ref uses are removed with it.
+        """
+        if ":" in str(tag):
+            victims = [self.get(tag)]
+        else:
+            victims = self.list(tags.validate_name(tag))
+            if not victims:
+                raise self._not_found(tag)
+        with self._objects_lock(shared=False):
+            for info in victims:
+                self._ref_path(info.name, info.version).unlink(missing_ok=True)
+            self._prune({i.root for i in victims})
+        return victims
+
+    def _live_roots(self) -> set[str]:
+        return {i.root for i in self.list()}
+
+    def _prune(self, candidates: set[str]) -> list[str]:
+        """Remove the trees, snapshots and blobs of ``candidates`` that no ref still uses."""
+        live = self._live_roots()
+        dead = candidates - live
+        if not dead:
+            return []
+        keep: set[Path] = set()
+        for root in live:
+            with contextlib.suppress(CasError):
+                keep.update(self._blob_paths(self._load_tree(root)))
+        removed = []
+        for root in dead:
+            remove_tree(self.snapshot_path(root))
+            with contextlib.suppress(CasError):
+                for blob in self._blob_paths(self._load_tree(root)) - keep:
+                    blob.unlink(missing_ok=True)
+                    removed.append(str(blob))
+            self._tree_path(root).unlink(missing_ok=True)
+            removed.append(str(self._tree_path(root)))
+        return removed
+
+    def _load_tree(self, root: str) -> Tree:
+        try:
+            data = self._tree_path(root).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"tree {root} is missing") from None
+        return decode_tree(data, bytes.fromhex(root))
+
+    def _blob_paths(self, tree: Tree) -> set[Path]:
+        return {self._blob_path(f.file_id, f.executable) for f in tree.files}
+
+    # -- materializing ------------------------------------------------------
+
+    def materialize(self, tag: str | ModelInfo) -> Path:
+        """The model's read-only snapshot directory, built from hardlinks on first use."""
+        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        snap = self._snapshots / info.root
+        if os.path.isdir(snap):
+            return snap
+        with self._lock(f"snapshot-{info.root}"), self._objects_lock(shared=True):
+            if not os.path.isdir(snap):
+                self._build_snapshot(info, snap)
+        return snap
+
+    def _build_snapshot(self, info: ModelInfo, snap: Path) -> None:
+        tree = self.tree(info)
+        self._snapshots.mkdir(parents=True, exist_ok=True)
+        stage = self._snapshots / temp_name(".tmp-")
+        stage.mkdir()
+        try:
+            dirs = {stage}
+            for f in tree.files:
+                blob = self._blob_path(f.file_id, f.executable)
+                if not blob.exists():
+                    raise CorruptObject(
+                        f"{info.tag}: blob {blob.name} for {f.path!r} is missing from {self.root}; "
+                        f"run 'cas verify' and add or pull {info.tag} again"
+                    )
+                dest = stage / f.path
+                if dest.parent not in dirs:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dirs.update(dest.parents)
+                link_or_copy(blob, dest)
+            for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+                if d.is_relative_to(stage):
+                    os.chmod(d, 0o555)
+            os.rename(stage, snap)
+        except OSError as e:
+            remove_tree(stage)
+            if os.path.isdir(snap):  # another process without our lock won the race
+                return
+            raise CasError(f"could not materialize {info.tag} in {self._snapshots}: {e}") from e
+        except BaseException:
+            remove_tree(stage)
+            raise
+        fsync_dir(self._snapshots)
+
+    # -- verifying ----------------------------------------------------------
+
+    def verify(self, tag: str | None = None, *, repair: bool = True) -> VerifyReport:
+        """Re-hash blobs and snapshots; report damage and repair what can be repaired here.
+
+        Repairs: a snapshot with an edited, missing or extra file is rebuilt
+        from good blobs; a blob whose bytes no longer match its id is removed
+        (with any snapshot sharing it) so it can never be served; with no
+        ``tag``, orphaned trees, blobs, snapshots and dead temporaries are removed.
+        """
+        from .verify import verify_cache
+
+        return verify_cache(self, tag, repair=repair)
+
+
+def _scan(path: Path) -> list[_Source]:
+    """The regular files to ingest under ``path``, following symlinks to files.
+
+    Raises a clear error for a missing path, an empty directory, a dangling
+    symlink, a symlink loop, a special file or a file name that is not UTF-8.
+    """
+    if not os.path.lexists(path):
+        raise InvalidInput(f"{path} does not exist; give a directory or a file to store")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidInput(f"{path} cannot be read: {_why(e)}") from None
+    if stat.S_ISREG(st.st_mode):
+        return [_source(os.path.basename(os.path.abspath(path)), os.path.abspath(path), st)]
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidInput(f"{path} is neither a regular file nor a directory")
+    base = os.path.abspath(path)
+    out: list[_Source] = []
+    seen_dirs = {(st.st_dev, st.st_ino)}
+
+    def walk(rel: str) -> None:
+        here = os.path.join(base, rel) if rel else base
+        try:
+            names = sorted(os.listdir(here))
+        except OSError as e:
+            raise InvalidInput(f"cannot list {here}: {_why(e)}") from None
+        for n in names:
+            full = os.path.join(here, n)
+            relpath = f"{rel}/{n}" if rel else n
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                raise InvalidInput(f"{full} is a dangling symlink; fix or remove it and try again") from None
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise InvalidInput(f"{full} is a symlink loop; fix or remove it and try again") from None
+                raise InvalidInput(f"{full} cannot be read: {_why(e)}") from None
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    raise InvalidInput(f"{full} is a symlink loop (it leads back to a directory already included)")
+                seen_dirs.add(key)
+                walk(relpath)
+                seen_dirs.discard(key)
+            elif stat.S_ISREG(st.st_mode):
+                out.append(_source(relpath, full, st))
+            else:
+                raise InvalidInput(f"{full} is not a regular file (a socket, pipe or device); remove it and try again")
+
+    walk("")
+    if not out:
+        raise InvalidInput(f"{path} contains no files; there is nothing to store")
+    return out
+
+
+def _source(relpath: str, full: str, st: os.stat_result) -> _Source:
+    try:
+        check_path(relpath)
+    except CasError as e:
+        raise InvalidInput(f"{full}: cannot be stored ({e})") from None
+    return _Source(relpath, full, bool(st.st_mode & 0o111), st.st_size)
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)

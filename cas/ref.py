@@ -1,0 +1,138 @@
+"""Ref records: what a tag ``name:version`` points at, and the ModelInfo users see.
+
+A ref is a small msgpack map.  It names its own tag so a ref copied out of
+its directory still says what it is; ``decode`` checks that against the
+path it was read from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from . import tags
+from .digest import DIGEST_SIZE
+from .errors import InvalidInput, InvalidManifest
+
+FORMAT = 1
+MAX_REF_BYTES = 1 << 20
+_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One stored model version, as recorded by its ref."""
+
+    name: str
+    version: str
+    root: str  # hex BLAKE3 of the tree
+    created: float  # seconds since the epoch
+    size: int
+    file_count: int
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def creation_time(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.created, _dt.timezone.utc)
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            {
+                "format": FORMAT,
+                "name": self.name,
+                "version": self.version,
+                "root": bytes.fromhex(self.root),
+                "created": self.created,
+                "size": self.size,
+                "files": self.file_count,
+                "labels": self.labels,
+                "metadata": self.metadata,
+            },
+            use_bin_type=True,
+        )
+
+
+def decode(data: bytes, *, name: str | None = None, version: str | None = None) -> ModelInfo:
+    """Decode a ref record, checking its fields and, if given, the tag it was stored under."""
+    if len(data) > MAX_REF_BYTES:
+        raise InvalidManifest(f"ref record is {len(data)} bytes, more than {MAX_REF_BYTES}")
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:
+        raise InvalidManifest(f"ref record is not valid msgpack ({type(e).__name__}: {e})") from None
+    try:
+        if doc["format"] != FORMAT:
+            raise InvalidManifest(f"ref record has unknown format {doc['format']!r}")
+        info = ModelInfo(
+            name=doc["name"],
+            version=doc["version"],
+            root=doc["root"].hex() if isinstance(doc["root"], bytes) and len(doc["root"]) == DIGEST_SIZE else None,
+            created=doc["created"],
+            size=doc["size"],
+            file_count=doc["files"],
+            labels=doc["labels"],
+            metadata=doc["metadata"],
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InvalidManifest(f"ref record lacks a field or has a wrong type ({e})") from None
+    ok = (
+        isinstance(info.name, str)
+        and isinstance(info.version, str)
+        and info.root is not None
+        and isinstance(info.created, (int, float))
+        and type(info.size) is int
+        and type(info.file_count) is int
+        and isinstance(info.labels, dict)
+        and isinstance(info.metadata, dict)
+    )
+    if not ok:
+        raise InvalidManifest("ref record has a field of the wrong type")
+    tags.validate_name(info.name)
+    tags.validate_version(info.version)
+    if (name is not None and info.name != name) or (version is not None and info.version != version):
+        raise InvalidManifest(f"ref record for {info.tag} is stored under {name}:{version}")
+    return info
+
+
+def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    """Labels are short string pairs, as in BentoML."""
+    labels = dict(labels or {})
+    for k, v in labels.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise InvalidInput(f"label {k!r}={v!r}: labels must be non-empty string keys with string values")
+    return labels
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Metadata is any tree of str/int/float/bool/None, lists and str-keyed dicts."""
+    metadata = dict(metadata or {})
+
+    def walk(value: Any, where: str, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise InvalidInput(f"metadata {where} is nested more than {_MAX_DEPTH} levels")
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]", depth + 1)
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise InvalidInput(f"metadata {where}: key {k!r} is not a string")
+                walk(v, f"{where}.{k}", depth + 1)
+            return
+        raise InvalidInput(
+            f"metadata {where} is a {type(value).__name__}; use str, int, float, bool, None, lists and dicts"
+        )
+
+    walk(metadata, "root", 0)
+    return metadata

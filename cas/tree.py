@@ -1,0 +1,186 @@
+"""The tree manifest: every file of a model, and the root hash that names it.
+
+Wire form (msgpack, canonical: arrays only, files sorted by path)::
+
+    [1, [[path, size, executable, file_id, chunks], ...]]
+
+``chunks`` is one binary string of 36-byte records (32-byte chunk id,
+big-endian uint32 raw length): compact on disk, and decoding a tree of a
+million chunks creates a few thousand Python objects rather than millions.
+The root hash is BLAKE3 of the encoded bytes; since the encoding is
+canonical (``decode`` re-encodes and compares), equal content always has
+one root.  ``decode`` validates everything a hostile repository could send.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import msgpack
+
+from .chunking import MAX_SIZE as MAX_CHUNK
+from .digest import DIGEST_SIZE, chunk_id
+from .errors import InvalidManifest
+
+FORMAT = 1
+CHUNK_RECORD = struct.Struct(">32sI")
+
+MAX_TREE_BYTES = 128 << 20  # ~3.5M chunks, ~280 GB of weights
+MAX_FILES = 1_000_000
+MAX_FILE_SIZE = 1 << 40
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class FileEntry(NamedTuple):
+    path: str
+    size: int
+    executable: bool
+    file_id: bytes
+    chunks: bytes  # packed CHUNK_RECORDs
+
+    def chunk_list(self) -> Iterator[tuple[bytes, int]]:
+        """(chunk id, raw length) pairs in file order."""
+        return CHUNK_RECORD.iter_unpack(self.chunks)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunks) // CHUNK_RECORD.size
+
+
+def pack_chunks(chunks: list[tuple[bytes, int]]) -> bytes:
+    return b"".join(CHUNK_RECORD.pack(cid, n) for cid, n in chunks)
+
+
+class Tree(NamedTuple):
+    files: tuple[FileEntry, ...]
+
+    @classmethod
+    def build(cls, files: list[FileEntry]) -> "Tree":
+        """A validated tree from entries in any order."""
+        tree = cls(tuple(sorted(files, key=lambda f: f.path)))
+        validate(tree)
+        return tree
+
+    def encode(self) -> bytes:
+        return msgpack.packb([FORMAT, [list(f) for f in self.files]], use_bin_type=True)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def find(self, path: str) -> FileEntry | None:
+        for f in self.files:
+            if f.path == path:
+                return f
+        return None
+
+
+def root_of(encoded: bytes) -> bytes:
+    return chunk_id(encoded)
+
+
+def check_path(path: object) -> str:
+    """Refuse any path that could leave the snapshot directory or is ambiguous."""
+    if not isinstance(path, str):
+        raise InvalidManifest(f"path {path!r} is not a string")
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidManifest(f"path {path!r} is not valid UTF-8") from None
+    if not path or len(raw) > MAX_PATH_BYTES:
+        raise InvalidManifest(f"path {path!r} is empty or longer than {MAX_PATH_BYTES} bytes")
+    if _CONTROL.search(path):
+        raise InvalidManifest(f"path {path!r} contains a NUL, control character or backslash")
+    if path.startswith("/") or _DRIVE.match(path):
+        raise InvalidManifest(f"path {path!r} is absolute; tree paths are relative")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidManifest(f"path {path!r} has an empty, '.' or '..' component")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise InvalidManifest(f"path {path!r} has a component longer than {MAX_COMPONENT_BYTES} bytes")
+    return path
+
+
+def validate(tree: Tree) -> None:
+    """Check a tree's invariants; raise InvalidManifest naming the first violation."""
+    if not tree.files:
+        raise InvalidManifest("tree lists no files")
+    if len(tree.files) > MAX_FILES:
+        raise InvalidManifest(f"tree lists {len(tree.files)} files, more than {MAX_FILES}")
+    files: set[str] = set()
+    dirs: set[str] = set()
+    previous = None
+    for f in tree.files:
+        path = check_path(f.path)
+        if previous is not None and path <= previous:
+            what = "twice" if path == previous else "out of order"
+            raise InvalidManifest(f"path {path!r} is listed {what}")
+        previous = path
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in files:
+                raise InvalidManifest(f"path {parent!r} is both a file and a directory")
+            dirs.add(parent)
+        if path in dirs:
+            raise InvalidManifest(f"path {path!r} is both a file and a directory")
+        files.add(path)
+        _check_entry(f)
+
+
+def _check_entry(f: FileEntry) -> None:
+    if type(f.size) is not int or not 0 <= f.size <= MAX_FILE_SIZE:
+        raise InvalidManifest(f"{f.path!r}: size {f.size!r} is not an integer from 0 to {MAX_FILE_SIZE}")
+    if type(f.executable) is not bool:
+        raise InvalidManifest(f"{f.path!r}: executable flag {f.executable!r} is not a boolean")
+    if type(f.file_id) is not bytes or len(f.file_id) != DIGEST_SIZE:
+        raise InvalidManifest(f"{f.path!r}: file id is not a {DIGEST_SIZE}-byte digest")
+    if type(f.chunks) is not bytes or len(f.chunks) % CHUNK_RECORD.size:
+        raise InvalidManifest(f"{f.path!r}: chunk list is not a sequence of {CHUNK_RECORD.size}-byte records")
+    total = 0
+    for _, length in f.chunk_list():
+        if not 0 < length <= MAX_CHUNK:
+            raise InvalidManifest(f"{f.path!r}: chunk length {length} is outside 1..{MAX_CHUNK}")
+        total += length
+    if total != f.size:
+        raise InvalidManifest(f"{f.path!r}: chunk lengths add up to {total} bytes, the file has {f.size}")
+
+
+def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
+    """Decode and fully validate an encoded tree (optionally against its root)."""
+    if len(data) > MAX_TREE_BYTES:
+        raise InvalidManifest(f"tree is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
+    if expected_root is not None and root_of(data) != expected_root:
+        raise InvalidManifest(f"tree bytes do not hash to {expected_root.hex()}")
+    try:
+        doc = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_PATH_BYTES,
+            max_bin_len=MAX_TREE_BYTES,
+            max_array_len=MAX_FILES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as e:  # msgpack raises many types for malformed input
+        raise InvalidManifest(f"tree is not valid msgpack ({type(e).__name__}: {e})") from None
+    if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == FORMAT and isinstance(doc[1], list)):
+        raise InvalidManifest(f"tree is not a format-{FORMAT} document [{FORMAT}, [files...]]")
+    entries = []
+    for item in doc[1]:
+        if not (isinstance(item, list) and len(item) == 5):
+            raise InvalidManifest(f"tree entry {item!r:.80} is not [path, size, executable, file_id, chunks]")
+        entries.append(FileEntry(*item))
+    tree = Tree(tuple(entries))
+    validate(tree)
+    if tree.encode() != data:
+        raise InvalidManifest("tree is not canonically encoded")
+    return tree
