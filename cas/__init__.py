@@ -6,6 +6,7 @@ The module-level functions act on the default cache (``$CAS_HOME``, else
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .cache import Cache, Staging, VerifyReport, default_root
@@ -34,13 +35,15 @@ __all__ = [
 ]
 
 _default: Cache | None = None
+_default_env: tuple[str | None, str | None] = (None, None)
 
 
 def default_cache() -> Cache:
-    """The cache at ``$CAS_HOME`` (else ``~/.cache/cas``), chosen at first use."""
-    global _default
-    if _default is None or _default.root != Cache(default_root()).root:
-        _default = Cache()
+    """The cache at ``$CAS_HOME`` (else ``~/.cache/cas``), re-chosen when those variables change."""
+    global _default, _default_env
+    env = (os.environ.get("CAS_HOME"), os.environ.get("XDG_CACHE_HOME"))
+    if _default is None or env != _default_env:
+        _default, _default_env = Cache(), env
     return _default
 
 

@@ -23,78 +23,77 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import ref as refs
 from . import tags
-from .digest import hash_file, hex_id
+from .digest import hex_id
 from .errors import CasError, CorruptObject, InvalidInput, NotFound
+from .ref import ModelInfo
+
 from .fsutil import atomic_write, fsync_dir, link_or_copy, publish, remove_tree, temp_name, write_new
 from .ingest import digest_file
-from .locks import locked
-from .ref import ModelInfo
 from .tree import FileEntry, Tree, check_path, root_of
 from .tree import decode as decode_tree
+from .verify import VerifyReport, verify_cache
 
 Progress = Callable[[int], None]
 
 
 def default_root() -> Path:
     """``$CAS_HOME``, else ``$XDG_CACHE_HOME/cas``, else ``~/.cache/cas``."""
+    return Path(_default_root())
+
+
+def _default_root() -> str:
     home = os.environ.get("CAS_HOME")
     if home:
-        return Path(home)
+        return home
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "cas" if xdg else Path.home() / ".cache" / "cas"
+    return os.path.join(xdg, "cas") if xdg else os.path.expanduser("~/.cache/cas")
 
 
-@dataclass
 class Staging:
     """A directory inside the cache to write a new model into (see ``Cache.create``)."""
 
-    path: Path
-    tag: str
+    def __init__(self, path: Path, tag: str):
+        self.path = path
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return f"Staging(tag={self.tag!r}, path={str(self.path)!r})"
 
 
-@dataclass
-class VerifyReport:
-    """What ``Cache.verify`` found and what it repaired."""
-
-    checked: int = 0
-    missing: list[str] = field(default_factory=list)
-    tampered: list[str] = field(default_factory=list)
-    orphaned: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing is left broken (orphans and repaired damage do not count)."""
-        return not self.missing and not self.unrepaired
-
-    @property
-    def unrepaired(self) -> list[str]:
-        return [t for t in self.tampered if t not in self.repaired]
-
-
-@dataclass
 class _Source:
-    """One file to ingest: where it is and where it goes in the tree."""
+    """One file to ingest: where it goes in the tree and where it is on disk."""
 
-    path: str  # tree path
-    src: str  # absolute path on disk
-    executable: bool
-    size: int
+    __slots__ = ("path", "src", "executable")
+
+    def __init__(self, path: str, src: str, executable: bool):
+        self.path, self.src, self.executable = path, src, executable
 
 
 class Cache:
     """A content-addressed model cache rooted at one directory."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(os.path.abspath(os.path.expanduser(root if root is not None else default_root())))
-        self._tmp = self.root / "tmp"
-        self._snapshots = self.root / "snapshots"
+        # Plain strings: the warm path (read a ref, stat a snapshot) avoids pathlib.
+        self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
+        self._refs = self._root + "/refs"
+        self._snaps = self._root + "/snapshots"
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root)
+
+    @property
+    def _tmp(self) -> Path:
+        return Path(self._root, "tmp")
+
+    @property
+    def _snapshots(self) -> Path:
+        return Path(self._snaps)
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
@@ -102,7 +101,7 @@ class Cache:
     # -- layout -------------------------------------------------------------
 
     def _ref_path(self, name: str, version: str) -> Path:
-        return self.root / "refs" / name / version
+        return Path(self._refs, name, version)
 
     def _tree_path(self, root: str) -> Path:
         return self.root / "trees" / root[:2] / root
@@ -116,6 +115,8 @@ class Cache:
         return self._snapshots / root
 
     def _lock(self, name: str, *, shared: bool = False):
+        from .locks import locked
+
         return locked(self.root / "locks" / name, shared=shared)
 
     def _objects_lock(self, *, shared: bool):
@@ -131,7 +132,7 @@ class Cache:
         if t.is_latest:
             return self._latest(t.name)
         try:
-            data = self._ref_path(t.name, t.version).read_bytes()
+            data = _read_small(f"{self._refs}/{t.name}/{t.version}")
         except FileNotFoundError:
             raise self._not_found(str(t)) from None
         return refs.decode(data, name=t.name, version=t.version)
@@ -143,7 +144,7 @@ class Cache:
         )
 
     def _versions(self, name: str) -> list[ModelInfo]:
-        d = self.root / "refs" / name
+        d = f"{self._refs}/{name}"
         try:
             names = os.listdir(d)
         except FileNotFoundError:
@@ -153,7 +154,7 @@ class Cache:
             if version.startswith("."):
                 continue
             try:
-                out.append(refs.decode((d / version).read_bytes(), name=name, version=version))
+                out.append(refs.decode(_read_small(f"{d}/{version}"), name=name, version=version))
             except FileNotFoundError:  # deleted while we listed
                 continue
         return out
@@ -356,9 +357,9 @@ class Cache:
     def materialize(self, tag: str | ModelInfo) -> Path:
         """The model's read-only snapshot directory, built from hardlinks on first use."""
         info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        if os.path.isdir(f"{self._snaps}/{info.root}"):
+            return Path(self._snaps, info.root)
         snap = self._snapshots / info.root
-        if os.path.isdir(snap):
-            return snap
         with self._lock(f"snapshot-{info.root}"), self._objects_lock(shared=True):
             if not os.path.isdir(snap):
                 self._build_snapshot(info, snap)
@@ -407,9 +408,22 @@ class Cache:
         (with any snapshot sharing it) so it can never be served; with no
         ``tag``, orphaned trees, blobs, snapshots and dead temporaries are removed.
         """
-        from .verify import verify_cache
-
         return verify_cache(self, tag, repair=repair)
+
+
+def _read_small(path: str) -> bytes:
+    """Read a ref record with few system calls and no large buffer (it is on the warm path)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 4096)
+        if len(data) < 4096:
+            return data
+        parts = [data]
+        while (data := os.read(fd, 1 << 16)) and sum(map(len, parts)) <= refs.MAX_REF_BYTES:
+            parts.append(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _scan(path: Path) -> list[_Source]:
@@ -472,7 +486,7 @@ def _source(relpath: str, full: str, st: os.stat_result) -> _Source:
         check_path(relpath)
     except CasError as e:
         raise InvalidInput(f"{full}: cannot be stored ({e})") from None
-    return _Source(relpath, full, bool(st.st_mode & 0o111), st.st_size)
+    return _Source(relpath, full, bool(st.st_mode & 0o111))
 
 
 def _why(e: OSError) -> str:

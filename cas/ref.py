@@ -8,7 +8,6 @@ path it was read from.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -22,18 +21,59 @@ MAX_REF_BYTES = 1 << 20
 _MAX_DEPTH = 16
 
 
-@dataclass(frozen=True)
 class ModelInfo:
-    """One stored model version, as recorded by its ref."""
+    """One stored model version, as recorded by its ref (immutable)."""
 
-    name: str
-    version: str
-    root: str  # hex BLAKE3 of the tree
-    created: float  # seconds since the epoch
-    size: int
-    file_count: int
-    labels: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("name", "version", "root", "created", "size", "file_count", "labels", "metadata")
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        root: str,
+        created: float,
+        size: int,
+        file_count: int,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        # A plain class rather than a dataclass: this is built on every
+        # descriptor's first access, and dataclass import and init cost more.
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "version", version)
+        set_(self, "root", root)  # hex BLAKE3 of the tree
+        set_(self, "created", created)  # seconds since the epoch
+        set_(self, "size", size)
+        set_(self, "file_count", file_count)
+        set_(self, "labels", labels if labels is not None else {})
+        set_(self, "metadata", metadata if metadata is not None else {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ModelInfo is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelInfo) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.version, self.root))
+
+    def __repr__(self) -> str:
+        return f"ModelInfo(tag={self.tag!r}, root={self.root[:12]!r}, size={self.size}, files={self.file_count})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view, as ``cas list --json`` prints it."""
+        return {
+            "tag": self.tag,
+            "name": self.name,
+            "version": self.version,
+            "root": self.root,
+            "created": self.creation_time.isoformat(),
+            "size": self.size,
+            "file_count": self.file_count,
+            "labels": self.labels,
+            "metadata": self.metadata,
+        }
 
     @property
     def tag(self) -> str:

@@ -22,12 +22,36 @@ from .ref import ModelInfo
 from .tree import Tree
 
 if TYPE_CHECKING:
-    from .cache import Cache, VerifyReport
+    from .cache import Cache
 
 
-def verify_cache(cache: "Cache", tag: str | None, *, repair: bool) -> "VerifyReport":
-    from .cache import VerifyReport
+class VerifyReport:
+    """What ``Cache.verify`` found and what it repaired."""
 
+    def __init__(self) -> None:
+        self.checked = 0
+        self.missing: list[str] = []
+        self.tampered: list[str] = []
+        self.orphaned: list[str] = []
+        self.repaired: list[str] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifyReport(checked={self.checked}, missing={len(self.missing)}, tampered={len(self.tampered)}, "
+            f"orphaned={len(self.orphaned)}, repaired={len(self.repaired)})"
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is left broken (orphans and repaired damage do not count)."""
+        return not self.missing and not self.unrepaired
+
+    @property
+    def unrepaired(self) -> list[str]:
+        return [t for t in self.tampered if t not in self.repaired]
+
+
+def verify_cache(cache: "Cache", tag: str | None, *, repair: bool) -> VerifyReport:
     report = VerifyReport()
     with cache._objects_lock(shared=False):
         infos = [cache.get(tag)] if tag is not None else _all_refs(cache, report)
@@ -45,7 +69,7 @@ def verify_cache(cache: "Cache", tag: str | None, *, repair: bool) -> "VerifyRep
     return report
 
 
-def _all_refs(cache: "Cache", report: "VerifyReport") -> list[ModelInfo]:
+def _all_refs(cache: "Cache", report: VerifyReport) -> list[ModelInfo]:
     out = []
     refs_dir = cache.root / "refs"
     for name in sorted(os.listdir(refs_dir)) if refs_dir.is_dir() else []:
@@ -59,7 +83,7 @@ def _all_refs(cache: "Cache", report: "VerifyReport") -> list[ModelInfo]:
     return out
 
 
-def _check_tree(cache: "Cache", info: ModelInfo, report: "VerifyReport") -> Tree | None:
+def _check_tree(cache: "Cache", info: ModelInfo, report: VerifyReport) -> Tree | None:
     report.checked += 1
     try:
         return cache._load_tree(info.root)
@@ -78,7 +102,7 @@ def _blob_good(path: Path, file_id: bytes, memo: dict[Path, bool]) -> bool:
 
 
 def _check_blobs(
-    cache: "Cache", info: ModelInfo, tree: Tree, memo: dict[Path, bool], report: "VerifyReport", repair: bool
+    cache: "Cache", info: ModelInfo, tree: Tree, memo: dict[Path, bool], report: VerifyReport, repair: bool
 ) -> set[Path]:
     bad = set()
     for f in tree.files:
@@ -107,7 +131,7 @@ def _check_snapshot(
     tree: Tree,
     memo: dict[Path, bool],
     bad_blobs: set[Path],
-    report: "VerifyReport",
+    report: VerifyReport,
     repair: bool,
 ) -> None:
     snap = cache.snapshot_path(info.root)
@@ -150,7 +174,7 @@ def _check_snapshot(
     report.repaired.append(msg)
 
 
-def _check_orphans(cache: "Cache", trees: dict[str, Tree], report: "VerifyReport", repair: bool) -> None:
+def _check_orphans(cache: "Cache", trees: dict[str, Tree], report: VerifyReport, repair: bool) -> None:
     live_blobs = {cache._blob_path(f.file_id, f.executable) for t in trees.values() for f in t.files}
     found: list[Path] = []
     for p in _files_under(cache.root / "trees"):
