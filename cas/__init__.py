@@ -28,6 +28,7 @@ __all__ = [
     "add",
     "create",
     "default_cache",
+    "default_root",
     "delete",
     "get",
     "list",
@@ -59,11 +60,11 @@ def get(tag: str) -> ModelInfo:
     return default_cache().get(tag)
 
 
-def list(name: str | None = None) -> "list[ModelInfo]":  # noqa: A001 - mirrors bentoml.models.list
+def list(name: str | None = None) -> list[ModelInfo]:
     return default_cache().list(name)
 
 
-def delete(tag: str) -> "list[ModelInfo]":
+def delete(tag: str) -> list[ModelInfo]:
     return default_cache().delete(tag)
 
 

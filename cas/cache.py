@@ -30,10 +30,9 @@ from . import ref as refs
 from . import tags
 from .digest import hex_id
 from .errors import CasError, CorruptObject, InvalidInput, NotFound
-from .ref import ModelInfo
-
 from .fsutil import atomic_write, fsync_dir, link_or_copy, publish, remove_tree, temp_name, write_new
 from .ingest import digest_file
+from .ref import ModelInfo
 from .tree import FileEntry, Tree, check_path, root_of
 from .tree import decode as decode_tree
 from .verify import VerifyReport, verify_cache

@@ -9,6 +9,7 @@ one block plus the chunker's window, whatever the file's size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import BinaryIO
@@ -16,6 +17,7 @@ from typing import BinaryIO
 from .chunking import chunk_stream
 from .digest import chunk_id, file_hasher
 from .tree import CHUNK_RECORD
+
 
 class _Tee:
     """A reader for the chunker that copies and hashes everything it reads."""
@@ -47,20 +49,19 @@ class Digested:
         self.file_id, self.size, self.chunks = file_id, size, chunks
 
 
+def _maybe_open(path: str | os.PathLike | None) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    return open(path, "xb", buffering=0) if path is not None else contextlib.nullcontext()
+
+
 def digest_file(
     src_path: str | os.PathLike,
     copy_to: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Digested:
     """Hash and chunk ``src_path``; with ``copy_to``, also copy it there (fsynced)."""
-    with open(src_path, "rb", buffering=0) as src:
-        dst = open(copy_to, "xb", buffering=0) if copy_to is not None else None
-        try:
-            tee = _Tee(src, dst, progress)
-            records = [CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_stream(tee)]
-            if dst is not None:
-                os.fsync(dst.fileno())
-        finally:
-            if dst is not None:
-                dst.close()
+    with open(src_path, "rb", buffering=0) as src, _maybe_open(copy_to) as dst:
+        tee = _Tee(src, dst, progress)
+        records = [CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_stream(tee)]
+        if dst is not None:
+            os.fsync(dst.fileno())
     return Digested(tee.hasher.digest(), tee.size, b"".join(records))

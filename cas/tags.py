@@ -61,7 +61,7 @@ def validate_version(version: str, *, whole: str | None = None) -> str:
     return version
 
 
-def parse(tag: "str | Tag") -> Tag:
+def parse(tag: str | Tag) -> Tag:
     """Parse ``name`` or ``name:version``; a bare name means ``name:latest``."""
     if isinstance(tag, Tag):
         return tag

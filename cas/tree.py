@@ -61,7 +61,7 @@ class Tree(NamedTuple):
     files: tuple[FileEntry, ...]
 
     @classmethod
-    def build(cls, files: list[FileEntry]) -> "Tree":
+    def build(cls, files: list[FileEntry]) -> Tree:
         """A validated tree from entries in any order."""
         tree = cls(tuple(sorted(files, key=lambda f: f.path)))
         validate(tree)

@@ -51,7 +51,7 @@ class VerifyReport:
         return [t for t in self.tampered if t not in self.repaired]
 
 
-def verify_cache(cache: "Cache", tag: str | None, *, repair: bool) -> VerifyReport:
+def verify_cache(cache: Cache, tag: str | None, *, repair: bool) -> VerifyReport:
     report = VerifyReport()
     with cache._objects_lock(shared=False):
         infos = [cache.get(tag)] if tag is not None else _all_refs(cache, report)
@@ -69,7 +69,7 @@ def verify_cache(cache: "Cache", tag: str | None, *, repair: bool) -> VerifyRepo
     return report
 
 
-def _all_refs(cache: "Cache", report: VerifyReport) -> list[ModelInfo]:
+def _all_refs(cache: Cache, report: VerifyReport) -> list[ModelInfo]:
     out = []
     refs_dir = cache.root / "refs"
     for name in sorted(os.listdir(refs_dir)) if refs_dir.is_dir() else []:
@@ -83,7 +83,7 @@ def _all_refs(cache: "Cache", report: VerifyReport) -> list[ModelInfo]:
     return out
 
 
-def _check_tree(cache: "Cache", info: ModelInfo, report: VerifyReport) -> Tree | None:
+def _check_tree(cache: Cache, info: ModelInfo, report: VerifyReport) -> Tree | None:
     report.checked += 1
     try:
         return cache._load_tree(info.root)
@@ -102,7 +102,7 @@ def _blob_good(path: Path, file_id: bytes, memo: dict[Path, bool]) -> bool:
 
 
 def _check_blobs(
-    cache: "Cache", info: ModelInfo, tree: Tree, memo: dict[Path, bool], report: VerifyReport, repair: bool
+    cache: Cache, info: ModelInfo, tree: Tree, memo: dict[Path, bool], report: VerifyReport, repair: bool
 ) -> set[Path]:
     bad = set()
     for f in tree.files:
@@ -112,7 +112,9 @@ def _check_blobs(
             memo[blob] = False
             bad.add(blob)
             if not known:
-                report.missing.append(f"{info.tag}: blob {blob.name} ({f.path}) is missing; add or pull the model again")
+                report.missing.append(
+                    f"{info.tag}: blob {blob.name} ({f.path}) is missing; add or pull the model again"
+                )
         elif not _blob_good(blob, f.file_id, memo):
             bad.add(blob)
             if not known:
@@ -126,7 +128,7 @@ def _check_blobs(
 
 
 def _check_snapshot(
-    cache: "Cache",
+    cache: Cache,
     info: ModelInfo,
     tree: Tree,
     memo: dict[Path, bool],
@@ -174,7 +176,7 @@ def _check_snapshot(
     report.repaired.append(msg)
 
 
-def _check_orphans(cache: "Cache", trees: dict[str, Tree], report: VerifyReport, repair: bool) -> None:
+def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, repair: bool) -> None:
     live_blobs = {cache._blob_path(f.file_id, f.executable) for t in trees.values() for f in t.files}
     found: list[Path] = []
     for p in _files_under(cache.root / "trees"):
@@ -210,4 +212,3 @@ def _files_under(d: Path) -> list[Path]:
     if not d.is_dir():
         return []
     return sorted(Path(dp) / n for dp, _, names in os.walk(d) for n in names)
-

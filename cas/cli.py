@@ -1,0 +1,272 @@
+"""The ``cas`` command line.
+
+Errors are one line on stderr and exit code 1 (usage errors: 2); ``--debug``
+shows the traceback.  Every listing takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .cache import Cache
+from .errors import CasError, InvalidInput
+from .ref import ModelInfo
+
+PROGRESS_MIN_BYTES = 32 << 20
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("cas: interrupted", file=sys.stderr)
+        return 130
+    except (CasError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"cas: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, CasError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return " ".join(str(e).split())
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", metavar="DIR", help="cache root (default: $CAS_HOME, else ~/.cache/cas)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.", parents=[common])
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def cmd(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = cmd("add", _add, "store a directory or file under a tag")
+    sp.add_argument("path")
+    sp.add_argument("tag", metavar="NAME[:VERSION]")
+    sp.add_argument("--label", action="append", default=[], metavar="K=V")
+    sp.add_argument("--metadata", action="append", default=[], metavar="K=V", help="value parsed as JSON if it can be")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("list", _list, "list stored models, newest first")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("show", _show, "show a model's files, sizes, root and labels")
+    sp.add_argument("tag")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("materialize", _materialize, "build the model's read-only directory and print its path")
+    sp.add_argument("tag")
+
+    sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
+    sp.add_argument("tags", nargs="+", metavar="TAG")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("verify", _verify, "re-hash blobs and snapshots; repair what can be repaired")
+    sp.add_argument("tag", nargs="?")
+    sp.add_argument("--no-repair", action="store_true", help="only report")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def _cache(args: argparse.Namespace) -> Cache:
+    return Cache(args.home) if args.home else Cache()
+
+
+def _pairs(items: list[str], what: str, parse_value: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--{what} {item!r}: expected KEY=VALUE")
+        if parse_value:
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _add(args: argparse.Namespace) -> None:
+    cache = _cache(args)
+    labels = _pairs(args.label, "label", False)
+    metadata = _pairs(args.metadata, "metadata", True)
+    start = time.perf_counter()
+    with _progress(_input_size(args.path), "add") as progress:
+        info = cache.add(args.path, args.tag, labels=labels, metadata=metadata, progress=progress)
+    elapsed = time.perf_counter() - start
+    if args.json:
+        _print_json(info.to_dict())
+    else:
+        rate = info.size / elapsed / 1e6 if elapsed > 0 else 0.0
+        print(f"{info.tag}  {_size(info.size)} in {info.file_count} files  ({elapsed:.2f}s, {rate:.0f} MB/s)")
+
+
+def _list(args: argparse.Namespace) -> None:
+    infos = _cache(args).list(args.name)
+    if args.json:
+        _print_json([i.to_dict() for i in infos])
+        return
+    rows = [[i.tag, _size(i.size), str(i.file_count), _when(i), i.root[:12], _labels(i)] for i in infos]
+    _table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
+
+
+def _show(args: argparse.Namespace) -> None:
+    cache = _cache(args)
+    info = cache.get(args.tag)
+    tree = cache.tree(info)
+    files = [
+        {
+            "path": f.path,
+            "size": f.size,
+            "executable": f.executable,
+            "file_id": f.file_id.hex(),
+            "chunks": f.chunk_count,
+        }
+        for f in tree.files
+    ]
+    if args.json:
+        _print_json({**info.to_dict(), "files": files})
+        return
+    print(f"tag:      {info.tag}")
+    print(f"root:     {info.root}")
+    print(f"size:     {_size(info.size)} ({info.size} bytes) in {info.file_count} files")
+    print(f"created:  {_when(info)}")
+    print(f"labels:   {_labels(info) or '-'}")
+    if info.metadata:
+        print(f"metadata: {json.dumps(info.metadata, sort_keys=True)}")
+    print()
+    _table(
+        ["PATH", "SIZE", "CHUNKS", "FILE ID"],
+        [[f["path"], _size(f["size"]), str(f["chunks"]), f["file_id"][:16]] for f in files],
+    )
+
+
+def _materialize(args: argparse.Namespace) -> None:
+    print(_cache(args).materialize(args.tag))
+
+
+def _rm(args: argparse.Namespace) -> None:
+    cache = _cache(args)
+    removed = [info for tag in args.tags for info in cache.delete(tag)]
+    if args.json:
+        _print_json([i.tag for i in removed])
+    else:
+        for i in removed:
+            print(f"removed {i.tag}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = _cache(args).verify(args.tag, repair=not args.no_repair)
+    if args.json:
+        _print_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "missing": report.missing,
+                "tampered": report.tampered,
+                "orphaned": report.orphaned,
+                "repaired": report.repaired,
+            }
+        )
+    else:
+        for kind in ("missing", "tampered", "orphaned", "repaired"):
+            for line in getattr(report, kind):
+                print(f"{kind}: {line}")
+        state = "ok" if report.ok else "DAMAGED"
+        print(f"{state}: checked {report.checked} models")
+    return 0 if report.ok else 1
+
+
+# -- output helpers ---------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("(none)", file=sys.stderr)
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _size(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _when(info: ModelInfo) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created))
+
+
+def _labels(info: ModelInfo) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
+
+
+def _input_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for dirpath, _, files in os.walk(path, followlinks=True):
+        for n in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, n))
+            except OSError:
+                pass
+    return total
+
+
+class _progress:
+    """A tqdm bar on a terminal for large inputs; otherwise nothing at all."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = None
+        if total >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        return self.bar.update if self.bar is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
