@@ -3,19 +3,28 @@
 An encoded chunk is one codec byte followed by the payload:
 
 - ``RAW``: the bytes as they are;
-- ``ZSTD``: a zstd frame of the bytes;
-- ``ZSTD_BG2`` / ``ZSTD_BG4``: a zstd frame of the bytes split into byte
-  planes of 2- or 4-byte words (every first byte, then every second, ...).
-  Weights in fp16/bf16/fp32 keep their sign and exponent bits in the same
-  byte of every word; grouped together they become compressible.
+- ``ZSTD``: one zstd frame of the bytes;
+- ``ZSTD_BG2`` / ``ZSTD_BG4``: the bytes split into byte planes of 2- or
+  4-byte words (every first byte, then every second, ...), each plane
+  stored on its own as a zstd frame or raw, whichever is smaller, then the
+  tail shorter than a word.  Weights in fp16/bf16/fp32 keep sign and
+  exponent in one byte of each word: that plane compresses well, the
+  mantissa planes hardly at all.  Separate frames matter: one frame over
+  all planes shares one entropy table among them and saves far less (real
+  MiniLM fp32: 0.91 of raw as one frame, 0.86 as separate planes).
+
+  Plane layout: ``word`` headers of (kind byte: 0 raw / 1 zstd, uint32
+  big-endian stored length), then the stored planes, then the tail.
 
 ``encode`` keeps the smallest candidate and falls back to raw when
 compression saves less than ``MIN_SAVING``.  ``decode`` trusts nothing: it
-checks the frame's declared size against the expected raw length before
+checks every declared size against the expected raw length before
 allocating, and the chunk id after decoding.
 """
 
 from __future__ import annotations
+
+import struct
 
 from .digest import chunk_id
 from .errors import CorruptObject
@@ -40,67 +49,108 @@ def _z():
     return _zstd
 
 
-def group(data: bytes | memoryview, word: int) -> bytes:
-    """Split ``data`` into ``word`` byte planes; a tail shorter than a word stays last, as is."""
-    data = bytes(data)
-    body = len(data) - len(data) % word
-    return b"".join([data[i:body:word] for i in range(word)]) + data[body:]
+_PLANE = struct.Struct(">BI")
 
 
-def ungroup(data: bytes, word: int) -> bytes:
-    """Inverse of ``group``."""
+def planes(data: bytes, word: int) -> list[bytes]:
+    """Split ``data`` into ``word`` byte planes plus the tail shorter than a word."""
     body = len(data) - len(data) % word
-    plane = body // word
-    out = bytearray(len(data))
-    for i in range(word):
-        out[i:body:word] = data[i * plane : (i + 1) * plane]
-    out[body:] = data[body:]
+    return [data[i:body:word] for i in range(word)] + [data[body:]]
+
+
+def interleave(parts: list[bytes], word: int) -> bytes:
+    """Inverse of ``planes``."""
+    *plns, tail = parts
+    body = sum(len(p) for p in plns)
+    out = bytearray(body + len(tail))
+    for i, p in enumerate(plns):
+        out[i:body:word] = p
+    out[body:] = tail
     return bytes(out)
 
 
 def encode(data: bytes | memoryview, *, level: int = LEVEL) -> bytes:
     """Encode one chunk with the smallest of the codecs."""
-    z = _z()
-    cctx = z.ZstdCompressor(level=level, write_content_size=True)
+    cctx = _z().ZstdCompressor(level=level, write_content_size=True)
     raw = bytes(data)
-    best_codec, best = RAW, raw
-    candidates = [(ZSTD, raw)] + [(c, group(raw, w)) for c, w in _WORD.items()]
-    for codec, payload in candidates:
-        packed = cctx.compress(payload)
+    best_codec, best = ZSTD, cctx.compress(raw)
+    for codec, word in _WORD.items():
+        packed = _encode_planes(cctx, raw, word)
         if len(packed) < len(best):
             best_codec, best = codec, packed
-    if best_codec != RAW and len(best) > len(raw) * (1 - MIN_SAVING):
-        best_codec, best = RAW, raw
+    if len(best) > len(raw) * (1 - MIN_SAVING):
+        return bytes([RAW]) + raw
     return bytes([best_codec]) + best
+
+
+def _encode_planes(cctx, raw: bytes, word: int) -> bytes:
+    *plns, tail = planes(raw, word)
+    heads, bodies = [], []
+    for p in plns:
+        z = cctx.compress(p)
+        kind, stored = (1, z) if len(z) < len(p) else (0, p)
+        heads.append(_PLANE.pack(kind, len(stored)))
+        bodies.append(stored)
+    return b"".join(heads + bodies) + tail
 
 
 def decode(blob: bytes | memoryview, raw_length: int, expected_id: bytes) -> bytes:
     """Decode one chunk and prove it is the chunk asked for."""
     if not blob:
         raise CorruptObject("empty encoded chunk")
-    codec, payload = blob[0], blob[1:]
+    codec, payload = blob[0], bytes(blob[1:])
+    what = f"chunk {expected_id.hex()[:16]}"
     if codec == RAW:
-        out = bytes(payload)
-    elif codec in (ZSTD, ZSTD_BG2, ZSTD_BG4):
-        z = _z()
-        try:
-            declared = z.frame_content_size(payload)
-        except z.ZstdError as e:
-            raise CorruptObject(f"chunk {expected_id.hex()}: not a zstd frame ({e})") from None
-        if declared != raw_length:
-            raise CorruptObject(
-                f"chunk {expected_id.hex()}: frame declares {declared} bytes, the manifest says {raw_length}"
-            )
-        try:
-            out = z.ZstdDecompressor().decompress(payload, max_output_size=raw_length)
-        except z.ZstdError as e:
-            raise CorruptObject(f"chunk {expected_id.hex()}: zstd frame is damaged ({e})") from None
-        if codec in _WORD:
-            out = ungroup(out, _WORD[codec])
+        out = payload
+    elif codec == ZSTD:
+        out = _unzstd(payload, raw_length, what)
+    elif codec in _WORD:
+        out = _decode_planes(payload, raw_length, _WORD[codec], what)
     else:
-        raise CorruptObject(f"chunk {expected_id.hex()}: unknown codec byte {codec}")
+        raise CorruptObject(f"{what}: unknown codec byte {codec}")
     if len(out) != raw_length:
-        raise CorruptObject(f"chunk {expected_id.hex()}: decoded {len(out)} bytes, expected {raw_length}")
+        raise CorruptObject(f"{what}: decoded {len(out)} bytes, expected {raw_length}")
     if chunk_id(out) != expected_id:
-        raise CorruptObject(f"chunk {expected_id.hex()}: decoded bytes do not match the chunk id")
+        raise CorruptObject(f"{what}: decoded bytes do not match the chunk id")
+    return out
+
+
+def _decode_planes(payload: bytes, raw_length: int, word: int, what: str) -> bytes:
+    plane = raw_length // word
+    pos = _PLANE.size * word
+    if len(payload) < pos:
+        raise CorruptObject(f"{what}: truncated plane headers")
+    parts = []
+    for i in range(word):
+        kind, stored = _PLANE.unpack_from(payload, i * _PLANE.size)
+        body = payload[pos : pos + stored]
+        if len(body) != stored:
+            raise CorruptObject(f"{what}: plane {i} is truncated")
+        if kind == 0:
+            if stored != plane:
+                raise CorruptObject(f"{what}: raw plane {i} has {stored} bytes, expected {plane}")
+            parts.append(body)
+        elif kind == 1:
+            parts.append(_unzstd(body, plane, what))
+        else:
+            raise CorruptObject(f"{what}: plane {i} has unknown kind {kind}")
+        pos += stored
+    tail = payload[pos:]
+    if len(tail) != raw_length % word:
+        raise CorruptObject(f"{what}: {len(tail)} trailing bytes, expected {raw_length % word}")
+    return interleave([*parts, tail], word)
+
+
+def _unzstd(frame: bytes, expected: int, what: str) -> bytes:
+    z = _z()
+    try:
+        declared = z.frame_content_size(frame)
+    except z.ZstdError as e:
+        raise CorruptObject(f"{what}: not a zstd frame ({e})") from None
+    if declared != expected:
+        raise CorruptObject(f"{what}: frame declares {declared} bytes, the manifest says {expected}")
+    try:
+        out = z.ZstdDecompressor().decompress(frame, max_output_size=expected)
+    except z.ZstdError as e:
+        raise CorruptObject(f"{what}: zstd frame is damaged ({e})") from None
     return out

@@ -1,0 +1,102 @@
+import os
+
+import numpy as np
+import pytest
+import zstandard
+
+from benchmarks import synth
+from cas import CorruptObject, codec
+from cas.digest import chunk_id
+
+RNG = np.random.default_rng(7)
+
+
+def chunk_of(dtype: str, n: int = 64 * 1024) -> bytes:
+    return synth.weights(RNG, (n // {"F32": 4, "F16": 2, "BF16": 2, "I8": 1}[dtype],), dtype).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "I8"])
+def test_round_trip_of_weights(dtype):
+    data = chunk_of(dtype)
+    enc = codec.encode(data)
+    assert codec.decode(enc, len(data), chunk_id(data)) == data
+
+
+def test_byte_grouping_beats_plain_zstd_on_fp32():
+    data = chunk_of("F32")
+    plain = len(zstandard.ZstdCompressor(level=3).compress(data))
+    enc = codec.encode(data)
+    assert enc[0] == codec.ZSTD_BG4
+    assert len(enc) < 0.95 * plain
+    assert len(enc) < 0.87 * len(data)
+
+
+def test_random_bytes_stay_raw():
+    data = os.urandom(50_000)
+    enc = codec.encode(data)
+    assert enc[0] == codec.RAW and enc[1:] == data
+
+
+def test_text_is_compressed_with_plain_zstd():
+    data = b"the quick brown fox jumps over the lazy dog\n" * 1000
+    enc = codec.encode(data)
+    assert enc[0] == codec.ZSTD and len(enc) < len(data) // 10
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 5, 7, 1001])
+def test_planes_interleave_inverse_for_odd_lengths(n):
+    data = os.urandom(n)
+    for word in (2, 4):
+        assert codec.interleave(codec.planes(data, word), word) == data
+
+
+@pytest.mark.parametrize("n", [1, 3, 4097, 65537])
+def test_round_trip_of_odd_lengths_that_compress(n):
+    data = (chunk_of("F32") * 2)[:n]
+    assert codec.decode(codec.encode(data), n, chunk_id(data)) == data
+
+
+def test_decode_rejects_truncated_and_inconsistent_planes():
+    data = chunk_of("F32")
+    enc = codec.encode(data)
+    assert enc[0] == codec.ZSTD_BG4
+    for bad in (enc[:10], enc[:-100], enc + b"x"):
+        with pytest.raises(CorruptObject):
+            codec.decode(bad, len(data), chunk_id(data))
+    with pytest.raises(CorruptObject):
+        codec.decode(enc, len(data) - 4, chunk_id(data))
+
+
+def test_decode_rejects_a_frame_that_declares_another_size():
+    data = b"a" * 10_000
+    enc = codec.encode(data)
+    with pytest.raises(CorruptObject, match="declares 10000 bytes, the manifest says 100"):
+        codec.decode(enc, 100, chunk_id(data))
+
+
+def test_decode_refuses_a_bomb_without_allocating_its_claim():
+    # A frame without a content size that expands far beyond the expected length.
+    bomb = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (64 << 20))
+    with pytest.raises(CorruptObject, match="frame declares"):
+        codec.decode(bytes([codec.ZSTD]) + bomb, 1000, b"\0" * 32)
+
+
+def test_decode_detects_flipped_bits():
+    data = chunk_of("F16")
+    enc = bytearray(codec.encode(data))
+    enc[-5] ^= 0x01
+    with pytest.raises(CorruptObject):
+        codec.decode(bytes(enc), len(data), chunk_id(data))
+
+
+def test_decode_detects_wrong_chunk_id_on_raw():
+    data = os.urandom(1000)
+    with pytest.raises(CorruptObject, match="do not match the chunk id"):
+        codec.decode(bytes([codec.RAW]) + data, len(data), chunk_id(b"other"))
+
+
+def test_decode_rejects_unknown_codec_and_empty_input():
+    with pytest.raises(CorruptObject, match="unknown codec byte 9"):
+        codec.decode(b"\x09abc", 3, chunk_id(b"abc"))
+    with pytest.raises(CorruptObject, match="empty"):
+        codec.decode(b"", 0, chunk_id(b""))

@@ -1,0 +1,170 @@
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas import InvalidManifest
+from cas.digest import chunk_id
+from cas.tree import FileEntry, Tree, check_path, decode, pack_chunks, root_of
+
+ID = chunk_id(b"x")
+
+
+def entry(path, size=3, chunks=None, executable=False, file_id=ID):
+    chunks = pack_chunks([(ID, size)] if size else []) if chunks is None else chunks
+    return [path, size, executable, file_id, chunks]
+
+
+def doc(*entries, fmt=1):
+    return msgpack.packb([fmt, list(entries)], use_bin_type=True)
+
+
+def test_encoding_is_canonical_and_order_independent():
+    a = Tree.build([FileEntry(*entry("b")), FileEntry(*entry("a/c"))])
+    b = Tree.build([FileEntry(*entry("a/c")), FileEntry(*entry("b"))])
+    assert a.encode() == b.encode()
+    assert root_of(a.encode()) == root_of(b.encode())
+    assert decode(a.encode(), root_of(a.encode())) == a
+
+
+def test_root_changes_with_any_field():
+    base = Tree.build([FileEntry(*entry("a"))]).encode()
+    for changed in (entry("b"), entry("a", executable=True), entry("a", file_id=chunk_id(b"y"))):
+        assert root_of(Tree.build([FileEntry(*changed)]).encode()) != root_of(base)
+
+
+def test_empty_file_has_no_chunks():
+    t = Tree.build([FileEntry(*entry("empty", size=0))])
+    assert decode(t.encode()).files[0].chunk_count == 0
+
+
+@pytest.mark.parametrize(
+    "path,message",
+    [
+        ("../etc/passwd", "'..'"),
+        ("a/../../b", "'..'"),
+        ("/etc/passwd", "absolute"),
+        ("C:/windows", "absolute"),
+        ("c:evil", "absolute"),
+        ("a//b", "empty"),
+        ("a/./b", "'.'"),
+        (".", "'.'"),
+        ("a/", "empty"),
+        ("", "empty"),
+        ("a\\..\\b", "backslash"),
+        ("a\x00b", "NUL"),
+        ("a\nb", "control"),
+        ("x" * 256, "longer than 255"),
+        ("a/" * 2100 + "b", "4096"),
+    ],
+)
+def test_hostile_paths_are_refused(path, message):
+    with pytest.raises(InvalidManifest, match=message):
+        decode(doc(entry(path)))
+
+
+def test_duplicate_paths_are_refused():
+    with pytest.raises(InvalidManifest, match="listed twice"):
+        decode(doc(entry("a"), entry("a")))
+
+
+def test_unsorted_paths_are_refused():
+    with pytest.raises(InvalidManifest, match="out of order"):
+        decode(doc(entry("b"), entry("a")))
+
+
+@pytest.mark.parametrize("entries", [(entry("a"), entry("a/b")), (entry("a.txt"), entry("a/b/c"), entry("a/b"))])
+def test_a_path_both_file_and_directory_is_refused(entries):
+    with pytest.raises(InvalidManifest, match="both a file and a directory|out of order"):
+        decode(doc(*entries))
+
+
+def test_file_and_directory_conflict_even_when_sorted():
+    with pytest.raises(InvalidManifest, match="both a file and a directory"):
+        decode(doc(entry("a"), entry("a/b")))
+
+
+def test_chunk_lengths_must_add_up():
+    with pytest.raises(InvalidManifest, match="add up to 5 bytes, the file has 3"):
+        decode(doc(entry("a", size=3, chunks=pack_chunks([(ID, 2), (ID, 3)]))))
+
+
+def test_chunk_longer_than_the_chunker_allows():
+    with pytest.raises(InvalidManifest, match="outside 1..262144"):
+        decode(doc(entry("a", size=300_000, chunks=pack_chunks([(ID, 300_000)]))))
+
+
+def test_absurd_sizes_are_refused():
+    with pytest.raises(InvalidManifest, match="size"):
+        decode(doc(entry("a", size=1 << 50, chunks=b"")))
+    with pytest.raises(InvalidManifest, match="size"):
+        decode(doc(entry("a", size=-1, chunks=b"")))
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (doc(entry("a"), fmt=2), "format-1"),
+        (msgpack.packb({"files": []}), "not valid msgpack|format-1"),
+        (msgpack.packb([1, "files"]), "format-1"),
+        (msgpack.packb([1, [["a", "3", False, ID, b""]]]), "size"),
+        (msgpack.packb([1, [["a", 3, 1, ID, b""]]]), "executable"),
+        (msgpack.packb([1, [["a", 3, False, b"short", b""]]]), "file id"),
+        (msgpack.packb([1, [["a", 3, False, ID, "text"]]]), "chunk list"),
+        (msgpack.packb([1, [["a", 3, False, ID, b"\0" * 35]]]), "chunk list"),
+        (msgpack.packb([1, [["a", 3, False, ID]]]), "is not"),
+        (msgpack.packb([1, [[b"a", 3, False, ID, b""]]]), "not a string"),
+        (msgpack.packb([1, []]), "no files"),
+        (b"\x91" * 100_000 + b"\xc0", "not valid msgpack"),
+        (b"\xdd\xff\xff\xff\xff", "not valid msgpack"),
+        (b"\xc1", "not valid msgpack"),
+        (b"", "not valid msgpack"),
+        (doc(entry("a")) + b"\x00", "not valid msgpack"),
+    ],
+)
+def test_malformed_documents_are_refused(raw, message):
+    with pytest.raises(InvalidManifest, match=message):
+        decode(raw)
+
+
+def test_non_canonical_encoding_is_refused():
+    # the same content with a 32-bit integer where a fixint is canonical
+    canonical = doc(entry("a"))
+    bloated = canonical.replace(b"\xa1a\x03", b"\xa1a\xce\x00\x00\x00\x03")
+    assert bloated != canonical
+    with pytest.raises(InvalidManifest, match="canonically"):
+        decode(bloated)
+
+
+def test_root_mismatch_is_refused():
+    with pytest.raises(InvalidManifest, match="do not hash"):
+        decode(doc(entry("a")), chunk_id(b"other"))
+
+
+segment = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(segment, min_size=1, max_size=5))
+def test_any_path_accepted_stays_inside_the_directory(parts):
+    import posixpath
+
+    path = "/".join(parts)
+    try:
+        check_path(path)
+    except InvalidManifest:
+        return
+    norm = posixpath.normpath(path)
+    assert norm == path
+    assert not norm.startswith("/") and ".." not in norm.split("/")
+    assert "\\" not in path and "\0" not in path
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=5), st.binary(max_size=300))
+def test_decode_never_crashes_on_garbage(prefixes, garbage):
+    for raw in [garbage, *[doc(entry("a"))[: len(p)] + p for p in prefixes]]:
+        try:
+            decode(raw)
+        except InvalidManifest:
+            pass
