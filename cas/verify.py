@@ -172,7 +172,7 @@ def _check_snapshot(
     remove_tree(snap)
     if bad_blobs:
         return  # the snapshot is gone so the damage cannot be served; the model needs its blobs again
-    cache.materialize(info)
+    cache._build_snapshot(info, snap)  # we hold the objects lock already
     report.repaired.append(msg)
 
 

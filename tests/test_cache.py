@@ -1,0 +1,403 @@
+"""The local cache on real files: the MiniLM model and synthetic safetensors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from benchmarks import synth
+from cas import Cache, CasError, CorruptObject, InvalidInput, InvalidTag, ModelInfo, NotFound
+from cas.digest import hash_file
+
+from .conftest import tree_files
+
+
+def blobs_of(cache: Cache) -> list[Path]:
+    return sorted(p for p in (cache.root / "blobs").rglob("*") if p.is_file())
+
+
+def listing(root: Path) -> set[str]:
+    """Every path under root, to prove that nothing was written outside the cache."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_minilm_round_trip_is_byte_identical(cache, minilm):
+    info = cache.add(minilm, "minilm:v1", labels={"team": "nlp"}, metadata={"dim": 384})
+    snap = cache.materialize("minilm:v1")
+    assert tree_files(snap) == tree_files(minilm)
+    assert info.file_count == len(tree_files(minilm))
+    assert info.size == sum(len(b) for b in tree_files(minilm).values())
+    assert cache.get("minilm:v1") == info
+    assert info.labels == {"team": "nlp"} and info.metadata == {"dim": 384}
+
+
+def test_file_id_is_what_b3sum_prints(cache, minilm):
+    info = cache.add(minilm, "minilm")
+    entry = next(f for f in cache.tree(info).files if f.path == "model.safetensors")
+    assert entry.file_id == blake3((minilm / "model.safetensors").read_bytes()).digest()
+
+
+def test_snapshot_files_are_read_only_hardlinks_to_blobs(cache, minilm):
+    cache.add(minilm, "minilm:v1")
+    snap = cache.materialize("minilm:v1")
+    blob_inodes = {p.stat().st_ino for p in blobs_of(cache)}
+    for dirpath, dirs, files in os.walk(snap):
+        assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o555
+        for n in files:
+            st = os.stat(os.path.join(dirpath, n))
+            assert st.st_ino in blob_inodes
+            assert st.st_nlink >= 2
+            assert stat.S_IMODE(st.st_mode) == 0o444
+
+
+def test_materialize_twice_returns_the_same_directory(cache, minilm):
+    cache.add(minilm, "minilm:v1")
+    first = cache.materialize("minilm:v1")
+    ino = first.stat().st_ino
+    assert cache.materialize("minilm:v1") == first
+    assert first.stat().st_ino == ino
+    assert not [p for p in (cache.root / "snapshots").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_executable_bit_is_kept(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o755)
+    (src / "data.txt").write_text("#!/bin/sh\necho hi\n")  # same bytes, not executable
+    cache.add(src, "tool:v1")
+    snap = cache.materialize("tool:v1")
+    assert os.access(snap / "run.sh", os.X_OK)
+    assert stat.S_IMODE((snap / "data.txt").stat().st_mode) == 0o444
+    assert len(blobs_of(cache)) == 2
+
+
+def test_identical_files_are_stored_once_across_models_and_versions(cache, minilm, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm, copy)
+    (copy / "config.json").write_text('{"changed": true}')
+    cache.add(minilm, "minilm:v1")
+    cache.add(copy, "other-model:v7")
+    assert len(blobs_of(cache)) == len(tree_files(minilm)) + 1
+    a = cache.materialize("minilm:v1") / "model.safetensors"
+    b = cache.materialize("other-model:v7") / "model.safetensors"
+    assert a.stat().st_ino == b.stat().st_ino
+
+
+def test_same_content_gives_the_same_root(cache, synthetic):
+    a = cache.add(synthetic, "a:v1")
+    b = cache.add(synthetic, "b:v1")
+    assert a.root == b.root
+    assert cache.materialize("a:v1") == cache.materialize("b:v1")
+
+
+def test_single_file_is_stored_under_its_name(cache, synthetic):
+    info = cache.add(synthetic / "model.safetensors", "weights:v1")
+    snap = cache.materialize(info)
+    assert os.listdir(snap) == ["model.safetensors"]
+    assert (snap / "model.safetensors").read_bytes() == (synthetic / "model.safetensors").read_bytes()
+
+
+def test_add_copies_so_later_edits_do_not_reach_the_cache(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"original")
+    cache.add(src, "m:v1")
+    (src / "w.bin").write_bytes(b"edited!!")
+    assert (cache.materialize("m:v1") / "w.bin").read_bytes() == b"original"
+    assert (src / "w.bin").stat().st_nlink == 1
+
+
+def test_latest_resolves_to_the_newest_version(cache, tmp_path):
+    versions = []
+    for i in range(3):
+        d = tmp_path / f"v{i}"
+        d.mkdir()
+        (d / "w.bin").write_bytes(bytes([i]) * 10)
+        versions.append(cache.add(d, "model"))
+    assert cache.get("model:latest") == versions[-1]
+    assert cache.get("model") == versions[-1]
+    assert [i.version for i in cache.list("model")] == [v.version for v in reversed(versions)]
+    assert sorted(v.version for v in versions) == [v.version for v in versions]
+
+
+def test_list_spans_names_newest_first(cache, synthetic, minilm):
+    cache.add(synthetic, "b:v1")
+    cache.add(minilm, "a:v1")
+    assert [i.tag for i in cache.list()] == ["a:v1", "b:v1"]
+    assert [i.tag for i in cache.list("b")] == ["b:v1"]
+    assert Cache(cache.root / "elsewhere").list() == []
+
+
+def test_create_moves_staged_files_into_the_cache(cache, synthetic):
+    payload = (synthetic / "model.safetensors").read_bytes()
+    with cache.create("trained", labels={"run": "7"}) as staging:
+        assert staging.path.is_dir() and staging.path.is_relative_to(cache.root)
+        assert staging.tag.startswith("trained:")
+        (staging.path / "model.safetensors").write_bytes(payload)
+        (staging.path / "sub").mkdir()
+        (staging.path / "sub" / "vocab.txt").write_text("a\nb\n")
+    info = cache.get(staging.tag)
+    assert info.labels == {"run": "7"}
+    snap = cache.materialize(info)
+    assert (snap / "model.safetensors").read_bytes() == payload
+    assert (snap / "sub" / "vocab.txt").read_text() == "a\nb\n"
+    assert not staging.path.exists()
+    assert not list((cache.root / "tmp").iterdir())
+
+
+def test_create_records_nothing_on_exception(cache):
+    with pytest.raises(RuntimeError, match="training failed"), cache.create("trained") as staging:
+        (staging.path / "w.bin").write_bytes(b"partial")
+        raise RuntimeError("training failed")
+    assert cache.list() == []
+    assert not staging.path.exists()
+    assert blobs_of(cache) == []
+
+
+def test_existing_version_with_other_content_is_refused(cache, tmp_path, synthetic):
+    cache.add(synthetic, "m:v1")
+    again = cache.add(synthetic, "m:v1")
+    assert again == cache.get("m:v1")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x").write_text("different")
+    with pytest.raises(InvalidInput, match="already exists with other content"):
+        cache.add(other, "m:v1")
+    assert cache.get("m:v1").root == again.root
+
+
+def test_symlinks_to_files_are_followed(cache, synthetic, tmp_path):
+    # the Hugging Face cache's snapshot directories are made of such links
+    snap = tmp_path / "hf_snapshot"
+    (snap / "sub").mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to(synthetic / "model.safetensors")
+    (snap / "sub" / "config.json").symlink_to(os.path.relpath(synthetic / "config.json", snap / "sub"))
+    cache.add(snap, "linked:v1")
+    files = tree_files(cache.materialize("linked:v1"))
+    assert files["model.safetensors"] == (synthetic / "model.safetensors").read_bytes()
+    assert files["sub/config.json"] == (synthetic / "config.json").read_bytes()
+
+
+def test_delete_removes_the_ref_and_unshared_objects(cache, minilm, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(minilm, copy)
+    (copy / "extra.txt").write_text("only in v2")
+    v1 = cache.add(minilm, "m:v1")
+    cache.add(copy, "m:v2")
+    cache.materialize("m:v1")
+    removed = cache.delete("m:v2")
+    assert [i.tag for i in removed] == ["m:v2"]
+    with pytest.raises(NotFound):
+        cache.get("m:v2")
+    assert len(blobs_of(cache)) == len(tree_files(minilm))
+    assert tree_files(cache.materialize("m:v1")) == tree_files(minilm)
+    cache.delete("m")
+    assert cache.list() == [] and blobs_of(cache) == []
+    assert not (cache.root / "snapshots" / v1.root).exists()
+    assert cache.verify().ok
+
+
+def test_delete_latest_removes_only_the_newest(cache, synthetic, minilm):
+    cache.add(synthetic, "m:v1")
+    cache.add(minilm, "m:v2")
+    cache.delete("m:latest")
+    assert [i.tag for i in cache.list()] == ["m:v1"]
+
+
+def test_model_info_shape(cache, synthetic):
+    info = cache.add(synthetic, "m:v1")
+    assert isinstance(info, ModelInfo)
+    assert (info.tag, info.name, info.version) == ("m:v1", "m", "v1")
+    assert len(info.root) == 64 and info.file_count == 2
+    assert info.creation_time.year >= 2024
+    with pytest.raises(AttributeError):
+        info.size = 0
+    d = info.to_dict()
+    assert d["tag"] == "m:v1" and d["size"] == info.size
+
+
+# -- bad input: each gives one clear error and writes nothing ----------------
+
+
+@pytest.mark.parametrize(
+    "tag,message",
+    [
+        ("Upper", "lower-case"),
+        ("has space", "lower-case"),
+        ("m:latest", "reserved"),
+        ("", "empty"),
+        ("m:" + "9" * 64, "at most 63"),
+        ("x" * 64, "at most 63"),
+    ],
+)
+def test_add_with_invalid_tag(cache, synthetic, tag, message):
+    with pytest.raises(InvalidTag, match=message):
+        cache.add(synthetic, tag)
+    assert not cache.root.exists()
+
+
+def test_add_missing_path(cache, tmp_path):
+    with pytest.raises(InvalidInput, match="does not exist"):
+        cache.add(tmp_path / "nope", "m")
+    assert not cache.root.exists()
+
+
+def test_add_empty_directory(cache, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InvalidInput, match="contains no files"):
+        cache.add(tmp_path / "empty", "m")
+    assert not cache.root.exists()
+
+
+def test_add_dangling_symlink(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.bin").write_bytes(b"fine")
+    (src / "weights.bin").symlink_to(tmp_path / "gone")
+    with pytest.raises(InvalidInput, match="dangling symlink"):
+        cache.add(src, "m")
+    assert not cache.root.exists()
+
+
+def test_add_symlink_loops(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.bin").write_bytes(b"fine")
+    (src / "self").symlink_to("self")
+    with pytest.raises(InvalidInput, match="symlink loop"):
+        cache.add(src, "m")
+    (src / "self").unlink()
+    (src / "up").symlink_to("..")
+    with pytest.raises(InvalidInput, match="symlink loop"):
+        cache.add(src, "m")
+    assert not cache.root.exists()
+
+
+def test_add_special_file(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "pipe")
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        cache.add(src, "m")
+
+
+def test_bad_labels_and_metadata(cache, synthetic):
+    with pytest.raises(InvalidInput, match="label"):
+        cache.add(synthetic, "m", labels={"k": 1})
+    with pytest.raises(InvalidInput, match="metadata"):
+        cache.add(synthetic, "m", metadata={"obj": object()})
+    assert not cache.root.exists()
+
+
+def test_delete_unknown_tag(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    for tag in ("m:v2", "other:v1", "other", "other:latest"):
+        with pytest.raises(NotFound, match="is not in the cache"):
+            cache.delete(tag)
+    assert [i.tag for i in cache.list()] == ["m:v1"]
+
+
+def test_get_unknown_tag_says_what_to_do(cache):
+    with pytest.raises(NotFound) as e:
+        cache.get("ghost:v1")
+    assert "ghost:v1" in str(e.value) and str(cache.root) in str(e.value) and "cas add" in str(e.value)
+
+
+def test_nothing_is_written_outside_the_cache(tmp_path, synthetic):
+    cache = Cache(tmp_path / "cache")
+    before = listing(tmp_path)
+    for bad in (lambda: cache.add(tmp_path / "nope", "m"), lambda: cache.add(synthetic, "Bad")):
+        with pytest.raises(CasError):
+            bad()
+    cache.add(synthetic, "m:v1")
+    cache.materialize("m:v1")
+    after = listing(tmp_path)
+    assert {p for p in after - before if not p.startswith("cache")} == set()
+
+
+# -- verify -----------------------------------------------------------------
+
+
+def test_verify_finds_and_repairs_a_tampered_snapshot_file(cache, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"a" * 1000)
+    (src / "b.bin").write_bytes(b"b" * 1000)
+    cache.add(src, "m:v1")
+    snap = cache.materialize("m:v1")
+    # replace a file in the snapshot (not through the hardlink): blobs stay good
+    (snap).chmod(0o755)
+    (snap / "a.bin").unlink()
+    (snap / "a.bin").write_bytes(b"evil")
+    (snap / "extra").write_bytes(b"x")
+    report = cache.verify()
+    assert len(report.tampered) == 1 and "a.bin does not match" in report.tampered[0]
+    assert "extra is not part of the model" in report.tampered[0]
+    assert report.repaired and report.ok
+    assert tree_files(cache.materialize("m:v1")) == tree_files(src)
+    assert cache.verify().tampered == []
+
+
+def test_verify_finds_a_blob_edited_through_its_hardlink(cache, synthetic):
+    info = cache.add(synthetic, "m:v1")
+    snap = cache.materialize(info)
+    target = snap / "config.json"
+    os.chmod(target, 0o644)  # what root could do anyway
+    target.write_text('{"tampered": true}')
+    report = cache.verify()
+    assert not report.ok
+    assert any("does not match its id" in t for t in report.tampered)
+    # the damaged blob and the snapshot sharing it are gone: nothing corrupt can be served
+    assert not snap.exists()
+    with pytest.raises(CorruptObject, match="missing"):
+        cache.materialize(info)
+    # storing the model again repairs it
+    cache.add(synthetic, "m:v1")
+    assert tree_files(cache.materialize(info)) == tree_files(synthetic)
+    assert cache.verify().ok
+
+
+def test_verify_reports_a_blob_whose_bytes_do_not_match_without_repair(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    blob = next(p for p in blobs_of(cache) if p.stat().st_size < 1000)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"garbage")
+    report = cache.verify(repair=False)
+    assert not report.ok and blob.exists()
+    assert hash_file(str(blob)) != bytes.fromhex(blob.name)
+
+
+def test_verify_removes_orphans_and_dead_temporaries(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    (cache.root / "blobs" / "ab").mkdir(exist_ok=True)
+    orphan = cache.root / "blobs" / "ab" / ("ab" + "0" * 62)
+    orphan.write_bytes(b"orphan")
+    dead = cache.root / "tmp" / "blob-999999999-1-1-abcdef"
+    dead.parent.mkdir(exist_ok=True)
+    dead.write_bytes(b"partial")
+    report = cache.verify()
+    assert str(orphan) in report.orphaned and str(dead) in report.orphaned
+    assert not orphan.exists() and not dead.exists()
+    assert report.ok
+
+
+def test_verify_of_a_missing_blob(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    victim = blobs_of(cache)[0]
+    victim.unlink()
+    report = cache.verify("m:v1")
+    assert not report.ok and "is missing" in report.missing[0]
+
+
+def test_synthetic_safetensors_round_trip_all_dtypes(cache, tmp_path):
+    for dtype in ("F32", "F16", "BF16", "I8"):
+        d = synth.write_model_dir(tmp_path / dtype, synth.model_tensors(3, 2 << 20, dtype))
+        cache.add(d, f"m-{dtype.lower()}:v1")
+        assert tree_files(cache.materialize(f"m-{dtype.lower()}:v1")) == tree_files(d)
+    assert cache.verify().ok
