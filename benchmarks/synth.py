@@ -71,7 +71,9 @@ def weights(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "F32"
     raise ValueError(dtype)
 
 
-def model_tensors(seed: int, total_bytes: int, dtype: str = "F32", layer_bytes: int = 4 << 20) -> list[tuple[str, np.ndarray]]:
+def model_tensors(
+    seed: int, total_bytes: int, dtype: str = "F32", layer_bytes: int = 4 << 20
+) -> list[tuple[str, np.ndarray]]:
     """A transformer-like list of tensors of about ``total_bytes``: big matrices plus small biases."""
     rng = np.random.default_rng(seed)
     itemsize = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1}[dtype]

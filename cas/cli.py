@@ -50,11 +50,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")
+    _global_flags(p, default=None)
+    # The same flags after the command; SUPPRESS keeps them from resetting one given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", metavar="DIR", help="cache root (default: $CAS_HOME, else ~/.cache/cas)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-
-    p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.", parents=[common])
+    _global_flags(common, default=argparse.SUPPRESS)
     sub = p.add_subparsers(metavar="COMMAND")
 
     def cmd(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-repair", action="store_true", help="only report")
     sp.add_argument("--json", action="store_true")
     return p
+
+
+def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--home", metavar="DIR", default=default, help="cache root (default: $CAS_HOME, else ~/.cache/cas)")
+    p.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks")
 
 
 def _cache(args: argparse.Namespace) -> Cache:

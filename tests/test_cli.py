@@ -1,0 +1,77 @@
+"""The cas command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import cas_cli, tree_files
+
+
+def test_add_list_show_materialize_rm(tmp_path, minilm):
+    home = tmp_path / "home"
+    out = cas_cli("add", str(minilm), "minilm:v1", "--label", "team=nlp", "--metadata", "dim=384", home=home)
+    assert out.stdout.startswith("minilm:v1 ")
+    listed = json.loads(cas_cli("list", "--json", home=home).stdout)
+    assert [m["tag"] for m in listed] == ["minilm:v1"]
+    assert listed[0]["labels"] == {"team": "nlp"} and listed[0]["metadata"] == {"dim": 384}
+    table = cas_cli("list", home=home).stdout
+    assert table.splitlines()[0].split() == ["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"]
+    assert "minilm:v1" in table and "team=nlp" in table
+
+    shown = json.loads(cas_cli("show", "minilm", "--json", home=home).stdout)
+    assert shown["root"] == listed[0]["root"]
+    assert {f["path"] for f in shown["files"]} == set(tree_files(minilm))
+    text = cas_cli("show", "minilm:v1", home=home).stdout
+    assert "model.safetensors" in text and listed[0]["root"] in text
+
+    path = cas_cli("materialize", "minilm:latest", home=home).stdout.strip()
+    assert tree_files(__import__("pathlib").Path(path)) == tree_files(minilm)
+
+    verify = cas_cli("verify", "--json", home=home)
+    assert json.loads(verify.stdout)["ok"] is True
+
+    assert cas_cli("rm", "minilm:v1", home=home).stdout.strip() == "removed minilm:v1"
+    assert json.loads(cas_cli("list", "--json", home=home).stdout) == []
+
+
+def test_errors_are_one_line_with_exit_code_1(tmp_path):
+    home = tmp_path / "home"
+    for args, needle in [
+        (("add", str(tmp_path / "missing"), "m"), "does not exist"),
+        (("add", str(tmp_path), "Bad Tag"), "invalid tag"),
+        (("show", "ghost:v1"), "is not in the cache"),
+        (("rm", "ghost"), "is not in the cache"),
+        (("add", str(tmp_path), "m", "--label", "novalue"), "expected KEY=VALUE"),
+    ]:
+        proc = cas_cli(*args, home=home, check=False)
+        assert proc.returncode == 1, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cas: error: ") and needle in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    for args in (("bogus",), ("add",), ()):
+        proc = cas_cli(*args, home=tmp_path, check=False)
+        assert proc.returncode == 2, args
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = cas_cli("show", "ghost:v1", "--debug", home=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "NotFound" in proc.stderr
+
+
+def test_home_flag_overrides_cas_home(tmp_path, synthetic):
+    other = tmp_path / "other"
+    cas_cli("--home", str(other), "add", str(synthetic), "m:v1", home=tmp_path / "env")
+    assert (other / "refs" / "m" / "v1").is_file()
+    assert not (tmp_path / "env").exists()
+
+
+def test_verify_exit_code_reflects_damage(tmp_path, synthetic):
+    home = tmp_path / "home"
+    cas_cli("add", str(synthetic), "m:v1", home=home)
+    blob = next(p for p in (home / "blobs").rglob("*") if p.is_file())
+    blob.unlink()
+    proc = cas_cli("verify", home=home, check=False)
+    assert proc.returncode == 1 and "missing:" in proc.stdout and "DAMAGED" in proc.stdout

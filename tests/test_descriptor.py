@@ -1,0 +1,253 @@
+"""The descriptor: lazy, once-per-process resolution for services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import descriptor
+from cas import Cache, NotFound
+
+from .conftest import REPO, tree_files
+
+
+def service_class(tag: str, cache: Cache):
+    class Service:
+        model = descriptor.Model(tag, cache=cache)
+
+    return Service
+
+
+def test_class_access_returns_the_descriptor(cache):
+    Service = service_class("m:latest", cache)
+    assert isinstance(Service.model, descriptor.Model)
+    assert Service.model.tag == "m:latest"
+    assert descriptor.Model("m").tag == "m:latest"
+
+
+def test_instance_access_resolves_to_a_concrete_materialized_model(cache, minilm):
+    info = cache.add(minilm, "minilm")
+    Service = service_class("minilm:latest", cache)
+    m = Service().model
+    assert isinstance(m, descriptor.ResolvedModel)
+    assert m.tag == info.tag and not m.tag.endswith(":latest")
+    assert m.root == info.root and m.info == info
+    assert tree_files(m.path) == tree_files(minilm)
+    assert os.fspath(m) == str(m.path)
+    assert m.path_of("1_Pooling/config.json").read_bytes() == (minilm / "1_Pooling/config.json").read_bytes()
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "/etc/passwd", "a/../../b", "", "a\\b"])
+def test_path_of_refuses_paths_outside_the_model(cache, synthetic, bad):
+    cache.add(synthetic, "m:v1")
+    m = service_class("m:v1", cache)().model
+    with pytest.raises(ValueError, match="m:v1"):
+        m.path_of(bad)
+
+
+def test_path_of_a_file_not_in_the_model(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    m = service_class("m:v1", cache)().model
+    with pytest.raises(FileNotFoundError, match="not a file of model m:v1"):
+        m.path_of("nope.bin")
+
+
+def test_later_reads_are_plain_attribute_reads(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    s = service_class("m:v1", cache)()
+    first = s.model
+    assert s.__dict__["model"] is first
+    assert s.model is first
+
+
+def test_every_instance_sees_the_same_model_even_after_a_new_version(cache, synthetic, minilm):
+    cache.add(synthetic, "m")
+    Service = service_class("m:latest", cache)
+    a = Service().model
+    cache.add(minilm, "m")  # a newer version appears while the process runs
+    b = Service().model
+    assert a is b
+    assert cache.get("m:latest").root != a.root
+
+
+def test_a_failed_resolution_is_retried_on_next_access(cache, synthetic):
+    Service = service_class("m:latest", cache)
+    with pytest.raises(NotFound):
+        Service().model
+    cache.add(synthetic, "m")
+    assert Service().model.tag == cache.get("m").tag
+
+
+def test_missing_model_error_names_tag_cache_and_remedy(cache):
+    class Classifier:
+        model = descriptor.Model("sentiment:latest", cache=cache)
+
+    with pytest.raises(NotFound) as e:
+        Classifier().model
+    msg = str(e.value)
+    assert "Classifier.model" in msg and "sentiment:latest" in msg
+    assert str(cache.root) in msg and "cas add" in msg and "CAS_REMOTE" in msg
+
+
+def test_invalid_tag_fails_at_class_definition():
+    with pytest.raises(ValueError, match="lower-case"):
+
+        class Bad:
+            model = descriptor.Model("Not A Tag")
+
+
+def test_default_cache_follows_cas_home(tmp_path, synthetic, monkeypatch):
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    Cache().add(synthetic, "m:v1")
+
+    class Service:
+        model = descriptor.Model("m:v1")
+
+    assert Service().model.path.is_relative_to(tmp_path / "home")
+
+
+def test_cache_may_be_given_as_a_path(tmp_path, synthetic):
+    Cache(tmp_path / "c").add(synthetic, "m:v1")
+
+    class Service:
+        model = descriptor.Model("m:v1", cache=tmp_path / "c")
+
+    assert Service().model.path.is_relative_to(tmp_path / "c")
+
+
+def test_slots_classes_work_without_caching_in_the_instance(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+
+    class Slotted:
+        __slots__ = ()
+        model = descriptor.Model("m:v1", cache=cache)
+
+    assert Slotted().model is Slotted().model
+
+
+def test_threads_racing_on_first_access_resolve_once(cache, minilm):
+    cache.add(minilm, "m:v1")
+    calls = []
+
+    class CountingCache(Cache):
+        def get(self, tag):
+            calls.append(tag)
+            return super().get(tag)
+
+    Service = service_class("m:v1", CountingCache(cache.root))
+    barrier = threading.Barrier(16)
+    results = []
+
+    def worker():
+        barrier.wait()
+        results.append(Service().model)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 16 and all(r is results[0] for r in results)
+    assert calls == ["m:v1"]
+
+
+RACER = """
+import json, sys, time, descriptor
+from cas import Cache
+class Service:
+    model = descriptor.Model("minilm:latest", cache=Cache(sys.argv[1]))
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+m = Service().model
+print(json.dumps({"path": str(m.path), "tag": m.tag, "ino": m.path.stat().st_ino}))
+"""
+
+
+def test_processes_racing_materialize_once_and_all_get_the_complete_snapshot(cache, minilm):
+    import time
+
+    cache.add(minilm, "minilm")
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(cache.root), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for _ in range(8)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out))
+    assert len({o["path"] for o in outs}) == 1 and len({o["ino"] for o in outs}) == 1
+    snapshots = list((cache.root / "snapshots").iterdir())
+    assert [s.name for s in snapshots] == [cache.get("minilm").root]  # one snapshot, no leftover staging
+    assert tree_files(Path(outs[0]["path"])) == tree_files(minilm)
+
+
+def test_models_of_lists_a_class_dependencies_including_inherited():
+    class Base:
+        encoder = descriptor.Model("encoder:v1")
+        plain = 3
+
+    class Service(Base):
+        classifier = descriptor.Model("classifier:latest")
+
+    class Override(Service):
+        encoder = None
+
+    assert {k: v.tag for k, v in descriptor.models_of(Service).items()} == {
+        "encoder": "encoder:v1",
+        "classifier": "classifier:latest",
+    }
+    assert list(descriptor.models_of(Service())) == ["encoder", "classifier"]
+    assert list(descriptor.models_of(Override)) == ["classifier"]
+
+
+def test_prefetch_resolves_every_model(cache, synthetic, minilm):
+    cache.add(synthetic, "a:v1")
+    cache.add(minilm, "b:v1")
+
+    class Service:
+        a = descriptor.Model("a:v1", cache=cache)
+        b = descriptor.Model("b:v1", cache=cache)
+
+    resolved = descriptor.prefetch(Service)
+    assert {k: v.tag for k, v in resolved.items()} == {"a": "a:v1", "b": "b:v1"}
+    s = Service()
+    assert s.a is resolved["a"] and s.b is resolved["b"]
+    assert descriptor.prefetch(object) == {}
+
+
+def test_importing_descriptor_loads_no_network_compression_or_lock_library():
+    code = (
+        "import sys, descriptor; "
+        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'tqdm', 'pyfastcdc') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_warm_first_access_loads_no_lock_or_compression_library(cache, synthetic):
+    cache.add(synthetic, "m:v1")
+    cache.materialize("m:v1")
+    code = (
+        "import sys, descriptor\n"
+        "from cas import Cache\n"
+        f"class S:\n    model = descriptor.Model('m:v1', cache=Cache({str(cache.root)!r}))\n"
+        "S().model\n"
+        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'pyfastcdc') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
