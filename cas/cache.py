@@ -30,7 +30,7 @@ from . import ref as refs
 from . import tags
 from .digest import hex_id
 from .errors import CasError, CorruptObject, InvalidInput, NotFound
-from .fsutil import atomic_write, fsync_dir, link_or_copy, publish, remove_tree, temp_name, write_new
+from .fsutil import atomic_write, fsync_dir, fsync_path, link_or_copy, publish, remove_tree, temp_name, write_new
 from .ingest import digest_file
 from .ref import ModelInfo
 from .tree import FileEntry, Tree, check_path, root_of
@@ -76,7 +76,13 @@ class _Source:
 class Cache:
     """A content-addressed model cache rooted at one directory."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, durable: bool | None = None):
+        """``durable`` (default: true unless ``CAS_DURABLE=0``) fsyncs every blob before it is
+        published, so a power loss can never leave a blob whose bytes do not match its name;
+        turn it off for throwaway caches, where it roughly halves ``add`` time."""
+        if durable is None:
+            durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
+        self.durable = durable
         # Plain strings: the warm path (read a ref, stat a snapshot) avoids pathlib.
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         self._refs = self._root + "/refs"
@@ -247,7 +253,7 @@ class Cache:
         self._tmp.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp / temp_name("blob-")
         try:
-            d = digest_file(s.src, copy_to=tmp, progress=progress)
+            d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=self.durable)
             self._store_blob(tmp, d.file_id, s.executable)
         finally:
             tmp.unlink(missing_ok=True)
@@ -255,6 +261,8 @@ class Cache:
 
     def _ingest_move(self, s: _Source) -> FileEntry:
         d = digest_file(s.src)
+        if self.durable:
+            fsync_path(s.src)
         self._store_blob(Path(s.src), d.file_id, s.executable)
         return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
