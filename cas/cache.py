@@ -80,13 +80,17 @@ class Cache:
         """``durable`` (default: true unless ``CAS_DURABLE=0``) fsyncs every blob before it is
         published, so a power loss can never leave a blob whose bytes do not match its name;
         turn it off for throwaway caches, where it roughly halves ``add`` time."""
-        if durable is None:
-            durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
-        self.durable = durable
+        self._durable = durable
         # Plain strings: the warm path (read a ref, stat a snapshot) avoids pathlib.
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         self._refs = self._root + "/refs"
         self._snaps = self._root + "/snapshots"
+
+    @property
+    def durable(self) -> bool:
+        if self._durable is None:  # read when first writing: the warm path never needs it
+            self._durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
+        return self._durable
 
     @property
     def root(self) -> Path:
@@ -131,7 +135,7 @@ class Cache:
 
     # -- reading refs -------------------------------------------------------
 
-    def get(self, tag: str) -> ModelInfo:
+    def get(self, tag: str | tags.Tag) -> ModelInfo:
         """The model stored under ``tag``; ``name`` and ``name:latest`` mean the newest version."""
         t = tags.parse(tag)
         if t.is_latest:
@@ -363,13 +367,16 @@ class Cache:
 
     def materialize(self, tag: str | ModelInfo) -> Path:
         """The model's read-only snapshot directory, built from hardlinks on first use."""
-        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
-        if os.path.isdir(f"{self._snaps}/{info.root}"):
-            return Path(self._snaps, info.root)
-        snap = self._snapshots / info.root
+        return Path(self.snapshot_dir(tag if isinstance(tag, ModelInfo) else self.get(tag)))
+
+    def snapshot_dir(self, info: ModelInfo) -> str:
+        """``materialize`` as a plain string: the descriptor's warm path is one ``stat``."""
+        snap = f"{self._snaps}/{info.root}"
+        if os.path.isdir(snap):
+            return snap
         with self._lock(f"snapshot-{info.root}"), self._objects_lock(shared=True):
             if not os.path.isdir(snap):
-                self._build_snapshot(info, snap)
+                self._build_snapshot(info, Path(snap))
         return snap
 
     def _build_snapshot(self, info: ModelInfo, snap: Path) -> None:

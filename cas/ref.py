@@ -8,7 +8,7 @@ path it was read from.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -21,42 +21,21 @@ MAX_REF_BYTES = 1 << 20
 _MAX_DEPTH = 16
 
 
-class ModelInfo:
-    """One stored model version, as recorded by its ref (immutable)."""
+class ModelInfo(NamedTuple):
+    """One stored model version, as recorded by its ref.
 
-    __slots__ = ("name", "version", "root", "created", "size", "file_count", "labels", "metadata")
+    A NamedTuple: immutable, and the cheapest object to build, which matters
+    because one is built on every descriptor's first access.
+    """
 
-    def __init__(
-        self,
-        name: str,
-        version: str,
-        root: str,
-        created: float,
-        size: int,
-        file_count: int,
-        labels: dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ):
-        # A plain class rather than a dataclass: this is built on every
-        # descriptor's first access, and dataclass import and init cost more.
-        set_ = object.__setattr__
-        set_(self, "name", name)
-        set_(self, "version", version)
-        set_(self, "root", root)  # hex BLAKE3 of the tree
-        set_(self, "created", created)  # seconds since the epoch
-        set_(self, "size", size)
-        set_(self, "file_count", file_count)
-        set_(self, "labels", labels if labels is not None else {})
-        set_(self, "metadata", metadata if metadata is not None else {})
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("ModelInfo is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelInfo) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.version, self.root))
+    name: str
+    version: str
+    root: str  # hex BLAKE3 of the tree
+    created: float  # seconds since the epoch
+    size: int
+    file_count: int
+    labels: dict[str, str] = {}  # noqa: RUF012 - never mutated; a fresh dict is passed when set
+    metadata: dict[str, Any] = {}  # noqa: RUF012
 
     def __repr__(self) -> str:
         return f"ModelInfo(tag={self.tag!r}, root={self.root[:12]!r}, size={self.size}, files={self.file_count})"
@@ -135,10 +114,11 @@ def decode(data: bytes, *, name: str | None = None, version: str | None = None) 
     )
     if not ok:
         raise InvalidManifest("ref record has a field of the wrong type")
-    tags.validate_name(info.name)
-    tags.validate_version(info.version)
     if (name is not None and info.name != name) or (version is not None and info.version != version):
         raise InvalidManifest(f"ref record for {info.tag} is stored under {name}:{version}")
+    if name is None:  # a name given by the caller was checked when its tag was parsed
+        tags.validate_name(info.name)
+    tags.validate_version(info.version)
     return info
 
 

@@ -55,7 +55,8 @@ def validate_name(name: str) -> str:
 
 
 def validate_version(version: str, *, whole: str | None = None) -> str:
-    _check("version", version, whole or version)
+    if len(version) > MAX_LEN or not _PART.fullmatch(version):
+        _check("version", version, whole or version)
     if version == LATEST:
         raise InvalidTag(f"invalid tag {whole or version!r}: 'latest' is reserved and cannot be a stored version")
     return version

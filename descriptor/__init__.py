@@ -29,11 +29,19 @@ __all__ = ["Model", "ResolvedModel", "models_of", "prefetch"]
 class ResolvedModel:
     """A model version on local disk: a read-only directory of its files."""
 
-    __slots__ = ("path", "info")
+    __slots__ = ("_dir", "_path", "info")
 
-    def __init__(self, path: Path, info: ModelInfo):
-        self.path = path
+    def __init__(self, directory: str, info: ModelInfo):
+        self._dir = directory
+        self._path: Path | None = None
         self.info = info
+
+    @property
+    def path(self) -> Path:
+        """The model's directory (built on first use: pathlib is slow to start)."""
+        if self._path is None:
+            self._path = Path(self._dir)
+        return self._path
 
     @property
     def tag(self) -> str:
@@ -57,17 +65,18 @@ class ResolvedModel:
         return p
 
     def __fspath__(self) -> str:
-        return str(self.path)
+        return self._dir
 
     def __repr__(self) -> str:
-        return f"ResolvedModel({self.tag!r}, path={str(self.path)!r})"
+        return f"ResolvedModel({self.tag!r}, path={self._dir!r})"
 
 
 class Model:
     """A class attribute naming a model by tag, resolved on first instance access."""
 
     def __init__(self, tag: str, *, cache: Cache | str | os.PathLike[str] | None = None):
-        self.tag = str(parse(tag))  # a bad tag fails when the class is defined
+        self._tag = parse(tag)  # a bad tag fails when the class is defined
+        self.tag = str(self._tag)
         self._cache = cache
         self._resolved: ResolvedModel | None = None
         self._lock = threading.Lock()
@@ -97,11 +106,11 @@ class Model:
                 if cache is None:
                     cache = Cache(self._cache) if self._cache is not None else default_cache()
                 try:
-                    info = cache.get(self.tag)
-                    path = cache.materialize(info)
+                    info = cache.get(self._tag)
+                    directory = cache.snapshot_dir(info)
                 except CasError as e:
                     raise type(e)(f"{self._owner}.{self._attr}: {e}") from None
-                self._resolved = ResolvedModel(path, info)
+                self._resolved = ResolvedModel(directory, info)
         return self._resolved
 
     def __repr__(self) -> str:

