@@ -20,9 +20,13 @@ def chunk_id(data: bytes | memoryview) -> bytes:
     return blake3(data).digest()
 
 
-def file_hasher() -> blake3:
-    """An incremental hasher for a whole file (feed it with ``update``)."""
-    return blake3(max_threads=_THREADS)
+def file_hasher(*, threads: bool = True) -> blake3:
+    """An incremental hasher for a whole file (feed it with ``update``).
+
+    ``threads=False`` when the caller already keeps the other cores busy:
+    blake3's own threads would then only contend with it.
+    """
+    return blake3(max_threads=_THREADS) if threads else blake3()
 
 
 def hex_id(digest: bytes) -> str:

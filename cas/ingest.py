@@ -33,11 +33,12 @@ class _Tee:
 
     def __init__(self, src: BinaryIO, dst: BinaryIO | None, progress: Callable[[int], None] | None, size: int):
         self.src, self.dst, self.progress = src, dst, progress
-        self.hasher = file_hasher()
+        pipelined = size >= PIPELINE_MIN_BYTES
+        self.hasher = file_hasher(threads=not pipelined)  # pipelined: the chunker has the other core
         self.size = 0
         self._queue: queue.Queue[bytes | None] | None = None
         self._error: BaseException | None = None
-        if size >= PIPELINE_MIN_BYTES:
+        if pipelined:
             self._queue = queue.Queue(_QUEUE_BLOCKS)
             self._thread = threading.Thread(target=self._drain, name="cas-ingest", daemon=True)
             self._thread.start()
