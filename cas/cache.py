@@ -169,10 +169,32 @@ class Cache:
         return out
 
     def _latest(self, name: str) -> ModelInfo:
-        versions = self._versions(name)
-        if not versions:
+        # Fast path: refs/<name>/.latest is a symlink to the newest ref. It is
+        # only a hint: written before a new ref and fixed after a delete, so a
+        # crash leaves it dangling at worst, and then the versions are scanned.
+        try:
+            return refs.decode(_read_small(f"{self._refs}/{name}/{LATEST_LINK}"), name=name)
+        except (FileNotFoundError, CasError):
+            pass
+        newest = self._newest(name)
+        if newest is None:
             raise self._not_found(f"{name}:latest")
-        return max(versions, key=lambda i: (i.created, i.version))
+        return newest
+
+    def _newest(self, name: str) -> ModelInfo | None:
+        versions = self._versions(name)
+        return max(versions, key=_recency) if versions else None
+
+    def _point_latest(self, name: str, info: ModelInfo | None) -> None:
+        """Point refs/<name>/.latest at ``info`` (None: remove it). Caller holds the name's lock."""
+        link = Path(self._refs, name, LATEST_LINK)
+        if info is None:
+            link.unlink(missing_ok=True)
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(temp_name(".latest-"))
+        os.symlink(info.version, tmp)
+        os.replace(tmp, link)
 
     def list(self, name: str | None = None) -> list[ModelInfo]:
         """Stored models, newest first; only versions of ``name`` when given."""
@@ -184,7 +206,7 @@ class Cache:
             except FileNotFoundError:
                 names = []
         infos = [i for n in names for i in self._versions(n)]
-        return sorted(infos, key=lambda i: (i.created, i.tag), reverse=True)
+        return sorted(infos, key=_recency, reverse=True)
 
     def tree(self, tag: str | ModelInfo) -> Tree:
         """The tree manifest of a stored model."""
@@ -307,6 +329,9 @@ class Cache:
                     f"model {name}:{version} already exists with other content (root {existing.root[:12]}); "
                     f"store under a new version, or remove it first with 'cas rm {name}:{version}'"
                 )
+            newest = self._newest(name)
+            if newest is None or _recency(info) > _recency(newest):
+                self._point_latest(name, info)  # before the ref: a crash in between leaves it dangling
             atomic_write(ref_path, info.encode(), self._tmp)
         return info
 
@@ -324,8 +349,16 @@ class Cache:
             if not victims:
                 raise self._not_found(tag)
         with self._objects_lock(shared=False):
-            for info in victims:
-                self._ref_path(info.name, info.version).unlink(missing_ok=True)
+            for name in sorted({i.name for i in victims}):
+                with self._lock(f"ref-{name}"):
+                    for info in victims:
+                        if info.name == name:
+                            self._ref_path(name, info.version).unlink(missing_ok=True)
+                    newest = self._newest(name)  # after the unlink: a crash in between leaves it dangling
+                    self._point_latest(name, newest)
+                    if newest is None:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(Path(self._refs, name))
             self._prune({i.root for i in victims})
         return victims
 
@@ -423,6 +456,14 @@ class Cache:
         ``tag``, orphaned trees, blobs, snapshots and dead temporaries are removed.
         """
         return verify_cache(self, tag, repair=repair)
+
+
+LATEST_LINK = ".latest"
+
+
+def _recency(info: ModelInfo) -> tuple[float, str]:
+    """Newest first means the latest creation time; equal times fall back to the version."""
+    return (info.created, info.version)
 
 
 def _read_small(path: str) -> bytes:

@@ -65,6 +65,7 @@ def verify_cache(cache: Cache, tag: str | None, *, repair: bool) -> VerifyReport
             bad_blobs = _check_blobs(cache, info, tree, blob_ok, report, repair)
             _check_snapshot(cache, info, tree, blob_ok, bad_blobs, report, repair)
         if tag is None:
+            _check_latest_links(cache, infos, report, repair)
             _check_orphans(cache, trees, report, repair)
     return report
 
@@ -174,6 +175,26 @@ def _check_snapshot(
         return  # the snapshot is gone so the damage cannot be served; the model needs its blobs again
     cache._build_snapshot(info, snap)  # we hold the objects lock already
     report.repaired.append(msg)
+
+
+def _check_latest_links(cache: Cache, infos: list[ModelInfo], report: VerifyReport, repair: bool) -> None:
+    """Each name's ``.latest`` hint must name its newest version (a crash can only leave it dangling)."""
+    from .cache import LATEST_LINK, _recency
+
+    newest: dict[str, ModelInfo] = {}
+    for info in infos:
+        if info.name not in newest or _recency(info) > _recency(newest[info.name]):
+            newest[info.name] = info
+    for name, info in newest.items():
+        link = cache.root / "refs" / name / LATEST_LINK
+        target = os.readlink(link) if link.is_symlink() else None
+        if target != info.version:
+            msg = f"{name}: latest link names {target!r}, the newest version is {info.version}"
+            report.tampered.append(msg)
+            if repair:
+                with cache._lock(f"ref-{name}"):
+                    cache._point_latest(name, cache._newest(name))
+                report.repaired.append(msg)
 
 
 def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, repair: bool) -> None:

@@ -126,6 +126,50 @@ def test_latest_resolves_to_the_newest_version(cache, tmp_path):
     assert sorted(v.version for v in versions) == [v.version for v in versions]
 
 
+def test_a_dangling_latest_link_falls_back_to_the_newest_version(cache, tmp_path):
+    # what a crash between moving the link and writing the ref leaves behind
+    d = tmp_path / "v"
+    d.mkdir()
+    (d / "w.bin").write_bytes(b"one")
+    v1 = cache.add(d, "model:v1")
+    link = cache.root / "refs" / "model" / ".latest"
+    assert os.readlink(link) == "v1"
+    link.unlink()
+    link.symlink_to("v2-never-written")
+    assert cache.get("model:latest") == v1
+    report = cache.verify()
+    assert report.ok and any("latest link" in r for r in report.repaired)
+    assert os.readlink(link) == "v1"
+
+
+def test_a_stale_latest_link_is_found_and_fixed_by_verify(cache, tmp_path):
+    for v in ("v1", "v2"):
+        d = tmp_path / v
+        d.mkdir()
+        (d / "w.bin").write_bytes(v.encode())
+        cache.add(d, f"model:{v}")
+    link = cache.root / "refs" / "model" / ".latest"
+    link.unlink()
+    link.symlink_to("v1")
+    report = cache.verify()
+    assert any("newest version is v2" in t for t in report.tampered)
+    assert cache.get("model").version == "v2"
+
+
+def test_deleting_the_newest_moves_latest_back(cache, tmp_path):
+    for v in ("v1", "v2"):
+        d = tmp_path / v
+        d.mkdir()
+        (d / "w.bin").write_bytes(v.encode())
+        cache.add(d, f"model:{v}")
+    cache.delete("model:v2")
+    assert cache.get("model:latest").version == "v1"
+    cache.delete("model:v1")
+    assert not (cache.root / "refs" / "model").exists()
+    with pytest.raises(NotFound):
+        cache.get("model")
+
+
 def test_list_spans_names_newest_first(cache, synthetic, minilm):
     cache.add(synthetic, "b:v1")
     cache.add(minilm, "a:v1")
