@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from blake3 import blake3
 from benchmarks import synth
 from cas import Cache, CasError, CorruptObject, InvalidInput, InvalidTag, ModelInfo, NotFound
 from cas.digest import hash_file
+from cas.fsutil import remove_tree
 
 from .conftest import tree_files
 
@@ -214,6 +216,9 @@ def test_existing_version_with_other_content_is_refused(cache, tmp_path, synthet
     with pytest.raises(InvalidInput, match="already exists with other content"):
         cache.add(other, "m:v1")
     assert cache.get("m:v1").root == again.root
+    report = cache.verify()
+    assert report.ok and report.orphaned  # the refused content's blob and tree were left over, and removed
+    assert cache.verify().orphaned == []
 
 
 def test_symlinks_to_files_are_followed(cache, synthetic, tmp_path):
@@ -445,3 +450,27 @@ def test_synthetic_safetensors_round_trip_all_dtypes(cache, tmp_path):
         cache.add(d, f"m-{dtype.lower()}:v1")
         assert tree_files(cache.materialize(f"m-{dtype.lower()}:v1")) == tree_files(d)
     assert cache.verify().ok
+
+
+def test_snapshots_on_another_filesystem_are_copies_with_one_warning(tmp_path, synthetic):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.fail("this test needs /dev/shm as a filesystem other than the temporary directory's")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        cache = Cache(tmp_path / "cache")
+        (cache.root).mkdir()
+        (cache.root / "snapshots").symlink_to(elsewhere)
+        cache.add(synthetic, "a:v1")
+        cache.add(synthetic / "config.json", "b:v1")
+        with pytest.warns(RuntimeWarning, match="another filesystem") as warned:
+            snap_a = cache.materialize("a:v1")
+            snap_b = cache.materialize("b:v1")
+        assert len(warned) == 1
+        assert tree_files(snap_a) == tree_files(synthetic)
+        assert (snap_b / "config.json").read_bytes() == (synthetic / "config.json").read_bytes()
+        assert (snap_a / "config.json").stat().st_dev != blobs_of(cache)[0].stat().st_dev
+        assert stat.S_IMODE((snap_a / "config.json").stat().st_mode) == 0o444
+        assert cache.verify().ok
+    finally:
+        remove_tree(elsewhere)
