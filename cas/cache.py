@@ -81,6 +81,7 @@ class Cache:
         published, so a power loss can never leave a blob whose bytes do not match its name;
         turn it off for throwaway caches, where it roughly halves ``add`` time."""
         self._durable = durable
+        self._chunks = None
         # Plain strings: the warm path (read a ref, stat a snapshot) avoids pathlib.
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         self._refs = self._root + "/refs"
@@ -305,25 +306,30 @@ class Cache:
     ) -> ModelInfo:
         tree = Tree.build(entries)
         encoded = tree.encode()
-        root = hex_id(root_of(encoded))
-        tree_path = self._tree_path(root)
-        if not tree_path.exists():
-            write_new(tree_path, encoded, self._tmp)
         info = ModelInfo(
             name=name,
             version=version,
-            root=root,
+            root=hex_id(root_of(encoded)),
             created=time.time(),
             size=tree.size,
             file_count=len(tree.files),
             labels=labels,
             metadata=metadata,
         )
+        return self._commit(info, tree, encoded)
+
+    def _commit(self, info: ModelInfo, tree: Tree, encoded: bytes) -> ModelInfo:
+        """Store the tree, index its chunks, then write the ref: the ref is the commit point."""
+        tree_path = self._tree_path(info.root)
+        if not tree_path.exists():
+            write_new(tree_path, encoded, self._tmp)
+        self._chunk_index().add_tree(tree)
+        name, version = info.name, info.version
         ref_path = self._ref_path(name, version)
         with self._lock(f"ref-{name}"):
             if ref_path.exists():
                 existing = refs.decode(ref_path.read_bytes(), name=name, version=version)
-                if existing.root == root:
+                if existing.root == info.root:
                     return existing
                 raise InvalidInput(
                     f"model {name}:{version} already exists with other content (root {existing.root[:12]}); "
@@ -334,6 +340,35 @@ class Cache:
                 self._point_latest(name, info)  # before the ref: a crash in between leaves it dangling
             atomic_write(ref_path, info.encode(), self._tmp)
         return info
+
+    def _chunk_index(self):
+        """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
+        if self._chunks is None:
+            from .chunkindex import ChunkIndex
+
+            self._chunks = ChunkIndex(self.root / "chunks.sqlite")
+        return self._chunks
+
+    # -- repositories -------------------------------------------------------
+
+    def push(self, tag: str, remote: str | None = None, **kwargs: Any):
+        """Upload a stored model to a repository (``$CAS_REMOTE`` by default); see ``cas.sync.push``."""
+        from .sync import push
+
+        return push(self, tag, remote, **kwargs).info
+
+    def pull(self, tag: str, remote: str | None = None, **kwargs: Any) -> ModelInfo:
+        """Fetch a model from a repository, moving only what no local file holds; see ``cas.sync.pull``."""
+        from .sync import pull
+
+        return pull(self, tag, remote, **kwargs).info
+
+    def _publish_pulled(self, part: Path, file_id: bytes, executable: bool) -> None:
+        """Turn a verified, assembled file into a blob."""
+        if self.durable:
+            fsync_path(part)
+        self._store_blob(part, file_id, executable)
+        part.unlink(missing_ok=True)
 
     # -- deleting -----------------------------------------------------------
 

@@ -1,0 +1,112 @@
+"""Where repository keys are stored: a folder (``file://``) or an HTTP server.
+
+Both backends speak the same small async interface: get, ranged get, put,
+exists, list.  aiohttp is imported only by the HTTP backend, and only when a
+repository is really used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from ..errors import CasError, NotFound
+from ..fsutil import temp_name
+
+
+class RepoError(CasError):
+    """A repository could not be read or written."""
+
+
+class Backend(Protocol):
+    url: str
+
+    async def get(self, key: str) -> bytes: ...
+    async def get_range(self, key: str, start: int, end: int) -> bytes: ...
+    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None: ...
+    async def exists(self, key: str) -> bool: ...
+    async def list(self, prefix: str) -> list[str]: ...
+    async def close(self) -> None: ...
+
+
+def open_backend(url: str, *, token: str | None = None, concurrency: int = 16) -> Backend:
+    """The backend for ``file://PATH`` (or a plain path) or ``http(s)://HOST[:PORT][/PREFIX]``."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        from .http import HttpBackend
+
+        return HttpBackend(url, token=token, concurrency=concurrency)
+    if parsed.scheme == "file":
+        return FileBackend(Path(unquote(parsed.path)))
+    if parsed.scheme == "" and url:
+        return FileBackend(Path(url))
+    raise RepoError(f"repository URL {url!r} is not supported; use file://PATH or http(s)://HOST[:PORT]/[PREFIX]")
+
+
+class FileBackend:
+    """A repository in a local folder; the same folder ``cas serve`` serves."""
+
+    def __init__(self, root: Path):
+        self.root = root.absolute()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    async def get(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._read, key, 0, None)
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        return await asyncio.to_thread(self._read, key, start, end)
+
+    def _read(self, key: str, start: int, end: int | None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                data = f.read() if end is None else f.read(end - start)
+        except FileNotFoundError:
+            raise NotFound(f"{key} is not in the repository {self.url}") from None
+        if end is not None and len(data) != end - start:
+            raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
+        return data
+
+    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        await asyncio.to_thread(self._write, key, data, replace)
+
+    def _write(self, key: str, data: bytes, replace: bool) -> None:
+        path = self._path(key)
+        if not replace and path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / temp_name(".tmp-")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    async def list(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    def _list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        out = []
+        for dirpath, _, names in os.walk(base):
+            for n in names:
+                if not n.startswith("."):
+                    out.append(Path(dirpath, n).relative_to(self.root).as_posix())
+        return sorted(out)
+
+    async def close(self) -> None:
+        return None

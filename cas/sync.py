@@ -1,0 +1,470 @@
+"""Push (cache -> repository) and pull (repository -> cache).
+
+Push encodes only the chunks the repository lacks (it learns which from the
+pack indexes, cached locally so a second push reads only new ones), writes
+packs of ``PACK_TARGET`` bytes, then the tree and its locator, and the ref
+last: a reader never sees a ref whose data is missing.
+
+Pull reads the ref, the tree and the locator, then builds every missing
+blob in a temporary file: chunks already on this host are copied from local
+blobs (found through the chunk index), the rest are fetched as merged byte
+ranges of packs, many requests in flight, decoded and verified in worker
+threads and written at their offsets.  Each finished file is hashed whole
+before it becomes a blob, so no corrupt byte is ever published.  Progress
+survives an interruption: the temporary files and a log of verified chunks
+are kept per file id, so running the pull again fetches only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TextIO
+
+from . import codec, tags
+from . import ref as refs
+from .digest import chunk_id, hash_file
+from .errors import CasError, CorruptObject, NotFound
+from .fsutil import temp_name
+from .ref import ModelInfo
+from .repo.backend import Backend, RepoError, open_backend
+from .repo.format import (
+    IndexEntry,
+    Location,
+    decode_index,
+    decode_locator,
+    encode_index,
+    encode_locator,
+    index_key,
+    iter_ranges,
+    locator_key,
+    pack_key,
+    ref_key,
+    tree_key,
+)
+from .tree import decode as decode_tree
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+PACK_TARGET = 32 << 20
+CONCURRENCY = 16
+MAX_SPAN = 4 << 20  # bytes per range request: bounds memory to CONCURRENCY * MAX_SPAN
+MAX_GAP = 64 << 10  # neighbouring ranges closer than this share a request
+ENCODE_BATCH = 256
+
+Progress = Callable[[int], None]
+
+
+class SyncStats(NamedTuple):
+    """What a push or pull moved."""
+
+    info: ModelInfo
+    bytes_fetched: int  # pull: encoded bytes read from the repository; push: bytes uploaded
+    bytes_reused: int  # pull: raw bytes copied from local files; push: raw bytes the repository had
+    bytes_total: int
+    seconds: float
+
+
+def remote_url(remote: str | None) -> str:
+    url = remote or os.environ.get("CAS_REMOTE")
+    if not url:
+        raise CasError("no repository given: pass remote=URL (--remote URL) or set CAS_REMOTE")
+    return url
+
+
+def token() -> str | None:
+    return os.environ.get("CAS_TOKEN") or None
+
+
+def _run(coro_factory, url: str, concurrency: int):
+    async def main():
+        backend = open_backend(url, token=token(), concurrency=concurrency)
+        try:
+            return await coro_factory(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(main())
+
+
+# -- repository reads ---------------------------------------------------------
+
+
+async def remote_ref(backend: Backend, tag: str) -> ModelInfo:
+    """A tag's ref in the repository; ``latest`` is its newest version there."""
+    t = tags.parse(tag)
+    if not t.is_latest:
+        try:
+            return refs.decode(await backend.get(ref_key(t.name, t.version)), name=t.name, version=t.version)
+        except NotFound:
+            raise NotFound(f"model {t} is not in the repository {backend.url}") from None
+    versions = await remote_versions(backend, t.name)
+    if not versions:
+        raise NotFound(f"model {t.name} has no version in the repository {backend.url}")
+    return max(versions, key=lambda i: (i.created, i.version))
+
+
+async def remote_versions(backend: Backend, name: str | None = None) -> list[ModelInfo]:
+    keys = await backend.list(f"refs/{name}/" if name else "refs/")
+    out = []
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) != 3 or parts[2].startswith("."):
+            continue
+        try:
+            out.append(refs.decode(await backend.get(key), name=parts[1], version=parts[2]))
+        except NotFound:
+            continue
+    return sorted(out, key=lambda i: (i.created, i.tag), reverse=True)
+
+
+# -- push -----------------------------------------------------------------------
+
+
+def push(cache: Cache, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> SyncStats:
+    """Upload a stored model (only what the repository lacks); the ref goes last."""
+    info = cache.get(tag)
+    url = remote_url(remote)
+    return _run(lambda backend: _push(cache, info, backend, progress), url, CONCURRENCY)
+
+
+async def _push(cache: Cache, info: ModelInfo, backend: Backend, progress: Progress | None) -> SyncStats:
+    start = time.perf_counter()
+    try:
+        existing = refs.decode(
+            await backend.get(ref_key(info.name, info.version)), name=info.name, version=info.version
+        )
+    except NotFound:
+        existing = None
+    if existing is not None and existing.root != info.root:
+        raise CasError(
+            f"{info.tag} already exists in {backend.url} with other content (root {existing.root[:12]}); "
+            "push under a new version"
+        )
+    tree = cache.tree(info)
+    known = await _known_chunks(cache, backend)
+    locations: dict[bytes, Location] = {}
+    todo: list[tuple[bytes, int, Path, int]] = []  # chunk id, raw length, blob, offset
+    reused = 0
+    for f in tree.files:
+        blob = cache._blob_path(f.file_id, f.executable)
+        offset = 0
+        for cid, length in f.chunk_list():
+            if cid in known:
+                locations[cid] = known[cid]
+                reused += length
+            elif cid not in locations:
+                locations[cid] = Location("", 0, 0)  # placeholder until packed
+                todo.append((cid, length, blob, offset))
+            offset += length
+    uploaded = await _upload_packs(backend, todo, locations, progress)
+    for f in tree.files:  # chunks that repeat within the model
+        for cid, _ in f.chunk_list():
+            if not locations[cid].pack_id:
+                raise AssertionError(f"chunk {cid.hex()} was not packed")
+    tree_bytes = tree.encode()
+    await backend.put(tree_key(info.root), tree_bytes)
+    await backend.put(locator_key(info.root), encode_locator(locations))
+    await backend.put(ref_key(info.name, info.version), info.encode(), replace=True)
+    return SyncStats(info, uploaded, reused, info.size, time.perf_counter() - start)
+
+
+async def _known_chunks(cache: Cache, backend: Backend) -> dict[bytes, Location]:
+    """Every chunk the repository holds, from its pack indexes (cached on this host by pack id)."""
+    local = cache.root / "remotes" / hashlib.sha256(backend.url.encode()).hexdigest()[:16] / "packs"
+    local.mkdir(parents=True, exist_ok=True)
+    known: dict[bytes, Location] = {}
+    for key in await backend.list("packs/"):
+        if not key.endswith(".idx"):
+            continue
+        pack_id = key[len("packs/") : -len(".idx")]
+        cached = local / f"{pack_id}.idx"
+        if cached.exists():
+            data = cached.read_bytes()
+        else:
+            data = await backend.get(key)
+            tmp = local / temp_name(".idx-")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        _, entries = decode_index(data)
+        for e in entries:
+            known.setdefault(e.chunk_id, Location(pack_id, e.offset, e.length))
+    return known
+
+
+async def _upload_packs(
+    backend: Backend,
+    todo: list[tuple[bytes, int, Path, int]],
+    locations: dict[bytes, Location],
+    progress: Progress | None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    uploaded = 0
+    pack = bytearray()
+    entries: list[IndexEntry] = []
+
+    async def flush() -> None:
+        nonlocal pack, entries, uploaded
+        if not entries:
+            return
+        data = bytes(pack)
+        pack_id = chunk_id(data).hex()
+        await backend.put(pack_key(pack_id), data)
+        await backend.put(index_key(pack_id), encode_index(len(data), entries))
+        for e in entries:
+            locations[e.chunk_id] = Location(pack_id, e.offset, e.length)
+        uploaded += len(data)
+        pack, entries = bytearray(), []
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for i in range(0, len(todo), ENCODE_BATCH):
+            batch = todo[i : i + ENCODE_BATCH]
+            encoded = await loop.run_in_executor(pool, lambda b=batch: list(pool.map(_encode_one, b)))
+            for (cid, length, _, _), enc in zip(batch, encoded):
+                entries.append(IndexEntry(cid, len(pack), len(enc), length, enc[0]))
+                pack += enc
+                if progress:
+                    progress(length)
+                if len(pack) >= PACK_TARGET:
+                    await flush()
+        await flush()
+    return uploaded
+
+
+def _encode_one(item: tuple[bytes, int, Path, int]) -> bytes:
+    cid, length, blob, offset = item
+    with open(blob, "rb") as f:
+        data = os.pread(f.fileno(), length, offset)
+    if chunk_id(data) != cid:
+        raise CorruptObject(f"blob {blob.name} does not hold chunk {cid.hex()[:16]} any more; run 'cas verify'")
+    return codec.encode(data)
+
+
+# -- pull -------------------------------------------------------------------------
+
+
+class _Target(NamedTuple):
+    """Where one chunk goes: a temporary file being assembled, at an offset."""
+
+    part: Path
+    offset: int
+
+
+def pull(
+    cache: Cache,
+    tag: str,
+    remote: str | None = None,
+    *,
+    concurrency: int = CONCURRENCY,
+    progress: Progress | None = None,
+) -> SyncStats:
+    """Fetch a model from a repository into the cache (only what no local file holds) and record it."""
+    url = remote_url(remote)
+    return _run(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+
+
+async def _pull(cache: Cache, tag: str, backend: Backend, concurrency: int, progress: Progress | None) -> SyncStats:
+    start = time.perf_counter()
+    info = await remote_ref(backend, tag)
+    tree_bytes = await backend.get(tree_key(info.root))
+    tree = decode_tree(tree_bytes, bytes.fromhex(info.root))
+    if tree.size != info.size or len(tree.files) != info.file_count:
+        raise CorruptObject(f"{info.tag} in {backend.url}: its ref and its tree disagree on size or file count")
+    fetched = reused = 0
+    # One pull per root at a time on this host: racers wait, then find the blobs there.
+    with cache._objects_lock(shared=True), cache._lock(f"pull-{info.root}"):
+        missing = [f for f in tree.files if not cache._blob_path(f.file_id, f.executable).exists()]
+        if missing:
+            locations = decode_locator(await backend.get(locator_key(info.root)))
+            fetched, reused = await _assemble(cache, info, missing, locations, backend, concurrency, progress)
+        cache._commit(info, tree, tree_bytes)
+    return SyncStats(info, fetched, reused, info.size, time.perf_counter() - start)
+
+
+async def _assemble(
+    cache: Cache,
+    info: ModelInfo,
+    files: list,
+    locations: dict[bytes, Location],
+    backend: Backend,
+    concurrency: int,
+    progress: Progress | None,
+) -> tuple[int, int]:
+    work = cache.root / "tmp" / "pull"
+    work.mkdir(parents=True, exist_ok=True)
+    wanted: dict[bytes, list[_Target]] = defaultdict(list)
+    raw_len: dict[bytes, int] = {}
+    for f in files:
+        if cache._blob_path(f.file_id, f.executable).exists():
+            continue
+        part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
+        done = _read_done(part)
+        if not part.exists() or part.stat().st_size != f.size:
+            with open(part, "wb") as fh:
+                fh.truncate(f.size)
+            done = set()
+        offset = 0
+        for cid, length in f.chunk_list():
+            if offset not in done:
+                wanted[cid].append(_Target(part, offset))
+                raw_len[cid] = length
+            offset += length
+    log = _DoneLog()
+    try:
+        reused = await asyncio.to_thread(_copy_local, cache, wanted, raw_len, log, progress)
+        for cid in list(wanted):
+            if cid not in locations:
+                raise CorruptObject(f"{info.tag}: the locator in {backend.url} does not say where chunk {cid.hex()} is")
+        fetched = await _fetch(info, wanted, raw_len, locations, backend, concurrency, log, progress)
+    finally:
+        log.close()
+    loop = asyncio.get_running_loop()
+    for f in files:
+        part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
+        if not part.exists():
+            continue
+        if await loop.run_in_executor(None, hash_file, str(part)) != f.file_id:
+            part.unlink()
+            Path(str(part) + ".done").unlink(missing_ok=True)
+            raise CorruptObject(
+                f"{info.tag}: {f.path} assembled from verified chunks does not hash to its file id; the partial "
+                f"file was discarded: pull again, and if this repeats the tree in {backend.url} is inconsistent"
+            )
+        cache._publish_pulled(part, f.file_id, f.executable)
+        Path(str(part) + ".done").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # kept while other pulls are resumable
+        work.rmdir()
+    return fetched, reused
+
+
+def _read_done(part: Path) -> set[int]:
+    try:
+        data = Path(str(part) + ".done").read_text()
+    except FileNotFoundError:
+        return set()
+    return {int(x) for x in data.split() if x.isdigit()}
+
+
+class _DoneLog:
+    """Appends the offsets of verified chunks per part file, so an interrupted pull can resume."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, TextIO] = {}
+        self._lock = threading.Lock()  # decoding threads mark concurrently
+
+    def mark(self, target: _Target) -> None:
+        with self._lock:
+            fh = self._files.get(target.part)
+            if fh is None:
+                fh = self._files[target.part] = open(str(target.part) + ".done", "a")
+            fh.write(f"{target.offset}\n")
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+
+
+def _write(targets: list[_Target], data: bytes, log: _DoneLog) -> None:
+    for t in targets:
+        fd = os.open(t.part, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, t.offset)
+        finally:
+            os.close(fd)
+        log.mark(t)
+
+
+def _copy_local(cache: Cache, wanted: dict, raw_len: dict, log: _DoneLog, progress: Progress | None) -> int:
+    """Copy every wanted chunk that a local blob holds (re-hashed first); returns the bytes reused."""
+    seeds = cache._chunk_index().find(list(wanted))
+    reused = 0
+    for cid, seed in seeds.items():
+        blob = cache._blob_path(seed.file_id, seed.executable)
+        try:
+            with open(blob, "rb") as f:
+                data = os.pread(f.fileno(), seed.length, seed.offset)
+        except FileNotFoundError:
+            cache._chunk_index().forget_file(seed.file_id)
+            continue
+        if len(data) != raw_len[cid] or chunk_id(data) != cid:
+            continue
+        _write(wanted.pop(cid), data, log)
+        reused += len(data)
+        if progress:
+            progress(len(data))
+    return reused
+
+
+async def _fetch(
+    info: ModelInfo,
+    wanted: dict[bytes, list[_Target]],
+    raw_len: dict[bytes, int],
+    locations: dict[bytes, Location],
+    backend: Backend,
+    concurrency: int,
+    log: _DoneLog,
+    progress: Progress | None,
+) -> int:
+    by_pack: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
+    for cid in wanted:
+        loc = locations[cid]
+        by_pack[loc.pack_id].append((loc.offset, loc.length, cid))
+    requests = []
+    for pack_id, items in by_pack.items():
+        at = {off: (length, cid) for off, length, cid in items}
+        for start, end in iter_ranges([(o, n) for o, n, _ in items], MAX_GAP, MAX_SPAN):
+            pieces = [(off, *at[off]) for off in sorted(at) if start <= off < end]
+            requests.append((pack_id, start, end, pieces))
+    requests.sort(key=lambda r: -(r[2] - r[1]))  # big ones first: the tail of the pull stays short
+    sem = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    fetched = 0
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+
+        async def one(pack_id: str, start: int, end: int, pieces: list) -> None:
+            nonlocal fetched
+            async with sem:
+                body = await backend.get_range(pack_key(pack_id), start, end)
+            fetched += len(body)
+            bad = await loop.run_in_executor(pool, _decode_and_write, body, start, pieces, wanted, raw_len, log)
+            for off, length, cid in bad:  # a chunk that failed verification gets one more chance, alone
+                async with sem:
+                    again = await backend.get_range(pack_key(pack_id), off, off + length)
+                fetched += len(again)
+                if await loop.run_in_executor(pool, _decode_and_write, again, off, [(off, length, cid)], wanted,
+                                              raw_len, log):  # fmt: skip
+                    raise CorruptObject(
+                        f"{info.tag}: chunk {cid.hex()} from pack {pack_id} in {backend.url} failed verification "
+                        "twice; the repository is damaged (nothing corrupt was stored; run 'cas verify' on it)"
+                    )
+            if progress:
+                progress(sum(raw_len[c] for _, _, c in pieces))
+
+        await asyncio.gather(*(one(*r) for r in requests))
+    return fetched
+
+
+def _decode_and_write(body: bytes, base: int, pieces: list, wanted: dict, raw_len: dict, log: _DoneLog) -> list:
+    """Decode, verify and write each chunk of one range; returns the pieces that failed verification."""
+    bad = []
+    for off, length, cid in pieces:
+        try:
+            data = codec.decode(body[off - base : off - base + length], raw_len[cid], cid)
+        except CorruptObject:
+            bad.append((off, length, cid))
+            continue
+        _write(wanted[cid], data, log)
+    return bad
+
+
+__all__ = ["RepoError", "SyncStats", "pull", "push", "remote_ref", "remote_versions"]
