@@ -71,7 +71,28 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = cmd("list", _list, "list stored models, newest first")
     sp.add_argument("name", nargs="?")
+    sp.add_argument("--remote", metavar="URL", help="list a repository instead of the local cache")
     sp.add_argument("--json", action="store_true")
+
+    sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--concurrency", type=int, default=16, help="range requests in flight (default 16)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("serve", _serve, "serve a repository folder over HTTP")
+    sp.add_argument("dir")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument(
+        "--token-file", metavar="FILE", help="bearer token for writes (default: $CAS_TOKEN; none: read-only)"
+    )
+    sp.add_argument("--read-token", action="store_true", help="require the token for reads too")
 
     sp = cmd("show", _show, "show a model's files, sizes, root and labels")
     sp.add_argument("tag")
@@ -132,12 +153,62 @@ def _add(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    infos = _cache(args).list(args.name)
+    if args.remote:
+        from .sync import list_remote
+
+        infos = list_remote(args.remote, args.name)
+    else:
+        infos = _cache(args).list(args.name)
     if args.json:
         _print_json([i.to_dict() for i in infos])
         return
     rows = [[i.tag, _size(i.size), str(i.file_count), _when(i), i.root[:12], _labels(i)] for i in infos]
     _table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
+
+
+def _sync_report(args: argparse.Namespace, verb: str, stats: Any) -> None:
+    if args.json:
+        _print_json({**stats.info.to_dict(), "bytes_transferred": stats.bytes_fetched,
+                     "bytes_reused": stats.bytes_reused, "seconds": stats.seconds})  # fmt: skip
+        return
+    rate = stats.bytes_fetched / stats.seconds / 1e6 if stats.seconds > 0 else 0.0
+    moved = "uploaded" if verb == "pushed" else "fetched"
+    kept = "already in the repository" if verb == "pushed" else "reused from local files"
+    print(
+        f"{verb} {stats.info.tag} ({_size(stats.bytes_total)}): {moved} {_size(stats.bytes_fetched)}, "
+        f"{kept} {_size(stats.bytes_reused)}, {stats.seconds:.2f}s, {rate:.0f} MB/s"
+    )
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .sync import push
+
+    cache = _cache(args)
+    info = cache.get(args.tag)
+    with _progress(info.size, "push") as progress:
+        stats = push(cache, args.tag, args.remote, progress=progress)
+    _sync_report(args, "pushed", stats)
+
+
+def _pull(args: argparse.Namespace) -> None:
+    from .sync import pull
+
+    with _progress(PROGRESS_MIN_BYTES if sys.stderr.isatty() else 0, "pull", unknown_total=True) as progress:
+        stats = pull(_cache(args), args.tag, args.remote, concurrency=args.concurrency, progress=progress)
+    _sync_report(args, "pulled", stats)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .server import serve
+
+    token = os.environ.get("CAS_TOKEN") or None
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip() or None
+    if args.read_token and not token:
+        raise InvalidInput("--read-token needs a token: --token-file FILE or CAS_TOKEN")
+    serve(Path(args.dir), host=args.host, port=args.port, token=token, read_token=args.read_token)
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -258,12 +329,19 @@ def _input_size(path: str) -> int:
 class _progress:
     """A tqdm bar on a terminal for large inputs; otherwise nothing at all."""
 
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, desc: str, unknown_total: bool = False):
         self.bar = None
         if total >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+            self.bar = tqdm(
+                total=None if unknown_total else total,
+                desc=desc,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+            )
 
     def __enter__(self) -> Callable[[int], None] | None:
         return self.bar.update if self.bar is not None else None

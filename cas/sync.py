@@ -127,6 +127,13 @@ async def remote_versions(backend: Backend, name: str | None = None) -> list[Mod
     return sorted(out, key=lambda i: (i.created, i.tag), reverse=True)
 
 
+def list_remote(remote: str | None, name: str | None = None) -> list[ModelInfo]:
+    """The models in a repository, newest first."""
+    if name is not None:
+        tags.validate_name(name)
+    return _run(lambda backend: remote_versions(backend, name), remote_url(remote), CONCURRENCY)
+
+
 # -- push -----------------------------------------------------------------------
 
 

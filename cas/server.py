@@ -1,0 +1,215 @@
+"""``cas serve DIR``: the repository layout of DIR over HTTP (aiohttp).
+
+GET (with a single Range) and HEAD serve any key of the layout; ``GET
+/?list=PREFIX`` lists keys; PUT needs the bearer token and is checked before
+it is accepted: a tree or pack must hash to its name, a pack index must
+describe its pack chunk by chunk, a locator must point into packs the
+repository has, and a ref must name a tree and locator that exist (so refs
+come last) and may not change the root of an existing version.  Bodies are
+streamed to a temporary file, limited in size, and moved into place
+atomically; DIR stays a valid ``file://`` repository throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from . import codec
+from . import ref as refs
+from .digest import file_hasher
+from .errors import CasError
+from .fsutil import temp_name
+from .repo.format import MAX_PACK_BYTES, check_key, decode_index, decode_locator, index_key, locator_key, tree_key
+from .tree import decode as decode_tree
+
+MAX_SMALL_BODY = 256 << 20  # trees, indexes, locators, refs
+LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/")
+log = logging.getLogger("cas.server")
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def make_app(root: Path, *, token: str | None, read_token: bool = False) -> web.Application:
+    root = root.absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    app = web.Application(client_max_size=MAX_PACK_BYTES)
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "")
+        return token is not None and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    def need_token(request: web.Request) -> None:
+        if token is None:
+            raise web.HTTPForbidden(text="this server is read-only: start it with --token-file or CAS_TOKEN\n")
+        if "Authorization" not in request.headers:
+            raise web.HTTPUnauthorized(text="a bearer token is required\n", headers={"WWW-Authenticate": "Bearer"})
+        if not authorized(request):
+            raise web.HTTPForbidden(text="wrong token\n")
+
+    def key_of(request: web.Request) -> str:
+        key = request.match_info["key"]
+        try:
+            check_key(key)
+        except CasError:
+            raise web.HTTPNotFound(text=f"{key!r} is not a key of the repository layout\n") from None
+        return key
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        if read_token:
+            need_token(request)
+        key = key_of(request)
+        path = root / key
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"{key} not found\n")
+        cache_control = "no-cache" if key.startswith("refs/") else "max-age=31536000, immutable"
+        return web.FileResponse(path, headers={"Cache-Control": cache_control})
+
+    async def listing(request: web.Request) -> web.Response:
+        if read_token:
+            need_token(request)
+        prefix = request.query.get("list")
+        if prefix is None:
+            return web.Response(text="cas repository\n")
+        if not prefix.startswith(LIST_PREFIXES) or ".." in prefix.split("/"):
+            raise web.HTTPBadRequest(text=f"cannot list {prefix!r}; prefixes start with {', '.join(LIST_PREFIXES)}\n")
+        keys = await asyncio.to_thread(_list, root, prefix)
+        return web.Response(text="".join(k + "\n" for k in keys))
+
+    async def put(request: web.Request) -> web.Response:
+        need_token(request)
+        key = key_of(request)
+        kind = check_key(key)[0]
+        limit = MAX_PACK_BYTES if kind == "pack" else MAX_SMALL_BODY
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        tmp_dir = root / ".tmp"
+        tmp_dir.mkdir(exist_ok=True)
+        tmp = tmp_dir / temp_name("put-")
+        try:
+            digest = await _receive(request, tmp, limit)
+            try:
+                status = await asyncio.to_thread(_accept, root, key, tmp, digest)
+            except Rejected as e:
+                raise _http_error(e.status, str(e)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return web.Response(status=status)
+
+    app.router.add_get("/", listing)
+    app.router.add_get("/{key:.+}", get)
+    app.router.add_put("/{key:.+}", put)
+    return app
+
+
+def _http_error(status: int, text: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge}.get(status)
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=text + "\n")
+    return (cls or web.HTTPBadRequest)(text=text + "\n")
+
+
+async def _receive(request: web.Request, tmp: Path, limit: int) -> bytes:
+    """Stream the body to ``tmp`` (at most ``limit`` bytes), hashing it on the way."""
+    hasher = file_hasher(threads=False)
+    size = 0
+    with open(tmp, "xb") as f:
+        async for block in request.content.iter_chunked(1 << 20):
+            size += len(block)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            hasher.update(block)
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return hasher.digest()
+
+
+def _accept(root: Path, key: str, tmp: Path, digest: bytes) -> int:
+    """Check an upload against what its key promises, then move it into place. Returns the HTTP status."""
+    kind, *parts = check_key(key)
+    dest = root / key
+    data = tmp.read_bytes() if kind != "pack" else b""
+    try:
+        if kind in ("tree", "pack"):
+            if digest.hex() != parts[0]:
+                raise Rejected(400, f"{key}: the body hashes to {digest.hex()}, not to its name")
+            if kind == "tree":
+                decode_tree(data)
+        elif kind == "index":
+            _check_index(root, parts[0], data)
+        elif kind == "locator":
+            if not (root / tree_key(parts[0])).is_file():
+                raise Rejected(409, f"{key}: upload trees/{parts[0]} first")
+            for pack_id in {loc.pack_id for loc in decode_locator(data).values()}:
+                if not (root / index_key(pack_id)).is_file():
+                    raise Rejected(409, f"{key}: it points into pack {pack_id}, which has no index here")
+        elif kind == "ref":
+            name, version = parts
+            info = refs.decode(data, name=name, version=version)
+            for needed in (tree_key(info.root), locator_key(info.root)):
+                if not (root / needed).is_file():
+                    raise Rejected(409, f"{key}: upload {needed} first (refs go last)")
+            if dest.is_file():
+                old = refs.decode(dest.read_bytes(), name=name, version=version)
+                if old.root != info.root:
+                    raise Rejected(409, f"{key} exists with root {old.root[:12]}; push under a new version")
+    except CasError as e:
+        raise Rejected(400, f"{key}: {e}") from None
+    if dest.exists() and kind != "ref":
+        return 200  # content-addressed: never rewritten
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
+    return 201
+
+
+def _check_index(root: Path, pack_id: str, data: bytes) -> None:
+    pack = root / f"packs/{pack_id}"
+    if not pack.is_file():
+        raise Rejected(409, f"packs/{pack_id}.idx: upload the pack first")
+    size, entries = decode_index(data)
+    if size != pack.stat().st_size:
+        raise Rejected(400, f"packs/{pack_id}.idx declares {size} bytes, the pack has {pack.stat().st_size}")
+    with open(pack, "rb") as f:
+        for e in entries:
+            blob = os.pread(f.fileno(), e.length, e.offset)
+            if blob[:1] != bytes([e.codec]):
+                raise Rejected(400, f"packs/{pack_id}.idx: chunk {e.chunk_id.hex()[:16]} has another codec")
+            try:
+                codec.decode(blob, e.raw_length, e.chunk_id)
+            except CasError as err:
+                raise Rejected(400, f"packs/{pack_id}.idx does not describe its pack: {err}") from None
+
+
+def _list(root: Path, prefix: str) -> list[str]:
+    base = root / prefix.rstrip("/") if prefix.endswith("/") else (root / prefix).parent
+    if not base.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, names in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for n in names:
+            key = Path(dirpath, n).relative_to(root).as_posix()
+            if not n.startswith(".") and key.startswith(prefix):
+                out.append(key)
+    return sorted(out)
+
+
+def serve(
+    root: Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, read_token: bool = False
+) -> None:
+    """Run the server until SIGINT or SIGTERM (aiohttp shuts down cleanly on both)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = make_app(root, token=token, read_token=read_token)
+    mode = "read-write" if token else "read-only"
+    print(f"cas serve: {root.absolute()} on http://{host}:{port} ({mode})", flush=True)
+    web.run_app(app, host=host, port=port, print=None, access_log_format='%a "%r" %s %b %Tfs')
