@@ -104,10 +104,17 @@ def model_tensors(
 
 
 def fine_tune(tensors: list[tuple[str, np.ndarray]], fraction: float, seed: int) -> list[tuple[str, np.ndarray]]:
-    """A copy in which ``fraction`` of the tensors (by count, chosen at random) have new values."""
+    """A copy in which randomly chosen tensors holding about ``fraction`` of the bytes have new values."""
     rng = np.random.default_rng(seed)
-    n = len(tensors)
-    chosen = set(rng.choice(n, size=max(1, round(n * fraction)), replace=False).tolist())
+    total = sum(a.nbytes for _, a in tensors)
+    chosen: set[int] = set()
+    changed = 0
+    for i in rng.permutation(len(tensors)).tolist():
+        if changed >= fraction * total:
+            break
+        if changed + tensors[i][1].nbytes <= 1.5 * fraction * total:
+            chosen.add(i)
+            changed += tensors[i][1].nbytes
     out = []
     for i, (name, arr) in enumerate(tensors):
         if i in chosen:

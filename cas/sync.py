@@ -372,7 +372,7 @@ class _DoneLog:
         with self._lock:
             fh = self._files.get(target.part)
             if fh is None:
-                fh = self._files[target.part] = open(str(target.part) + ".done", "a")
+                fh = self._files[target.part] = open(str(target.part) + ".done", "a", buffering=1)
             fh.write(f"{target.offset}\n")
 
     def close(self) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
-from cas import Cache, CasError, ModelInfo, default_cache
+from cas import Cache, CasError, ModelInfo, NotFound, default_cache
 from cas.tags import parse
 from cas.tree import check_path
 
@@ -74,10 +75,22 @@ class ResolvedModel:
 class Model:
     """A class attribute naming a model by tag, resolved on first instance access."""
 
-    def __init__(self, tag: str, *, cache: Cache | str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        tag: str,
+        *,
+        cache: Cache | str | os.PathLike[str] | None = None,
+        remote: str | None = None,
+        refresh: bool = False,
+    ):
+        """``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not in the cache;
+        ``refresh=True`` asks it for its newest version first, falling back to the local one
+        with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network."""
         self._tag = parse(tag)  # a bad tag fails when the class is defined
         self.tag = str(self._tag)
         self._cache = cache
+        self._remote = remote
+        self._refresh = refresh
         self._resolved: ResolvedModel | None = None
         self._lock = threading.Lock()
         self._attr: str | None = None
@@ -106,12 +119,35 @@ class Model:
                 if cache is None:
                     cache = Cache(self._cache) if self._cache is not None else default_cache()
                 try:
-                    info = cache.get(self._tag)
+                    info = self._find(cache)
                     directory = cache.snapshot_dir(info)
                 except CasError as e:
                     raise type(e)(f"{self._owner}.{self._attr}: {e}") from None
                 self._resolved = ResolvedModel(directory, info)
         return self._resolved
+
+    def _find(self, cache: Cache) -> ModelInfo:
+        """The local model when there is one (no network on the warm path), else pull it."""
+        remote = self._remote or os.environ.get("CAS_REMOTE") or None
+        offline = os.environ.get("CAS_OFFLINE", "") not in ("", "0")
+        if self._refresh and remote and not offline:
+            try:
+                return cache.pull(str(self._tag), remote)
+            except CasError as e:
+                try:
+                    info = cache.get(self._tag)
+                except NotFound:
+                    raise e from None
+                warnings.warn(f"cas: could not refresh {self.tag} from {remote} ({e}); using {info.tag}", stacklevel=4)
+                return info
+        try:
+            return cache.get(self._tag)
+        except NotFound as e:
+            if offline:
+                raise NotFound(f"{e} (CAS_OFFLINE is set, so it was not pulled)") from None
+            if not remote:
+                raise
+        return cache.pull(str(self._tag), remote)
 
     def __repr__(self) -> str:
         return f"Model({self.tag!r})"

@@ -46,12 +46,10 @@ def tree_files(root: Path) -> dict[str, bytes]:
     return out
 
 
-def cas_cli(*args: str, home: Path, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+def cas_cli(*args: str, home: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real ``cas`` command line in a subprocess."""
-    env = {**os.environ, "CAS_HOME": str(home)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env, timeout=300, **kw
-    )
+    env = {**(env or os.environ), "CAS_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"cas {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -1,0 +1,91 @@
+"""A small HTTP proxy in front of ``cas serve`` that injects faults into pack reads.
+
+    python tests/faultproxy.py UPSTREAM PORT [--fault KIND] [--every N] [--delay S]
+
+Kinds: ``none``, ``500`` (a 500 instead of the body), ``drop`` (close the
+connection before answering), ``truncate`` (announce the full length, send
+half, close),
+``flip`` (one flipped bit in the body), ``stall`` (send half, then hang),
+``norange`` (ignore Range: send the whole pack).  The fault hits every N-th
+pack request (``--every 1``: all of them, a permanent fault), at most
+``--limit`` times.  Requests for
+anything else pass through untouched.  ``GET /_stats`` answers with the pack
+requests and pack bytes served so far, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("upstream")
+    ap.add_argument("port", type=int)
+    ap.add_argument("--fault", default="none")
+    ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="at most this many faults (0: no limit)")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds before each pack response")
+    args = ap.parse_args()
+    stats = {"pack_requests": 0, "pack_bytes": 0, "faults": 0}
+    session: aiohttp.ClientSession | None = None
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal session
+        if request.path == "/_stats":
+            return web.json_response(stats)
+        if session is None:
+            session = aiohttp.ClientSession(auto_decompress=False)
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization")}
+        is_pack = request.path.startswith("/packs/") and not request.path.endswith(".idx") and request.method == "GET"
+        fault = "none"
+        if is_pack:
+            stats["pack_requests"] += 1
+            under_limit = not args.limit or stats["faults"] < args.limit
+            if args.fault != "none" and stats["pack_requests"] % args.every == 0 and under_limit:
+                fault = args.fault
+                stats["faults"] += 1
+            if args.delay:
+                await asyncio.sleep(args.delay)
+            if fault == "norange":
+                headers.pop("Range", None)
+                headers.pop("range", None)
+        body_in = await request.read()
+        async with session.request(
+            request.method, args.upstream + request.path_qs, headers=headers, data=body_in or None
+        ) as up:
+            body = await up.read()
+        if is_pack and up.status in (200, 206):
+            stats["pack_bytes"] += len(body)
+        if fault == "500":
+            return web.Response(status=500, text="injected\n")
+        if fault == "flip" and body:
+            body = bytearray(body)
+            body[len(body) // 2] ^= 0x10
+            body = bytes(body)
+        out_headers = {k: v for k, v in up.headers.items() if k.lower() in ("content-range", "content-type")}
+        if fault == "drop":  # the connection closes before any response
+            request.transport.close()
+            return web.Response(status=500)
+        if fault in ("truncate", "stall"):
+            resp = web.StreamResponse(status=up.status, headers=out_headers)
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            await resp.write(body[: len(body) // 2])
+            if fault == "stall":
+                await asyncio.sleep(3600)
+            request.transport.close()  # the rest of the announced body never comes
+            return resp
+        return web.Response(status=up.status, body=body, headers=out_headers)
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Push and pull through real repositories: file:// folders and `cas serve` subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from benchmarks import synth
+from cas import Cache, CasError, CorruptObject, NotFound
+from cas.sync import pull, push
+
+from .conftest import REPO, cas_cli, tree_files
+
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str], url: str, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_ready(url, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`cas serve` on a free port with a write token; yields (url, repository folder)."""
+    repo = tmp_path / "repo"
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "cas", "serve", str(repo), "--port", str(port), "--token-file", str(token_file)]
+    proc = start(cmd, url + "/")
+    yield url, repo
+    stop(proc)
+
+
+@pytest.fixture
+def proxy():
+    """Start fault-injecting proxies in front of a server: proxy(upstream, fault, every=1, delay=0) -> url."""
+    procs = []
+
+    def make(upstream: str, fault: str = "none", every: int = 1, delay: float = 0.0, limit: int = 0) -> str:
+        port = free_port()
+        cmd = [sys.executable, str(REPO / "tests" / "faultproxy.py"), upstream, str(port), "--fault", fault,
+               "--every", str(every), "--delay", str(delay), "--limit", str(limit)]  # fmt: skip
+        procs.append(start(cmd, f"http://127.0.0.1:{port}/_stats"))
+        return f"http://127.0.0.1:{port}"
+
+    yield make
+    for p in procs:
+        stop(p)
+
+
+def stats(proxy_url: str) -> dict:
+    return json.loads(urllib.request.urlopen(proxy_url + "/_stats").read())
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("CAS_TOKEN", TOKEN)
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    """A 24 MB synthetic model, a fine-tune of 10% of its tensors, and the same weights behind a grown header."""
+    d = tmp_path_factory.mktemp("variants")
+    base = synth.model_tensors(seed=21, total_bytes=24 << 20, layer_bytes=1 << 20)
+    tuned = synth.fine_tune(base, 0.10, seed=22)
+    out = {
+        "base": synth.write_model_dir(d / "base", base),
+        "tuned": synth.write_model_dir(d / "tuned", tuned),
+        "grown": synth.write_model_dir(d / "grown", base, metadata={"comment": "x" * 500}),
+    }
+    out["changed_bytes"] = sum(a.nbytes for (_, a), (_, b) in zip(base, tuned) if a.tobytes() != b.tobytes())
+    return out
+
+
+def test_round_trip_over_file_repository(tmp_path, minilm):
+    repo = f"file://{tmp_path / 'repo'}"
+    a, b = Cache(tmp_path / "a"), Cache(tmp_path / "b")
+    info = a.add(minilm, "minilm:v1")
+    first = push(a, "minilm:v1", repo)
+    assert first.bytes_fetched > 0 and first.bytes_fetched < info.size  # packed and compressed
+    again = push(a, "minilm:v1", repo)
+    assert again.bytes_fetched == 0 and again.bytes_reused == info.size
+    got = pull(b, "minilm:latest", repo)
+    assert got.info.tag == "minilm:v1" and got.info.root == info.root
+    assert got.bytes_fetched == first.bytes_fetched and got.bytes_reused == 0
+    assert tree_files(b.materialize("minilm:v1")) == tree_files(minilm)
+    assert b.verify().ok
+    assert pull(b, "minilm:v1", repo).bytes_fetched == 0  # already here
+
+
+def test_round_trip_over_http_with_the_cli(tmp_path, minilm, server):
+    url, repo_dir = server
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    cas_cli("add", str(minilm), "minilm:v1", home=home_a)
+    env = {**os.environ, "CAS_TOKEN": TOKEN}
+    out = cas_cli("push", "minilm:v1", "--remote", url, home=home_a, env=env).stdout
+    assert out.startswith("pushed minilm:v1") and "uploaded" in out
+    listed = json.loads(cas_cli("list", "--remote", url, "--json", home=home_b).stdout)
+    assert [m["tag"] for m in listed] == ["minilm:v1"]
+    out = cas_cli("pull", "minilm", "--remote", url, home=home_b).stdout
+    assert out.startswith("pulled minilm:v1") and "reused from local files 0 B" in out
+    path = Path(cas_cli("materialize", "minilm:v1", home=home_b).stdout.strip())
+    assert tree_files(path) == tree_files(minilm)
+    # the served folder is itself a valid file:// repository
+    c = Cache(tmp_path / "c")
+    pull(c, "minilm:v1", f"file://{repo_dir}")
+    assert tree_files(c.materialize("minilm:v1")) == tree_files(minilm)
+
+
+def test_delta_pull_of_a_fine_tune_fetches_little_more_than_the_change(tmp_path, variants, server, token):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(variants["base"], "m:base")
+    src.add(variants["tuned"], "m:tuned")
+    push(src, "m:base", url)
+    push(src, "m:tuned", url)
+    host = Cache(tmp_path / "host")
+    pull(host, "m:base", url)
+    delta = pull(host, "m:tuned", url)
+    size = delta.info.size
+    changed = variants["changed_bytes"]
+    assert 0.05 * size < changed < 0.15 * size
+    assert delta.bytes_fetched <= 0.15 * size
+    assert delta.bytes_fetched <= 1.2 * changed
+    # raw bytes not copied from local files were fetched: a chunk boundary around each changed tensor costs a little
+    assert delta.bytes_reused >= size - 1.5 * changed
+    assert tree_files(host.materialize("m:tuned")) == tree_files(variants["tuned"])
+
+
+def test_a_grown_header_still_deduplicates(tmp_path, variants):
+    repo = f"file://{tmp_path / 'repo'}"
+    src = Cache(tmp_path / "src")
+    src.add(variants["base"], "m:base")
+    src.add(variants["grown"], "m:grown")
+    push(src, "m:base", repo)
+    pushed = push(src, "m:grown", repo)
+    assert pushed.bytes_fetched < 0.02 * pushed.info.size  # the repository already had nearly every chunk
+    host = Cache(tmp_path / "host")
+    pull(host, "m:base", repo)
+    delta = pull(host, "m:grown", repo)
+    assert delta.bytes_fetched < 0.02 * delta.info.size
+    assert tree_files(host.materialize("m:grown")) == tree_files(variants["grown"])
+
+
+def test_pushing_other_content_under_an_existing_version_is_refused(tmp_path, variants):
+    repo = f"file://{tmp_path / 'repo'}"
+    a, b = Cache(tmp_path / "a"), Cache(tmp_path / "b")
+    a.add(variants["base"], "m:v1")
+    b.add(variants["tuned"], "m:v1")
+    push(a, "m:v1", repo)
+    with pytest.raises(CasError, match="already exists in .* with other content"):
+        push(b, "m:v1", repo)
+    c = Cache(tmp_path / "c")
+    assert pull(c, "m:v1", repo).info.root == a.get("m:v1").root
+
+
+def test_pull_of_an_unknown_tag(tmp_path, server):
+    url, _ = server
+    with pytest.raises(NotFound, match="ghost:v1 is not in the repository"):
+        pull(Cache(tmp_path / "c"), "ghost:v1", url)
+    with pytest.raises(NotFound, match="ghost has no version"):
+        pull(Cache(tmp_path / "c"), "ghost", url)
+
+
+def test_writes_need_the_right_token(tmp_path, synthetic, server, monkeypatch):
+    url, repo_dir = server
+    cache = Cache(tmp_path / "c")
+    cache.add(synthetic, "m:v1")
+    monkeypatch.delenv("CAS_TOKEN", raising=False)
+    with pytest.raises(CasError, match="401 Unauthorized; set CAS_TOKEN"):
+        push(cache, "m:v1", url)
+    monkeypatch.setenv("CAS_TOKEN", "wrong")
+    with pytest.raises(CasError, match="403 Forbidden; check CAS_TOKEN"):
+        push(cache, "m:v1", url)
+    assert not (repo_dir / "packs").exists() or not any((repo_dir / "packs").iterdir())
+
+
+def http(method: str, url: str, data: bytes | None = None, auth: bool = True) -> int:
+    req = urllib.request.Request(url, data=data, method=method)
+    if auth:
+        req.add_header("Authorization", f"Bearer {TOKEN}")
+    try:
+        return urllib.request.urlopen(req).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_server_refuses_keys_outside_the_layout(server):
+    url, _ = server
+    for key in ("../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "refs/../../x", "trees/abc", "packs/x.idx", "nope"):
+        assert http("GET", f"{url}/{key}") in (400, 404), key
+        assert http("PUT", f"{url}/{key}", b"x") in (400, 404), key
+
+
+def test_server_checks_uploads_against_their_names(tmp_path, server, synthetic, token):
+    url, repo_dir = server
+    bogus = "a" * 64
+    assert http("PUT", f"{url}/packs/{bogus}", b"not this") == 400
+    assert http("PUT", f"{url}/trees/{bogus}", b"not this") == 400
+    # an index for a pack that is not there, then one that lies about its pack
+    cache = Cache(tmp_path / "c")
+    cache.add(synthetic, "m:v1")
+    push(cache, "m:v1", url)
+    pack_id = next(p.name for p in (repo_dir / "packs").iterdir() if not p.name.endswith(".idx"))
+    assert http("PUT", f"{url}/packs/{bogus}.idx", (repo_dir / f"packs/{pack_id}.idx").read_bytes()) == 409
+    idx = msgpack.unpackb((repo_dir / f"packs/{pack_id}.idx").read_bytes())
+    records = bytearray(idx[2])
+    records[0] ^= 1  # first chunk id
+    forged = msgpack.packb([idx[0], idx[1], bytes(records)])
+    (repo_dir / f"packs/{pack_id}.idx").unlink()
+    assert http("PUT", f"{url}/packs/{pack_id}.idx", forged) == 400
+    # a ref whose tree is missing
+    ref = (repo_dir / "refs/m/v1").read_bytes()
+    root = cache.get("m:v1").root
+    (repo_dir / f"trees/{root}").unlink()
+    assert http("PUT", f"{url}/refs/m/v2", ref) == 400  # names m:v1 inside
+    assert http("PUT", f"{url}/refs/m/v1", ref) == 409
+    assert http("PUT", f"{url}/trees/{root}", cache.tree("m:v1").encode()) == 201
+
+
+def test_server_without_token_is_read_only(tmp_path, synthetic):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "CAS_TOKEN"}
+    proc = start([sys.executable, "-m", "cas", "serve", str(tmp_path / "r"), "--port", str(port)], url + "/", env)
+    try:
+        assert http("PUT", f"{url}/trees/{'a' * 64}", b"x") == 403
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize(
+    "fault,every,limit", [("500", 2, 4), ("drop", 2, 4), ("truncate", 2, 4), ("flip", 3, 2), ("norange", 1, 0)]
+)
+def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, fault, every, limit):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(minilm, "minilm:v1")
+    push(src, "minilm:v1", url)
+    faulty = proxy(url, fault, every, limit=limit)
+    host = Cache(tmp_path / "host")
+    pull(host, "minilm:v1", faulty)
+    assert stats(faulty)["faults"] > 0
+    assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
+    assert host.verify().ok
+
+
+def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthetic, server, proxy, token):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1")
+    push(src, "m:v1", url)
+    host = Cache(tmp_path / "host")
+    with pytest.raises(CorruptObject, match="m:v1: chunk .* from pack .* failed verification twice"):
+        pull(host, "m:v1", proxy(url, "flip", 1))
+    assert host.list() == []
+    blobs = [p for p in (host.root / "blobs").rglob("*") if p.is_file()] if (host.root / "blobs").exists() else []
+    assert blobs == []
+
+
+def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, server, proxy, token):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(minilm, "minilm:v1")
+    total = push(src, "minilm:v1", url).bytes_fetched
+    slow = proxy(url, "none", 1, delay=0.4)
+    home = tmp_path / "host"
+    code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=2)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(home), slow], cwd=REPO)
+    deadline = time.time() + 60
+    while stats(slow)["pack_requests"] < 5 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    host = Cache(home)
+    assert host.list() == []  # nothing visible from the interrupted pull
+    resumed = pull(host, "minilm:v1", url)
+    assert 0 < resumed.bytes_fetched < total
+    assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
+
+
+RACER = """
+import json, sys, descriptor
+class Service:
+    model = descriptor.Model("minilm:latest")
+m = Service().model
+print(json.dumps({"tag": m.tag, "path": str(m.path)}))
+"""
+
+
+def test_descriptor_pulls_a_missing_model_and_racing_processes_fetch_each_chunk_once(
+    tmp_path, minilm, server, proxy, token
+):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(minilm, "minilm:v1")
+    packed = push(src, "minilm:v1", url).bytes_fetched
+    counting = proxy(url)
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "host"), "CAS_REMOTE": counting}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    outs = [json.loads(p.communicate(timeout=180)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert {o["tag"] for o in outs} == {"minilm:v1"} and len({o["path"] for o in outs}) == 1
+    assert tree_files(Path(outs[0]["path"])) == tree_files(minilm)
+    assert stats(counting)["pack_bytes"] == packed  # every chunk crossed the network once
+
+
+def test_offline_mode_never_touches_the_network(tmp_path, server):
+    url, _ = server
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "h"), "CAS_REMOTE": url, "CAS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", RACER], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "CAS_OFFLINE is set" in out.stderr
+
+
+def test_refresh_falls_back_to_the_local_version_when_the_repository_is_down(tmp_path, synthetic):
+    import descriptor
+
+    cache = Cache(tmp_path / "c")
+    info = cache.add(synthetic, "m:v1")
+
+    class Service:
+        model = descriptor.Model("m:latest", cache=cache, remote=f"http://127.0.0.1:{free_port()}", refresh=True)
+
+    with pytest.warns(UserWarning, match="could not refresh m:latest"):
+        assert Service().model.tag == info.tag
+
+
+def test_refresh_picks_up_a_newer_version(tmp_path, variants):
+    import descriptor
+
+    repo = f"file://{tmp_path / 'repo'}"
+    publisher = Cache(tmp_path / "pub")
+    publisher.add(variants["base"], "m:v1")
+    push(publisher, "m:v1", repo)
+    host = Cache(tmp_path / "host")
+    pull(host, "m:v1", repo)
+    publisher.add(variants["tuned"], "m:v2")
+    push(publisher, "m:v2", repo)
+
+    class Stale:
+        model = descriptor.Model("m:latest", cache=host, remote=repo)
+
+    class Fresh:
+        model = descriptor.Model("m:latest", cache=host, remote=repo, refresh=True)
+
+    assert Stale().model.tag == "m:v1"  # the warm path never asks the network
+    assert Fresh().model.tag == "m:v2"
