@@ -27,6 +27,7 @@ class ChunkIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # derived data: losing the last writes costs only reuse
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, file BLOB NOT NULL, exec INTEGER NOT NULL,"
             " offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID"
@@ -34,7 +35,9 @@ class ChunkIndex:
 
     def add_tree(self, tree: Tree) -> None:
         """Record where every chunk of a stored tree lies (first writer wins)."""
-        self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(tree))
+        with self._db:  # one transaction, not one per row
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(tree))
 
     def find(self, chunk_ids: Iterable[bytes]) -> dict[bytes, Seed]:
         out = {}

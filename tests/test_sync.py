@@ -287,6 +287,54 @@ def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, f
     assert host.verify().ok
 
 
+def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, monkeypatch):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1")
+    push(src, "m:v1", url)
+    monkeypatch.setenv("CAS_STALL_TIMEOUT", "1")
+    stalling = proxy(url, "stall", 1, limit=1)
+    host = Cache(tmp_path / "host")
+    pull(host, "m:v1", stalling)
+    assert stats(stalling)["faults"] == 1
+    assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
+
+
+def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, server, proxy, token):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1")
+    push(src, "m:v1", url)
+    start = time.monotonic()
+    with pytest.raises(CasError, match=r"GET .*/packs/\w+ failed 5 times, last: _Transient 500"):
+        pull(Cache(tmp_path / "host"), "m:v1", proxy(url, "500", 1))
+    assert time.monotonic() - start < 60
+
+
+def test_reads_can_require_the_token(tmp_path, synthetic, token):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    (tmp_path / "t").write_text(TOKEN)
+    cmd = [sys.executable, "-m", "cas", "serve", str(tmp_path / "r"), "--port", str(port),
+           "--token-file", str(tmp_path / "t"), "--read-token"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if http("GET", url + "/") == 200:
+                    break
+            except urllib.error.URLError:
+                time.sleep(0.05)
+        assert http("GET", url + "/?list=refs/", auth=False) == 401
+        src = Cache(tmp_path / "src")
+        src.add(synthetic, "m:v1")
+        push(src, "m:v1", url)
+        assert pull(Cache(tmp_path / "host"), "m:v1", url).info.tag == "m:v1"
+    finally:
+        stop(proc)
+
+
 def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthetic, server, proxy, token):
     url, _ = server
     src = Cache(tmp_path / "src")

@@ -8,6 +8,7 @@ web server can serve a repository; listing and writing use ``cas serve``'s
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 
 import aiohttp
@@ -17,7 +18,7 @@ from .backend import RepoError
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
-STALL = 30.0  # seconds without a byte before a read counts as stalled
+STALL = 30.0  # seconds without a byte before a read counts as stalled (CAS_STALL_TIMEOUT)
 
 
 class _Transient(Exception):
@@ -25,11 +26,11 @@ class _Transient(Exception):
 
 
 class HttpBackend:
-    def __init__(self, url: str, *, token: str | None, concurrency: int = 16, stall: float = STALL):
+    def __init__(self, url: str, *, token: str | None, concurrency: int = 16, stall: float | None = None):
         self.url = url.rstrip("/")
         self._token = token
         self._limit = concurrency
-        self._stall = stall
+        self._stall = stall if stall is not None else float(os.environ.get("CAS_STALL_TIMEOUT") or STALL)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
