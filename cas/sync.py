@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import codec, tags
 from . import ref as refs
@@ -325,15 +325,15 @@ async def _assemble(
                 wanted[cid].append(_Target(part, offset))
                 raw_len[cid] = length
             offset += length
-    log = _DoneLog()
+    parts = _Parts()
     try:
-        reused = await asyncio.to_thread(_copy_local, cache, wanted, raw_len, log, progress)
+        reused = await asyncio.to_thread(_copy_local, cache, wanted, raw_len, parts, progress)
         for cid in list(wanted):
             if cid not in locations:
                 raise CorruptObject(f"{info.tag}: the locator in {backend.url} does not say where chunk {cid.hex()} is")
-        fetched = await _fetch(info, wanted, raw_len, locations, backend, concurrency, log, progress)
+        fetched = await _fetch(info, wanted, raw_len, locations, backend, concurrency, parts, progress)
     finally:
-        log.close()
+        parts.close()
     loop = asyncio.get_running_loop()
     for f in files:
         part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
@@ -361,36 +361,46 @@ def _read_done(part: Path) -> set[int]:
     return {int(x) for x in data.split() if x.isdigit()}
 
 
-class _DoneLog:
-    """Appends the offsets of verified chunks per part file, so an interrupted pull can resume."""
+class _Parts:
+    """Open part files and their logs of verified chunks (``<part>.done``: one offset a line).
+
+    A chunk's offset is logged only after its bytes are written, so an
+    interrupted pull can resume with what it verified; the final whole-file
+    hash catches anything a crash lost in between.
+    """
 
     def __init__(self) -> None:
-        self._files: dict[Path, TextIO] = {}
-        self._lock = threading.Lock()  # decoding threads mark concurrently
+        self._fds: dict[Path, tuple[int, int]] = {}
+        self._lock = threading.Lock()  # decoding threads write concurrently
 
-    def mark(self, target: _Target) -> None:
+    def _open(self, part: Path) -> tuple[int, int]:
         with self._lock:
-            fh = self._files.get(target.part)
-            if fh is None:
-                fh = self._files[target.part] = open(str(target.part) + ".done", "a", buffering=1)
-            fh.write(f"{target.offset}\n")
+            fds = self._fds.get(part)
+            if fds is None:
+                data = os.open(part, os.O_WRONLY)
+                log = os.open(str(part) + ".done", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fds = self._fds[part] = (data, log)
+            return fds
+
+    def write(self, targets: list[_Target], data: bytes) -> None:
+        for t in targets:
+            os.pwrite(self._open(t.part)[0], data, t.offset)
+
+    def mark(self, targets: list[_Target]) -> None:
+        by_part: dict[Path, list[str]] = defaultdict(list)
+        for t in targets:
+            by_part[t.part].append(f"{t.offset}\n")
+        for part, lines in by_part.items():
+            os.write(self._open(part)[1], "".join(lines).encode())
 
     def close(self) -> None:
-        for fh in self._files.values():
-            fh.close()
+        for data, log in self._fds.values():
+            os.close(data)
+            os.close(log)
+        self._fds.clear()
 
 
-def _write(targets: list[_Target], data: bytes, log: _DoneLog) -> None:
-    for t in targets:
-        fd = os.open(t.part, os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, t.offset)
-        finally:
-            os.close(fd)
-        log.mark(t)
-
-
-def _copy_local(cache: Cache, wanted: dict, raw_len: dict, log: _DoneLog, progress: Progress | None) -> int:
+def _copy_local(cache: Cache, wanted: dict, raw_len: dict, parts: _Parts, progress: Progress | None) -> int:
     """Copy every wanted chunk that a local blob holds (re-hashed first); returns the bytes reused."""
     seeds = cache._chunk_index().find(list(wanted))
     reused = 0
@@ -404,7 +414,9 @@ def _copy_local(cache: Cache, wanted: dict, raw_len: dict, log: _DoneLog, progre
             continue
         if len(data) != raw_len[cid] or chunk_id(data) != cid:
             continue
-        _write(wanted.pop(cid), data, log)
+        targets = wanted.pop(cid)
+        parts.write(targets, data)
+        parts.mark(targets)
         reused += len(data)
         if progress:
             progress(len(data))
@@ -418,7 +430,7 @@ async def _fetch(
     locations: dict[bytes, Location],
     backend: Backend,
     concurrency: int,
-    log: _DoneLog,
+    parts: _Parts,
     progress: Progress | None,
 ) -> int:
     by_pack: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
@@ -440,20 +452,22 @@ async def _fetch(
 
         async def one(pack_id: str, start: int, end: int, pieces: list) -> None:
             nonlocal fetched
+            # The slot is held until the range is decoded and written: memory is
+            # bounded by `concurrency` ranges however fast the network is.
             async with sem:
                 body = await backend.get_range(pack_key(pack_id), start, end)
-            fetched += len(body)
-            bad = await loop.run_in_executor(pool, _decode_and_write, body, start, pieces, wanted, raw_len, log)
-            for off, length, cid in bad:  # a chunk that failed verification gets one more chance, alone
-                async with sem:
+                fetched += len(body)
+                bad = await loop.run_in_executor(pool, _decode_and_write, body, start, pieces, wanted, raw_len, parts)
+                del body
+                for off, length, cid in bad:  # a chunk that failed verification gets one more chance, alone
                     again = await backend.get_range(pack_key(pack_id), off, off + length)
-                fetched += len(again)
-                if await loop.run_in_executor(pool, _decode_and_write, again, off, [(off, length, cid)], wanted,
-                                              raw_len, log):  # fmt: skip
-                    raise CorruptObject(
-                        f"{info.tag}: chunk {cid.hex()} from pack {pack_id} in {backend.url} failed verification "
-                        "twice; the repository is damaged (nothing corrupt was stored; run 'cas verify' on it)"
-                    )
+                    fetched += len(again)
+                    retry = [(off, length, cid)]
+                    if await loop.run_in_executor(pool, _decode_and_write, again, off, retry, wanted, raw_len, parts):
+                        raise CorruptObject(
+                            f"{info.tag}: chunk {cid.hex()} from pack {pack_id} in {backend.url} failed verification "
+                            "twice; the repository is damaged (nothing corrupt was stored; run 'cas verify' on it)"
+                        )
             if progress:
                 progress(sum(raw_len[c] for _, _, c in pieces))
 
@@ -461,16 +475,20 @@ async def _fetch(
     return fetched
 
 
-def _decode_and_write(body: bytes, base: int, pieces: list, wanted: dict, raw_len: dict, log: _DoneLog) -> list:
+def _decode_and_write(body: bytes, base: int, pieces: list, wanted: dict, raw_len: dict, parts: _Parts) -> list:
     """Decode, verify and write each chunk of one range; returns the pieces that failed verification."""
     bad = []
+    written: list[_Target] = []
+    view = memoryview(body)
     for off, length, cid in pieces:
         try:
-            data = codec.decode(body[off - base : off - base + length], raw_len[cid], cid)
+            data = codec.decode(view[off - base : off - base + length], raw_len[cid], cid)
         except CorruptObject:
             bad.append((off, length, cid))
             continue
-        _write(wanted[cid], data, log)
+        parts.write(wanted[cid], data)
+        written += wanted[cid]
+    parts.mark(written)
     return bad
 
 
