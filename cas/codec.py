@@ -64,8 +64,8 @@ def interleave(parts: list[bytes], word: int) -> bytes:
     """Inverse of ``planes``."""
     np = _np()
     *plns, tail = parts
-    grid = np.stack([np.frombuffer(p, dtype=np.uint8) for p in plns], axis=1) if plns[0] else b""
-    return (grid.tobytes() if len(grid) else b"") + bytes(tail)
+    grid = np.frombuffer(b"".join(plns), dtype=np.uint8).reshape(word, -1)
+    return grid.T.tobytes() + bytes(tail)
 
 
 def _np():
@@ -104,10 +104,10 @@ def decode(blob: bytes | memoryview, raw_length: int, expected_id: bytes) -> byt
     """Decode one chunk and prove it is the chunk asked for."""
     if not blob:
         raise CorruptObject("empty encoded chunk")
-    codec, payload = blob[0], bytes(blob[1:])
+    codec, payload = blob[0], memoryview(blob)[1:]
     what = f"chunk {expected_id.hex()[:16]}"
     if codec == RAW:
-        out = payload
+        out = bytes(payload)
     elif codec == ZSTD:
         out = _unzstd(payload, raw_length, what)
     elif codec in _WORD:
@@ -121,7 +121,7 @@ def decode(blob: bytes | memoryview, raw_length: int, expected_id: bytes) -> byt
     return out
 
 
-def _decode_planes(payload: bytes, raw_length: int, word: int, what: str) -> bytes:
+def _decode_planes(payload: memoryview, raw_length: int, word: int, what: str) -> bytes:
     plane = raw_length // word
     pos = _PLANE.size * word
     if len(payload) < pos:
@@ -135,19 +135,19 @@ def _decode_planes(payload: bytes, raw_length: int, word: int, what: str) -> byt
         if kind == 0:
             if stored != plane:
                 raise CorruptObject(f"{what}: raw plane {i} has {stored} bytes, expected {plane}")
-            parts.append(body)
+            parts.append(bytes(body))
         elif kind == 1:
             parts.append(_unzstd(body, plane, what))
         else:
             raise CorruptObject(f"{what}: plane {i} has unknown kind {kind}")
         pos += stored
-    tail = payload[pos:]
+    tail = bytes(payload[pos:])
     if len(tail) != raw_length % word:
         raise CorruptObject(f"{what}: {len(tail)} trailing bytes, expected {raw_length % word}")
     return interleave([*parts, tail], word)
 
 
-def _unzstd(frame: bytes, expected: int, what: str) -> bytes:
+def _unzstd(frame: bytes | memoryview, expected: int, what: str) -> bytes:
     z = _z()
     try:
         declared = z.frame_content_size(frame)
