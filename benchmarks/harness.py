@@ -2,19 +2,27 @@
 
 Whole-process timings run the command from a small wrapper process (a
 forked child's peak RSS would start at this large one's); process-tree
-memory sums the RSS of a command and its descendants, because large pulls
-run worker processes.
+memory sums the PSS of a command and its descendants, because large pulls
+run worker processes.  The test suite starts its servers and reads /proc
+through the same helpers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -63,65 +71,123 @@ def reset(home: Path) -> None:
 TOKEN = "bench-token"
 
 
-def start_server(repo: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "CAS_TOKEN": TOKEN}
-    cmd = [sys.executable, "-m", "cas", "serve", str(repo), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("cas serve did not start")
+# -- processes: servers started and stopped, /proc read once --------------------------
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _tree_rss_kib(root: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def start(cmd: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.Popen:
+    """Start a server and wait until ``ready_url`` answers (any HTTP status counts).
+
+    Its log goes to a file: a pipe nobody reads fills up and blocks a busy server.
+    """
+    fd, log = tempfile.mkstemp(prefix="cas-server-", suffix=".log")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=fd)
+    os.close(fd)
+    proc.log_path = Path(log)  # type: ignore[attr-defined]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited: {proc.log_path.read_text()}")  # type: ignore[attr-defined]
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            status = Path(f"/proc/{entry}/status").read_text()
+            urllib.request.urlopen(ready_url, timeout=1).read()
+            return proc
+        except urllib.error.HTTPError:
+            return proc  # it answered (401 from a server that wants a token for reads)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+    stop(proc)
+    raise RuntimeError(f"{ready_url} did not come up within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it lingers; drops the log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log = getattr(proc, "log_path", None)
+    if log is not None:
+        log.unlink(missing_ok=True)
+
+
+def start_server(repo: Path, port: int) -> subprocess.Popen:
+    """`cas serve` on 127.0.0.1 that accepts pushes with ``TOKEN``."""
+    cmd = [sys.executable, "-m", "cas", "serve", str(repo), "--port", str(port)]
+    return start(cmd, f"http://127.0.0.1:{port}/", {**os.environ, "CAS_TOKEN": TOKEN})
+
+
+class Proc(NamedTuple):
+    ppid: int
+    state: str  # Z: exited, not yet reaped
+    cmdline: bytes
+
+
+def processes() -> dict[int, Proc]:
+    """Every process, from /proc (one pass; processes that exit meanwhile are skipped)."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-    total, todo = 0, [root]
+        out[int(entry)] = Proc(int(stat[1]), stat[0], cmdline)
+    return out
+
+
+def descendants(root: int, table: dict[int, Proc] | None = None) -> list[int]:
+    """A process and everything it started, still running."""
+    table = processes() if table is None else table
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo += children.get(pid, [])
-    return total
+        found.append(pid)
+        todo += [p for p, info in table.items() if info.ppid == pid]
+    return [p for p in found if p in table and table[p].state != "Z"]
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes sharing them, so sums do not double-count."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return next((int(x.split()[1]) for x in text.splitlines() if x.startswith("Pss:")), 0)
 
 
 def timed_tree(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds of a command and the peak summed RSS (KiB) of its process tree, sampled every 20 ms.
+    """Wall seconds of a command and the peak summed PSS (KiB) of its process tree, sampled every 20 ms.
 
     ``cas pull`` of a large model runs fetch worker processes beside it, so the
-    peak of any one process (what getrusage reports) would understate it.
+    peak of any one process (what getrusage reports) would understate it; the
+    time comes from the process's own exit, not from the sampler.
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss_kib(proc.pid))
-        time.sleep(0.02)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()}")
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(pss_kib(p) for p in descendants(proc.pid)))
+            done.wait(0.02)
+
+    with tempfile.TemporaryFile() as err:
+        start_t = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        proc.wait()
+        elapsed = time.perf_counter() - start_t
+        done.set()
+        sampler.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{cmd} failed: {err.read().decode()}")
     return elapsed, peak

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import synth
+from benchmarks.harness import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
 from benchmarks.synth import minilm_path
 from cas import Cache
 
@@ -67,46 +65,18 @@ def cas_cli(*args: str, home: Path, check: bool = True, env: dict | None = None)
 TOKEN = "test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+def wait_until(condition, timeout: float = 60, what: str = "the condition") -> None:
+    """Poll ``condition`` until true; fail the test (never carry on silently) when it does not come."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log = getattr(proc, "log_path", None)
-            raise RuntimeError(f"server exited: {log.read_text() if log else ''}")
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
 
 
-def start(cmd: list[str], url: str, env: dict | None = None) -> subprocess.Popen:
-    """Start a server; its log goes to a file (a pipe nobody reads fills up and blocks a busy server)."""
-    fd, log = tempfile.mkstemp(prefix="cas-server-", suffix=".log")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=fd, text=True)
-    os.close(fd)
-    proc.log_path = Path(log)  # type: ignore[attr-defined]
-    wait_ready(url, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log = getattr(proc, "log_path", None)
-    if log is not None:
-        log.unlink(missing_ok=True)
+def blobs_of(cache: Cache) -> list[Path]:
+    """Every blob file stored in a cache."""
+    return sorted(p for p in (cache.root / "blobs").rglob("*") if p.is_file())
 
 
 @pytest.fixture

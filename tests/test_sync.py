@@ -19,7 +19,7 @@ from benchmarks import synth
 from cas import Cache, CasError, NotFound
 from cas.sync import pull, push
 
-from .conftest import REPO, TOKEN, cas_cli, free_port, start, stats, stop, tree_files
+from .conftest import REPO, TOKEN, cas_cli, free_port, start, stats, stop, tree_files, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +200,8 @@ def test_reads_can_require_the_token(tmp_path, synthetic, token):
     (tmp_path / "t").write_text(TOKEN)
     cmd = [sys.executable, "-m", "cas", "serve", str(tmp_path / "r"), "--port", str(port),
            "--token-file", str(tmp_path / "t"), "--read-token"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = start(cmd, url + "/")
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                if http("GET", url + "/") == 200:
-                    break
-            except urllib.error.URLError:
-                time.sleep(0.05)
         assert http("GET", url + "/?list=refs/", auth=False) == 401
         src = Cache(tmp_path / "src")
         src.add(synthetic, "m:v1")
@@ -227,9 +220,7 @@ def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, ser
     home = tmp_path / "host"
     code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=2)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(home), slow], cwd=REPO)
-    deadline = time.time() + 60
-    while stats(slow)["pack_requests"] < 5 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: stats(slow)["pack_requests"] >= 5, what="5 pack requests")
     time.sleep(0.6)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

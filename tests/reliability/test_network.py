@@ -10,7 +10,7 @@ import pytest
 from cas import Cache, CasError, CorruptObject
 from cas.sync import pull, push
 
-from ..conftest import stats, tree_files
+from ..conftest import blobs_of, stats, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -55,8 +55,11 @@ def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, 
     assert time.monotonic() - start < 60
 
 
-def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthetic, server, proxy, token):
+@pytest.mark.parametrize("processes", ["0", "2"])  # decoded here, or in worker processes across a pipe
+def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthetic, server, proxy, token,
+                                                                 monkeypatch, processes):  # fmt: skip
     url, _ = server
+    monkeypatch.setenv("CAS_PULL_PROCESSES", processes)
     src = Cache(tmp_path / "src")
     src.add(synthetic, "m:v1")
     push(src, "m:v1", url)
@@ -64,5 +67,4 @@ def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthe
     with pytest.raises(CorruptObject, match="m:v1: chunk .* from pack .* failed verification twice"):
         pull(host, "m:v1", proxy(url, "flip", 1))
     assert host.list() == []
-    blobs = [p for p in (host.root / "blobs").rglob("*") if p.is_file()] if (host.root / "blobs").exists() else []
-    assert blobs == []
+    assert blobs_of(host) == []

@@ -7,12 +7,11 @@ import http.client
 import random
 import socket
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import pss_kib
 from cas import Cache
 from cas.repocheck import check_repository
 from cas.sync import pull, push
@@ -36,11 +35,6 @@ def served(tmp_path, synthetic, monkeypatch):
     push(src, "m:v1", url)
     yield url, port, proc
     stop(proc)
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:"))
 
 
 def request(port: int, method: str, path: str, headers: dict | None = None, body: bytes | None = None) -> int:
@@ -89,10 +83,10 @@ def test_thousands_of_malformed_requests_are_refused_without_memory_growth(tmp_p
     rng = random.Random(11)
     for _ in range(200):  # warm up allocator and caches
         abuse(port, rng)
-    before = rss_kib(proc.pid)
+    before = pss_kib(proc.pid)
     statuses = [abuse(port, rng) for _ in range(2000)]
-    grown_mb = (rss_kib(proc.pid) - before) / 1024
-    assert not [s for s in statuses if 200 <= s < 300 and s != 206], "an abusive request was accepted"
+    grown_mb = (pss_kib(proc.pid) - before) / 1024
+    assert not [s for s in statuses if 200 <= s < 300], "an abusive request was accepted"
     assert grown_mb < 20, f"the server grew by {grown_mb:.0f} MB"
     host = Cache(tmp_path / "host")
     pull(host, "m:v1", url)
@@ -108,9 +102,8 @@ def test_slow_clients_do_not_stop_good_requests(served):
         s.sendall(b"GET /refs/m/v1 HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
         slow.append(s)
     try:
-        start_t = time.monotonic()
-        body = urllib.request.urlopen(url + "/?list=refs/", timeout=10).read()
-        assert b"refs/m/v1" in body and time.monotonic() - start_t < 10
+        body = urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()  # a hang bound, not a timing
+        assert b"refs/m/v1" in body
     finally:
         for s in slow:
             s.close()
