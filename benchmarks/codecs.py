@@ -56,24 +56,6 @@ def _measure(path: Path) -> dict:
     }
 
 
-def _chunk_size_table(size: int) -> list[dict]:
-    base = synth.model_tensors(3, size, "F32")
-    tuned = synth.fine_tune(base, 0.10, seed=4)
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        synth.write_safetensors(Path(d) / "base", base)
-        synth.write_safetensors(Path(d) / "tuned", tuned)
-        changed = chunk_sizes.changed_bytes(base, tuned)
-        for avg in chunk_sizes.SIZES:
-            have = chunk_sizes.chunks(Path(d) / "base", avg)
-            want = chunk_sizes.chunks(Path(d) / "tuned", avg)
-            fetched = sum(n for cid, n in want.items() if cid not in have)
-            rows.append(
-                {"avg_kib": avg >> 10, "fetched_over_changed": fetched / changed, "tree_kb": len(want) * 36 / 1e3}
-            )
-    return rows
-
-
 def run(work: Path, quick: bool) -> dict:
     size = (16 if quick else 64) << 20
     out: dict = {"dtypes": {}}
@@ -83,5 +65,6 @@ def run(work: Path, quick: bool) -> dict:
             synth.write_safetensors(path, synth.model_tensors(41, size, dtype, layer_bytes=1 << 20))
             out["dtypes"][dtype.lower()] = _measure(path)
     out["dtypes"]["minilm fp32 (real)"] = _measure(minilm_path() / "model.safetensors")
-    out["chunk_sizes"] = _chunk_size_table((32 if quick else 128) << 20)
+    rows = chunk_sizes.measure((32 if quick else 128) << 20, "F32", grown=False)
+    out["chunk_sizes"] = [{**r, "fetched_over_changed": r["fetched"] / r["changed"]} for r in rows]
     return out

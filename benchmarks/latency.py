@@ -18,10 +18,8 @@ import sys
 import timeit
 from pathlib import Path
 
-from benchmarks.harness import REPO, TOKEN, free_port, run_json, start_server, summary, wall
+from benchmarks.harness import REPO, free_port, push_as_owner, reset, run_json, start_server, stop, summary, wall
 from cas import Cache
-from cas.fsutil import remove_tree
-from cas.sync import push
 
 FIRST_ACCESS = """
 import json, time
@@ -29,8 +27,9 @@ t0 = time.perf_counter()
 import descriptor
 class Service:
     model = descriptor.Model("bench:latest")
+s = Service()
 t1 = time.perf_counter()
-path = Service().model.path
+path = s.model.path
 t2 = time.perf_counter()
 print(json.dumps({"import_ms": (t1 - t0) * 1e3, "first_us": (t2 - t1) * 1e6}))
 """
@@ -174,7 +173,7 @@ def run(work: Path, model: Path, quick: bool) -> dict:
     out["repeated"] = bench_repeated(home)
     no_snapshot = []
     for _ in range(runs):
-        remove_tree(home / "snapshots")
+        reset(home / "snapshots")
         no_snapshot.append(run_json(FIRST_ACCESS, env)["first_us"])
     out["first_access_blobs_only_us"] = summary(no_snapshot)
     out["cold_pull"] = _cold_pull(work, model, max(3, runs // 2))
@@ -192,16 +191,14 @@ def _cold_pull(work: Path, model: Path, runs: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     server = start_server(work / "lat-repo", port)
     try:
-        os.environ["CAS_TOKEN"] = TOKEN
         src = Cache(work / "lat-src", durable=False)
         src.add(model, "bench:v1")
-        push(src, "bench:v1", url)
+        push_as_owner(src, "bench:v1", url)
         times = []
         for i in range(runs):
             env = {**os.environ, "CAS_HOME": str(work / f"lat-cold-{i}"), "CAS_REMOTE": url}
             times.append(run_json(FIRST_ACCESS, env)["first_us"] / 1e6)
-            shutil.rmtree(work / f"lat-cold-{i}")
+            reset(work / f"lat-cold-{i}")
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
     return {"seconds": summary(times), "bytes": src.get("bench:v1").size}

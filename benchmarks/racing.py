@@ -3,7 +3,7 @@
 Each process is a service starting on an empty cache that shares one
 ``CAS_HOME``; they race to pull the model from ``cas serve`` through a
 counting proxy.  Reported: wall time until all have the model, and the pack
-bytes that crossed the network, against the bytes of one pull.
+bytes that crossed the network, against those of one service alone (N=1).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks import synth
-from benchmarks.harness import REPO, TOKEN, free_port, reset, start_server
+from benchmarks.harness import REPO, free_port, push_as_owner, reset, start, start_server, stop
 from cas import Cache
-from cas.sync import push
 
 SERVICE = """
 import descriptor
@@ -27,20 +26,6 @@ class Service:
     model = descriptor.Model("m:latest")
 print(Service().model.path)
 """
-
-
-def _proxy(upstream: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "faultproxy.py"), upstream, str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url + "/_stats", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the counting proxy did not start")
 
 
 def run(work: Path, quick: bool) -> dict:
@@ -51,29 +36,36 @@ def run(work: Path, quick: bool) -> dict:
     server = start_server(work / "race-repo", port)
     out: dict = {"counts": {}}
     try:
-        os.environ["CAS_TOKEN"] = TOKEN
         src = Cache(work / "race-src", durable=False)
         src.add(model, "m:v1")
-        out["pack_bytes_one_pull"] = push(src, "m:v1", url).bytes_fetched
+        out["pack_bytes_pushed"] = push_as_owner(src, "m:v1", url).bytes_fetched
         out["model_bytes"] = src.get("m:v1").size
         for n in counts:
-            proxy, purl = _proxy(url)
-            home = work / "race-home"
-            env = {**os.environ, "CAS_HOME": str(home), "CAS_REMOTE": purl, "CAS_DURABLE": "0"}
-            start = time.perf_counter()
-            procs = [subprocess.Popen([sys.executable, "-c", SERVICE], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      text=True) for _ in range(n)]  # fmt: skip
-            paths = {p.communicate()[0].strip() for p in procs}
-            elapsed = time.perf_counter() - start
-            if any(p.returncode for p in procs) or len(paths) != 1:
-                raise RuntimeError(f"{n} racing services did not all get the same snapshot: {paths}")
-            stats = json.loads(urllib.request.urlopen(purl + "/_stats").read())
-            out["counts"][n] = {"seconds": elapsed, "pack_bytes": stats["pack_bytes"]}
-            proxy.terminate()
-            proxy.wait()
-            reset(home)
+            out["counts"][n] = _race(work / "race-home", url, n)
+        out["pack_bytes_one_pull"] = out["counts"][1]["pack_bytes"]
     finally:
-        server.terminate()
-        server.wait()
-        reset(model)
+        stop(server)
+        for d in (model, work / "race-src", work / "race-repo"):
+            reset(d)
     return out
+
+
+def _race(home: Path, upstream: str, n: int) -> dict:
+    """N services on an empty cache, through a counting proxy; the time until all have the model."""
+    port = free_port()
+    purl = f"http://127.0.0.1:{port}"
+    proxy = start([sys.executable, str(REPO / "tests" / "faultproxy.py"), upstream, str(port)], purl + "/_stats")
+    try:
+        env = {**os.environ, "CAS_HOME": str(home), "CAS_REMOTE": purl, "CAS_DURABLE": "0"}
+        begin = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", SERVICE], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(n)]  # fmt: skip
+        paths = {p.communicate()[0].strip() for p in procs}
+        elapsed = time.perf_counter() - begin
+        if any(p.returncode for p in procs) or len(paths) != 1:
+            raise RuntimeError(f"{n} racing services did not all get the same snapshot: {paths}")
+        stats = json.loads(urllib.request.urlopen(purl + "/_stats").read())
+        return {"seconds": elapsed, "pack_bytes": stats["pack_bytes"]}
+    finally:
+        stop(proxy)
+        reset(home)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import synth
-from benchmarks.harness import TOKEN, free_port, reset, start_server, timed_tree
+from benchmarks.harness import TOKEN, free_port, reset, start_server, stop, timed_tree
 
 
 def _many_files(path: Path, count: int, total: int) -> Path:
@@ -66,8 +66,7 @@ def run(work: Path, quick: bool) -> dict:
                 out[label][n] = {"bytes": sum(p.stat().st_size for p in model.rglob("*") if p.is_file())}
                 out[label][n].update(_steps(model, work, url))
             finally:
-                server.terminate()
-                server.wait()
+                stop(server)
                 reset(work / "scale-model")
                 reset(repo)
     return out

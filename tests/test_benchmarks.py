@@ -22,8 +22,12 @@ def test_quick_benchmarks_write_a_report_with_every_scenario(tmp_path):
     assert sorted(results["plots"]) == ["dedup.png", "pull.png", "scale.png"]
     for png in results["plots"]:
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tuned, other = results["dedup"]["10% of tensors changed"], results["dedup"]["unrelated model"]
+    assert 0 < tuned["raw_moved"] < 0.2 * tuned["whole_file_bytes"]  # chunks, not files, cross the network
+    assert other["raw_moved"] > 0.9 * other["size"]  # nothing to share with an unrelated model
     racing = results["racing"]
     assert racing["counts"]
+    assert racing["pack_bytes_one_pull"] == racing["pack_bytes_pushed"]  # one service fetches the packs once
     assert all(v["pack_bytes"] == racing["pack_bytes_one_pull"] for v in racing["counts"].values())
 
 
