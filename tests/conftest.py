@@ -60,6 +60,27 @@ def cas_cli(*args: str, home: Path, check: bool = True, env: dict | None = None)
     return proc
 
 
+# A child's half of start_together: past its imports, it says so and waits for the word.
+READY = 'print("ready", flush=True); sys.stdin.readline()'
+
+
+def start_together(cmds: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start processes that each run READY, and release them at once when all are ready: a real race.
+
+    A start time on the clock is no barrier on a loaded machine, where a slow
+    interpreter start can make a "race" run one process after another.
+    """
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for cmd in cmds]  # fmt: skip
+    for p in procs:
+        line = p.stdout.readline()  # type: ignore[union-attr]
+        assert line == "ready\n", f"a racer failed to start: {line!r}"
+    for p in procs:
+        p.stdin.write("go\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+    return procs
+
+
 # -- servers: `cas serve` and the fault-injecting proxy as subprocesses ---------------------
 
 TOKEN = "test-token"

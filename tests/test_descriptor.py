@@ -14,7 +14,7 @@ import pytest
 import descriptor
 from cas import Cache, NotFound
 
-from .conftest import REPO, tree_files
+from .conftest import READY, REPO, start_together, tree_files
 
 
 def service_class(tag: str, cache: Cache):
@@ -162,33 +162,19 @@ import json, sys, time, descriptor
 from cas import Cache
 class Service:
     model = descriptor.Model("minilm:latest", cache=Cache(sys.argv[1]))
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
+{READY}
 m = Service().model
 print(json.dumps({"path": str(m.path), "tag": m.tag, "ino": m.path.stat().st_ino}))
-"""
+""".replace("{READY}", READY)
 
 
 def test_processes_racing_materialize_once_and_all_get_the_complete_snapshot(cache, minilm):
-    import time
-
     cache.add(minilm, "minilm")
-    start = time.time() + 1.5
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, str(cache.root), str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        for _ in range(8)
-    ]
+    procs = start_together([[sys.executable, "-c", RACER, str(cache.root)]] * 8)
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
         outs.append(json.loads(out))
     assert len({o["path"] for o in outs}) == 1 and len({o["ino"] for o in outs}) == 1
     snapshots = list((cache.root / "snapshots").iterdir())

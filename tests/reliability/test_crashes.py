@@ -43,8 +43,12 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def kill_midway(args: list[str], env: dict[str, str], delay: float) -> None:
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_midway(args: list[str], env: dict[str, str], delay: float, ready: bool = False) -> None:
+    """SIGKILL after ``delay`` s; with ``ready``, counted from the child's "ready" line (its imports done)."""
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    if ready:
+        assert proc.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -71,7 +75,9 @@ def test_kill_add_midway(tmp_path, big_model, trial):
     assert cache.verify().ok
 
 
-MATERIALIZE = "import sys; from cas import Cache; Cache(sys.argv[1]).materialize('many:v1')"
+MATERIALIZE = (
+    "import sys; from cas import Cache; c = Cache(sys.argv[1]); print('ready', flush=True); c.materialize('many:v1')"
+)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -83,8 +89,8 @@ def test_kill_materialize_midway(tmp_path, trial):
         p.write_text(f"file {i}\n")
     cache = Cache(tmp_path / "cache")
     cache.add(src, "many:v1")
-    delay = random.Random(trial).uniform(0.15, 0.6)
-    kill_midway([sys.executable, "-c", MATERIALIZE, str(cache.root)], dict(os.environ), delay)
+    delay = random.Random(trial).uniform(0.0, 0.35)  # materializing its 3,000 files takes 0.25-0.4 s here
+    kill_midway([sys.executable, "-c", MATERIALIZE, str(cache.root)], dict(os.environ), delay, ready=True)
     snaps = [p.name for p in (cache.root / "snapshots").iterdir()] if (cache.root / "snapshots").exists() else []
     root = cache.get("many:v1").root
     if root in snaps:  # finished before the kill: then it must be complete

@@ -14,7 +14,7 @@ from cas import Cache
 from cas.repocheck import check_repository
 from cas.sync import pull, push
 
-from ..conftest import REPO, stats, tree_files
+from ..conftest import READY, REPO, start_together, stats, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -22,13 +22,14 @@ RACER = """
 import hashlib, json, sys, descriptor
 class Service:
     model = descriptor.Model("minilm:latest")
+{READY}
 m = Service().model
 digest = hashlib.sha256()
 for p in sorted(m.path.rglob("*")):
     if p.is_file():
         digest.update(str(p.relative_to(m.path)).encode() + p.read_bytes())
 print(json.dumps({"tag": m.tag, "path": str(m.path), "digest": digest.hexdigest()}))
-"""
+""".replace("{READY}", READY)
 
 
 def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_path, minilm, server, proxy, token):
@@ -38,8 +39,7 @@ def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_pat
     packed = push(src, "minilm:v1", url).bytes_fetched
     counting = proxy(url)
     env = {**os.environ, "CAS_HOME": str(tmp_path / "host"), "CAS_REMOTE": counting}
-    procs = [subprocess.Popen([sys.executable, "-c", RACER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(16)]  # fmt: skip
+    procs = start_together([[sys.executable, "-c", RACER]] * 16, env)
     outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len({(o["tag"], o["path"], o["digest"]) for o in outs}) == 1  # identical, complete snapshots
