@@ -91,7 +91,10 @@ def plan(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations
 
 
 def worker_count(size: int) -> int:
-    """How many worker processes to add to this one for fetching ``size`` bytes (``CAS_PULL_PROCESSES``)."""
+    """How many worker processes to add to this one for fetching ``size`` bytes.
+
+    ``CAS_PULL_PROCESSES`` is obeyed whatever the size (tests rely on it to run workers on small models).
+    """
     configured = os.environ.get("CAS_PULL_PROCESSES")
     if configured:
         try:

@@ -34,7 +34,7 @@ from . import codec, tags
 from . import ref as refs
 from .digest import chunk_id
 from .errors import CasError, CorruptObject, NotFound
-from .fetch import WORKERS_MIN_BYTES, Parts, Range, Target, Workers, fetch, plan, read_done, worker_count
+from .fetch import Parts, Range, Target, Workers, fetch, plan, read_done, worker_count
 from .fsutil import temp_name
 from .prefixhash import PrefixHasher
 from .ref import ModelInfo
@@ -361,7 +361,7 @@ async def _assemble(
         if cid not in locations:
             raise CorruptObject(f"{info.tag}: the locator in {backend.url} does not say where chunk {cid.hex()} is")
     ranges = plan(wanted, raw_len, locations)
-    if sum(r.end - r.start for r in ranges) < WORKERS_MIN_BYTES:
+    if workers and not worker_count(sum(r.end - r.start for r in ranges)):
         workers = None  # local files held most of it: not worth feeding the workers
     hasher = PrefixHasher(layout, (t for targets in wanted.values() for t in targets))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from blake3 import blake3
@@ -134,22 +136,35 @@ def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
 
 
-def test_a_killed_pull_takes_its_workers_with_it(tmp_path, synthetic, server, proxy, token):
+def test_a_killed_pull_takes_its_workers_with_it(tmp_path, minilm, server, proxy, token):
     """Orphaned workers must not keep writing into part files that a later pull or `cas verify` owns."""
     url, _ = server
     src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    src.add(minilm, "minilm:v1")  # over WORKERS_MIN_BYTES: a smaller pull leaves its workers idle
+    push(src, "minilm:v1", url)
     stalling = proxy(url, "stall", 1)  # every pack response hangs: only the kill can end the workers
-    code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('m:v1', sys.argv[2], concurrency=4)"
+    port = int(stalling.rsplit(":", 1)[1])
+    code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=4)"
     env = {**os.environ, "CAS_PULL_PROCESSES": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "host"), stalling], cwd=REPO, env=env)
-    wait_until(lambda: _fetch_workers(proc.pid) and stats(stalling)["pack_requests"] >= 4, what="a worker fetching")
+    wait_until(lambda: any(_connections(w, port) for w in _fetch_workers(proc.pid)), what="a worker fetching")
     workers = _fetch_workers(proc.pid)
     proc.kill()
     proc.wait()
     # the old workers sat out CAS_STALL_TIMEOUT (30 s) and its retries; now they leave with their pull
     wait_until(lambda: not any(descendants(w) for w in workers), timeout=20, what="the workers to exit")
+
+
+def _connections(pid: int, port: int) -> int:
+    """Open TCP connections from a process to a local port, read from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for r in rows if r[9] in inodes and int(r[2].rsplit(":", 1)[1], 16) == port)
 
 
 def _fetch_workers(parent: int) -> list[int]:
