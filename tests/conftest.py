@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from benchmarks import synth
 from benchmarks.harness import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
 from benchmarks.synth import minilm_path
 from cas import Cache
+from cas.sync import SyncStats, push
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,10 +53,13 @@ def tree_files(root: Path) -> dict[str, bytes]:
     return out
 
 
-def cas_cli(*args: str, home: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real ``cas`` command line in a subprocess."""
+def cas_cli(
+    *args: str, home: Path, check: bool = True, env: dict | None = None, preexec: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``cas`` command line in a subprocess (``preexec`` runs in the child first: resource limits)."""
     env = {**(env or os.environ), "CAS_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "cas", *args], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=REPO, preexec_fn=preexec)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"cas {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -93,6 +98,13 @@ def wait_until(condition, timeout: float = 60, what: str = "the condition") -> N
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def published(tmp_path: Path, model: Path, tag: str, url: str) -> SyncStats:
+    """``model`` added to a fresh source cache as ``tag`` and pushed to ``url``: how most sync tests begin."""
+    src = Cache(tmp_path / "src")
+    src.add(model, tag)
+    return push(src, tag, url)
 
 
 def blobs_of(cache: Cache) -> list[Path]:

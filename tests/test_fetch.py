@@ -20,7 +20,7 @@ from cas.repo.format import locator_key, ref_key, tree_key
 from cas.sync import pull, push
 from cas.tree import Tree, root_of
 
-from .conftest import REPO, blobs_of, descendants, processes, stats, tree_files, wait_until
+from .conftest import REPO, blobs_of, descendants, processes, published, stats, tree_files, wait_until
 
 
 def _layout(sizes: list[int]) -> list[tuple[int, int]]:
@@ -79,9 +79,7 @@ def test_a_tree_that_lies_about_a_file_id_is_refused_and_nothing_is_stored(tmp_p
 
 
 def test_a_bad_worker_count_is_a_clear_error(tmp_path, synthetic, monkeypatch):
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", f"file://{tmp_path / 'repo'}")
+    published(tmp_path, synthetic, "m:v1", f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("CAS_PULL_PROCESSES", "many")
     with pytest.raises(CasError, match="CAS_PULL_PROCESSES='many' is not a number"):
         pull(Cache(tmp_path / "host"), "m:v1", f"file://{tmp_path / 'repo'}")
@@ -91,9 +89,7 @@ def test_a_bad_worker_count_is_a_clear_error(tmp_path, synthetic, monkeypatch):
 def test_worker_processes_and_this_one_assemble_the_same_files(tmp_path, synthetic, server, token, monkeypatch,
                                                                processes):  # fmt: skip
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    packed = push(src, "m:v1", url).bytes_fetched
+    packed = published(tmp_path, synthetic, "m:v1", url).bytes_fetched
     monkeypatch.setenv("CAS_PULL_PROCESSES", processes)
     host = Cache(tmp_path / "host")
     got = pull(host, "m:v1", url, concurrency=4)
@@ -105,9 +101,7 @@ def test_worker_processes_and_this_one_assemble_the_same_files(tmp_path, synthet
 def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp_path, minilm, server, proxy,
                                                                              token, monkeypatch):  # fmt: skip
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(minilm, "minilm:v1")
-    total = push(src, "minilm:v1", url).bytes_fetched
+    total = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
     slow = proxy(url, "none", 1, delay=0.3)
     monkeypatch.setenv("CAS_PULL_PROCESSES", "1")
     host = Cache(tmp_path / "host")

@@ -19,7 +19,7 @@ from benchmarks import synth
 from cas import Cache, CasError, NotFound
 from cas.sync import pull, push
 
-from .conftest import REPO, TOKEN, cas_cli, free_port, start, stats, stop, tree_files, wait_until
+from .conftest import REPO, TOKEN, cas_cli, free_port, published, start, stats, stop, tree_files, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +213,7 @@ def test_reads_can_require_the_token(tmp_path, synthetic, token):
 
 def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, server, proxy, token):
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(minilm, "minilm:v1")
-    total = push(src, "minilm:v1", url).bytes_fetched
+    total = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
     slow = proxy(url, "none", 1, delay=0.4)
     home = tmp_path / "host"
     code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=2)"

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from cas import Cache, CasError, CorruptObject
-from cas.sync import pull, push
+from cas.sync import pull
 
-from ..conftest import blobs_of, stats, tree_files
+from ..conftest import blobs_of, published, stats, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.reliability
 )
 def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, fault, every, limit):
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(minilm, "minilm:v1")
-    push(src, "minilm:v1", url)
+    published(tmp_path, minilm, "minilm:v1", url)
     faulty = proxy(url, fault, every, limit=limit)
     host = Cache(tmp_path / "host")
     pull(host, "minilm:v1", faulty)
@@ -33,9 +31,7 @@ def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, f
 
 def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, monkeypatch):
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    published(tmp_path, synthetic, "m:v1", url)
     monkeypatch.setenv("CAS_STALL_TIMEOUT", "1")
     stalling = proxy(url, "stall", 1, limit=1)
     host = Cache(tmp_path / "host")
@@ -46,9 +42,7 @@ def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, mo
 
 def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, server, proxy, token):
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    published(tmp_path, synthetic, "m:v1", url)
     start = time.monotonic()
     with pytest.raises(CasError, match=r"GET .*/packs/\w+ failed 5 times, last: _Transient 500"):
         pull(Cache(tmp_path / "host"), "m:v1", proxy(url, "500", 1))
@@ -60,9 +54,7 @@ def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthe
                                                                  monkeypatch, processes):  # fmt: skip
     url, _ = server
     monkeypatch.setenv("CAS_PULL_PROCESSES", processes)
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    published(tmp_path, synthetic, "m:v1", url)
     host = Cache(tmp_path / "host")
     with pytest.raises(CorruptObject, match="m:v1: chunk .* from pack .* failed verification twice"):
         pull(host, "m:v1", proxy(url, "flip", 1))

@@ -12,9 +12,9 @@ import pytest
 
 from cas import Cache
 from cas.repocheck import check_repository
-from cas.sync import pull, push
+from cas.sync import pull
 
-from ..conftest import READY, REPO, start_together, stats, tree_files
+from ..conftest import READY, REPO, published, start_together, stats, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -34,9 +34,7 @@ print(json.dumps({"tag": m.tag, "path": str(m.path), "digest": digest.hexdigest(
 
 def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_path, minilm, server, proxy, token):
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(minilm, "minilm:v1")
-    packed = push(src, "minilm:v1", url).bytes_fetched
+    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
     counting = proxy(url)
     env = {**os.environ, "CAS_HOME": str(tmp_path / "host"), "CAS_REMOTE": counting}
     procs = start_together([[sys.executable, "-c", RACER]] * 16, env)

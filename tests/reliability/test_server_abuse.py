@@ -14,9 +14,9 @@ import pytest
 from benchmarks.harness import pss_kib
 from cas import Cache
 from cas.repocheck import check_repository
-from cas.sync import pull, push
+from cas.sync import pull
 
-from ..conftest import TOKEN, free_port, start, stop, tree_files
+from ..conftest import TOKEN, free_port, published, start, stop, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -30,9 +30,7 @@ def served(tmp_path, synthetic, monkeypatch):
     url = f"http://127.0.0.1:{port}"
     proc = start(cmd, url + "/")
     monkeypatch.setenv("CAS_TOKEN", TOKEN)
-    src = Cache(tmp_path / "src")
-    src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    published(tmp_path, synthetic, "m:v1", url)
     yield url, port, proc
     stop(proc)
 

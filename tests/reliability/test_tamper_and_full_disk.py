@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from cas import Cache
 from cas.sync import pull, push
 
-from ..conftest import REPO, tree_files
+from ..conftest import cas_cli, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -49,11 +48,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def _cli(home: Path, *args: str, env: dict | None = None, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cas", "--home", str(home), *args], cwd=REPO, capture_output=True,
-                          text=True, env=env, preexec_fn=preexec)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def model_80mb(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("m80")
@@ -74,12 +68,12 @@ def _assert_clean_failure(out: subprocess.CompletedProcess, home: Path) -> None:
 
 def test_a_full_disk_during_add_and_pull(tmp_path, small_disk, model_80mb):
     home = small_disk / "cache"
-    _assert_clean_failure(_cli(home, "add", str(model_80mb), "big:v1"), home)
+    _assert_clean_failure(cas_cli("add", str(model_80mb), "big:v1", home=home, check=False), home)
     src = Cache(tmp_path / "src")
     src.add(model_80mb, "big:v1")
     repo = f"file://{tmp_path / 'repo'}"
     push(src, "big:v1", repo)
-    _assert_clean_failure(_cli(home, "pull", "big:v1", "--remote", repo), home)
+    _assert_clean_failure(cas_cli("pull", "big:v1", "--remote", repo, home=home, check=False), home)
     assert sorted(p.name for p in small_disk.iterdir()) == ["cache"]  # nothing written beside the cache
 
 
@@ -94,10 +88,14 @@ def _limit_file_size() -> None:
 def test_a_file_size_limit_during_add_and_pull(tmp_path, model_80mb):
     """Runs anywhere: RLIMIT_FSIZE makes writes past 16 MB fail, the same path a full disk takes."""
     home = tmp_path / f"cache-{uuid.uuid4().hex[:6]}"
-    _assert_clean_failure(_cli(home, "add", str(model_80mb), "big:v1", preexec=_limit_file_size), home)
+    _assert_clean_failure(
+        cas_cli("add", str(model_80mb), "big:v1", preexec=_limit_file_size, home=home, check=False), home
+    )
     src = Cache(tmp_path / "src")
     src.add(model_80mb, "big:v1")
     repo = f"file://{tmp_path / 'repo'}"
     push(src, "big:v1", repo)
     env = {**os.environ, "CAS_PULL_PROCESSES": "1"}
-    _assert_clean_failure(_cli(home, "pull", "big:v1", "--remote", repo, env=env, preexec=_limit_file_size), home)
+    _assert_clean_failure(
+        cas_cli("pull", "big:v1", "--remote", repo, env=env, preexec=_limit_file_size, home=home, check=False), home
+    )
