@@ -128,8 +128,8 @@ class Parts:
         with self._lock:
             entry = self._open.get(part)
             if entry is None:
-                data = os.open(part, os.O_WRONLY)
-                log = os.open(part + ".done", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                data = os.open(part, os.O_WRONLY | os.O_NOFOLLOW)
+                log = os.open(part + ".done", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 entry = self._open[part] = [data, log, 0]
                 self._close_idle(keep=self.MAX_OPEN)
             else:
@@ -168,10 +168,22 @@ class Parts:
 def read_done(part: Path) -> set[int]:
     """The offsets of a part file whose chunks an earlier pull verified and wrote."""
     try:
-        data = Path(str(part) + ".done").read_text()
-    except FileNotFoundError:
+        fd = os.open(str(part) + ".done", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # none, or not one this cache wrote (a symlink: ELOOP)
         return set()
-    return {int(x) for x in data.split() if x.isdigit()}
+    with open(fd) as f:
+        return {int(x) for x in f.read().split() if x.isdigit()}
+
+
+def new_part(part: Path, size: int) -> None:
+    """An empty part file of ``size`` bytes, never through a link someone left at its name."""
+    part.unlink(missing_ok=True)
+    Path(str(part) + ".done").unlink(missing_ok=True)  # a log without its part file describes nothing
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
 
 
 class Fetcher:

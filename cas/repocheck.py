@@ -5,23 +5,26 @@ locator that places every chunk of the tree inside a pack that exists and
 has an index, and every index its pack.  A pack without an index is what an
 interrupted push leaves (packs go up before their indexes): an orphan, not
 damage.  The
-deep check also reads each pack whole (one at a time: memory is one pack)
-and proves its name, its size and every chunk in it.  Nothing is repaired:
+deep check also reads each pack (streamed in windows: memory is one
+window) and proves its name, its size and every chunk in it.  Nothing is repaired:
 a repository is shared, and what is wrong with it is for its owner to fix
 (re-pushing the model restores whatever a ref lacks).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 from . import codec
-from .digest import chunk_id
+from .digest import file_hasher
 from .errors import CasError, NotFound
 from .repo.backend import Backend
 from .repo.format import decode_index, decode_locator, locator_key, pack_key, tree_key
 from .sync import CONCURRENCY, _run, remote_url, remote_versions
 from .tree import decode as decode_tree
+
+WINDOW = 16 << 20  # bytes of a pack read at a time by the deep check
 
 
 class RepoReport(NamedTuple):
@@ -81,16 +84,31 @@ async def _check(backend: Backend, deep: bool) -> RepoReport:
 
 
 async def _check_pack(backend: Backend, pack_id: str, size: int, entries: list) -> list[str]:
-    data = await backend.get(pack_key(pack_id))
-    if len(data) != size:
-        return [f"packs/{pack_id}: {len(data)} bytes, its index says {size}"]
-    if chunk_id(data).hex() != pack_id:
-        return [f"packs/{pack_id}: its bytes do not hash to its name"]
-    problems = []
-    view = memoryview(data)
-    for e in entries:
+    """Stream a pack in windows: prove its name and every chunk in it, holding one window (and a chunk) at a time."""
+    key = pack_key(pack_id)
+    hasher = file_hasher(threads=False)
+    todo = deque(sorted(entries, key=lambda e: e.offset))
+    problems: list[str] = []
+    held, held_from = b"", 0  # the bytes from held_from to the current window: the next chunks' beginnings
+    for start in range(0, size, WINDOW):
         try:
-            codec.decode(view[e.offset : e.offset + e.length], e.raw_length, e.chunk_id)
-        except CasError as err:
-            problems.append(f"packs/{pack_id}: {err}")
+            data = await backend.get_range(key, start, min(size, start + WINDOW))
+        except CasError as e:
+            return [*problems, f"{key}: {e}"]
+        hasher.update(data)
+        held += data
+        view = memoryview(held)
+        while todo and todo[0].offset + todo[0].length <= start + len(data):
+            e = todo.popleft()
+            try:
+                codec.decode(view[e.offset - held_from : e.offset - held_from + e.length], e.raw_length, e.chunk_id)
+            except CasError as err:
+                problems.append(f"{key}: {err}")
+        del view
+        keep_from = todo[0].offset if todo else start + len(data)
+        held, held_from = held[keep_from - held_from :], keep_from
+    if todo:
+        problems.append(f"{key}: chunk {todo[0].chunk_id.hex()} lies past the {size} bytes its index declares")
+    if hasher.digest().hex() != pack_id:
+        problems.append(f"{key}: its bytes do not hash to its name")
     return problems

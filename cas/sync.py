@@ -34,7 +34,7 @@ from . import codec, tags
 from . import ref as refs
 from .digest import chunk_id
 from .errors import CasError, CorruptObject, NotFound
-from .fetch import Parts, Range, Target, Workers, fetch, plan, read_done, worker_count
+from .fetch import Parts, Range, Target, Workers, fetch, new_part, plan, read_done, worker_count
 from .fsutil import temp_name
 from .prefixhash import PrefixHasher
 from .ref import ModelInfo
@@ -338,12 +338,11 @@ async def _assemble(
         if str(part) in entries:
             continue  # the same file twice in one model
         entries[str(part)] = f
-        done = read_done(part)
-        if not part.exists() or part.stat().st_size != f.size:
-            with open(part, "wb") as fh:
-                fh.truncate(f.size)
-            Path(str(part) + ".done").unlink(missing_ok=True)  # a log without its part file describes nothing
+        if part.is_symlink() or not part.is_file() or part.stat().st_size != f.size:
+            new_part(part, f.size)
             done = set()
+        else:
+            done = read_done(part)
         offset = 0
         chunks = layout[str(part)] = []
         for cid, length in f.chunk_list():

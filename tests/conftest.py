@@ -107,6 +107,27 @@ def published(tmp_path: Path, model: Path, tag: str, url: str) -> SyncStats:
     return push(src, tag, url)
 
 
+BOUNDED_PULL = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a runaway read fails here, not on the test machine
+from cas import Cache, CasError
+try:
+    Cache(sys.argv[1]).pull(sys.argv[2], sys.argv[3])
+    error = None
+except CasError as e:
+    error = str(e)
+print(json.dumps({"error": error, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def pull_in_child(home: Path, tag: str, url: str, env: dict[str, str] | None = None, timeout: float = 120) -> dict:
+    """Pull in a child process held to 4 GB of address space: its CasError message (or None) and peak RSS in MB."""
+    out = subprocess.run([sys.executable, "-c", BOUNDED_PULL, str(home), tag, url], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
 def blobs_of(cache: Cache) -> list[Path]:
     """Every blob file stored in a cache."""
     return sorted(p for p in (cache.root / "blobs").rglob("*") if p.is_file())

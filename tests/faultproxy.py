@@ -8,8 +8,9 @@ half, close),
 ``flip`` (one flipped bit in the body), ``stall`` (send half, then hang),
 ``norange`` (ignore Range: send the whole pack).  The fault hits every N-th
 pack request (``--every 1``: all of them, a permanent fault), at most
-``--limit`` times.  Requests for
-anything else pass through untouched.  ``GET /_stats`` answers with the pack
+``--limit`` times.  One fault is not about packs: ``bloat`` answers every
+tree request with 2 GB of zeros.  Requests for anything else pass through
+untouched.  ``GET /_stats`` answers with the pack
 requests and pack bytes served so far, as JSON.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +42,8 @@ def main() -> None:
             return web.json_response(stats)
         if session is None:
             session = aiohttp.ClientSession(auto_decompress=False)
+        if args.fault == "bloat" and request.path.startswith("/trees/"):
+            return await _endless(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization")}
         is_pack = request.path.startswith("/packs/") and not request.path.endswith(".idx") and request.method == "GET"
         fault = "none"
@@ -81,6 +85,16 @@ def main() -> None:
             request.transport.close()  # the rest of the announced body never comes
             return resp
         return web.Response(status=up.status, body=body, headers=out_headers)
+
+    async def _endless(request: web.Request) -> web.StreamResponse:
+        """Zeros without end (2 GB, chunked: no length announced) where a small document should be."""
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        block = bytes(1 << 20)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(2048):
+                await resp.write(block)
+        return resp
 
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", handle)

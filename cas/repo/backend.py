@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from ..errors import CasError, NotFound
 from ..fsutil import atomic_write
+from .format import MAX_DOC_BYTES
 
 
 class RepoError(CasError):
@@ -64,11 +66,20 @@ class FileBackend:
 
     def _read(self, key: str, start: int, end: int | None) -> bytes:
         try:
-            with open(self._path(key), "rb") as f:
-                f.seek(start)
-                data = f.read() if end is None else f.read(end - start)
+            # O_NONBLOCK: a FIFO planted in the repository must not hang the open
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(f"{key} is not in the repository {self.url}") from None
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise RepoError(f"{self.url}/{key} is not a regular file (a device, pipe or socket, perhaps through a "
+                                "symlink); remove it from the repository")  # fmt: skip
+            if end is None and st.st_size > MAX_DOC_BYTES:
+                raise RepoError(f"{self.url}/{key} is {st.st_size} bytes, more than the {MAX_DOC_BYTES} this object "
+                                "may have; the repository is damaged")  # fmt: skip
+            f.seek(start)
+            data = f.read() if end is None else f.read(end - start)
         if end is not None and len(data) != end - start:
             raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
         return data

@@ -15,6 +15,7 @@ import aiohttp
 
 from ..errors import NotFound
 from .backend import RepoError
+from .format import MAX_DOC_BYTES
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
@@ -47,7 +48,17 @@ class HttpBackend:
             await self._session.close()
             self._session = None
 
-    async def _request(self, method: str, key: str, *, expect: tuple[int, ...], **kw) -> tuple[int, bytes]:
+    async def _request(
+        self,
+        method: str,
+        key: str,
+        *,
+        expect: tuple[int, ...],
+        limit: int = MAX_DOC_BYTES,
+        window: tuple[int, int] | None = None,
+        **kw,
+    ) -> tuple[int, bytes]:
+        """One request, retried; the body is read up to ``limit`` bytes, or (a 200 to a Range) only ``window``."""
         url = f"{self.url}/{key}"
         for attempt in range(RETRIES):
             try:
@@ -63,10 +74,11 @@ class HttpBackend:
                         raise _Transient(f"{resp.status} {resp.reason}")
                     if resp.status not in expect:
                         raise RepoError(f"{method} {url}: unexpected {resp.status} {resp.reason}")
-                    body = await resp.read() if method != "HEAD" else b""
-                    if resp.content_length is not None and method != "HEAD" and len(body) != resp.content_length:
-                        raise _Transient(f"body of {len(body)} bytes, {resp.content_length} announced")
-                    return resp.status, body
+                    if method == "HEAD":
+                        return resp.status, b""
+                    if resp.status == 200 and window is not None:
+                        return resp.status, await _read_window(resp, *window)
+                    return resp.status, await _read_body(resp, url, limit)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
                 if attempt == RETRIES - 1:
                     raise RepoError(f"{method} {url} failed {RETRIES} times, last: {type(e).__name__} {e}") from None
@@ -77,9 +89,9 @@ class HttpBackend:
         return (await self._request("GET", key, expect=(200,)))[1]
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
-        status, body = await self._request("GET", key, expect=(200, 206), headers={"Range": f"bytes={start}-{end - 1}"})
-        if status == 200:  # the server ignored Range and sent the whole object
-            body = body[start:end]
+        # A server that ignores Range sends the whole pack: only the window is kept.
+        _, body = await self._request("GET", key, expect=(200, 206), headers={"Range": f"bytes={start}-{end - 1}"},
+                                      limit=end - start, window=(start, end))  # fmt: skip
         if len(body) != end - start:
             raise RepoError(f"{self.url}/{key}: range {start}-{end} returned {len(body)} bytes")
         return body
@@ -97,3 +109,33 @@ class HttpBackend:
     async def list(self, prefix: str) -> list[str]:
         body = (await self._request("GET", f"?list={prefix}", expect=(200,)))[1]
         return [k for k in body.decode().splitlines() if k]
+
+
+async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
+    """The whole body, refused past ``limit`` bytes: a hostile server must not fill our memory."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise RepoError(f"GET {url}: the server announces {resp.content_length} bytes, more than the {limit} "
+                        "this object may have; it is not a cas repository or it is damaged")  # fmt: skip
+    body = bytearray()
+    async for block in resp.content.iter_chunked(1 << 20):
+        body += block
+        if len(body) > limit:
+            raise RepoError(f"GET {url}: the server sent more than the {limit} bytes this object may have; "
+                            "it is not a cas repository or it is damaged")  # fmt: skip
+    if resp.content_length is not None and len(body) != resp.content_length:
+        raise _Transient(f"body of {len(body)} bytes, {resp.content_length} announced")
+    return bytes(body)
+
+
+async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int) -> bytes:
+    """Bytes ``start:end`` of a whole object sent in reply to a Range request; reading stops at ``end``."""
+    out = bytearray()
+    pos = 0
+    async for block in resp.content.iter_chunked(1 << 20):
+        lo, hi = max(start - pos, 0), min(end - pos, len(block))
+        if lo < hi:
+            out += block[lo:hi]
+        pos += len(block)
+        if pos >= end:
+            return bytes(out)  # the rest is not read: the connection closes instead of being reused
+    raise _Transient(f"body ended at {pos} bytes, before the range {start}-{end}")

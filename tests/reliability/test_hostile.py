@@ -3,10 +3,16 @@ is written outside the cache.
 
 Each case starts from an honest push to a ``file://`` repository and forges
 one object; the victim pulls it into a clean cache under ``tmp_path``.
+Symlink tricks: trees cannot express a link (a type where the executable
+flag goes is refused), a repository's links to devices and pipes are
+refused before any read, and a link planted where a pull writes its part
+file is replaced, never followed.  A server that answers a tree request
+with gigabytes is cut off at the documents' limit.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgpack
@@ -25,6 +31,8 @@ from cas.repo.format import (
 )
 from cas.sync import pull, push
 from cas.tree import CHUNK_RECORD
+
+from ..conftest import pull_in_child, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -139,3 +147,54 @@ def test_msgpack_meant_to_exhaust_memory(tmp_path, honest):
     for doc in (deep, huge, msgpack.packb([FORMAT, [[b"x" * 10, 1]]])):
         publish(repo, info, doc)
         assert_refused(tmp_path, repo, "tree|msgpack|malformed")
+
+
+def test_a_tree_entry_cannot_claim_to_be_a_symlink(tmp_path, honest):
+    """Trees list regular files only: a file type or link target smuggled into an entry is refused."""
+    repo, info, tree = honest
+    for flag in (0o120777, "symlink", b"/etc/passwd"):
+        publish(repo, info, raw_tree([entry(tree, "link", executable=flag)]))
+        assert_refused(tmp_path, repo, "executable flag .* is not a boolean")
+    publish(repo, info, raw_tree([[*entry(tree, "link"), "/etc/passwd"]]))
+    assert_refused(tmp_path, repo, "is not \\[path, size, executable, file_id, chunks\\]")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_repository_files_that_are_devices_or_pipes_are_refused(tmp_path, honest, kind):
+    """A link to /dev/zero where a tree should be must not be read without end, nor a FIFO block the pull."""
+    repo, info, _ = honest
+    planted = repo / tree_key(info.root)
+    planted.unlink()
+    if kind == "device":
+        planted.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(planted)
+    got = pull_in_child(tmp_path / "victim", "m:v1", f"file://{repo}", timeout=60)
+    assert "is not a regular file" in got["error"]
+    assert Cache(tmp_path / "victim").list() == []
+
+
+def test_a_link_planted_where_a_pull_writes_its_part_file_is_not_followed(tmp_path, honest, synthetic):
+    repo, _, tree = honest
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    victim = Cache(tmp_path / "victim")
+    work = victim.root / "tmp" / "pull"
+    work.mkdir(parents=True)
+    for f in tree.files:
+        (work / f"{f.file_id.hex()}.part").symlink_to(precious)
+        (work / f"{f.file_id.hex()}.part.done").symlink_to(precious)
+    pull(victim, "m:v1", f"file://{repo}")
+    assert precious.read_text() == "keep me"
+    assert tree_files(victim.materialize("m:v1")) == tree_files(synthetic)
+
+
+def test_a_server_answering_with_gigabytes_is_cut_off(tmp_path, synthetic, server, proxy, token):
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1")
+    push(src, "m:v1", url)
+    got = pull_in_child(tmp_path / "victim", "m:v1", proxy(url, "bloat"))
+    assert "the server sent more than the 268435456 bytes this object may have" in got["error"]
+    assert got["peak_mb"] < 700  # the whole answer is 2 GB
+    assert Cache(tmp_path / "victim").list() == []

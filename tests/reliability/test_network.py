@@ -3,6 +3,7 @@ and the pull succeeds; permanent ones end in a clear error within a bounded time
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from cas import Cache, CasError, CorruptObject
 from cas.sync import pull
 
-from ..conftest import blobs_of, published, stats, tree_files
+from ..conftest import blobs_of, published, pull_in_child, stats, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -27,6 +28,19 @@ def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, f
     assert stats(faulty)["faults"] > 0
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
     assert host.verify().ok
+
+
+def test_a_server_ignoring_range_is_read_only_as_far_as_each_range(tmp_path, minilm, server, proxy, token):
+    """Each answer is a whole pack (tens of MB) for a 4 MB range: the pull stops reading at the range's end."""
+    url, _ = server
+    published(tmp_path, minilm, "minilm:v1", url)
+    env = {**os.environ, "CAS_PULL_PROCESSES": "0", "CAS_DURABLE": "0"}
+    honest = pull_in_child(tmp_path / "a", "minilm:v1", proxy(url), env)
+    ignoring = proxy(url, "norange", 1)
+    got = pull_in_child(tmp_path / "b", "minilm:v1", ignoring, env)
+    assert honest["error"] is None and got["error"] is None and stats(ignoring)["faults"] > 0
+    assert got["peak_mb"] < honest["peak_mb"] + 100, (got, honest)  # reading whole packs: about 500 MB more
+    assert tree_files(Cache(tmp_path / "b").materialize("minilm:v1")) == tree_files(minilm)
 
 
 def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, monkeypatch):
