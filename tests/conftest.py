@@ -69,6 +69,16 @@ def cas_cli(
 READY = 'print("ready", flush=True); sys.stdin.readline()'
 
 
+# Per crashed operation, whether each SIGKILL landed while it ran; the summary at the end of a run shows them.
+KILLS: dict[str, list[bool]] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if KILLS:
+        landed = ", ".join(f"{op} {sum(hits)} of {len(hits)}" for op, hits in KILLS.items())
+        terminalreporter.write_line(f"SIGKILLs that landed while the operation ran: {landed}")
+
+
 def start_together(cmds: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     """Start processes that each run READY, and release them at once when all are ready: a real race.
 

@@ -1,8 +1,10 @@
 """Killing a writer at any moment leaves the cache and the repository consistent and the operation repeatable.
 
-Each test kills one operation with SIGKILL after a seeded random delay
+Each test kills one operation with SIGKILL at a seeded point of its run
+time, measured on this machine by one run left alone
 (``CAS_RELIABILITY_TRIALS`` trials each: 3 by default, 50 in the full run),
-then checks that ``cas verify`` passes, that no ref points at missing data
+and counts the kills that landed while it ran (at least half must). It then
+checks that ``cas verify`` passes, that no ref points at missing data
 and no half-built snapshot is visible, and that the same operation then
 succeeds.
 """
@@ -24,7 +26,7 @@ from cas import Cache
 from cas.repocheck import check_repository
 from cas.sync import pull, push
 
-from ..conftest import REPO, tree_files
+from ..conftest import KILLS, REPO, tree_files
 
 TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
 
@@ -43,15 +45,45 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def kill_midway(args: list[str], env: dict[str, str], delay: float, ready: bool = False) -> None:
-    """SIGKILL after ``delay`` s; with ``ready``, counted from the child's "ready" line (its imports done)."""
-    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    if ready:
-        assert proc.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+# Every child says "ready" once its imports are done, so a kill's delay counts from where the work starts.
+CLI = "import sys; from cas.cli import main; print('ready', flush=True); sys.exit(main(sys.argv[1:]))"
+
+
+def _started(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    return proc
+
+
+def span(args: list[str], env: dict[str, str]) -> float:
+    """Seconds from a child's "ready" to its exit, measured on a run left alone: the window kills aim at."""
+    proc = _started(args, env)
+    start = time.perf_counter()
+    assert proc.wait() == 0
+    return time.perf_counter() - start
+
+
+def kill_midway(args: list[str], env: dict[str, str], delay: float) -> bool:
+    """SIGKILL ``delay`` s after the child's "ready"; whether it was still running (a kill that interrupted)."""
+    proc = _started(args, env)
     time.sleep(delay)
+    running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return running
+
+
+def delay_in(window: float, seed: int) -> float:
+    """A seeded point inside an operation's measured window, whatever this machine's speed."""
+    return random.Random(seed).uniform(0.05, 0.95) * window
+
+
+@pytest.fixture(scope="module")
+def interrupted():
+    """Per operation, whether each kill landed while it ran: a run whose kills all came too late tests nothing."""
+    yield KILLS
+    for op, hits in KILLS.items():
+        assert sum(hits) * 2 >= len(hits), f"only {sum(hits)} of {len(hits)} kills of {op} landed while it ran"
 
 
 def assert_consistent(cache: Cache) -> None:
@@ -63,12 +95,22 @@ def assert_consistent(cache: Cache) -> None:
     assert not list((cache.root / "tmp").iterdir()) if (cache.root / "tmp").exists() else True
 
 
+def add_args(model: Path) -> list[str]:
+    return [sys.executable, "-c", CLI, "add", str(model), "big:v1"]
+
+
+@pytest.fixture(scope="module")
+def add_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> float:
+    home = tmp_path_factory.mktemp("add-span")
+    return span(add_args(big_model), {**os.environ, "CAS_HOME": str(home)})
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_add_midway(tmp_path, big_model, trial):
+def test_kill_add_midway(tmp_path, big_model, add_span, interrupted, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    delay = random.Random(trial).uniform(0.3, 1.5)
-    kill_midway([sys.executable, "-m", "cas", "add", str(big_model), "big:v1"], env, delay)
+    hit = kill_midway(add_args(big_model), env, delay_in(add_span, trial))
+    interrupted.setdefault("cas add", []).append(hit)
     assert_consistent(cache)
     cache.add(big_model, "big:v1")
     assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
@@ -80,42 +122,65 @@ MATERIALIZE = (
 )
 
 
-@pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_materialize_midway(tmp_path, trial):
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 small files: materializing them takes long enough to be killed in the middle."""
+    src = tmp_path_factory.mktemp("many")
     for i in range(3000):
         p = src / f"d{i % 30}" / f"f{i}.txt"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f"file {i}\n")
+    return src
+
+
+@pytest.fixture(scope="module")
+def materialize_span(tmp_path_factory: pytest.TempPathFactory, many: Path) -> float:
+    cache = Cache(tmp_path_factory.mktemp("materialize-span") / "cache")
+    cache.add(many, "many:v1")
+    return span([sys.executable, "-c", MATERIALIZE, str(cache.root)], dict(os.environ))
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_kill_materialize_midway(tmp_path, many, materialize_span, interrupted, trial):
     cache = Cache(tmp_path / "cache")
-    cache.add(src, "many:v1")
-    delay = random.Random(trial).uniform(0.0, 0.35)  # materializing its 3,000 files takes 0.25-0.4 s here
-    kill_midway([sys.executable, "-c", MATERIALIZE, str(cache.root)], dict(os.environ), delay, ready=True)
+    cache.add(many, "many:v1")
+    args = [sys.executable, "-c", MATERIALIZE, str(cache.root)]
+    hit = kill_midway(args, dict(os.environ), delay_in(materialize_span, trial))
+    interrupted.setdefault("materialize", []).append(hit)
     snaps = [p.name for p in (cache.root / "snapshots").iterdir()] if (cache.root / "snapshots").exists() else []
     root = cache.get("many:v1").root
     if root in snaps:  # finished before the kill: then it must be complete
-        assert tree_files(cache.root / "snapshots" / root) == tree_files(src)
+        assert tree_files(cache.root / "snapshots" / root) == tree_files(many)
     assert_consistent(cache)
-    assert tree_files(cache.materialize("many:v1")) == tree_files(src)
+    assert tree_files(cache.materialize("many:v1")) == tree_files(many)
 
 
 CREATE = """
 import shutil, sys
 from pathlib import Path
 from cas import Cache
+print("ready", flush=True)
 with Cache(sys.argv[1]).create("big") as staging:
     for f in Path(sys.argv[2]).iterdir():
         shutil.copyfile(f, staging.path / f.name)
 """
 
 
+@pytest.fixture(scope="module")
+def create_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> float:
+    home = tmp_path_factory.mktemp("create-span")
+    return span([sys.executable, "-c", CREATE, str(home), str(big_model)], dict(os.environ))
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_create_midway(tmp_path, big_model, trial):
+def test_kill_create_midway(tmp_path, big_model, create_span, interrupted, trial):
     cache = Cache(tmp_path / "cache")
-    delay = random.Random(100 + trial).uniform(0.1, 1.5)
-    kill_midway([sys.executable, "-c", CREATE, str(cache.root), str(big_model)], dict(os.environ), delay)
+    args = [sys.executable, "-c", CREATE, str(cache.root), str(big_model)]
+    interrupted.setdefault("cache.create", []).append(
+        kill_midway(args, dict(os.environ), delay_in(create_span, 100 + trial))
+    )
     assert_consistent(cache)
-    subprocess.run([sys.executable, "-c", CREATE, str(cache.root), str(big_model)], cwd=REPO, check=True)
+    subprocess.run(args, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert tree_files(cache.materialize("big:latest")) == tree_files(big_model)
 
 
@@ -131,12 +196,20 @@ def assert_repository_consistent(url: str) -> None:
     assert report.ok, report.problems
 
 
+@pytest.fixture(scope="module")
+def push_span(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> float:
+    url = f"file://{tmp_path_factory.mktemp('push-span') / 'repo'}"
+    return span(
+        [sys.executable, "-c", CLI, "push", "big:v1", "--remote", url], {**os.environ, "CAS_HOME": str(stored.root)}
+    )
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_push_midway(tmp_path, big_model, stored, trial):
+def test_kill_push_midway(tmp_path, big_model, stored, push_span, interrupted, trial):
     url = f"file://{tmp_path / 'repo'}"
     env = {**os.environ, "CAS_HOME": str(stored.root)}
-    delay = random.Random(200 + trial).uniform(0.2, 2.5)
-    kill_midway([sys.executable, "-m", "cas", "push", "big:v1", "--remote", url], env, delay)
+    args = [sys.executable, "-c", CLI, "push", "big:v1", "--remote", url]
+    interrupted.setdefault("cas push", []).append(kill_midway(args, env, delay_in(push_span, 200 + trial)))
     if (tmp_path / "repo").exists():
         assert_repository_consistent(url)  # a ref, if there is one, has all its data
     assert stored.verify().ok
@@ -154,12 +227,21 @@ def pushed(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> str:
     return url
 
 
+def pull_args(url: str) -> list[str]:
+    return [sys.executable, "-c", CLI, "pull", "big:v1", "--remote", url]
+
+
+@pytest.fixture(scope="module")
+def pull_span(tmp_path_factory: pytest.TempPathFactory, pushed: str) -> float:
+    home = tmp_path_factory.mktemp("pull-span")
+    return span(pull_args(pushed), {**os.environ, "CAS_HOME": str(home)})
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_pull_midway(tmp_path, big_model, pushed, trial):
+def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, interrupted, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    delay = random.Random(300 + trial).uniform(0.2, 2.0)
-    kill_midway([sys.executable, "-m", "cas", "pull", "big:v1", "--remote", pushed], env, delay)
+    interrupted.setdefault("cas pull", []).append(kill_midway(pull_args(pushed), env, delay_in(pull_span, 300 + trial)))
     time.sleep(0.2)  # let the pull's worker processes see it die
     if cache.list():  # finished before the kill: then it must be whole
         assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
