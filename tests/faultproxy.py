@@ -3,15 +3,15 @@
     python tests/faultproxy.py UPSTREAM PORT [--fault KIND] [--every N] [--delay S]
 
 Kinds: ``none``, ``500`` (a 500 instead of the body), ``drop`` (close the
-connection before answering), ``truncate`` (announce the full length, send
-half, close),
-``flip`` (one flipped bit in the body), ``stall`` (send half, then hang),
-``norange`` (ignore Range: send the whole pack).  The fault hits every N-th
-pack request (``--every 1``: all of them, a permanent fault), at most
-``--limit`` times.  One fault is not about packs: ``bloat`` answers every
-tree request with 2 GB of zeros.  Requests for anything else pass through
-untouched.  ``GET /_stats`` answers with the pack
-requests and pack bytes served so far, as JSON.
+connection before answering), ``reset`` (the same with a TCP reset),
+``silent`` (take the request, never answer), ``truncate`` (announce the
+full length, send half, close), ``flip`` (one flipped bit in the body),
+``stall`` (send half, then hang), ``norange`` (ignore Range: send the
+whole pack).  The fault hits every N-th pack request (``--every 1``: all of
+them, a permanent fault), at most ``--limit`` times.  One fault is not
+about packs: ``bloat`` answers every tree request with 2 GB of zeros.
+Requests for anything else pass through untouched.  ``GET /_stats``
+answers with the pack requests and pack bytes served so far, as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import socket
+import struct
 
 import aiohttp
 from aiohttp import web
@@ -75,6 +77,13 @@ def main() -> None:
         if fault == "drop":  # the connection closes before any response
             request.transport.close()
             return web.Response(status=500)
+        if fault == "reset":  # closed with a TCP reset (SO_LINGER 0), as a crashed peer or a middlebox does
+            sock = request.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+            return web.Response(status=500)
+        if fault == "silent":  # the request is taken and never answered: not even a status line
+            await asyncio.sleep(3600)
         if fault in ("truncate", "stall"):
             resp = web.StreamResponse(status=up.status, headers=out_headers)
             resp.content_length = len(body)

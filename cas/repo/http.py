@@ -8,6 +8,7 @@ web server can serve a repository; listing and writing use ``cas serve``'s
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 
@@ -20,6 +21,7 @@ from .format import MAX_DOC_BYTES
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
 STALL = 30.0  # seconds without a byte before a read counts as stalled (CAS_STALL_TIMEOUT)
+CONNECT = 10.0  # seconds to open a connection
 
 
 class _Transient(Exception):
@@ -38,7 +40,7 @@ class HttpBackend:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._stall),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT, sock_read=self._stall),
                 headers={"Authorization": f"Bearer {self._token}"} if self._token else None,
             )
         return self._session
@@ -81,9 +83,25 @@ class HttpBackend:
                     return resp.status, await _read_body(resp, url, limit)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
                 if attempt == RETRIES - 1:
-                    raise RepoError(f"{method} {url} failed {RETRIES} times, last: {type(e).__name__} {e}") from None
+                    raise RepoError(f"{method} {url} failed {RETRIES} times, last: {self._describe(e)}") from None
                 await asyncio.sleep(BACKOFF * 2**attempt * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+    def _describe(self, e: Exception) -> str:
+        """What went wrong with one attempt, in words rather than aiohttp's class names."""
+        if isinstance(e, aiohttp.ConnectionTimeoutError):
+            return f"no connection within {CONNECT:g} s"
+        if isinstance(e, asyncio.TimeoutError):
+            return f"no data for {self._stall:g} s (CAS_STALL_TIMEOUT)"
+        if isinstance(e, aiohttp.ServerDisconnectedError):
+            return "the server closed the connection without an answer"
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return "the server closed the connection before the end of the body"
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return f"cannot connect ({e.os_error.strerror or e.os_error})"
+        if isinstance(e, aiohttp.ClientOSError) and e.errno == errno.ECONNRESET:
+            return "the connection was reset"
+        return str(e) if isinstance(e, _Transient) else f"{type(e).__name__}: {e}"
 
     async def get(self, key: str) -> bytes:
         return (await self._request("GET", key, expect=(200,)))[1]

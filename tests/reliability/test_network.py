@@ -54,13 +54,28 @@ def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, mo
     assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
 
 
-def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, server, proxy, token):
+PERMANENT = {  # fault: the end of the message that must name it
+    "500": r"last: 500 Internal Server Error",
+    "drop": r"last: the server closed the connection without an answer",
+    "reset": r"last: the connection was reset",
+    "truncate": r"last: the server closed the connection before the end of the body",
+    "stall": r"last: no data for 1 s \(CAS_STALL_TIMEOUT\)",
+    "silent": r"last: no data for 1 s \(CAS_STALL_TIMEOUT\)",
+}
+
+
+@pytest.mark.parametrize("fault", PERMANENT)
+def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, server, proxy, token, monkeypatch,
+                                                           fault):  # fmt: skip
     url, _ = server
     published(tmp_path, synthetic, "m:v1", url)
+    monkeypatch.setenv("CAS_STALL_TIMEOUT", "1")
+    host = Cache(tmp_path / "host")
     start = time.monotonic()
-    with pytest.raises(CasError, match=r"GET .*/packs/\w+ failed 5 times, last: _Transient 500"):
-        pull(Cache(tmp_path / "host"), "m:v1", proxy(url, "500", 1))
-    assert time.monotonic() - start < 60
+    with pytest.raises(CasError, match=rf"GET .*/packs/\w+ failed 5 times, {PERMANENT[fault]}"):
+        pull(host, "m:v1", proxy(url, fault, 1))
+    assert time.monotonic() - start < 60  # five tries, backoff and 1 s stalls: about 10 s
+    assert host.list() == [] and blobs_of(host) == []
 
 
 @pytest.mark.parametrize("processes", ["0", "2"])  # decoded here, or in worker processes across a pipe
