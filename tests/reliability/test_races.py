@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -45,13 +46,16 @@ def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_pat
     assert stats(counting)["pack_bytes"] == packed
 
 
-PUSH = "import sys; from cas import Cache; Cache(sys.argv[1]).push(sys.argv[2], sys.argv[3])"
+TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
+PUSH = f"import sys; from cas import Cache; c = Cache(sys.argv[1]); {READY}; c.push(sys.argv[2], sys.argv[3])"
 
 
-def test_concurrent_pushes_of_overlapping_models_lose_no_ref_and_corrupt_no_pack(tmp_path, server, token):
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cache]:
+    """Four models sharing most chunks, each in its own cache: tag -> cache."""
     from benchmarks import synth
 
-    url, _ = server
+    d = tmp_path_factory.mktemp("overlapping")
     base = synth.model_tensors(91, 24 << 20, layer_bytes=1 << 20)
     models = {
         "m:base": base,
@@ -61,52 +65,60 @@ def test_concurrent_pushes_of_overlapping_models_lose_no_ref_and_corrupt_no_pack
     }
     caches = {}
     for i, (tag, tensors) in enumerate(models.items()):
-        cache = Cache(tmp_path / f"c{i}")
-        cache.add(synth.write_model_dir(tmp_path / f"d{i}", tensors), tag)
-        caches[tag] = cache
-    procs = [subprocess.Popen([sys.executable, "-c", PUSH, str(c.root), tag, url], cwd=REPO)
-             for tag, c in caches.items()]  # fmt: skip
+        caches[tag] = Cache(d / f"c{i}", durable=False)
+        caches[tag].add(synth.write_model_dir(d / f"m{i}", tensors), tag)
+    return caches
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_concurrent_pushes_of_overlapping_models_lose_no_ref_and_corrupt_no_pack(tmp_path, overlapping, server,
+                                                                                 token, trial):  # fmt: skip
+    url, _ = server
+    procs = start_together([[sys.executable, "-c", PUSH, str(c.root), tag, url] for tag, c in overlapping.items()])
+    for p in procs:
+        p.stdin.close()  # type: ignore[union-attr]
     assert [p.wait(timeout=300) for p in procs] == [0] * len(procs)
     report = check_repository(url, deep=True)
     assert report.ok, report.problems
-    assert report.refs == len(models)
+    assert report.refs == len(overlapping)
     host = Cache(tmp_path / "host")
-    for i, tag in enumerate(models):
+    for tag, cache in overlapping.items():
         pull(host, tag, url)
-        assert tree_files(host.materialize(tag)) == tree_files(tmp_path / f"d{i}")
+        assert tree_files(host.materialize(tag)) == tree_files(cache.materialize(tag))
 
 
 RESOLVE = """
-import json, sys
+import hashlib, json, sys
 from cas import CasError
 import descriptor
 class Service:
     model = descriptor.Model("m:v1")
+{READY}
 try:
     path = Service().model.path
-    files = {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    print(json.dumps({"ok": sorted(files), "sizes": sum(len(v) for v in files.values())}))
+    files = {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*")
+             if p.is_file()}
+    print(json.dumps({"files": files}))
 except CasError as e:
     print(json.dumps({"error": str(e), "kind": type(e).__name__}))
-"""
+""".replace("{READY}", READY)
+RM = f"import sys; from cas.cli import main; {READY}; sys.exit(main(['rm', 'm:v1']))"
 
 
-@pytest.mark.parametrize("trial", range(int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))))
+@pytest.mark.parametrize("trial", range(TRIALS))
 def test_rm_while_another_process_resolves_gives_the_whole_model_or_a_clear_error(tmp_path, synthetic, trial):
     cache = Cache(tmp_path / "cache")
     cache.add(synthetic, "m:v1")
-    want = tree_files(synthetic)
+    want = {name: hashlib.sha256(data).hexdigest() for name, data in tree_files(synthetic).items()}
     env = {**os.environ, "CAS_HOME": str(cache.root), "CAS_OFFLINE": "1"}
-    resolvers = [subprocess.Popen([sys.executable, "-c", RESOLVE], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]  # fmt: skip
-    rm = subprocess.run([sys.executable, "-m", "cas", "rm", "m:v1"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert rm.returncode == 0, rm.stderr
+    *resolvers, rm = start_together([[sys.executable, "-c", RESOLVE]] * 4 + [[sys.executable, "-c", RM]], env)
+    assert rm.wait(timeout=120) == 0
     for p in resolvers:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
         result = json.loads(out)
-        if "ok" in result:
-            assert result["ok"] == sorted(want) and result["sizes"] == sum(len(v) for v in want.values())
+        if "files" in result:
+            assert result["files"] == want  # the whole model, byte for byte
         else:
             assert result["kind"] == "NotFound" and "m:v1" in result["error"], result
     assert cache.verify().ok
