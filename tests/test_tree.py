@@ -141,7 +141,9 @@ def test_root_mismatch_is_refused():
         decode(doc(entry("a")), chunk_id(b"other"))
 
 
-segment = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+tricky = st.sampled_from(["..", ".", "", "C:", "c:evil", "a\\..", "\x00", "/", "a\nb", "x" * 256])
+# Control characters and backslashes come from `tricky`; random text without them gets through more often.
+segment = st.one_of(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20), tricky)
 
 
 @settings(max_examples=300, deadline=None)
@@ -158,6 +160,44 @@ def test_any_path_accepted_stays_inside_the_directory(parts):
     assert norm == path
     assert not norm.startswith("/") and ".." not in norm.split("/")
     assert "\\" not in path and "\0" not in path
+    assert not (len(path) > 1 and path[1] == ":" and path[0].isascii() and path[0].isalpha())  # no drive letter
+
+
+def _entry(path: str, size: int | None, executable: bool, chunks: list[tuple[bytes, int]]) -> list:
+    return [path, sum(n for _, n in chunks) if size is None else size, executable, ID, pack_chunks(chunks)]
+
+
+# Tree entries as a repository might send them: any path, sizes that add up or not (None: they do), in
+# any order or (as a valid tree has them) sorted.
+hostile_entries = st.lists(
+    st.builds(
+        _entry,
+        st.lists(st.one_of(st.sampled_from(["a", "b", "a/b", "ü.bin"]), segment), min_size=1, max_size=3).map("/".join),
+        st.one_of(st.none(), st.none(), st.integers(-1, 12)),
+        st.booleans(),
+        st.lists(st.tuples(st.sampled_from([ID, chunk_id(b"y")]), st.integers(0, 9)), max_size=3),
+    ),
+    max_size=6,
+).flatmap(lambda es: st.sampled_from([es, sorted(es, key=lambda e: e[0])]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(hostile_entries)
+def test_any_tree_that_decodes_is_safe_to_materialize(files):
+    """Whatever a repository sends, a tree that decodes has unique, contained paths and sizes that add up."""
+    import posixpath
+
+    try:
+        tree = decode(msgpack.packb([1, files], use_bin_type=True))
+    except InvalidManifest:
+        return
+    paths = [f.path for f in tree.files]
+    assert paths == sorted(set(paths))  # sorted, no duplicates
+    dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+    for f in tree.files:
+        assert posixpath.normpath(f.path) == f.path and not f.path.startswith("/") and ".." not in f.path.split("/")
+        assert f.path not in dirs  # never both a file and a directory
+        assert sum(n for _, n in f.chunk_list()) == f.size and all(n > 0 for _, n in f.chunk_list())
 
 
 @settings(max_examples=100, deadline=None)
