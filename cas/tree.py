@@ -8,12 +8,13 @@ Wire form (msgpack, canonical: arrays only, files sorted by path)::
 big-endian uint32 raw length): compact on disk, and decoding a tree of a
 million chunks creates a few thousand Python objects rather than millions.
 The root hash is BLAKE3 of the encoded bytes; since the encoding is
-canonical (``decode`` re-encodes and compares), equal content always has
+canonical (``decode`` re-encodes each entry and compares), equal content always has
 one root.  ``decode`` validates everything a hostile repository could send.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 from collections.abc import Iterator
@@ -152,35 +153,64 @@ def _check_entry(f: FileEntry) -> None:
         raise InvalidManifest(f"{f.path!r}: chunk lengths add up to {total} bytes, the file has {f.size}")
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def _header(count: int) -> bytes:
+    """The canonical bytes before the first entry of a tree of ``count`` files."""
+    return _PACKER.pack_array_header(2) + _PACKER.pack(FORMAT) + _PACKER.pack_array_header(count)
+
+
 def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
-    """Decode and fully validate an encoded tree (optionally against its root)."""
+    """Decode and fully validate an encoded tree (optionally against its root).
+
+    Entries are read one at a time and each is checked to be canonically
+    encoded as it goes, so a tree of a million files costs its FileEntry
+    objects and no second copy of itself (re-encoding the whole tree, or
+    holding msgpack's lists beside the entries, about doubled the peak).
+    """
     if len(data) > MAX_TREE_BYTES:
         raise InvalidManifest(f"tree is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
     if expected_root is not None and root_of(data) != expected_root:
         raise InvalidManifest(f"tree bytes do not hash to {expected_root.hex()}")
+    reader = msgpack.Unpacker(
+        io.BytesIO(data),
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_buffer_size=MAX_TREE_BYTES,
+        max_str_len=MAX_PATH_BYTES,
+        max_bin_len=MAX_TREE_BYTES,
+        max_array_len=MAX_FILES,
+        max_map_len=0,
+        max_ext_len=0,
+    )
     try:
-        doc = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=MAX_PATH_BYTES,
-            max_bin_len=MAX_TREE_BYTES,
-            max_array_len=MAX_FILES,
-            max_map_len=0,
-            max_ext_len=0,
-        )
+        if reader.read_array_header() != 2 or reader.unpack() != FORMAT:
+            raise ValueError("not [format, files]")
+        count = reader.read_array_header()
+    except Exception:
+        raise InvalidManifest(f"tree is not a format-{FORMAT} document [{FORMAT}, [files...]]") from None
+    if count > MAX_FILES:
+        raise InvalidManifest(f"tree lists {count} files, more than {MAX_FILES}")
+    if data[: reader.tell()] != _header(count):  # also refuses a format written as true or 1.0
+        raise InvalidManifest("tree is not canonically encoded")
+    try:
+        entries = []
+        for _ in range(count):
+            start = reader.tell()
+            item = reader.unpack()
+            if not (isinstance(item, list) and len(item) == 5):
+                raise InvalidManifest(f"tree entry {item!r:.80} is not [path, size, executable, file_id, chunks]")
+            if _PACKER.pack(item) != data[start : reader.tell()]:
+                raise InvalidManifest("tree is not canonically encoded")
+            entries.append(FileEntry(*item))
+        if reader.tell() != len(data):
+            raise InvalidManifest("tree has bytes after its last entry")
+    except InvalidManifest:
+        raise
     except Exception as e:  # msgpack raises many types for malformed input
         raise InvalidManifest(f"tree is not valid msgpack ({type(e).__name__}: {e})") from None
-    if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == FORMAT and isinstance(doc[1], list)):
-        raise InvalidManifest(f"tree is not a format-{FORMAT} document [{FORMAT}, [files...]]")
-    entries = []
-    for item in doc[1]:
-        if not (isinstance(item, list) and len(item) == 5):
-            raise InvalidManifest(f"tree entry {item!r:.80} is not [path, size, executable, file_id, chunks]")
-        entries.append(FileEntry(*item))
     tree = Tree(tuple(entries))
     validate(tree)
-    if tree.encode() != data:
-        raise InvalidManifest("tree is not canonically encoded")
     return tree

@@ -115,11 +115,15 @@ def test_absurd_sizes_are_refused():
         (msgpack.packb([1, [["a", 3, False, ID]]]), "is not"),
         (msgpack.packb([1, [[b"a", 3, False, ID, b""]]]), "not a string"),
         (msgpack.packb([1, []]), "no files"),
-        (b"\x91" * 100_000 + b"\xc0", "not valid msgpack"),
-        (b"\xdd\xff\xff\xff\xff", "not valid msgpack"),
-        (b"\xc1", "not valid msgpack"),
-        (b"", "not valid msgpack"),
-        (doc(entry("a")) + b"\x00", "not valid msgpack"),
+        (b"\x92\x01\x91" + b"\x91" * 100_000 + b"\xc0", "not valid msgpack"),  # nesting meant to exhaust the stack
+        (b"\x91" * 100_000 + b"\xc0", "format-1"),
+        (b"\xdd\xff\xff\xff\xff", "format-1"),
+        (b"\x92\x01\xdd\xff\xff\xff\xff", "tree lists 4294967295 files, more than 1000000"),
+        (b"\x92\x01\x91\xdb\xff\xff\xff\xff", "not valid msgpack"),  # a path claiming 4 GB
+        (b"\xc1", "format-1"),
+        (b"", "format-1"),
+        (doc(entry("a"))[:-3], "not valid msgpack"),
+        (doc(entry("a")) + b"\x00", "bytes after its last entry"),
     ],
 )
 def test_malformed_documents_are_refused(raw, message):

@@ -30,7 +30,7 @@ from cas.repo.format import (
     tree_key,
 )
 from cas.sync import pull, push
-from cas.tree import CHUNK_RECORD
+from cas.tree import CHUNK_RECORD, MAX_FILES
 
 from ..conftest import pull_in_child, tree_files
 
@@ -147,6 +147,18 @@ def test_msgpack_meant_to_exhaust_memory(tmp_path, honest):
     for doc in (deep, huge, msgpack.packb([FORMAT, [[b"x" * 10, 1]]])):
         publish(repo, info, doc)
         assert_refused(tmp_path, repo, "tree|msgpack|malformed")
+
+
+def test_the_largest_tree_the_format_allows_costs_bounded_memory(tmp_path, honest):
+    """A million entries (86 MB) is the most a tree may list: decoding it must not hold two copies of it."""
+    repo, info, tree = honest
+    one = tree.files[0]
+    files = [[f"d{i // 1000:04d}/f{i:07d}", one.size, False, one.file_id, one.chunks] for i in range(MAX_FILES)]
+    publish(repo, info, raw_tree(files))
+    del files
+    got = pull_in_child(tmp_path / "victim", "m:forged", f"file://{repo}")
+    assert "its ref and its tree disagree on size or file count" in got["error"]
+    assert got["peak_mb"] < 650, got  # 483 MB; 855 MB when msgpack's lists and a re-encoding sat beside the entries
 
 
 def test_a_tree_entry_cannot_claim_to_be_a_symlink(tmp_path, honest):
