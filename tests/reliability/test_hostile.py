@@ -12,14 +12,17 @@ with gigabytes is cut off at the documents' limit.
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 from pathlib import Path
 
 import msgpack
 import pytest
+import zstandard
 from blake3 import blake3
 
-from cas import Cache, CasError
+from cas import Cache, CasError, codec
 from cas.repo.format import (
     FORMAT,
     Location,
@@ -122,6 +125,39 @@ def test_a_locator_pointing_outside_its_pack(tmp_path, honest):
     locations[cid] = Location(loc.pack_id, loc.offset + (1 << 30), loc.length)
     publish(repo, info, tree.encode() + b"", encode_locator(locations), version="forged")
     assert_refused(tmp_path, repo, "points outside its packs|shorter than the range")
+
+
+@functools.cache
+def _inflating_frame() -> tuple[bytes, int]:
+    """A zstd frame of 64 MB of zeros (8 KB), and where its 4-byte declared content size sits."""
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(64 << 20))
+    descriptor = frame[4]
+    assert descriptor >> 6 == 2 and descriptor & 3 == 0  # a 4-byte content size, no dictionary id
+    return frame, 5 + (0 if descriptor & 0x20 else 1)  # after the window byte, if there is one
+
+
+def zstd_bomb(claim: int) -> bytes:
+    """A cas zstd chunk whose frame declares ``claim`` bytes and expands to 64 MB."""
+    frame, at = _inflating_frame()
+    return bytes([codec.ZSTD]) + frame[:at] + struct.pack("<I", claim) + frame[at + 4 :]
+
+
+def test_codec_frames_that_expand_beyond_their_claim(tmp_path, honest):
+    """Every chunk is served as a frame that declares the chunk's own size and inflates to 64 MB."""
+    repo, info, tree = honest
+    pack_id = "ee" * 32
+    frames, locations = bytearray(), {}
+    for f in tree.files:
+        for cid, length in f.chunk_list():
+            frame = zstd_bomb(length)
+            locations[cid] = Location(pack_id, len(frames), len(frame))
+            frames += frame
+    (repo / "packs" / pack_id).write_bytes(bytes(frames))
+    publish(repo, info, tree.encode(), encode_locator(locations))
+    got = pull_in_child(tmp_path / "victim", "m:forged", f"file://{repo}")
+    assert "failed verification twice; the repository is damaged" in got["error"], got
+    assert got["peak_mb"] < 400, got  # 16 frames in flight fully inflated would be a gigabyte
+    assert Cache(tmp_path / "victim").list() == []
 
 
 def test_pack_bytes_that_are_not_what_the_index_says(tmp_path, honest):
