@@ -8,8 +8,8 @@ Wire form (msgpack, canonical: arrays only, files sorted by path)::
 big-endian uint32 raw length): compact on disk, and decoding a tree of a
 million chunks creates a few thousand Python objects rather than millions.
 The root hash is BLAKE3 of the encoded bytes; since the encoding is
-canonical (``decode`` re-encodes each entry and compares), equal content always has
-one root.  ``decode`` validates everything a hostile repository could send.
+canonical (``decode`` re-encodes each entry and compares), equal content
+always has one root.  ``decode`` validates everything a hostile repository could send.
 """
 
 from __future__ import annotations
@@ -153,12 +153,27 @@ def _check_entry(f: FileEntry) -> None:
         raise InvalidManifest(f"{f.path!r}: chunk lengths add up to {total} bytes, the file has {f.size}")
 
 
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
 def _header(count: int) -> bytes:
     """The canonical bytes before the first entry of a tree of ``count`` files."""
-    return _PACKER.pack_array_header(2) + _PACKER.pack(FORMAT) + _PACKER.pack_array_header(count)
+    packer = msgpack.Packer()
+    return packer.pack_array_header(2) + packer.pack(FORMAT) + packer.pack_array_header(count)
+
+
+def _file_count(reader: msgpack.Unpacker) -> int | None:
+    """The file count of a ``[FORMAT, [files...]]`` document, or None when it is not one."""
+    try:
+        if reader.read_array_header() == 2 and reader.unpack() == FORMAT:
+            return reader.read_array_header()
+    except Exception:  # msgpack raises many types for malformed input
+        pass
+    return None
+
+
+def _next_entry(reader: msgpack.Unpacker) -> object:
+    try:
+        return reader.unpack()
+    except Exception as e:
+        raise InvalidManifest(f"tree is not valid msgpack ({type(e).__name__}: {e})") from None
 
 
 def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
@@ -185,32 +200,24 @@ def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
         max_map_len=0,
         max_ext_len=0,
     )
-    try:
-        if reader.read_array_header() != 2 or reader.unpack() != FORMAT:
-            raise ValueError("not [format, files]")
-        count = reader.read_array_header()
-    except Exception:
-        raise InvalidManifest(f"tree is not a format-{FORMAT} document [{FORMAT}, [files...]]") from None
+    count = _file_count(reader)
+    if count is None:
+        raise InvalidManifest(f"tree is not a format-{FORMAT} document [{FORMAT}, [files...]]")
     if count > MAX_FILES:
         raise InvalidManifest(f"tree lists {count} files, more than {MAX_FILES}")
     if data[: reader.tell()] != _header(count):  # also refuses a format written as true or 1.0
         raise InvalidManifest("tree is not canonically encoded")
-    try:
-        entries = []
-        for _ in range(count):
-            start = reader.tell()
-            item = reader.unpack()
-            if not (isinstance(item, list) and len(item) == 5):
-                raise InvalidManifest(f"tree entry {item!r:.80} is not [path, size, executable, file_id, chunks]")
-            if _PACKER.pack(item) != data[start : reader.tell()]:
-                raise InvalidManifest("tree is not canonically encoded")
-            entries.append(FileEntry(*item))
-        if reader.tell() != len(data):
-            raise InvalidManifest("tree has bytes after its last entry")
-    except InvalidManifest:
-        raise
-    except Exception as e:  # msgpack raises many types for malformed input
-        raise InvalidManifest(f"tree is not valid msgpack ({type(e).__name__}: {e})") from None
+    entries = []
+    for _ in range(count):
+        start = reader.tell()
+        item = _next_entry(reader)
+        if not (isinstance(item, list) and len(item) == 5):
+            raise InvalidManifest(f"tree entry {item!r:.80} is not [path, size, executable, file_id, chunks]")
+        if msgpack.packb(item, use_bin_type=True) != data[start : reader.tell()]:
+            raise InvalidManifest("tree is not canonically encoded")
+        entries.append(FileEntry(*item))
+    if reader.tell() != len(data):
+        raise InvalidManifest("tree has bytes after its last entry")
     tree = Tree(tuple(entries))
     validate(tree)
     return tree
