@@ -176,6 +176,13 @@ def pss_kib(pid: int) -> int:
     return next((int(x.split()[1]) for x in text.splitlines() if x.startswith("Pss:")), 0)
 
 
+def peak_mb() -> float:
+    """This process's own peak RSS (VmHWM).  Not ru_maxrss: a child started by vfork carries its parent's
+    peak in ru_maxrss, so a small child of a large test process would report the parent."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")) / 1024
+
+
 def timed_tree(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds of a command and the peak summed PSS (KiB) of its process tree, sampled every 20 ms.
 

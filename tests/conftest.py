@@ -126,9 +126,8 @@ try:
     error = None
 except CasError as e:
     error = str(e)
-# VmHWM, not ru_maxrss: a child started by vfork carries its parent's peak in ru_maxrss (1.1 GB late in the suite).
-peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"error": error, "peak_mb": peak_kib / 1024}))
+from benchmarks.harness import peak_mb
+print(json.dumps({"error": error, "peak_mb": peak_mb()}))
 """
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks import synth
+from benchmarks.harness import peak_mb
 from cas import codec
 from cas import ref as refs
 from cas.chunking import chunk_bytes
@@ -97,12 +98,6 @@ def run(seconds: float, seed: int = 0) -> int:
             raise AssertionError(f"{name} decoder raised {type(e).__name__}: {e} on {data[:200]!r}") from e
         cases += 1
     return cases
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory (VmHWM): a decoder that allocates its input's claim shows here."""
-    status = open("/proc/self/status").read()
-    return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:

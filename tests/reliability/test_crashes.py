@@ -63,25 +63,19 @@ def span(args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def kill_midway(args: list[str], env: dict[str, str], delay: float) -> bool:
-    """SIGKILL ``delay`` s after the child's "ready"; whether it was still running (a kill that interrupted)."""
+def kill_midway(op: str, args: list[str], env: dict[str, str], window: float, seed: int) -> None:
+    """SIGKILL at a seeded point of ``window`` s after the child's "ready"; count whether it was still running."""
     proc = _started(args, env)
-    time.sleep(delay)
-    running = proc.poll() is None
+    time.sleep(random.Random(seed).uniform(0.05, 0.95) * window)
+    KILLS.setdefault(op, []).append(proc.poll() is None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return running
 
 
-def delay_in(window: float, seed: int) -> float:
-    """A seeded point inside an operation's measured window, whatever this machine's speed."""
-    return random.Random(seed).uniform(0.05, 0.95) * window
-
-
-@pytest.fixture(scope="module")
-def interrupted():
-    """Per operation, whether each kill landed while it ran: a run whose kills all came too late tests nothing."""
-    yield KILLS
+@pytest.fixture(scope="module", autouse=True)
+def kills_landed():
+    """A run whose kills all came after the operation had finished would test nothing: at least half must land."""
+    yield
     for op, hits in KILLS.items():
         assert sum(hits) * 2 >= len(hits), f"only {sum(hits)} of {len(hits)} kills of {op} landed while it ran"
 
@@ -106,11 +100,10 @@ def add_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> float
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_add_midway(tmp_path, big_model, add_span, interrupted, trial):
+def test_kill_add_midway(tmp_path, big_model, add_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    hit = kill_midway(add_args(big_model), env, delay_in(add_span, trial))
-    interrupted.setdefault("cas add", []).append(hit)
+    kill_midway("cas add", add_args(big_model), env, add_span, trial)
     assert_consistent(cache)
     cache.add(big_model, "big:v1")
     assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
@@ -141,12 +134,11 @@ def materialize_span(tmp_path_factory: pytest.TempPathFactory, many: Path) -> fl
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_materialize_midway(tmp_path, many, materialize_span, interrupted, trial):
+def test_kill_materialize_midway(tmp_path, many, materialize_span, trial):
     cache = Cache(tmp_path / "cache")
     cache.add(many, "many:v1")
     args = [sys.executable, "-c", MATERIALIZE, str(cache.root)]
-    hit = kill_midway(args, dict(os.environ), delay_in(materialize_span, trial))
-    interrupted.setdefault("materialize", []).append(hit)
+    kill_midway("materialize", args, dict(os.environ), materialize_span, trial)
     snaps = [p.name for p in (cache.root / "snapshots").iterdir()] if (cache.root / "snapshots").exists() else []
     root = cache.get("many:v1").root
     if root in snaps:  # finished before the kill: then it must be complete
@@ -173,12 +165,10 @@ def create_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> fl
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_create_midway(tmp_path, big_model, create_span, interrupted, trial):
+def test_kill_create_midway(tmp_path, big_model, create_span, trial):
     cache = Cache(tmp_path / "cache")
     args = [sys.executable, "-c", CREATE, str(cache.root), str(big_model)]
-    interrupted.setdefault("cache.create", []).append(
-        kill_midway(args, dict(os.environ), delay_in(create_span, 100 + trial))
-    )
+    kill_midway("cache.create", args, dict(os.environ), create_span, 100 + trial)
     assert_consistent(cache)
     subprocess.run(args, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert tree_files(cache.materialize("big:latest")) == tree_files(big_model)
@@ -205,11 +195,11 @@ def push_span(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> float:
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_push_midway(tmp_path, big_model, stored, push_span, interrupted, trial):
+def test_kill_push_midway(tmp_path, big_model, stored, push_span, trial):
     url = f"file://{tmp_path / 'repo'}"
     env = {**os.environ, "CAS_HOME": str(stored.root)}
     args = [sys.executable, "-c", CLI, "push", "big:v1", "--remote", url]
-    interrupted.setdefault("cas push", []).append(kill_midway(args, env, delay_in(push_span, 200 + trial)))
+    kill_midway("cas push", args, env, push_span, 200 + trial)
     if (tmp_path / "repo").exists():
         assert_repository_consistent(url)  # a ref, if there is one, has all its data
     assert stored.verify().ok
@@ -238,10 +228,10 @@ def pull_span(tmp_path_factory: pytest.TempPathFactory, pushed: str) -> float:
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, interrupted, trial):
+def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    interrupted.setdefault("cas pull", []).append(kill_midway(pull_args(pushed), env, delay_in(pull_span, 300 + trial)))
+    kill_midway("cas pull", pull_args(pushed), env, pull_span, 300 + trial)
     time.sleep(0.2)  # let the pull's worker processes see it die
     if cache.list():  # finished before the kill: then it must be whole
         assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)

@@ -67,8 +67,8 @@ def abuse(port: int, rng: random.Random) -> tuple[str, int, tuple[int, ...]]:
         path = rng.choice(BAD_PATHS)
         return path, request(port, "GET", path), (400, 404)
     if kind == 1:
-        rng_header = rng.choice(["bytes=abc", "bytes=9-1", "bytes=-", "x"])
-        return f"Range {rng_header}", request(port, "GET", "/refs/m/v1", {"Range": rng_header}), (400, 416)
+        value = rng.choice(["bytes=abc", "bytes=9-1", "bytes=-", "x"])
+        return f"Range {value}", request(port, "GET", "/refs/m/v1", {"Range": value}), (400, 416)
     if kind == 2:
         method = rng.choice(["DELETE", "POST", "PATCH"])
         return method, request(port, method, "/refs/m/v1", body=b""), (405,)
