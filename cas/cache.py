@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from . import leases, tags
 from . import ref as refs
 from .digest import hex_id
-from .errors import CasError, CorruptObject, InvalidInput, NotFound
+from .errors import CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from .fsutil import atomic_write, fsync_dir, fsync_path, link_or_copy, publish, remove_tree, temp_name, write_new
 from .ingest import digest_file
 from .ref import ModelInfo
@@ -107,6 +108,13 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A cache travels (pickle, cloudpickle) as its root: the open chunk index stays behind."""
+        return {"root": self._root, "durable": self._durable}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], durable=state["durable"])  # type: ignore[misc]
 
     # -- layout -------------------------------------------------------------
 
@@ -351,17 +359,128 @@ class Cache:
 
     # -- repositories -------------------------------------------------------
 
-    def push(self, tag: str, remote: str | None = None, **kwargs: Any):
-        """Upload a stored model to a repository (``$CAS_REMOTE`` by default); see ``cas.sync.push``."""
+    def push(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> ModelInfo:
+        """Upload a stored model to a repository (``$CAS_REMOTE`` by default), only what it lacks."""
         from .sync import push
 
-        return push(self, tag, remote, **kwargs).info
+        return push(self, tag, remote, progress=progress).info
 
-    def pull(self, tag: str, remote: str | None = None, **kwargs: Any) -> ModelInfo:
-        """Fetch a model from a repository, moving only what no local file holds; see ``cas.sync.pull``."""
+    async def apush(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> ModelInfo:
+        """``push`` for async code: the upload runs on a loop of its own, so the caller's loop keeps serving."""
+        from .sync import apush
+
+        return (await apush(self, tag, remote, progress=progress)).info
+
+    def pull(
+        self, tag: str, remote: str | None = None, *, concurrency: int = 16, progress: Progress | None = None
+    ) -> ModelInfo:
+        """Fetch a model from a repository (``$CAS_REMOTE`` by default), moving only what no local file holds."""
         from .sync import pull
 
-        return pull(self, tag, remote, **kwargs).info
+        with self._writing(tag, f"'cas pull {tag}'"):
+            return pull(self, tag, remote, concurrency=concurrency, progress=progress).info
+
+    async def apull(
+        self, tag: str, remote: str | None = None, *, concurrency: int = 16, progress: Progress | None = None
+    ) -> ModelInfo:
+        """``pull`` for async code: the pull runs on a loop of its own, so the caller's loop keeps serving;
+        cancelling the awaiting task stops it, keeping what it verified for the next pull."""
+        from .sync import apull
+
+        with self._writing(tag, f"'cas pull {tag}'"):
+            return (await apull(self, tag, remote, concurrency=concurrency, progress=progress)).info
+
+    # -- resolving: the policy the descriptor and services use -----------------
+
+    def resolve(
+        self, tag: str, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+    ) -> ModelInfo:
+        """The model to use for ``tag``: the local one when there is one (no network), else pulled.
+
+        ``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not here; ``refresh`` asks it for
+        its newest version first and falls back to the local one, with a warning, when it cannot be reached;
+        ``offline`` (default ``$CAS_OFFLINE``) never touches the network.  Processes of this host resolving
+        one missing tag at once all end with the same version.  Works from any thread, loop or not.
+        """
+        local, url = self._resolve_locally(tag, remote, refresh, offline)
+        if local is not None:
+            return local
+        from . import privateloop
+
+        return privateloop.run(lambda: self._resolve_remotely(tag, url, refresh))
+
+    async def aresolve(
+        self, tag: str, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+    ) -> ModelInfo:
+        """``resolve`` for async code: a pull runs on a loop of its own, and the task can be cancelled."""
+        import asyncio
+
+        from . import privateloop
+
+        local, url = await asyncio.to_thread(self._resolve_locally, tag, remote, refresh, offline)
+        if local is not None:
+            return local
+        return await privateloop.run_async(lambda: self._resolve_remotely(tag, url, refresh))
+
+    def _resolve_locally(
+        self, tag: str, remote: str | None, refresh: bool, offline: bool | None
+    ) -> tuple[ModelInfo | None, str]:
+        """The local model to use, or None and the repository to pull it from."""
+        t = tags.parse(tag)
+        url = remote or os.environ.get("CAS_REMOTE") or ""
+        if offline is None:
+            offline = os.environ.get("CAS_OFFLINE", "") not in ("", "0")
+        if refresh and url and not offline:
+            return None, url
+        try:
+            return self.get(t), ""
+        except NotFound as e:
+            if offline:
+                raise NotFound(f"{e} (CAS_OFFLINE is set, so it was not pulled)") from None
+            if not url:
+                raise
+        return None, url
+
+    async def _resolve_remotely(self, tag: str, url: str, refresh: bool) -> ModelInfo:
+        """Pull ``tag`` on the running (private) loop, one process of this host at a time per name."""
+        from .sync import pull_here
+
+        t = tags.parse(tag)
+        with self._writing(str(t), f"'cas pull {t}'"), self._lock(f"resolve-{t.name}"):
+            if not refresh:
+                with contextlib.suppress(NotFound):
+                    return self.get(t)  # pulled by another process while this one waited
+            try:
+                return (await pull_here(self, str(t), url)).info
+            except CasError as e:
+                if refresh:
+                    return self._refresh_failed(t, url, e)
+                if isinstance(e, (NotFound, CacheNotWritable)):
+                    raise
+                raise type(e)(f"could not pull {t} from {url}: {e}") from None
+
+    def _refresh_failed(self, t: tags.Tag, url: str, error: CasError) -> ModelInfo:
+        try:
+            info = self.get(t)
+        except NotFound:
+            raise type(error)(f"could not pull {t} from {url}: {error}") from None
+        warnings.warn(f"cas: could not refresh {t} from {url} ({error}); using {info.tag}", stacklevel=2)
+        return info
+
+    @contextlib.contextmanager
+    def _writing(self, tag: str, remedy: str) -> Iterator[None]:
+        """Turn a refused write (a read-only volume, another user's files) into one clear error."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, CasError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            raise CacheNotWritable(
+                f"the cache at {self.root} is not writable by this process: {e.strerror}{where}; {tag} needs "
+                f"a write there: run {remedy} as the cache's owner when provisioning, or set CAS_HOME to a "
+                "cache this user can write"
+            ) from None
 
     def _publish_pulled(self, part: Path, file_id: bytes, executable: bool) -> None:
         """Turn a verified, assembled file into a blob."""
@@ -451,7 +570,8 @@ class Cache:
         snap = f"{self._snaps}/{info.root}"
         if os.path.isdir(snap):
             return snap
-        with self._lock(f"snapshot-{info.root}"), self._objects_lock(shared=True):
+        with self._writing(info.tag, f"'cas materialize {info.tag}'"), self._lock(f"snapshot-{info.root}"), \
+                self._objects_lock(shared=True):  # fmt: skip
             if not os.path.isdir(snap):
                 if not self._ref_path(info.name, info.version).exists():
                     raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
@@ -485,6 +605,8 @@ class Cache:
             remove_tree(stage)
             if os.path.isdir(snap):  # another process without our lock won the race
                 return
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # said as "not writable" by snapshot_dir
             raise CasError(f"could not materialize {info.tag} in {self._snapshots}: {e}") from e
         except BaseException:
             remove_tree(stage)

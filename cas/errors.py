@@ -33,3 +33,8 @@ class CorruptObject(CasError):
 
 class CacheBusy(CasError):
     """Another process holds a lock for longer than we are willing to wait."""
+
+
+class CacheNotWritable(CasError, PermissionError):
+    """The cache is read-only to this process (a read-only volume, or another user's files) and the
+    operation needed to write: materialize or pull at provisioning time, as the cache's owner."""

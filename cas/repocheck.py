@@ -21,7 +21,7 @@ from .digest import file_hasher
 from .errors import CasError, NotFound
 from .repo.backend import Backend
 from .repo.format import decode_index, decode_locator, locator_key, pack_key, tree_key
-from .sync import CONCURRENCY, _run, remote_url, remote_versions
+from .sync import remote_url, remote_versions, run_with_backend
 from .tree import decode as decode_tree
 
 WINDOW = 16 << 20  # bytes of a pack read at a time by the deep check
@@ -40,7 +40,7 @@ class RepoReport(NamedTuple):
 
 def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoReport:
     """Check the repository at ``remote`` (else ``$CAS_REMOTE``); ``deep`` re-reads every pack."""
-    return _run(lambda backend: _check(backend, deep), remote_url(remote), CONCURRENCY)
+    return run_with_backend(lambda backend: _check(backend, deep), remote_url(remote))
 
 
 async def _check(backend: Backend, deep: bool) -> RepoReport:

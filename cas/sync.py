@@ -25,12 +25,12 @@ import hashlib
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from . import codec, tags
+from . import codec, privateloop, tags
 from . import ref as refs
 from .digest import chunk_id
 from .errors import CasError, CorruptObject, NotFound
@@ -64,6 +64,7 @@ ENCODE_BATCH = 256
 UPLOADS_IN_FLIGHT = 2  # packs uploading while the next one is encoded: memory is a few PACK_TARGETs
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 class SyncStats(NamedTuple):
@@ -87,15 +88,23 @@ def token() -> str | None:
     return os.environ.get("CAS_TOKEN") or None
 
 
-def _run(coro_factory, url: str, concurrency: int):
-    async def main():
-        backend = open_backend(url, token=token(), concurrency=concurrency)
-        try:
-            return await coro_factory(backend)
-        finally:
-            await backend.close()
+def run_with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
+    """Run ``work(backend)`` to completion on a private loop: works from any thread, loop or not."""
+    return privateloop.run(lambda: with_backend(work, url, concurrency))
 
-    return asyncio.run(main())
+
+async def arun_with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
+    """Await ``work(backend)`` run on a private loop in another thread; cancelling it stops the work."""
+    return await privateloop.run_async(lambda: with_backend(work, url, concurrency))
+
+
+async def with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
+    """Run ``work(backend)`` on the running loop with a backend for ``url``, closed afterwards."""
+    backend = open_backend(url, token=token(), concurrency=concurrency)
+    try:
+        return await work(backend)
+    finally:
+        await backend.close()
 
 
 # -- repository reads ---------------------------------------------------------
@@ -133,7 +142,7 @@ def list_remote(remote: str | None, name: str | None = None) -> list[ModelInfo]:
     """The models in a repository, newest first."""
     if name is not None:
         tags.validate_name(name)
-    return _run(lambda backend: remote_versions(backend, name), remote_url(remote), CONCURRENCY)
+    return run_with_backend(lambda backend: remote_versions(backend, name), remote_url(remote))
 
 
 # -- push -----------------------------------------------------------------------
@@ -143,7 +152,14 @@ def push(cache: Cache, tag: str, remote: str | None = None, *, progress: Progres
     """Upload a stored model (only what the repository lacks); the ref goes last."""
     info = cache.get(tag)
     url = remote_url(remote)
-    return _run(lambda backend: _push(cache, info, backend, progress), url, CONCURRENCY)
+    return run_with_backend(lambda backend: _push(cache, info, backend, progress), url)
+
+
+async def apush(cache: Cache, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> SyncStats:
+    """``push`` for async code: runs on a loop of its own thread, so the caller's loop keeps serving."""
+    info = cache.get(tag)
+    url = remote_url(remote)
+    return await arun_with_backend(lambda backend: _push(cache, info, backend, progress), url)
 
 
 async def _push(cache: Cache, info: ModelInfo, backend: Backend, progress: Progress | None) -> SyncStats:
@@ -289,7 +305,29 @@ def pull(
 ) -> SyncStats:
     """Fetch a model from a repository into the cache (only what no local file holds) and record it."""
     url = remote_url(remote)
-    return _run(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+    return run_with_backend(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+
+
+async def apull(
+    cache: Cache,
+    tag: str,
+    remote: str | None = None,
+    *,
+    concurrency: int = CONCURRENCY,
+    progress: Progress | None = None,
+) -> SyncStats:
+    """``pull`` for async code: runs on a loop of its own thread, so the caller's loop keeps serving.
+
+    Cancelling the awaiting task stops the pull once it has unwound; what it verified is kept for the next pull."""
+    url = remote_url(remote)
+    return await arun_with_backend(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+
+
+async def pull_here(
+    cache: Cache, tag: str, url: str, *, concurrency: int = CONCURRENCY, progress: Progress | None = None
+) -> SyncStats:
+    """``pull`` as a coroutine on the running loop, for code already on a private loop."""
+    return await with_backend(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
 
 
 async def _pull(cache: Cache, tag: str, backend: Backend, concurrency: int, progress: Progress | None) -> SyncStats:
@@ -418,4 +456,4 @@ def _copy_local(cache: Cache, wanted: dict, raw_len: dict, parts: Parts, progres
     return reused
 
 
-__all__ = ["RepoError", "SyncStats", "pull", "push", "remote_ref", "remote_versions"]
+__all__ = ["RepoError", "SyncStats", "apull", "apush", "pull", "pull_here", "push", "remote_ref", "remote_versions"]

@@ -9,39 +9,47 @@
 The first instance access resolves the tag once per process (``latest``
 becomes a concrete version), materializes the snapshot and stores the
 result in the instance's ``__dict__``, so every later read on that instance
-is a plain attribute lookup and the model never changes under it.
+is a plain attribute lookup and the model never changes under it.  It works
+from any thread, including one running an event loop (BentoML, ASGI
+servers, notebooks); async code can ``await Service.model.aresolve()`` or
+``await descriptor.aprefetch(Service)`` so its loop keeps serving meanwhile.
+
+Classes and instances travel (pickle, cloudpickle: Ray, Dask, joblib): a
+``Model`` travels as its declaration, and an instance's resolved model as
+its concrete tag, resolved again lazily in the receiving process against
+that process's cache and repository.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
-from cas import Cache, CasError, ModelInfo, NotFound, default_cache
+from cas import Cache, CasError, ModelInfo, default_cache
 from cas.tags import parse
 from cas.tree import check_path
 
-__all__ = ["Model", "ResolvedModel", "models_of", "prefetch"]
+__all__ = ["Model", "ResolvedModel", "aprefetch", "models_of", "prefetch"]
 
 
 class ResolvedModel:
     """A model version on local disk: a read-only directory of its files."""
 
-    __slots__ = ("_dir", "_path", "info")
+    __slots__ = ("_dir", "_path", "_source", "info")
 
-    def __init__(self, directory: str, info: ModelInfo):
-        self._dir = directory
+    def __init__(self, directory: str | None, info: ModelInfo, source: Model | None = None):
+        self._dir = directory  # None: arrived from another process, materialized here on first use
         self._path: Path | None = None
+        self._source = source
         self.info = info
 
     @property
     def path(self) -> Path:
         """The model's directory (built on first use: pathlib is slow to start)."""
         if self._path is None:
-            self._path = Path(self._dir)
+            self._path = Path(self._directory())
         return self._path
 
     @property
@@ -65,11 +73,47 @@ class ResolvedModel:
             raise FileNotFoundError(f"{relpath!r} is not a file of model {self.tag} (in {self.path})")
         return p
 
-    def __fspath__(self) -> str:
+    def _directory(self) -> str:
+        if self._dir is None:
+            self._dir = self._arrive()
         return self._dir
+
+    def _arrive(self) -> str:
+        """Resolve, in this process, the concrete version another process resolved."""
+        here = (self._source or Model(self.tag)).resolve()
+        if here.root != self.root:
+            raise CasError(
+                f"{self.tag} resolved to root {here.root[:12]} here but to {self.root[:12]} in the process that "
+                "sent this object: two different models are stored under one version; remove one of them"
+            )
+        return here._directory()
+
+    def __fspath__(self) -> str:
+        return self._directory()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Travels as its concrete tag: the receiving process materializes it there, on first use."""
+        source = self._source.pinned(self.tag) if self._source is not None else Model(self.tag)
+        return (ResolvedModel, (None, self.info, source))
+
+    def __copy__(self) -> ResolvedModel:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ResolvedModel:
+        return self  # immutable: a copy in this process is the same model
 
     def __repr__(self) -> str:
         return f"ResolvedModel({self.tag!r}, path={self._dir!r})"
+
+
+class _Pending:
+    """A resolution in progress that other threads and tasks wait for."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Exception | None = None
 
 
 class Model:
@@ -86,15 +130,18 @@ class Model:
         """``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not in the cache;
         ``refresh=True`` asks it for its newest version first, falling back to the local one
         with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network."""
-        self._tag = parse(tag)  # a bad tag fails when the class is defined
-        self.tag = str(self._tag)
+        self.tag = str(parse(tag))  # a bad tag fails when the class is defined
         self._cache = cache
         self._remote = remote
         self._refresh = refresh
-        self._resolved: ResolvedModel | None = None
-        self._lock = threading.Lock()
         self._attr: str | None = None
         self._owner = "?"
+        self._reset()
+
+    def _reset(self) -> None:
+        self._resolved: ResolvedModel | None = None
+        self._pending: _Pending | None = None
+        self._lock = threading.Lock()
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._attr = name
@@ -113,42 +160,101 @@ class Model:
 
     def resolve(self) -> ResolvedModel:
         """Resolve the tag and materialize the model; once per process, whatever the thread count."""
-        with self._lock:
-            if self._resolved is None:
-                cache = self._cache if isinstance(self._cache, Cache) else None
-                if cache is None:
-                    cache = Cache(self._cache) if self._cache is not None else default_cache()
-                try:
-                    info = self._find(cache)
-                    cache.lease(info)
-                    directory = cache.snapshot_dir(info)
-                except CasError as e:
-                    raise type(e)(f"{self._owner}.{self._attr}: {e}") from None
-                self._resolved = ResolvedModel(directory, info)
+        while self._resolved is None:
+            pending, mine = self._claim()
+            if mine:
+                self._run(pending)
+            else:
+                pending.done.wait()
+                if pending.error is not None:
+                    raise pending.error
         return self._resolved
 
-    def _find(self, cache: Cache) -> ModelInfo:
-        """The local model when there is one (no network on the warm path), else pull it."""
-        remote = self._remote or os.environ.get("CAS_REMOTE") or None
-        offline = os.environ.get("CAS_OFFLINE", "") not in ("", "0")
-        if self._refresh and remote and not offline:
-            try:
-                return cache.pull(str(self._tag), remote)
-            except CasError as e:
-                try:
-                    info = cache.get(self._tag)
-                except NotFound:
-                    raise e from None
-                warnings.warn(f"cas: could not refresh {self.tag} from {remote} ({e}); using {info.tag}", stacklevel=4)
-                return info
+    async def aresolve(self) -> ResolvedModel:
+        """``resolve`` for async code (``await Service.model.aresolve()``): the event loop keeps serving
+        while the model is pulled, and cancelling the task stops the pull, keeping what it verified."""
+        import asyncio
+
+        from cas import privateloop
+
+        while self._resolved is None:
+            pending, mine = self._claim()
+            if mine:  # all of it off this loop, settled from there: a sync reader on this loop may wait for it
+                await privateloop.run_async(lambda p=pending: self._arun(p))
+            else:
+                await asyncio.to_thread(pending.done.wait)
+                if pending.error is not None:
+                    raise pending.error
+        return self._resolved
+
+    def _claim(self) -> tuple[_Pending, bool]:
+        """The resolution in progress, and whether the caller must run it (nobody else is)."""
+        with self._lock:
+            if self._pending is not None:
+                return self._pending, False
+            self._pending = _Pending()
+            return self._pending, True
+
+    def _run(self, pending: _Pending) -> None:
         try:
-            return cache.get(self._tag)
-        except NotFound as e:
-            if offline:
-                raise NotFound(f"{e} (CAS_OFFLINE is set, so it was not pulled)") from None
-            if not remote:
-                raise
-        return cache.pull(str(self._tag), remote)
+            cache = self._cache_here()
+            info = cache.resolve(self.tag, remote=self._remote, refresh=self._refresh)
+            resolved = ResolvedModel(self._materialize(cache, info), info, self)
+        except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
+            raise self._finish(pending, None, e) from None
+        self._finish(pending, resolved, None)
+
+    async def _arun(self, pending: _Pending) -> None:
+        """``_run`` on a private loop: blocking calls are fine here, and the pull can be cancelled."""
+        try:
+            cache = self._cache_here()
+            info = await cache.aresolve(self.tag, remote=self._remote, refresh=self._refresh)
+            resolved = ResolvedModel(self._materialize(cache, info), info, self)
+        except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
+            raise self._finish(pending, None, e) from None
+        self._finish(pending, resolved, None)
+
+    def _finish(self, pending: _Pending, resolved: ResolvedModel | None, error: BaseException | None) -> BaseException:
+        """Publish the outcome; waiters raise the error, or retry themselves after a cancellation.
+        Returns the error to raise (a cas error names the attribute)."""
+        if isinstance(error, CasError):
+            error = self._named(error)
+        with self._lock:
+            self._resolved = resolved
+            self._pending = None
+        pending.error = error if isinstance(error, Exception) else None
+        pending.done.set()
+        return error  # type: ignore[return-value]
+
+    @staticmethod
+    def _materialize(cache: Cache, info: ModelInfo) -> str:
+        cache.lease(info)  # before the snapshot: a removal that finished first is reported, not rebuilt
+        return cache.snapshot_dir(info)
+
+    def _cache_here(self) -> Cache:
+        if isinstance(self._cache, Cache):
+            return self._cache
+        return Cache(self._cache) if self._cache is not None else default_cache()
+
+    def _named(self, e: CasError) -> CasError:
+        """The error, naming the attribute and, when the message does not, the repository."""
+        remote = self._remote or os.environ.get("CAS_REMOTE")
+        where = f" (repository {remote})" if remote and remote not in str(e) else ""
+        return type(e)(f"{self._owner}.{self._attr}: {e}{where}")
+
+    def pinned(self, tag: str) -> Model:
+        """This declaration for one concrete version of its model (what a resolved instance carries)."""
+        model = Model(tag, cache=self._cache, remote=self._remote)
+        model._attr, model._owner = self._attr, self._owner
+        return model
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Travels as its declaration; the receiving process resolves it there, on first access."""
+        return {k: getattr(self, k) for k in ("tag", "_cache", "_remote", "_refresh", "_attr", "_owner")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     def __repr__(self) -> str:
         return f"Model({self.tag!r})"
@@ -167,13 +273,41 @@ def models_of(obj_or_cls: Any) -> dict[str, Model]:
     return found
 
 
+def _declarations(obj_or_cls: Any) -> dict[str, Model]:
+    """What to resolve for each model of a class or instance: an instance that arrived from another
+    process carries its own concrete versions, which win over the class's tags."""
+    models = models_of(obj_or_cls)
+    carried = getattr(obj_or_cls, "__dict__", {}) if not isinstance(obj_or_cls, type) else {}
+    for name in models:
+        resolved = carried.get(name)
+        if isinstance(resolved, ResolvedModel) and resolved._source is not None:
+            models[name] = resolved._source
+    return models
+
+
 def prefetch(obj_or_cls: Any, *, max_workers: int = 8) -> dict[str, ResolvedModel]:
-    """Resolve every model a class depends on, concurrently, e.g. before serving traffic."""
+    """Resolve every model a class (or instance) depends on, concurrently, e.g. before serving traffic."""
     from concurrent.futures import ThreadPoolExecutor
 
-    models = models_of(obj_or_cls)
+    models = _declarations(obj_or_cls)
     if not models:
         return {}
     with ThreadPoolExecutor(max_workers=min(max_workers, len(models))) as pool:
         resolved = list(pool.map(Model.resolve, models.values()))
     return dict(zip(models, resolved))
+
+
+async def aprefetch(obj_or_cls: Any) -> dict[str, ResolvedModel]:
+    """``prefetch`` for async code (an ASGI lifespan): the loop keeps serving while models are pulled.
+
+    All or nothing: the first failure cancels the other resolutions and is raised."""
+    import asyncio
+
+    models = _declarations(obj_or_cls)
+    tasks = [asyncio.ensure_future(m.aresolve()) for m in models.values()]
+    try:
+        return dict(zip(models, await asyncio.gather(*tasks)))
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

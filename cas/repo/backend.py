@@ -8,6 +8,7 @@ repository is really used.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 from pathlib import Path
@@ -48,6 +49,14 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = 16) -
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH or http(s)://HOST[:PORT]/[PREFIX]")
 
 
+_WRITE_ADVICE = {
+    errno.EACCES: "give this user write access to the folder",
+    errno.EPERM: "give this user write access to the folder",
+    errno.EROFS: "the folder is on a read-only filesystem: push to a writable copy",
+    errno.ENOSPC: "free space on its disk and push again",
+}
+
+
 class FileBackend:
     """A repository in a local folder; the same folder ``cas serve`` serves."""
 
@@ -70,6 +79,8 @@ class FileBackend:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(f"{key} is not in the repository {self.url}") from None
+        except OSError as e:
+            raise RepoError(f"cannot read {self.url}/{key}: {e.strerror}") from None
         with open(fd, "rb") as f:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -91,7 +102,12 @@ class FileBackend:
         path = self._path(key)
         if not replace and path.exists():
             return
-        atomic_write(path, data, self.root / ".tmp")  # the same folder `cas serve` stages uploads in
+        try:
+            atomic_write(path, data, self.root / ".tmp")  # the same folder `cas serve` stages uploads in
+        except OSError as e:
+            raise RepoError(
+                f"cannot write {self.url}/{key}: {e.strerror}; {_WRITE_ADVICE.get(e.errno, 'push again')}"
+            ) from None
 
     async def exists(self, key: str) -> bool:
         return self._path(key).exists()
