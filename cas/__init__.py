@@ -10,12 +10,23 @@ import os
 from typing import Any
 
 from .cache import Cache, Staging, VerifyReport, default_root
-from .errors import CacheBusy, CasError, CorruptObject, InvalidInput, InvalidManifest, InvalidTag, NotFound
+from .errors import (
+    CacheBusy,
+    CacheNotWritable,
+    CasError,
+    CorruptObject,
+    InvalidInput,
+    InvalidManifest,
+    InvalidTag,
+    NotFound,
+    RepoError,
+)
 from .ref import ModelInfo
 
 __all__ = [
     "Cache",
     "CacheBusy",
+    "CacheNotWritable",
     "CasError",
     "CorruptObject",
     "InvalidInput",
@@ -23,6 +34,7 @@ __all__ = [
     "InvalidTag",
     "ModelInfo",
     "NotFound",
+    "RepoError",
     "Staging",
     "VerifyReport",
     "add",

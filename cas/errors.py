@@ -31,6 +31,10 @@ class CorruptObject(CasError):
     """Stored bytes do not hash to the name they are stored under."""
 
 
+class RepoError(CasError):
+    """A repository could not be read or written."""
+
+
 class CacheBusy(CasError):
     """Another process holds a lock for longer than we are willing to wait."""
 

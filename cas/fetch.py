@@ -31,8 +31,8 @@ from typing import NamedTuple
 import msgpack
 
 from . import codec
-from .errors import CasError, CorruptObject, InvalidManifest, NotFound
-from .repo.backend import Backend, RepoError, open_backend
+from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
+from .repo.backend import Backend, open_backend
 from .repo.format import Location, iter_ranges, pack_key
 
 MAX_SPAN = 4 << 20  # bytes per range request: bounds memory to concurrency * MAX_SPAN

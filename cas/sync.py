@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from . import codec, privateloop, tags
 from . import ref as refs
 from .digest import chunk_id
-from .errors import CasError, CorruptObject, NotFound
+from .errors import CasError, CorruptObject, NotFound, RepoError
 from .fetch import Parts, Range, Target, Workers, fetch, new_part, plan, read_done, worker_count
 from .fsutil import temp_name
 from .prefixhash import PrefixHasher
 from .ref import ModelInfo
-from .repo.backend import Backend, RepoError, open_backend
+from .repo.backend import Backend, open_backend
 from .repo.format import (
     IndexEntry,
     Location,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -21,6 +22,17 @@ from cas import Cache
 from cas.sync import SyncStats, push
 
 REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(module: str):
+    """Import what a test needs from the ``test`` extra: missing, it skips here and fails under CI (CI=true)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if IN_CI:
+            pytest.fail(f"{module} is not installed: CI must install the test extra (bash dev test does)")
+        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
 
 
 @pytest.fixture(scope="session")

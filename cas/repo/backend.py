@@ -15,13 +15,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from ..errors import CasError, NotFound
+from ..errors import NotFound, RepoError
 from ..fsutil import atomic_write
 from .format import MAX_DOC_BYTES
-
-
-class RepoError(CasError):
-    """A repository could not be read or written."""
 
 
 class Backend(Protocol):

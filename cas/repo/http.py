@@ -14,8 +14,7 @@ import random
 
 import aiohttp
 
-from ..errors import NotFound
-from .backend import RepoError
+from ..errors import NotFound, RepoError
 from .format import MAX_DOC_BYTES
 
 RETRIES = 5
