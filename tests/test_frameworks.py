@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -180,3 +181,11 @@ def _answers(url: str) -> bool:
         return http("GET", url, timeout=2)[0] == 200
     except OSError:
         return False
+
+
+def test_readme_shows_the_services_the_tests_run():
+    readme = (REPO / "README.md").read_text()
+    for name in ("bentoml_service.py", "asgi_app.py"):
+        source = (REPO / "tests" / "services" / name).read_text()
+        body = source.split('"""', 2)[2].strip()  # the code under the module docstring
+        assert textwrap.dedent(body) in readme, f"README.md does not show tests/services/{name} as it runs"
