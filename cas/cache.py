@@ -31,7 +31,17 @@ from . import leases, tags
 from . import ref as refs
 from .digest import hex_id
 from .errors import CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
-from .fsutil import atomic_write, fsync_dir, fsync_path, link_or_copy, publish, remove_tree, temp_name, write_new
+from .fsutil import (
+    atomic_write,
+    fsync_dir,
+    fsync_path,
+    link_or_copy,
+    make_dirs,
+    publish,
+    remove_tree,
+    temp_name,
+    write_new,
+)
 from .ingest import digest_file
 from .ref import ModelInfo
 from .tree import FileEntry, Tree, check_path, root_of
@@ -200,7 +210,7 @@ class Cache:
         if info is None:
             link.unlink(missing_ok=True)
             return
-        link.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(link.parent)
         tmp = link.with_name(temp_name(".latest-"))
         os.symlink(info.version, tmp)
         os.replace(tmp, link)
@@ -266,9 +276,8 @@ class Cache:
         """
         name, version = self._new_tag(name)
         labels, metadata = refs.check_labels(labels), refs.check_metadata(metadata)
-        self._tmp.mkdir(parents=True, exist_ok=True)
         staging = self._tmp / temp_name("create-")
-        staging.mkdir()
+        make_dirs(staging)
         try:
             yield Staging(staging, f"{name}:{version}")
             sources = _scan(staging)
@@ -285,7 +294,7 @@ class Cache:
         return name, tags.validate_version(version, whole=tag)
 
     def _ingest_copy(self, s: _Source, progress: Progress | None) -> FileEntry:
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        make_dirs(self._tmp)
         tmp = self._tmp / temp_name("blob-")
         try:
             d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=self.durable)
@@ -580,9 +589,8 @@ class Cache:
 
     def _build_snapshot(self, info: ModelInfo, snap: Path) -> None:
         tree = self.tree(info)
-        self._snapshots.mkdir(parents=True, exist_ok=True)
         stage = self._snapshots / temp_name(".tmp-")
-        stage.mkdir()
+        make_dirs(stage)
         try:
             dirs = {stage}
             for f in tree.files:
@@ -594,7 +602,7 @@ class Cache:
                     )
                 dest = stage / f.path
                 if dest.parent not in dirs:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    make_dirs(dest.parent)
                     dirs.update(dest.parents)
                 link_or_copy(blob, dest)
             for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):

@@ -7,11 +7,13 @@ costs only reuse, never correctness (every reused chunk is re-hashed).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from .fsutil import make_dirs, open_shared
 from .tree import Tree
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
@@ -26,7 +28,8 @@ class Seed(NamedTuple):
 
 class ChunkIndex:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
+        os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache; SQLite's WAL files follow it
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # derived data: losing the last writes costs only reuse

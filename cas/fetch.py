@@ -32,6 +32,7 @@ import msgpack
 
 from . import codec
 from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
+from .fsutil import open_shared
 from .repo.backend import Backend, open_backend
 from .repo.format import Location, iter_ranges, pack_key
 
@@ -129,7 +130,7 @@ class Parts:
             entry = self._open.get(part)
             if entry is None:
                 data = os.open(part, os.O_WRONLY | os.O_NOFOLLOW)
-                log = os.open(part + ".done", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                log = open_shared(part + ".done", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
                 entry = self._open[part] = [data, log, 0]
                 self._close_idle(keep=self.MAX_OPEN)
             else:
@@ -179,7 +180,7 @@ def new_part(part: Path, size: int) -> None:
     """An empty part file of ``size`` bytes, never through a link someone left at its name."""
     part.unlink(missing_ok=True)
     Path(str(part) + ".done").unlink(missing_ok=True)  # a log without its part file describes nothing
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = open_shared(part, os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW)
     try:
         os.ftruncate(fd, size)
     finally:

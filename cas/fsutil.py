@@ -1,8 +1,14 @@
-"""Filesystem primitives that make every write atomic.
+"""Filesystem primitives that make every write atomic, and keep a cache shared by a group shared.
 
 Everything is written under a unique temporary name and moved into place,
 so a crash leaves at worst an orphaned temporary, never a half-written
 object under its real name.
+
+A cache whose root is group-writable (``chmod 2775``, as git's
+``core.sharedRepository=group``) is shared by the users of that group: a
+directory made inside a group-writable one takes its mode, and a file that
+others must write later (locks, leases, part files, the chunk index) is
+made group-writable, whatever the umask of the process that creates them.
 """
 
 from __future__ import annotations
@@ -62,11 +68,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p``; a directory made inside a group-writable one gets that one's mode (a shared cache)."""
+    path = os.fspath(path)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        make_dirs(os.path.dirname(path))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return
+    parent = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
+    if parent & stat.S_IWGRP:
+        os.chmod(path, parent)
+
+
+def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` with ``O_CREAT``; a file this process owns in a group-writable directory is made
+    group-readable and -writable, so the group's other users can lock, resume or update it."""
+    fd = os.open(path, flags | os.O_CREAT, mode)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWGRP:
+            if os.stat(os.path.dirname(os.path.abspath(path))).st_mode & stat.S_IWGRP:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically, replacing what was there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = tmp_dir / temp_name("w")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(tmp_dir)
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -82,7 +121,7 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -
 
 def write_new(path: Path, data: bytes, tmp_dir: Path) -> bool:
     """Write an immutable object (fsynced) unless it exists; see ``publish``."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(tmp_dir)
     tmp = tmp_dir / temp_name("obj-")
     try:
         with open(tmp, "xb") as f:
@@ -101,7 +140,7 @@ def publish(tmp: Path, path: Path) -> bool:
     Returns False when another writer got there first; the temporary is then
     removed.  Content-addressed objects are never rewritten.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -111,42 +150,61 @@ def publish(tmp: Path, path: Path) -> bool:
     return True
 
 
-_exdev_warned = False
+_COPY_WARNED: set[int] = set()  # errnos already explained to this process
+_WHY_COPY = {
+    errno.EXDEV: "the snapshots are on another filesystem than the blobs",
+    errno.EPERM: "the blob belongs to another user and this system forbids hardlinking other users' files "
+    "(fs.protected_hardlinks); materialize models as the user who stored or pulled them to share their inodes",
+}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hardlink ``src`` at ``dst``; across filesystems, copy and warn once."""
-    global _exdev_warned
+    """Hardlink ``src`` at ``dst``; where the system refuses the link (another filesystem, another user's
+    file in a shared cache), copy it and warn once."""
     try:
         os.link(src, dst)
+        return
     except OSError as e:
-        if e.errno != errno.EXDEV:
+        if e.errno not in _WHY_COPY:
             raise
-        if not _exdev_warned:
-            _exdev_warned = True
-            warnings.warn(
-                f"cas: {dst.parent} is on another filesystem than the blobs in {src.parent.parent.parent}; "
-                "snapshot files are copied, not hardlinked, and take extra disk space",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        shutil.copyfile(src, dst)
-        os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
+        if e.errno not in _COPY_WARNED:
+            _COPY_WARNED.add(e.errno)
+            warnings.warn(f"cas: cannot hardlink {src} into {dst.parent}: {_WHY_COPY[e.errno]}; snapshot files are "
+                          "copied instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
+    shutil.copyfile(src, dst)
+    os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
 
 
 def make_writable_tree(path: Path) -> None:
-    """Give the owner write permission on every directory below ``path`` so it can be removed."""
+    """Give the owner write permission on every directory below ``path`` that this process cannot write,
+    so it can be removed (PermissionError: a read-only directory of another user)."""
     for dirpath, dirnames, _ in os.walk(path):
         for d in [dirpath, *(os.path.join(dirpath, n) for n in dirnames)]:
+            if os.access(d, os.W_OK | os.X_OK):
+                continue
             try:
                 os.chmod(d, 0o755)
             except FileNotFoundError:
                 pass
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree, including read-only snapshot directories."""
+TRASH = ".trash-"
+
+
+def remove_tree(path: Path, *, move_aside: bool = True) -> bool:
+    """Remove a directory tree, including read-only snapshot directories; False if it was moved aside.
+
+    In a shared cache a read-only tree another user made cannot be opened up by this one (only an owner
+    may chmod): it is renamed to a ``.trash-`` name beside it, which needs only its parent to be
+    writable, and is removed by its owner's next ``cas verify``.  ``move_aside=False`` raises instead."""
     if not os.path.lexists(path):
-        return
-    make_writable_tree(path)
+        return True
+    try:
+        make_writable_tree(path)
+    except PermissionError:
+        if not move_aside:
+            raise
+        os.rename(path, path.parent / temp_name(TRASH))
+        return False
     shutil.rmtree(path, ignore_errors=False)
+    return True

@@ -16,6 +16,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from .fsutil import make_dirs, open_shared
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -33,8 +35,8 @@ def hold(lock_dir: str, root: str) -> None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         try:
-            os.makedirs(lock_dir, exist_ok=True)
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            make_dirs(lock_dir)
+            fd = open_shared(path, os.O_RDONLY)
         except OSError:
             return  # a read-only cache: nothing can remove the snapshot either
     except OSError:
@@ -53,8 +55,8 @@ def unused(lock_dir: str, root: str) -> Iterator[bool]:
     own = _held.pop(path, None)
     if own is not None:  # this process's own lease never stops it removing a model
         os.close(own)
-    os.makedirs(lock_dir, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    make_dirs(lock_dir)
+    fd = open_shared(path, os.O_RDONLY)  # flock needs no write access: another user's lease file will do
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

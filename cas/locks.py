@@ -9,10 +9,12 @@ import costs ~60 ms, which the warm path of a descriptor must not pay.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CacheBusy
+from .fsutil import make_dirs, open_shared
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -22,7 +24,8 @@ def locked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
     """Hold an exclusive (or shared) lock on ``path`` for the duration of the block."""
     import portalocker
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
+    os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache, before portalocker opens it
     flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
     lock = portalocker.Lock(
         str(path), mode="a", timeout=timeout, check_interval=0.02, flags=flags | portalocker.LockFlags.NON_BLOCKING

@@ -35,7 +35,7 @@ from . import ref as refs
 from .digest import chunk_id
 from .errors import CasError, CorruptObject, NotFound, RepoError
 from .fetch import Parts, Range, Target, Workers, fetch, new_part, plan, read_done, worker_count
-from .fsutil import temp_name
+from .fsutil import make_dirs, temp_name
 from .prefixhash import PrefixHasher
 from .ref import ModelInfo
 from .repo.backend import Backend, open_backend
@@ -206,7 +206,7 @@ async def _push(cache: Cache, info: ModelInfo, backend: Backend, progress: Progr
 async def _known_chunks(cache: Cache, backend: Backend) -> dict[bytes, Location]:
     """Every chunk the repository holds, from its pack indexes (cached on this host by pack id)."""
     local = cache.root / "remotes" / hashlib.sha256(backend.url.encode()).hexdigest()[:16] / "packs"
-    local.mkdir(parents=True, exist_ok=True)
+    make_dirs(local)
     known: dict[bytes, Location] = {}
     for key in await backend.list("packs/"):
         if not key.endswith(".idx"):
@@ -219,6 +219,7 @@ async def _known_chunks(cache: Cache, backend: Backend) -> dict[bytes, Location]
             data = await backend.get(key)
             tmp = local / temp_name(".idx-")
             tmp.write_bytes(data)
+            os.chmod(tmp, 0o444)  # read by the other users of a shared cache
             os.replace(tmp, cached)
         _, entries = decode_index(data)
         for e in entries:
@@ -366,7 +367,7 @@ async def _assemble(
     workers: Workers | None,
 ) -> tuple[int, int]:
     work = cache.root / "tmp" / "pull"
-    work.mkdir(parents=True, exist_ok=True)
+    make_dirs(work)
     wanted: dict[bytes, list[Target]] = defaultdict(list)
     raw_len: dict[bytes, int] = {}
     layout: dict[str, list[tuple[int, int]]] = {}  # part file: its chunks (offset, length) in order

@@ -18,7 +18,7 @@ from . import leases
 from . import ref as refs
 from .digest import hash_file
 from .errors import CasError
-from .fsutil import pid_alive, pid_of_temp, remove_tree
+from .fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
 from .ref import ModelInfo
 from .tree import Tree
 
@@ -212,6 +212,8 @@ def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, r
         if p.name.startswith(".tmp-"):
             if not _owner_alive(p.name[len(".tmp-") :]):
                 found.append(p)
+        elif p.name.startswith(TRASH):
+            _remove_trash(p, report, repair)
         elif p.name not in trees:
             with leases.unused(str(cache.root / "locks"), p.name) as free:
                 if not free:
@@ -230,6 +232,20 @@ def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, r
         if repair:
             remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             report.repaired.append(f"removed orphan {p}")
+
+
+def _remove_trash(p: Path, report: VerifyReport, repair: bool) -> None:
+    """A snapshot another user's ``cas rm`` moved aside (see ``fsutil.remove_tree``): only its owner can remove it."""
+    if not repair:
+        report.orphaned.append(str(p))
+        return
+    try:
+        remove_tree(p, move_aside=False)
+    except PermissionError:
+        report.orphaned.append(f"{p} (made by another user of this shared cache: their cas verify removes it)")
+        return
+    report.orphaned.append(str(p))
+    report.repaired.append(f"removed orphan {p}")
 
 
 def _owner_alive(temp: str) -> bool:

@@ -86,7 +86,7 @@ class ResolvedModel:
                 f"{self.tag} resolved to root {here.root[:12]} here but to {self.root[:12]} in the process that "
                 "sent this object: two different models are stored under one version; remove one of them"
             )
-        return here._directory()
+        return os.fspath(here)
 
     def __fspath__(self) -> str:
         return self._directory()
@@ -244,8 +244,8 @@ class Model:
 
     def pinned(self, tag: str) -> Model:
         """This declaration for one concrete version of its model (what a resolved instance carries)."""
-        model = Model(tag, cache=self._cache, remote=self._remote)
-        model._attr, model._owner = self._attr, self._owner
+        model = Model.__new__(Model)
+        model.__setstate__({**self.__getstate__(), "tag": tag, "_refresh": False})
         return model
 
     def __getstate__(self) -> dict[str, Any]:
