@@ -135,6 +135,12 @@ def sections(r: dict) -> list[str]:
             (f"(e) cold pull of {_mb(lat['cold_pull']['bytes'])} through the descriptor",
              f"{_med(lat['cold_pull']['seconds'])} s", "-"),
         ]  # fmt: skip
+        cold = lat["cold_pull"]
+        for label, key in (("attribute read inside a running loop", "in_loop_seconds"),
+                           ("`await aresolve()` inside a running loop", "aresolve_seconds")):  # fmt: skip
+            if key in cold:
+                ratio = cold[key]["median"] / cold["seconds"]["median"]
+                rows.append((f"(e) the same, {label}", f"{_med(cold[key])} s", f"{ratio:.2f}x the plain access"))
         if lat.get("bentoml"):
             b = lat["bentoml"]
             times = f"{b['first_access_us']['median']:.0f} / {b['models_get_us']['median']:.0f} µs"

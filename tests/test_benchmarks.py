@@ -25,6 +25,9 @@ def test_quick_benchmarks_write_a_report_with_every_scenario(tmp_path):
     tuned, other = results["dedup"]["10% of tensors changed"], results["dedup"]["unrelated model"]
     assert 0 < tuned["raw_moved"] < 0.2 * tuned["whole_file_bytes"]  # chunks, not files, cross the network
     assert other["raw_moved"] > 0.9 * other["size"]  # nothing to share with an unrelated model
+    cold = results["latency"]["cold_pull"]
+    assert {"seconds", "in_loop_seconds", "aresolve_seconds"} <= set(cold)  # first access inside a running loop
+    assert "inside a running loop" in report
     racing = results["racing"]
     assert racing["counts"]
     assert racing["pack_bytes_one_pull"] == racing["pack_bytes_pushed"]  # one service fetches the packs once
