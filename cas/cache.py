@@ -402,7 +402,7 @@ class Cache:
     # -- resolving: the policy the descriptor and services use -----------------
 
     def resolve(
-        self, tag: str, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+        self, tag: str | tags.Tag, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
     ) -> ModelInfo:
         """The model to use for ``tag``: the local one when there is one (no network), else pulled.
 
@@ -419,7 +419,7 @@ class Cache:
         return privateloop.run(lambda: self._resolve_remotely(tag, url, refresh))
 
     async def aresolve(
-        self, tag: str, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+        self, tag: str | tags.Tag, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
     ) -> ModelInfo:
         """``resolve`` for async code: a pull runs on a loop of its own, and the task can be cancelled."""
         import asyncio
@@ -432,7 +432,7 @@ class Cache:
         return await privateloop.run_async(lambda: self._resolve_remotely(tag, url, refresh))
 
     def _resolve_locally(
-        self, tag: str, remote: str | None, refresh: bool, offline: bool | None
+        self, tag: str | tags.Tag, remote: str | None, refresh: bool, offline: bool | None
     ) -> tuple[ModelInfo | None, str]:
         """The local model to use, or None and the repository to pull it from."""
         t = tags.parse(tag)
@@ -450,7 +450,7 @@ class Cache:
                 raise
         return None, url
 
-    async def _resolve_remotely(self, tag: str, url: str, refresh: bool) -> ModelInfo:
+    async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool) -> ModelInfo:
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name."""
         from .sync import pull_here
 

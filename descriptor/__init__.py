@@ -107,13 +107,22 @@ class ResolvedModel:
 
 
 class _Pending:
-    """A resolution in progress that other threads and tasks wait for."""
+    """A resolution in progress that other threads and tasks wait for (a held lock: cheaper than an Event,
+    and the first access of every service makes one)."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("_running", "error")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._running = threading.Lock()
+        self._running.acquire()
         self.error: Exception | None = None
+
+    def wait(self) -> None:
+        with self._running:
+            pass
+
+    def done(self) -> None:
+        self._running.release()
 
 
 class Model:
@@ -130,7 +139,8 @@ class Model:
         """``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not in the cache;
         ``refresh=True`` asks it for its newest version first, falling back to the local one
         with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network."""
-        self.tag = str(parse(tag))  # a bad tag fails when the class is defined
+        self._tag = parse(tag)  # a bad tag fails when the class is defined
+        self.tag = str(self._tag)
         self._cache = cache
         self._remote = remote
         self._refresh = refresh
@@ -165,7 +175,7 @@ class Model:
             if mine:
                 self._run(pending)
             else:
-                pending.done.wait()
+                pending.wait()
                 if pending.error is not None:
                     raise pending.error
         return self._resolved
@@ -182,7 +192,7 @@ class Model:
             if mine:  # all of it off this loop, settled from there: a sync reader on this loop may wait for it
                 await privateloop.run_async(lambda p=pending: self._arun(p))
             else:
-                await asyncio.to_thread(pending.done.wait)
+                await asyncio.to_thread(pending.wait)
                 if pending.error is not None:
                     raise pending.error
         return self._resolved
@@ -198,7 +208,7 @@ class Model:
     def _run(self, pending: _Pending) -> None:
         try:
             cache = self._cache_here()
-            info = cache.resolve(self.tag, remote=self._remote, refresh=self._refresh)
+            info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh)
             resolved = ResolvedModel(self._materialize(cache, info), info, self)
         except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
             raise self._finish(pending, None, e) from None
@@ -208,7 +218,7 @@ class Model:
         """``_run`` on a private loop: blocking calls are fine here, and the pull can be cancelled."""
         try:
             cache = self._cache_here()
-            info = await cache.aresolve(self.tag, remote=self._remote, refresh=self._refresh)
+            info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh)
             resolved = ResolvedModel(self._materialize(cache, info), info, self)
         except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
             raise self._finish(pending, None, e) from None
@@ -223,7 +233,7 @@ class Model:
             self._resolved = resolved
             self._pending = None
         pending.error = error if isinstance(error, Exception) else None
-        pending.done.set()
+        pending.done()
         return error  # type: ignore[return-value]
 
     @staticmethod
@@ -254,6 +264,7 @@ class Model:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._tag = parse(self.tag)
         self._reset()
 
     def __repr__(self) -> str:
