@@ -437,15 +437,16 @@ class Cache:
         """The local model to use, or None and the repository to pull it from."""
         t = tags.parse(tag)
         url = remote or os.environ.get("CAS_REMOTE") or ""
-        if offline is None:
-            offline = os.environ.get("CAS_OFFLINE", "") not in ("", "0")
-        if refresh and url and not offline:
+        why_offline = "offline=True" if offline else ""
+        if offline is None and os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
+            why_offline = "CAS_OFFLINE is set"
+        if refresh and url and not why_offline:
             return None, url
         try:
             return self.get(t), ""
         except NotFound as e:
-            if offline:
-                raise NotFound(f"{e} (CAS_OFFLINE is set, so it was not pulled)") from None
+            if why_offline:
+                raise NotFound(f"{e} ({why_offline}, so it was not pulled)") from None
             if not url:
                 raise
         return None, url

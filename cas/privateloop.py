@@ -67,9 +67,18 @@ class _Job:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         # A daemon thread: an interpreter exiting mid-pull is not held up (its fetch workers see their pipe close).
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(factory),), name="cas-loop", daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, args=(factory,), name="cas-loop", daemon=True)
         self._thread.start()
         self._started.wait()
+
+    def _thread_main(self, factory: Factory[Any]) -> None:
+        try:
+            asyncio.run(self._main(factory))
+        except BaseException as e:  # noqa: BLE001 - the loop itself failed: the caller raises it
+            if not self.future.done():
+                self.future.set_exception(e)
+        finally:
+            self._started.set()
 
     async def _main(self, factory: Factory[Any]) -> None:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
@@ -84,8 +93,12 @@ class _Job:
             self.future.set_result(result)
 
     def cancel(self) -> None:
-        assert self._loop is not None and self._task is not None
-        self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._loop is None or self._task is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        except RuntimeError:  # the loop has closed: the work has ended already
+            pass
 
     def wait(self) -> Any:
         """The result, blocking; an interrupt while waiting (Ctrl-C in a notebook) cancels the work first."""

@@ -58,6 +58,12 @@ class ResolvedModel:
         return self.info.tag
 
     @property
+    def declaration(self) -> Model | None:
+        """The ``Model`` this was resolved from; after travelling to another process, that model pinned
+        to this concrete version (what resolves it there)."""
+        return self._source
+
+    @property
     def root(self) -> str:
         """The root hash of the model's tree."""
         return self.info.root
@@ -291,8 +297,8 @@ def _declarations(obj_or_cls: Any) -> dict[str, Model]:
     carried = getattr(obj_or_cls, "__dict__", {}) if not isinstance(obj_or_cls, type) else {}
     for name in models:
         resolved = carried.get(name)
-        if isinstance(resolved, ResolvedModel) and resolved._source is not None:
-            models[name] = resolved._source
+        if isinstance(resolved, ResolvedModel) and resolved.declaration is not None:
+            models[name] = resolved.declaration
     return models
 
 
