@@ -93,11 +93,6 @@ def run_with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurre
     return privateloop.run(lambda: with_backend(work, url, concurrency))
 
 
-async def arun_with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
-    """Await ``work(backend)`` run on a private loop in another thread; cancelling it stops the work."""
-    return await privateloop.run_async(lambda: with_backend(work, url, concurrency))
-
-
 async def with_backend(work: Callable[[Backend], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
     """Run ``work(backend)`` on the running loop with a backend for ``url``, closed afterwards."""
     backend = open_backend(url, token=token(), concurrency=concurrency)
@@ -159,7 +154,7 @@ async def apush(cache: Cache, tag: str, remote: str | None = None, *, progress: 
     """``push`` for async code: runs on a loop of its own thread, so the caller's loop keeps serving."""
     info = cache.get(tag)
     url = remote_url(remote)
-    return await arun_with_backend(lambda backend: _push(cache, info, backend, progress), url)
+    return await privateloop.run_async(lambda: with_backend(lambda backend: _push(cache, info, backend, progress), url))
 
 
 async def _push(cache: Cache, info: ModelInfo, backend: Backend, progress: Progress | None) -> SyncStats:
@@ -306,7 +301,7 @@ def pull(
 ) -> SyncStats:
     """Fetch a model from a repository into the cache (only what no local file holds) and record it."""
     url = remote_url(remote)
-    return run_with_backend(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+    return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
 
 
 async def apull(
@@ -321,7 +316,7 @@ async def apull(
 
     Cancelling the awaiting task stops the pull once it has unwound; what it verified is kept for the next pull."""
     url = remote_url(remote)
-    return await arun_with_backend(lambda backend: _pull(cache, tag, backend, concurrency, progress), url, concurrency)
+    return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
 
 
 async def pull_here(
