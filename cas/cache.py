@@ -147,6 +147,12 @@ class Cache:
 
         return locked(self.root / "locks" / name, shared=shared)
 
+    def _alock(self, name: str, *, shared: bool = False):
+        """``_lock`` for coroutines on a private loop: a cancelled task stops waiting."""
+        from .locks import alocked
+
+        return alocked(self.root / "locks" / name, shared=shared)
+
     def _objects_lock(self, *, shared: bool):
         """Shared by writers of objects, exclusive for pruning, so a prune never
         removes a blob that an ingest in progress is about to reference."""
@@ -436,6 +442,9 @@ class Cache:
     ) -> tuple[ModelInfo | None, str]:
         """The local model to use, or None and the repository to pull it from."""
         t = tags.parse(tag)
+        if not refresh:
+            with contextlib.suppress(NotFound):
+                return self.get(t), ""  # the warm path: nothing else is read
         url = remote or os.environ.get("CAS_REMOTE") or ""
         why_offline = "offline=True" if offline else ""
         if offline is None and os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
@@ -452,22 +461,24 @@ class Cache:
         return None, url
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool) -> ModelInfo:
-        """Pull ``tag`` on the running (private) loop, one process of this host at a time per name."""
+        """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
+        a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
         from .sync import pull_here
 
         t = tags.parse(tag)
-        with self._writing(str(t), f"'cas pull {t}'"), self._lock(f"resolve-{t.name}"):
-            if not refresh:
-                with contextlib.suppress(NotFound):
-                    return self.get(t)  # pulled by another process while this one waited
-            try:
-                return (await pull_here(self, str(t), url)).info
-            except CasError as e:
-                if refresh:
-                    return self._refresh_failed(t, url, e)
-                if isinstance(e, (NotFound, CacheNotWritable)):
-                    raise
-                raise type(e)(f"could not pull {t} from {url}: {e}") from None
+        try:
+            with self._writing(str(t), f"'cas pull {t}'"):
+                async with self._alock(f"resolve-{t.name}"):
+                    if not refresh:
+                        with contextlib.suppress(NotFound):
+                            return self.get(t)  # pulled by another process while this one waited
+                    return (await pull_here(self, str(t), url)).info
+        except CasError as e:
+            if refresh:
+                return self._refresh_failed(t, url, e)
+            if isinstance(e, (NotFound, CacheNotWritable)):
+                raise
+            raise type(e)(f"could not pull {t} from {url}: {e}") from None
 
     def _refresh_failed(self, t: tags.Tag, url: str, error: CasError) -> ModelInfo:
         try:
@@ -479,17 +490,19 @@ class Cache:
 
     @contextlib.contextmanager
     def _writing(self, tag: str, remedy: str) -> Iterator[None]:
-        """Turn a refused write (a read-only volume, another user's files) into one clear error."""
+        """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
+        error; a refused access elsewhere (a repository folder) is not the cache's."""
         try:
             yield
         except OSError as e:
             if isinstance(e, CasError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            where = f" ({e.filename})" if e.filename else ""
+            if not os.path.abspath(os.fspath(e.filename or "")).startswith(self._root + os.sep):
+                raise
             raise CacheNotWritable(
-                f"the cache at {self.root} is not writable by this process: {e.strerror}{where}; {tag} needs "
-                f"a write there: run {remedy} as the cache's owner when provisioning, or set CAS_HOME to a "
-                "cache this user can write"
+                f"the cache at {self.root} is not writable by this process: {e.strerror} ({e.filename}); {tag} "
+                f"needs a write there: run {remedy} as the cache's owner when provisioning, or use a cache this "
+                "user can write (CAS_HOME, or cache= in Python)"
             ) from None
 
     def _publish_pulled(self, part: Path, file_id: bytes, executable: bool) -> None:

@@ -4,11 +4,12 @@ Everything is written under a unique temporary name and moved into place,
 so a crash leaves at worst an orphaned temporary, never a half-written
 object under its real name.
 
-A cache whose root is group-writable (``chmod 2775``, as git's
+A cache whose root is group-writable and setgid (``chmod 2775``, as git's
 ``core.sharedRepository=group``) is shared by the users of that group: a
-directory made inside a group-writable one takes its mode, and a file that
-others must write later (locks, leases, part files, the chunk index) is
-made group-writable, whatever the umask of the process that creates them.
+directory made inside such a one is made group-writable and setgid too, and
+a file that others must write later (locks, leases, part files, the chunk
+index) is made group-writable, whatever the umask of the process that
+creates them.  Nothing is ever made writable by others than the group.
 """
 
 from __future__ import annotations
@@ -68,33 +69,42 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_SHARED = stat.S_ISGID | stat.S_IWGRP  # a directory a group shares: group-writable, new entries in its group
+
+
+def _shared(directory: str) -> bool:
+    return os.stat(directory).st_mode & _SHARED == _SHARED
+
+
 def make_dirs(path: str | os.PathLike[str]) -> None:
-    """``mkdir -p``; a directory made inside a group-writable one gets that one's mode (a shared cache)."""
-    path = os.fspath(path)
+    """``mkdir -p``; a directory made inside a shared one (see above) is shared too."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
     try:
         os.mkdir(path)
     except FileExistsError:
         return
     except FileNotFoundError:
-        make_dirs(os.path.dirname(path))
+        if parent == path:
+            raise
+        make_dirs(parent)
         try:
             os.mkdir(path)
         except FileExistsError:
             return
-    parent = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
-    if parent & stat.S_IWGRP:
-        os.chmod(path, parent)
+    if _shared(parent):
+        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRWXG | stat.S_ISGID)
 
 
 def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
-    """``os.open`` with ``O_CREAT``; a file this process owns in a group-writable directory is made
-    group-readable and -writable, so the group's other users can lock, resume or update it."""
+    """``os.open`` with ``O_CREAT``; a file this process owns in a shared directory is made group-readable
+    and -writable, so the group's other users can lock, resume or update it."""
     fd = os.open(path, flags | os.O_CREAT, mode)
     try:
         st = os.fstat(fd)
-        if st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWGRP:
-            if os.stat(os.path.dirname(os.path.abspath(path))).st_mode & stat.S_IWGRP:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP)
+        mine_and_private = st.st_uid == os.geteuid() and not st.st_mode & stat.S_IWGRP
+        if mine_and_private and _shared(os.path.dirname(os.path.abspath(path))):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRGRP | stat.S_IWGRP)
     except BaseException:
         os.close(fd)
         raise
@@ -150,29 +160,35 @@ def publish(tmp: Path, path: Path) -> bool:
     return True
 
 
-_COPY_WARNED: set[int] = set()  # errnos already explained to this process
-_WHY_COPY = {
-    errno.EXDEV: "the snapshots are on another filesystem than the blobs",
-    errno.EPERM: "the blob belongs to another user and this system forbids hardlinking other users' files "
-    "(fs.protected_hardlinks); materialize models as the user who stored or pulled them to share their inodes",
-}
+_COPY_WARNED: set[str] = set()  # reasons already given in this process
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hardlink ``src`` at ``dst``; where the system refuses the link (another filesystem, another user's
-    file in a shared cache), copy it and warn once."""
+    file in a shared cache, a filesystem without hardlinks), copy it and warn once."""
     try:
         os.link(src, dst)
         return
     except OSError as e:
-        if e.errno not in _WHY_COPY:
-            raise
-        if e.errno not in _COPY_WARNED:
-            _COPY_WARNED.add(e.errno)
-            warnings.warn(f"cas: cannot hardlink {src} into {dst.parent}: {_WHY_COPY[e.errno]}; snapshot files are "
-                          "copied instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
+        why = _why_no_link(e, src)
+        if why not in _COPY_WARNED:
+            _COPY_WARNED.add(why)
+            warnings.warn(f"cas: cannot hardlink {src} into {dst.parent}: {why}; snapshot files are copied "
+                          "instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
     shutil.copyfile(src, dst)
     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
+
+
+def _why_no_link(e: OSError, src: Path) -> str:
+    """Why a hardlink was refused, for the warning; re-raises a failure a copy would not get around."""
+    if e.errno == errno.EXDEV:
+        return "the snapshots are on another filesystem than the blobs"
+    if e.errno == errno.EPERM and os.stat(src).st_uid != os.geteuid():
+        return ("the blob belongs to another user and this system forbids hardlinking other users' files "
+                "(fs.protected_hardlinks); materialize models as the user who stored or pulled them")  # fmt: skip
+    if e.errno in (errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+        return f"this filesystem refuses the link ({e.strerror})"
+    raise e
 
 
 def make_writable_tree(path: Path) -> None:

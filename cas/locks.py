@@ -2,7 +2,9 @@
 
 Locks only avoid duplicate work (two processes materializing the same
 snapshot) and keep a prune from racing an ingest; correctness never rests on
-them alone.  portalocker is imported only when a lock is really taken: its
+them alone.  ``locked`` waits in this thread; ``alocked`` waits with
+``asyncio.sleep``, so a task waiting for another process's pull can be
+cancelled.  portalocker is imported only when a lock is really taken: its
 import costs ~60 ms, which the warm path of a descriptor must not pay.
 """
 
@@ -10,34 +12,75 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from .errors import CacheBusy
 from .fsutil import make_dirs, open_shared
 
 DEFAULT_TIMEOUT = 600.0
+POLL = 0.02  # seconds between attempts on a held lock
 
 
 @contextlib.contextmanager
 def locked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive (or shared) lock on ``path`` for the duration of the block."""
-    import portalocker
-
-    make_dirs(path.parent)
-    os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache, before portalocker opens it
-    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
-    lock = portalocker.Lock(
-        str(path), mode="a", timeout=timeout, check_interval=0.02, flags=flags | portalocker.LockFlags.NON_BLOCKING
-    )
-    try:
-        lock.acquire()
-    except portalocker.LockException:
-        raise CacheBusy(
-            f"another process has held {path} for over {timeout:.0f}s; "
-            "if no cas process is running, delete that lock file and retry"
-        ) from None
+    deadline = time.monotonic() + timeout
+    while (held := _try_lock(path, shared)) is None:
+        _check_deadline(path, deadline, timeout)
+        time.sleep(POLL)
     try:
         yield
     finally:
-        lock.release()
+        _unlock(held)
+
+
+@contextlib.asynccontextmanager
+async def alocked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[None]:
+    """``locked`` for a coroutine: the task can be cancelled while it waits."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while (held := _try_lock(path, shared)) is None:
+        _check_deadline(path, deadline, timeout)
+        await asyncio.sleep(POLL)
+    try:
+        yield
+    finally:
+        _unlock(held)
+
+
+def _try_lock(path: Path, shared: bool) -> IO[Any] | None:
+    """The open lock file, locked; None while another process holds it."""
+    import portalocker
+
+    make_dirs(path.parent)
+    os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache, before it is opened to lock
+    handle = open(path, "a")  # kept open while the lock is held
+    flags = portalocker.LockFlags.SHARED if shared else portalocker.LockFlags.EXCLUSIVE
+    try:
+        portalocker.lock(handle, flags | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.LockException:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _unlock(handle: IO[Any]) -> None:
+    import portalocker
+
+    portalocker.unlock(handle)
+    handle.close()
+
+
+def _check_deadline(path: Path, deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise CacheBusy(
+            f"another process has held {path} for over {timeout:.0f}s; "
+            "if no cas process is running, delete that lock file and retry"
+        )

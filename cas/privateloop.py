@@ -23,6 +23,8 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from .errors import CasError
+
 T = TypeVar("T")
 Factory = Callable[[], Coroutine[Any, Any, T]]
 
@@ -66,6 +68,7 @@ class _Job:
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False  # by the caller; a cancellation from inside the work is its failure
         # A daemon thread: an interpreter exiting mid-pull is not held up (its fetch workers see their pipe close).
         self._thread = threading.Thread(target=self._thread_main, args=(factory,), name="cas-loop", daemon=True)
         self._thread.start()
@@ -85,14 +88,19 @@ class _Job:
         self._started.set()
         try:
             result = await factory()
-        except asyncio.CancelledError:
-            self.future.cancel()
+        except asyncio.CancelledError as e:
+            if self._cancelled:
+                self.future.cancel()
+            else:
+                self.future.set_exception(CasError(f"cas: the work was cancelled from inside ({e or 'no reason'})"))
         except BaseException as e:  # noqa: BLE001 - handed to the waiting caller, which raises it
             self.future.set_exception(e)
         else:
             self.future.set_result(result)
 
     def cancel(self) -> None:
+        """Ask the work to stop: its task is cancelled at its next await, and unwinds from there."""
+        self._cancelled = True
         if self._loop is None or self._task is None:
             return
         try:

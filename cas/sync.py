@@ -201,7 +201,6 @@ async def _push(cache: Cache, info: ModelInfo, backend: Backend, progress: Progr
 async def _known_chunks(cache: Cache, backend: Backend) -> dict[bytes, Location]:
     """Every chunk the repository holds, from its pack indexes (cached on this host by pack id)."""
     local = cache.root / "remotes" / hashlib.sha256(backend.url.encode()).hexdigest()[:16] / "packs"
-    make_dirs(local)
     known: dict[bytes, Location] = {}
     for key in await backend.list("packs/"):
         if not key.endswith(".idx"):
@@ -212,14 +211,23 @@ async def _known_chunks(cache: Cache, backend: Backend) -> dict[bytes, Location]
             data = cached.read_bytes()
         else:
             data = await backend.get(key)
-            tmp = local / temp_name(".idx-")
-            tmp.write_bytes(data)
-            os.chmod(tmp, 0o444)  # read by the other users of a shared cache
-            os.replace(tmp, cached)
+            _keep_index(local, cached, data)
         _, entries = decode_index(data)
         for e in entries:
             known.setdefault(e.chunk_id, Location(pack_id, e.offset, e.length))
     return known
+
+
+def _keep_index(local: Path, cached: Path, data: bytes) -> None:
+    """Keep a pack index for the next push; best effort: a cache this user cannot write still pushes."""
+    try:
+        make_dirs(local)
+        tmp = local / temp_name(".idx-")
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o444)  # read by the other users of a shared cache
+        os.replace(tmp, cached)
+    except OSError:
+        pass
 
 
 async def _upload_packs(
@@ -334,8 +342,8 @@ async def _pull(cache: Cache, tag: str, backend: Backend, concurrency: int, prog
     if tree.size != info.size or len(tree.files) != info.file_count:
         raise CorruptObject(f"{info.tag} in {backend.url}: its ref and its tree disagree on size or file count")
     fetched = reused = 0
-    # One pull per root at a time on this host: racers wait, then find the blobs there.
-    with cache._objects_lock(shared=True), cache._lock(f"pull-{info.root}"):
+    # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
+    async with cache._alock("objects", shared=True), cache._alock(f"pull-{info.root}"):
         missing = [f for f in tree.files if not cache._blob_path(f.file_id, f.executable).exists()]
         if missing:
             count = worker_count(sum(f.size for f in missing))

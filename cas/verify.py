@@ -213,7 +213,7 @@ def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, r
             if not _owner_alive(p.name[len(".tmp-") :]):
                 found.append(p)
         elif p.name.startswith(TRASH):
-            _remove_trash(p, report, repair)
+            found.append(p)
         elif p.name not in trees:
             with leases.unused(str(cache.root / "locks"), p.name) as free:
                 if not free:
@@ -228,24 +228,20 @@ def _check_orphans(cache: Cache, trees: dict[str, Tree], report: VerifyReport, r
         if not _owner_alive(p.name):
             found.append(p)
     for p in found:
-        report.orphaned.append(str(p))
-        if repair:
-            remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-            report.repaired.append(f"removed orphan {p}")
+        _remove_orphan(p, report, repair)
 
 
-def _remove_trash(p: Path, report: VerifyReport, repair: bool) -> None:
-    """A snapshot another user's ``cas rm`` moved aside (see ``fsutil.remove_tree``): only its owner can remove it."""
-    if not repair:
-        report.orphaned.append(str(p))
-        return
-    try:
-        remove_tree(p, move_aside=False)
-    except PermissionError:
-        report.orphaned.append(f"{p} (made by another user of this shared cache: their cas verify removes it)")
-        return
+def _remove_orphan(p: Path, report: VerifyReport, repair: bool) -> None:
+    """Remove what no ref needs; in a shared cache, what only its owner can remove (a read-only snapshot
+    another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``) stays for the owner's verify."""
+    if repair:
+        try:
+            remove_tree(p, move_aside=False) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        except PermissionError:
+            report.orphaned.append(f"{p} (another user's, in this shared cache: their cas verify removes it)")
+            return
+        report.repaired.append(f"removed orphan {p}")
     report.orphaned.append(str(p))
-    report.repaired.append(f"removed orphan {p}")
 
 
 def _owner_alive(temp: str) -> bool:

@@ -127,6 +127,13 @@ class _Pending:
         with self._running:
             pass
 
+    async def await_done(self) -> None:
+        """Wait without taking a thread from the loop's executor: a pull can take minutes."""
+        import asyncio
+
+        while self._running.locked():
+            await asyncio.sleep(0.02)
+
     def done(self) -> None:
         self._running.release()
 
@@ -189,16 +196,18 @@ class Model:
     async def aresolve(self) -> ResolvedModel:
         """``resolve`` for async code (``await Service.model.aresolve()``): the event loop keeps serving
         while the model is pulled, and cancelling the task stops the pull, keeping what it verified."""
-        import asyncio
-
         from cas import privateloop
 
         while self._resolved is None:
             pending, mine = self._claim()
             if mine:  # all of it off this loop, settled from there: a sync reader on this loop may wait for it
-                await privateloop.run_async(lambda p=pending: self._arun(p))
+                try:
+                    await privateloop.run_async(lambda p=pending: self._arun(p))
+                except BaseException as e:
+                    self._abandon(pending, e)
+                    raise
             else:
-                await asyncio.to_thread(pending.wait)
+                await pending.await_done()
                 if pending.error is not None:
                     raise pending.error
         return self._resolved
@@ -212,6 +221,7 @@ class Model:
             return self._pending, True
 
     def _run(self, pending: _Pending) -> None:
+        """Resolve here, in the calling thread, and settle ``pending`` with the outcome."""
         try:
             cache = self._cache_here()
             info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh)
@@ -229,6 +239,13 @@ class Model:
         except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
             raise self._finish(pending, None, e) from None
         self._finish(pending, resolved, None)
+
+    def _abandon(self, pending: _Pending, error: BaseException) -> None:
+        """Settle ``pending`` if ``_arun`` never got to (its private loop could not start)."""
+        with self._lock:
+            if self._pending is not pending:
+                return
+        self._finish(pending, None, error)
 
     def _finish(self, pending: _Pending, resolved: ResolvedModel | None, error: BaseException | None) -> BaseException:
         """Publish the outcome; waiters raise the error, or retry themselves after a cancellation.
@@ -253,10 +270,8 @@ class Model:
         return Cache(self._cache) if self._cache is not None else default_cache()
 
     def _named(self, e: CasError) -> CasError:
-        """The error, naming the attribute and, when the message does not, the repository."""
-        remote = self._remote or os.environ.get("CAS_REMOTE")
-        where = f" (repository {remote})" if remote and remote not in str(e) else ""
-        return type(e)(f"{self._owner}.{self._attr}: {e}{where}")
+        """The error, naming the attribute (the cache's messages name the tag, and a pull's the repository)."""
+        return type(e)(f"{self._owner}.{self._attr}: {e}")
 
     def pinned(self, tag: str) -> Model:
         """This declaration for one concrete version of its model (what a resolved instance carries)."""

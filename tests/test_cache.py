@@ -472,3 +472,17 @@ def test_snapshots_on_another_filesystem_are_copies_with_one_warning(tmp_path, s
         assert cache.verify().ok
     finally:
         remove_tree(elsewhere)
+
+
+def test_a_cache_inside_a_world_writable_folder_is_not_made_world_writable(tmp_path, synthetic):
+    """Only a folder a group shares (setgid, group-writable) passes its group bits on; /tmp's 1777 is not one."""
+    public = tmp_path / "public"
+    public.mkdir()
+    os.chmod(public, 0o1777)
+    cache = Cache(public / "nested" / "cache")
+    cache.add(synthetic, "m:v1")
+    cache.materialize("m:v1")
+    for dirpath, dirs, _ in os.walk(public / "nested"):
+        for d in dirs:
+            mode = os.stat(os.path.join(dirpath, d)).st_mode
+            assert not mode & (stat.S_IWOTH | stat.S_ISVTX), f"{dirpath}/{d} is {stat.filemode(mode)}"

@@ -155,7 +155,8 @@ def test_asgi_app_under_uvicorn_stays_live_while_its_model_is_pulled(tmp_path, e
     waiter = threading.Thread(target=lambda: digest.update(answer=http("GET", base + "/digest", timeout=120)))
     waiter.start()
     probes, readiness = [], []
-    while True:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
         start = time.perf_counter()
         status, _ = http("GET", base + "/healthz")
         probes.append((time.perf_counter() - start, status, stats(slow)["pack_requests"]))
@@ -164,6 +165,7 @@ def test_asgi_app_under_uvicorn_stays_live_while_its_model_is_pulled(tmp_path, e
             break
         time.sleep(0.05)
     waiter.join(timeout=120)
+    assert readiness[-1][0] != 503, "the model was not ready within 3 minutes"
 
     during_pull = [(seconds, status) for seconds, status, requests in probes if requests > 0]
     assert len(during_pull) >= 10  # the pull lasted seconds and the probes ran all along

@@ -29,7 +29,7 @@ import pytest
 
 from cas import Cache
 
-from .conftest import IN_CI, REPO, published, tree_files
+from .conftest import IN_CI, REPO, TOKEN, published, tree_files
 
 NOBODY = 65534
 GROUP = 3000  # the group sharing a cache
@@ -116,6 +116,35 @@ def test_a_service_run_as_nobody_on_a_cache_root_filled(provisioned):
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     check_read_only_outcome(json.loads(out.stdout), cache, model, "Permission denied")
     assert listing(cache.root) == before  # nothing written, nothing half-made
+
+
+REFRESHING = """
+import sys, warnings, descriptor
+class Service:
+    model = descriptor.Model("ready:latest", refresh=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(Service().model.tag)
+print(*[w.message for w in caught], sep="\\n", file=sys.stderr)
+"""
+
+
+def test_refresh_on_a_cache_nobody_can_write_starts_on_the_local_version(provisioned):
+    """refresh=True needs a write (a lock, a pull); where it cannot have one it falls back like a repository down."""
+    cache, url, _ = provisioned
+    env = {**os.environ, "CAS_HOME": str(cache.root), "CAS_REMOTE": url}
+    out = run(as_user(NOBODY, NOBODY), sys.executable, "-c", REFRESHING, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ready:v1", out.stderr
+    assert "could not refresh ready:latest" in out.stderr and "not writable" in out.stderr
+
+
+def test_a_cache_nobody_can_write_still_pushes(provisioned):
+    """Pushing reads the cache; the pack indexes it would keep for the next push are skipped."""
+    cache, url, _ = provisioned
+    env = {**os.environ, "CAS_HOME": str(cache.root), "CAS_TOKEN": TOKEN}
+    out = run(as_user(NOBODY, NOBODY), sys.executable, "-m", "cas", "push", "ready:v1", "--remote", url, env=env)
+    assert out.returncode == 0, out.stderr
+    assert Cache(cache.root.parent / "elsewhere").pull("ready:v1", url).root == cache.get("ready:v1").root
 
 
 def test_a_service_on_a_read_only_volume(provisioned):

@@ -106,15 +106,22 @@ class FileBackend:
             ) from None
 
     async def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        try:
+            return self._path(key).exists()
+        except OSError as e:
+            raise RepoError(f"cannot read {self.url}/{key}: {e.strerror}") from None
 
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
 
     def _list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
-        if not base.is_dir():
-            return []
+        try:
+            if not base.is_dir():
+                return []
+            os.listdir(base)  # os.walk below would skip a folder it cannot read, silently
+        except OSError as e:
+            raise RepoError(f"cannot list {self.url}/{prefix}: {e.strerror}") from None
         out = []
         for dirpath, _, names in os.walk(base):
             for n in names:

@@ -30,7 +30,9 @@ models = Models()
 async def lifespan(app: Starlette):
     app.state.loading = asyncio.ensure_future(descriptor.aprefetch(models))  # the server starts serving now
     yield
-    app.state.loading.cancel()  # a shutdown mid-pull stops it; the next start resumes it
+    app.state.loading.cancel()  # a shutdown mid-pull stops it, once unwound; the next start resumes it
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await app.state.loading
 
 
 async def healthz(request: Request) -> JSONResponse:
