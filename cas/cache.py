@@ -417,12 +417,18 @@ class Cache:
         ``offline`` (default ``$CAS_OFFLINE``) never touches the network.  Processes of this host resolving
         one missing tag at once all end with the same version.  Works from any thread, loop or not.
         """
-        local, url = self._resolve_locally(tag, remote, refresh, offline)
-        if local is not None:
-            return local
+        t = tags.parse(tag)
+        if not refresh:
+            try:
+                return self.get(t)  # the warm path: nothing else is read
+            except NotFound:
+                pass
+        url = self._pull_from(t, remote, refresh, offline)
+        if not url:
+            return self.get(t)
         from . import privateloop
 
-        return privateloop.run(lambda: self._resolve_remotely(tag, url, refresh))
+        return privateloop.run(lambda: self._resolve_remotely(t, url, refresh))
 
     async def aresolve(
         self, tag: str | tags.Tag, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
@@ -432,33 +438,31 @@ class Cache:
 
         from . import privateloop
 
-        local, url = await asyncio.to_thread(self._resolve_locally, tag, remote, refresh, offline)
-        if local is not None:
-            return local
-        return await privateloop.run_async(lambda: self._resolve_remotely(tag, url, refresh))
-
-    def _resolve_locally(
-        self, tag: str | tags.Tag, remote: str | None, refresh: bool, offline: bool | None
-    ) -> tuple[ModelInfo | None, str]:
-        """The local model to use, or None and the repository to pull it from."""
         t = tags.parse(tag)
         if not refresh:
-            with contextlib.suppress(NotFound):
-                return self.get(t), ""  # the warm path: nothing else is read
+            try:
+                return await asyncio.to_thread(self.get, t)
+            except NotFound:
+                pass
+        url = self._pull_from(t, remote, refresh, offline)
+        if not url:
+            return await asyncio.to_thread(self.get, t)
+        return await privateloop.run_async(lambda: self._resolve_remotely(t, url, refresh))
+
+    def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None) -> str:
+        """The repository to pull ``t`` from, or "" to use the local version (a refresh with no repository
+        to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""
         why_offline = "offline=True" if offline else ""
         if offline is None and os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
             why_offline = "CAS_OFFLINE is set"
-        if refresh and url and not why_offline:
-            return None, url
-        try:
-            return self.get(t), ""
-        except NotFound as e:
-            if why_offline:
-                raise NotFound(f"{e} ({why_offline}, so it was not pulled)") from None
-            if not url:
-                raise
-        return None, url
+        if url and not why_offline:
+            return url
+        if refresh:
+            return ""
+        if why_offline:
+            raise NotFound(f"{self._not_found(str(t))} ({why_offline}, so it was not pulled)")
+        raise self._not_found(str(t))
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool) -> ModelInfo:
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
