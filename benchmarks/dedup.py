@@ -20,7 +20,6 @@ import numpy as np
 from benchmarks import synth
 from benchmarks.harness import reset
 from cas import Cache
-from cas.sync import pull, push
 
 
 def _file_hashes(model: Path) -> dict[str, tuple[str, int]]:
@@ -59,18 +58,18 @@ def run(work: Path, quick: bool) -> dict:
     base = models.pop("base")
     base_files = _file_hashes(base)
     base_info = src.add(base, "m:base")
-    pushed = push(src, "m:base", f"file://{base_repo}")
-    out: dict = {"base": {"size": base_info.size, "repo_bytes_added": pushed.bytes_fetched}}
+    pushed = src.push("m:base", f"file://{base_repo}")
+    out: dict = {"base": {"size": base_info.size, "repo_bytes_added": pushed.bytes_uploaded}}
     for i, (label, path) in enumerate(models.items()):
         tag = f"m:v{i}"
         info = src.add(path, tag)
         repo = work / "dedup-repo"
         shutil.copytree(base_repo, repo)  # a repository holding only the base
         url = f"file://{repo}"
-        stored = push(src, tag, url).bytes_fetched
+        stored = src.push(tag, url).bytes_uploaded
         host = Cache(work / "dedup-host", durable=False)
-        pull(host, "m:base", url)
-        stats = pull(host, tag, url)
+        host.pull("m:base", url)
+        stats = host.pull(tag, url)
         whole_file = sum(n for name, (h, n) in _file_hashes(path).items() if base_files.get(name, ("", 0))[0] != h)
         out[label] = {
             "size": info.size,

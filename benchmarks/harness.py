@@ -24,8 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from cas import Cache
-from cas.sync import SyncStats, push
+from cas import Cache, PushStats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -72,12 +71,12 @@ def reset(home: Path) -> None:
 TOKEN = "bench-token"
 
 
-def push_as_owner(cache: Cache, tag: str, url: str) -> SyncStats:
+def push_as_owner(cache: Cache, tag: str, url: str) -> PushStats:
     """Push in-process with the benchmark servers' write token, set for this call only."""
     old = os.environ.get("CAS_TOKEN")
     os.environ["CAS_TOKEN"] = TOKEN
     try:
-        return push(cache, tag, url)
+        return cache.push(tag, url)
     finally:
         if old is None:
             del os.environ["CAS_TOKEN"]

@@ -38,7 +38,7 @@ def run(work: Path, quick: bool) -> dict:
     try:
         src = Cache(work / "race-src", durable=False)
         src.add(model, "m:v1")
-        out["pack_bytes_pushed"] = push_as_owner(src, "m:v1", url).bytes_fetched
+        out["pack_bytes_pushed"] = push_as_owner(src, "m:v1", url).bytes_uploaded
         out["model_bytes"] = src.get("m:v1").size
         for n in counts:
             out["counts"][n] = _race(work / "race-home", url, n)

@@ -1,15 +1,23 @@
 """cas: a content-addressed artifact cache for ML models.
 
-The module-level functions act on the default cache (``$CAS_HOME``, else
-``~/.cache/cas``), like ``bentoml.models``; use ``Cache(root)`` for another.
+Everything a user or a test needs is importable from here: the cache, push
+and pull, listing and checking repositories, their result types and every
+error.  The module-level functions act on the default cache (``$CAS_HOME``,
+else ``~/.cache/cas``), like ``bentoml.models``; use ``Cache(root)`` for
+another.  Repository code (and with it asyncio, msgpack's streaming and
+zstandard) is imported only when a repository is used: ``import cas`` stays
+cheap for a service's warm path.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .cache import Cache, Staging, VerifyReport, default_root
+from .cache import Cache
 from .errors import (
     CacheBusy,
     CacheNotWritable,
@@ -21,7 +29,15 @@ from .errors import (
     NotFound,
     RepoError,
 )
+from .local.cache import Staging, default_root
+from .local.verify import VerifyReport
 from .ref import ModelInfo
+from .repo import CONCURRENCY
+
+if TYPE_CHECKING:
+    from .pull import PullStats
+    from .push import PushStats
+    from .repo.check import RepoReport
 
 __all__ = [
     "Cache",
@@ -34,21 +50,41 @@ __all__ = [
     "InvalidTag",
     "ModelInfo",
     "NotFound",
+    "PullStats",
+    "PushStats",
     "RepoError",
+    "RepoReport",
     "Staging",
     "VerifyReport",
     "add",
+    "check_repository",
     "create",
     "default_cache",
     "default_root",
     "delete",
     "get",
     "list",
+    "list_remote",
     "materialize",
+    "pull",
+    "push",
+    "resolve",
+    "verify",
 ]
 
+Progress = Callable[[int], None]
+_LAZY = {"PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check"}
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
+
+
+def __getattr__(name: str) -> Any:
+    """The result types of repository operations, imported when first named."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'cas' has no attribute {name!r}")
 
 
 def default_cache() -> Cache:
@@ -60,12 +96,16 @@ def default_cache() -> Cache:
     return _default
 
 
-def add(path: Any, tag: str, **kwargs: Any) -> ModelInfo:
-    return default_cache().add(path, tag, **kwargs)
+def add(path: str | os.PathLike[str], tag: str, *, labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None, progress: Progress | None = None) -> ModelInfo:  # fmt: skip
+    """Copy a directory or file into the default cache under ``tag``; see ``Cache.add``."""
+    return default_cache().add(path, tag, labels=labels, metadata=metadata, progress=progress)
 
 
-def create(name: str, **kwargs: Any):
-    return default_cache().create(name, **kwargs)
+def create(name: str, *, labels: dict[str, str] | None = None,
+           metadata: dict[str, Any] | None = None) -> AbstractContextManager[Staging]:  # fmt: skip
+    """Write a new model straight into the default cache; see ``Cache.create``."""
+    return default_cache().create(name, labels=labels, metadata=metadata)
 
 
 def get(tag: str) -> ModelInfo:
@@ -80,5 +120,39 @@ def delete(tag: str) -> list[ModelInfo]:
     return default_cache().delete(tag)
 
 
-def materialize(tag: str) -> Any:
+def materialize(tag: str) -> Path:
     return default_cache().materialize(tag)
+
+
+def verify(tag: str | None = None, *, repair: bool = True) -> VerifyReport:
+    return default_cache().verify(tag, repair=repair)
+
+
+def resolve(tag: str, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None) -> ModelInfo:
+    """The model a service should use for ``tag`` in the default cache; see ``Cache.resolve``."""
+    return default_cache().resolve(tag, remote=remote, refresh=refresh, offline=offline)
+
+
+def pull(tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
+         progress: Progress | None = None) -> PullStats:  # fmt: skip
+    """Fetch ``tag`` into the default cache; see ``Cache.pull``."""
+    return default_cache().pull(tag, remote, concurrency=concurrency, progress=progress)
+
+
+def push(tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
+    """Upload ``tag`` from the default cache; see ``Cache.push``."""
+    return default_cache().push(tag, remote, progress=progress)
+
+
+def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:
+    """The models in a repository (``$CAS_REMOTE`` by default), newest first."""
+    from .repo.repository import list_remote
+
+    return list_remote(remote, name)
+
+
+def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoReport:
+    """Check a repository (``$CAS_REMOTE`` by default): every ref whole and, ``deep``, every chunk."""
+    from .repo.check import check_repository
+
+    return check_repository(remote, deep=deep)

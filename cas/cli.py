@@ -17,6 +17,7 @@ from typing import Any
 from .cache import Cache
 from .errors import CasError, InvalidInput
 from .ref import ModelInfo
+from .repo import CONCURRENCY
 
 PROGRESS_MIN_BYTES = 32 << 20
 
@@ -49,6 +50,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+Command = Callable[[str, Callable[[argparse.Namespace], "int | None"], str], argparse.ArgumentParser]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")
     _global_flags(p, default=None)
@@ -62,56 +66,55 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    _cache_commands(cmd)
+    _repository_commands(cmd)
+    return p
+
+
+def _cache_commands(cmd: Command) -> None:
     sp = cmd("add", _add, "store a directory or file under a tag")
     sp.add_argument("path")
     sp.add_argument("tag", metavar="NAME[:VERSION]")
     sp.add_argument("--label", action="append", default=[], metavar="K=V")
     sp.add_argument("--metadata", action="append", default=[], metavar="K=V", help="value parsed as JSON if it can be")
     sp.add_argument("--json", action="store_true")
-
     sp = cmd("list", _list, "list stored models, newest first")
     sp.add_argument("name", nargs="?")
     sp.add_argument("--remote", metavar="URL", help="list a repository instead of the local cache")
     sp.add_argument("--json", action="store_true")
-
-    sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
-    sp.add_argument("tag")
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
-    sp.add_argument("--json", action="store_true")
-
-    sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
-    sp.add_argument("tag")
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
-    sp.add_argument("--concurrency", type=int, default=16, help="range requests in flight (default 16)")
-    sp.add_argument("--json", action="store_true")
-
-    sp = cmd("serve", _serve, "serve a repository folder over HTTP")
-    sp.add_argument("dir")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument(
-        "--token-file", metavar="FILE", help="bearer token for writes (default: $CAS_TOKEN; none: read-only)"
-    )
-    sp.add_argument("--read-token", action="store_true", help="require the token for reads too")
-
     sp = cmd("show", _show, "show a model's files, sizes, root and labels")
     sp.add_argument("tag")
     sp.add_argument("--json", action="store_true")
-
     sp = cmd("materialize", _materialize, "build the model's read-only directory and print its path")
     sp.add_argument("tag")
-
     sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
     sp.add_argument("--json", action="store_true")
-
     sp = cmd("verify", _verify, "re-hash blobs and snapshots and repair what can be repaired; or check a repository")
     sp.add_argument("tag", nargs="?")
     sp.add_argument("--no-repair", action="store_true", help="only report")
     sp.add_argument("--remote", metavar="URL", help="check this repository instead of the cache (never repairs)")
     sp.add_argument("--deep", action="store_true", help="with --remote: also read every pack and check its chunks")
     sp.add_argument("--json", action="store_true")
-    return p
+
+
+def _repository_commands(cmd: Command) -> None:
+    sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--concurrency", type=int, default=CONCURRENCY, help=f"range requests in flight ({CONCURRENCY})")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("serve", _serve, "serve a repository folder over HTTP")
+    sp.add_argument("dir")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--token-file", metavar="FILE",
+                    help="bearer token for writes (default: $CAS_TOKEN; none: read-only)")  # fmt: skip
+    sp.add_argument("--read-token", action="store_true", help="require the token for reads too")
 
 
 def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
@@ -156,7 +159,7 @@ def _add(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     if args.remote:
-        from .sync import list_remote
+        from .repo.repository import list_remote
 
         infos = list_remote(args.remote, args.name)
     else:
@@ -168,36 +171,31 @@ def _list(args: argparse.Namespace) -> None:
     _table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
 
 
-def _sync_report(args: argparse.Namespace, verb: str, stats: Any) -> None:
+def _sync_report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
+                 seconds: float) -> None:  # fmt: skip
+    """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept."""
     if args.json:
-        _print_json({**stats.info.to_dict(), "bytes_transferred": stats.bytes_fetched,
-                     "bytes_reused": stats.bytes_reused, "seconds": stats.seconds})  # fmt: skip
+        _print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds})
         return
-    rate = stats.bytes_fetched / stats.seconds / 1e6 if stats.seconds > 0 else 0.0
-    moved = "uploaded" if verb == "pushed" else "fetched"
-    kept = "already in the repository" if verb == "pushed" else "reused from local files"
-    print(
-        f"{verb} {stats.info.tag} ({_size(stats.bytes_total)}): {moved} {_size(stats.bytes_fetched)}, "
-        f"{kept} {_size(stats.bytes_reused)}, {stats.seconds:.2f}s, {rate:.0f} MB/s"
-    )
+    rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
+    verb = "pushed" if moved[0] == "uploaded" else "pulled"
+    print(f"{verb} {info.tag} ({_size(info.size)}): {moved[0]} {_size(moved[1])}, {kept[0]} {_size(kept[1])}, "
+          f"{seconds:.2f}s, {rate:.0f} MB/s")  # fmt: skip
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .sync import push
-
     cache = _cache(args)
     info = cache.get(args.tag)
     with _progress(info.size, "push") as progress:
-        stats = push(cache, args.tag, args.remote, progress=progress)
-    _sync_report(args, "pushed", stats)
+        s = cache.push(args.tag, args.remote, progress=progress)
+    _sync_report(args, s.info, ("uploaded", s.bytes_uploaded), ("already in the repository", s.bytes_present),
+                 s.seconds)  # fmt: skip
 
 
 def _pull(args: argparse.Namespace) -> None:
-    from .sync import pull
-
     with _progress(PROGRESS_MIN_BYTES if sys.stderr.isatty() else 0, "pull", unknown_total=True) as progress:
-        stats = pull(_cache(args), args.tag, args.remote, concurrency=args.concurrency, progress=progress)
-    _sync_report(args, "pulled", stats)
+        s = _cache(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress)
+    _sync_report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -283,7 +281,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_remote(args: argparse.Namespace) -> int:
-    from .repocheck import check_repository
+    from .repo.check import check_repository
 
     report = check_repository(args.remote, deep=args.deep)
     if args.json:

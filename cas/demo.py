@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 from . import Cache
-from .sync import pull, push
 
 SERVICE = """
 import json, sys, time
@@ -136,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - start
         print(f"\n[publisher] cas add {source.name}/ minilm:v1")
         print(f"  {mb(info.size)} in {info.file_count} files, root {info.root[:16]}, {took * 1e3:.0f} ms")
-        pushed = push(publisher, "minilm:v1", url)
+        pushed = publisher.push("minilm:v1", url)
         print(f"[publisher] cas push minilm:v1 --remote {url}")
-        print(f"  uploaded {mb(pushed.bytes_fetched)} of packs (zstd, byte planes) for {mb(info.size)} of files")
+        print(f"  uploaded {mb(pushed.bytes_uploaded)} of packs (zstd, byte planes) for {mb(info.size)} of files")
 
         host = workdir / "host-cache"
         print("\n[host] a service with  model = descriptor.Model('minilm:latest')  and a clean cache")
@@ -149,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  path: {warm['path']}")
         host_cache = Cache(host)
         entry = next(f for f in host_cache.tree(host_cache.get("minilm:v1")).files if f.path == "model.safetensors")
-        shared = os.stat(host_cache._blob_path(entry.file_id, entry.executable)).st_ino == warm["inode"]
+        shared = os.stat(host_cache.objects.blob_of(entry)).st_ino == warm["inode"]
         print(f"  model.safetensors is a read-only hardlink to its blob: {'yes' if shared else 'no (copied)'}")
 
         changed = changed_copy(source, workdir / "finetuned")
         v2 = publisher.add(workdir / "finetuned", "minilm:v2")
-        push(publisher, "minilm:v2", url)
+        publisher.push("minilm:v2", url)
         print(f"\n[publisher] a fine-tune changes {mb(changed)} of the weights; cas add + cas push minilm:v2")
-        delta = pull(host_cache, "minilm:latest", url)
+        delta = host_cache.pull("minilm:latest", url)
         print(f"[host] cas pull minilm:latest  ->  {delta.info.tag}")
         print(
             f"  fetched {mb(delta.bytes_fetched)}, reused {mb(delta.bytes_reused)} from local files "

@@ -79,6 +79,11 @@ class ModelInfo(NamedTuple):
         )
 
 
+def recency(info: ModelInfo) -> tuple[float, str]:
+    """What "newest" means, everywhere: the latest creation time; equal times fall back to the version."""
+    return (info.created, info.version)
+
+
 def decode(data: bytes, *, name: str | None = None, version: str | None = None) -> ModelInfo:
     """Decode a ref record, checking its fields and, if given, the tag it was stored under."""
     if len(data) > MAX_REF_BYTES:

@@ -42,73 +42,77 @@ class Rejected(Exception):
 def make_app(root: Path, *, token: str | None, read_token: bool = False) -> web.Application:
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
+    handlers = _Handlers(root, token, read_token)
     app = web.Application(client_max_size=MAX_PACK_BYTES)
+    app.router.add_get("/", handlers.listing)
+    app.router.add_get("/{key:.+}", handlers.get)
+    app.router.add_put("/{key:.+}", handlers.put)
+    return app
 
-    def authorized(request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "")
-        return token is not None and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
-    def need_token(request: web.Request) -> None:
-        if token is None:
+class _Handlers:
+    """The requests a repository folder answers: reads (GET, HEAD, listing) and token-checked uploads."""
+
+    def __init__(self, root: Path, token: str | None, read_token: bool):
+        self.root, self.token, self.read_token = root, token, read_token
+
+    def need_token(self, request: web.Request) -> None:
+        if self.token is None:
             raise web.HTTPForbidden(text="this server is read-only: start it with --token-file or CAS_TOKEN\n")
-        if "Authorization" not in request.headers:
+        given = request.headers.get("Authorization")
+        if given is None:
             raise web.HTTPUnauthorized(text="a bearer token is required\n", headers={"WWW-Authenticate": "Bearer"})
-        if not authorized(request):
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
             raise web.HTTPForbidden(text="wrong token\n")
 
-    def key_of(request: web.Request) -> str:
-        key = request.match_info["key"]
-        try:
-            check_key(key)
-        except CasError:
-            raise web.HTTPNotFound(text=f"{key!r} is not a key of the repository layout\n") from None
-        return key
-
-    async def get(request: web.Request) -> web.StreamResponse:
-        if read_token:
-            need_token(request)
-        key = key_of(request)
-        path = root / key
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        if self.read_token:
+            self.need_token(request)
+        key = _key_of(request)
+        path = self.root / key
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{key} not found\n")
         cache_control = "no-cache" if key.startswith("refs/") else "max-age=31536000, immutable"
         return web.FileResponse(path, headers={"Cache-Control": cache_control})
 
-    async def listing(request: web.Request) -> web.Response:
-        if read_token:
-            need_token(request)
+    async def listing(self, request: web.Request) -> web.Response:
+        if self.read_token:
+            self.need_token(request)
         prefix = request.query.get("list")
         if prefix is None:
             return web.Response(text="cas repository\n")
         if not prefix.startswith(LIST_PREFIXES) or ".." in prefix.split("/"):
             raise web.HTTPBadRequest(text=f"cannot list {prefix!r}; prefixes start with {', '.join(LIST_PREFIXES)}\n")
-        keys = await asyncio.to_thread(_list, root, prefix)
+        keys = await asyncio.to_thread(_list, self.root, prefix)
         return web.Response(text="".join(k + "\n" for k in keys))
 
-    async def put(request: web.Request) -> web.Response:
-        need_token(request)
-        key = key_of(request)
-        kind = check_key(key)[0]
-        limit = MAX_PACK_BYTES if kind == "pack" else MAX_SMALL_BODY
+    async def put(self, request: web.Request) -> web.Response:
+        self.need_token(request)
+        key = _key_of(request)
+        limit = MAX_PACK_BYTES if check_key(key)[0] == "pack" else MAX_SMALL_BODY
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        tmp_dir = root / ".tmp"
+        tmp_dir = self.root / ".tmp"
         tmp_dir.mkdir(exist_ok=True)
         tmp = tmp_dir / temp_name("put-")
         try:
             digest = await _receive(request, tmp, limit)
             try:
-                status = await asyncio.to_thread(_accept, root, key, tmp, digest)
+                status = await asyncio.to_thread(_accept, self.root, key, tmp, digest)
             except Rejected as e:
                 raise _http_error(e.status, str(e)) from None
         finally:
             tmp.unlink(missing_ok=True)
         return web.Response(status=status)
 
-    app.router.add_get("/", listing)
-    app.router.add_get("/{key:.+}", get)
-    app.router.add_put("/{key:.+}", put)
-    return app
+
+def _key_of(request: web.Request) -> str:
+    key = request.match_info["key"]
+    try:
+        check_key(key)
+    except CasError:
+        raise web.HTTPNotFound(text=f"{key!r} is not a key of the repository layout\n") from None
+    return key
 
 
 def _http_error(status: int, text: str) -> web.HTTPException:
@@ -137,34 +141,12 @@ async def _receive(request: web.Request, tmp: Path, limit: int) -> bytes:
 def _accept(root: Path, key: str, tmp: Path, digest: bytes) -> int:
     """Check an upload against what its key promises, then move it into place. Returns the HTTP status."""
     kind, *parts = check_key(key)
-    dest = root / key
     data = tmp.read_bytes() if kind != "pack" else b""
     try:
-        if kind in ("tree", "pack"):
-            if digest.hex() != parts[0]:
-                raise Rejected(400, f"{key}: the body hashes to {digest.hex()}, not to its name")
-            if kind == "tree":
-                decode_tree(data)
-        elif kind == "index":
-            _check_index(root, parts[0], data)
-        elif kind == "locator":
-            if not (root / tree_key(parts[0])).is_file():
-                raise Rejected(409, f"{key}: upload trees/{parts[0]} first")
-            for pack_id in {loc.pack_id for loc in decode_locator(data).values()}:
-                if not (root / index_key(pack_id)).is_file():
-                    raise Rejected(409, f"{key}: it points into pack {pack_id}, which has no index here")
-        elif kind == "ref":
-            name, version = parts
-            info = refs.decode(data, name=name, version=version)
-            for needed in (tree_key(info.root), locator_key(info.root)):
-                if not (root / needed).is_file():
-                    raise Rejected(409, f"{key}: upload {needed} first (refs go last)")
-            if dest.is_file():
-                old = refs.decode(dest.read_bytes(), name=name, version=version)
-                if old.root != info.root:
-                    raise Rejected(409, f"{key} exists with root {old.root[:12]}; push under a new version")
+        _CHECKS[kind](root, key, parts, data, digest)
     except CasError as e:
         raise Rejected(400, f"{key}: {e}") from None
+    dest = root / key
     if dest.exists() and kind != "ref":
         return 200  # content-addressed: never rewritten
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +154,38 @@ def _accept(root: Path, key: str, tmp: Path, digest: bytes) -> int:
     return 201
 
 
-def _check_index(root: Path, pack_id: str, data: bytes) -> None:
+def _check_named(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    """A tree or a pack must hash to its name; a tree must also decode."""
+    if digest.hex() != parts[0]:
+        raise Rejected(400, f"{key}: the body hashes to {digest.hex()}, not to its name")
+    if key.startswith("trees/"):
+        decode_tree(data)
+
+
+def _check_locator(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    if not (root / tree_key(parts[0])).is_file():
+        raise Rejected(409, f"{key}: upload trees/{parts[0]} first")
+    for pack_id in {loc.pack_id for loc in decode_locator(data).values()}:
+        if not (root / index_key(pack_id)).is_file():
+            raise Rejected(409, f"{key}: it points into pack {pack_id}, which has no index here")
+
+
+def _check_ref(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    """A ref names a tree and locator already here (refs go last) and never changes an existing version's root."""
+    name, version = parts
+    info = refs.decode(data, name=name, version=version)
+    for needed in (tree_key(info.root), locator_key(info.root)):
+        if not (root / needed).is_file():
+            raise Rejected(409, f"{key}: upload {needed} first (refs go last)")
+    if (root / key).is_file():
+        old = refs.decode((root / key).read_bytes(), name=name, version=version)
+        if old.root != info.root:
+            raise Rejected(409, f"{key} exists with root {old.root[:12]}; push under a new version")
+
+
+def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    """A pack index must describe its pack, already here, chunk by chunk."""
+    pack_id = parts[0]
     pack = root / f"packs/{pack_id}"
     if not pack.is_file():
         raise Rejected(409, f"packs/{pack_id}.idx: upload the pack first")
@@ -188,6 +201,10 @@ def _check_index(root: Path, pack_id: str, data: bytes) -> None:
                 codec.decode(blob, e.raw_length, e.chunk_id)
             except CasError as err:
                 raise Rejected(400, f"packs/{pack_id}.idx does not describe its pack: {err}") from None
+
+
+_CHECKS = {"tree": _check_named, "pack": _check_named, "index": _check_index, "locator": _check_locator,
+           "ref": _check_ref}  # fmt: skip
 
 
 def _list(root: Path, prefix: str) -> list[str]:

@@ -82,8 +82,9 @@ class Tree(NamedTuple):
         return None
 
 
-def root_of(encoded: bytes) -> bytes:
-    return chunk_id(encoded)
+def root_of(encoded: bytes) -> str:
+    """The root hash of an encoded tree, in hex: how every API names a tree."""
+    return chunk_id(encoded).hex()
 
 
 def check_path(path: object) -> str:
@@ -176,7 +177,7 @@ def _next_entry(reader: msgpack.Unpacker) -> object:
         raise InvalidManifest(f"tree is not valid msgpack ({type(e).__name__}: {e})") from None
 
 
-def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
+def decode(data: bytes, expected_root: str | None = None) -> Tree:
     """Decode and fully validate an encoded tree (optionally against its root).
 
     Entries are read one at a time and each is checked to be canonically
@@ -187,7 +188,7 @@ def decode(data: bytes, expected_root: bytes | None = None) -> Tree:
     if len(data) > MAX_TREE_BYTES:
         raise InvalidManifest(f"tree is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
     if expected_root is not None and root_of(data) != expected_root:
-        raise InvalidManifest(f"tree bytes do not hash to {expected_root.hex()}")
+        raise InvalidManifest(f"tree bytes do not hash to {expected_root}")
     reader = msgpack.Unpacker(
         io.BytesIO(data),
         raw=False,

@@ -18,8 +18,7 @@ import pytest
 from benchmarks import synth
 from benchmarks.harness import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
 from benchmarks.synth import minilm_path
-from cas import Cache
-from cas.sync import SyncStats, push
+from cas import Cache, PushStats
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -122,11 +121,11 @@ def wait_until(condition, timeout: float = 60, what: str = "the condition") -> N
         time.sleep(0.05)
 
 
-def published(tmp_path: Path, model: Path, tag: str, url: str) -> SyncStats:
+def published(tmp_path: Path, model: Path, tag: str, url: str) -> PushStats:
     """``model`` added to a fresh source cache as ``tag`` and pushed to ``url``: how most sync tests begin."""
     src = Cache(tmp_path / "src")
     src.add(model, tag)
-    return push(src, tag, url)
+    return src.push(tag, url)
 
 
 BOUNDED_PULL = """

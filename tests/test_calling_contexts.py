@@ -21,9 +21,7 @@ from pathlib import Path
 import pytest
 
 import descriptor
-from cas import Cache, CasError, RepoError
-from cas.repocheck import check_repository
-from cas.sync import list_remote
+from cas import Cache, CasError, RepoError, check_repository, list_remote
 
 from .conftest import descendants, free_port, processes, published, stats, tree_files, wait_until
 
@@ -81,8 +79,8 @@ def service(cache: Cache, remote: str):
 
 
 ENTRY_POINTS = {
-    "Cache.pull": lambda cache, url: cache.pull("m:v1", url).tag,
-    "Cache.push": lambda cache, url: (cache.pull("m:v1", url), cache.push("m:v1", url))[1].tag,
+    "Cache.pull": lambda cache, url: cache.pull("m:v1", url).info.tag,
+    "Cache.push": lambda cache, url: (cache.pull("m:v1", url), cache.push("m:v1", url))[1].info.tag,
     "list_remote": lambda cache, url: list_remote(url)[0].tag,
     "check_repository": lambda cache, url: "m:v1" if check_repository(url, deep=True).ok else "damaged",
     "first access": lambda cache, url: service(cache, url)().model.tag,
@@ -109,8 +107,8 @@ def test_a_notebook_cell_pulls_and_reads_a_cold_descriptor(tmp_path, minilm, ser
         model = descriptor.Model("minilm:latest", cache=Cache(tmp_path / "b"), remote=url)
 
     async def main():
-        info = Cache(tmp_path / "a").pull("minilm:latest", url)
-        return info, Service().model
+        pulled = Cache(tmp_path / "a").pull("minilm:latest", url)
+        return pulled.info, Service().model
 
     info, model = asyncio.run(main())
     assert info.tag == model.tag == "minilm:v1"
@@ -161,8 +159,8 @@ def test_apull_keeps_the_callers_loop_serving_and_the_blocking_pull_does_not(tmp
     async def pull_blocking():
         return Cache(tmp_path / "b").pull("minilm:v1", slow)
 
-    info, ticks, seconds = asyncio.run(ticking(pull_async()))
-    assert info.tag == "minilm:v1" and seconds > 0.5
+    pulled, ticks, seconds = asyncio.run(ticking(pull_async()))
+    assert pulled.info.tag == "minilm:v1" and seconds > 0.5
     assert ticks >= 20  # the loop ran its other task all along (about 50 ticks in half a second)
     _, blocked_ticks, seconds = asyncio.run(ticking(pull_blocking()))
     assert seconds > 0.5 and blocked_ticks <= 2  # the blocking call holds the loop: why the async variants exist
@@ -186,7 +184,7 @@ def test_apush_then_aresolve_and_aprefetch(tmp_path, synthetic, minilm, server, 
         return pushed, first, both
 
     pushed, first, both = asyncio.run(main())
-    assert [i.tag for i in pushed] == ["a:v1", "b:v1"]
+    assert [s.info.tag for s in pushed] == ["a:v1", "b:v1"]
     assert both["a"] is first and both["b"].tag == "b:v1"
     s = Service()
     assert s.a is first and s.__dict__["a"] is first  # after aresolve the attribute is a plain read
@@ -202,7 +200,7 @@ def test_aprefetch_of_a_resolved_instance_is_the_instance_s_models(tmp_path, syn
 def test_a_cancelled_aresolve_leaves_a_cache_that_verifies_and_a_pull_that_resumes(tmp_path, minilm, server, proxy,
                                                                                    token, monkeypatch):  # fmt: skip
     url, _ = server
-    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
+    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_uploaded
     slow = proxy(url, delay=0.4)
     cache = Cache(tmp_path / "host")
 
@@ -222,7 +220,7 @@ def test_a_cancelled_aresolve_leaves_a_cache_that_verifies_and_a_pull_that_resum
     monkeypatch.setenv("CAS_PULL_PROCESSES", "1")  # a worker process too: it must be gone when the task is
     asyncio.run(cancel_midway())
     table = processes()
-    assert not [p for p in descendants(os.getpid(), table) if b"cas.fetch" in table[p].cmdline]
+    assert not [p for p in descendants(os.getpid(), table) if b"cas.fetchworker" in table[p].cmdline]
     assert cache.list() == [] and cache.verify(repair=False).ok  # (a repairing verify would drop the resumable part)
     served_before = settled_bytes(slow)
     resolved = asyncio.run(Service.model.aresolve())
@@ -339,7 +337,7 @@ def test_an_interrupted_blocking_call_in_a_running_loop_stops_its_pull(tmp_path,
         loop.close()
     assert not [t for t in threading.enumerate() if t.name == "cas-loop"]
     assert cache.list() == [] and cache.verify().ok
-    assert cache.pull("minilm:v1", url).tag == "minilm:v1"
+    assert cache.pull("minilm:v1", url).info.tag == "minilm:v1"
 
 
 def test_resolve_names_the_tag_and_what_to_do_when_nothing_can_be_pulled(tmp_path):

@@ -17,7 +17,6 @@ from blake3 import blake3
 from cas import Cache, CasError, CorruptObject
 from cas.prefixhash import STEP, PrefixHasher
 from cas.repo.format import locator_key, ref_key, tree_key
-from cas.sync import pull, push
 from cas.tree import Tree, root_of
 
 from .conftest import REPO, blobs_of, descendants, processes, published, stats, tree_files, wait_until
@@ -61,19 +60,19 @@ def test_a_tree_that_lies_about_a_file_id_is_refused_and_nothing_is_stored(tmp_p
     src = Cache(tmp_path / "src")
     info = src.add(synthetic, "m:v1")
     repo = tmp_path / "repo"
-    push(src, "m:v1", f"file://{repo}")
+    src.push("m:v1", f"file://{repo}")
     tree = src.tree(info)
     victim = max(tree.files, key=lambda f: f.size)
     lie = victim._replace(file_id=blake3(b"some other file").digest())
     forged = Tree.build([lie if f is victim else f for f in tree.files])
     data = forged.encode()
-    root = root_of(data).hex()
+    root = root_of(data)
     (repo / tree_key(root)).write_bytes(data)
     (repo / locator_key(root)).write_bytes((repo / locator_key(info.root)).read_bytes())
     (repo / ref_key("m", "forged")).write_bytes(info._replace(version="forged", root=root).encode())
     host = Cache(tmp_path / "host")
     with pytest.raises(CorruptObject, match=rf"m:forged: {victim.path} assembled from verified chunks does not hash"):
-        pull(host, "m:forged", f"file://{repo}")
+        host.pull("m:forged", f"file://{repo}")
     assert blobs_of(host) == []
     assert host.list() == []
 
@@ -82,17 +81,17 @@ def test_a_bad_worker_count_is_a_clear_error(tmp_path, synthetic, monkeypatch):
     published(tmp_path, synthetic, "m:v1", f"file://{tmp_path / 'repo'}")
     monkeypatch.setenv("CAS_PULL_PROCESSES", "many")
     with pytest.raises(CasError, match="CAS_PULL_PROCESSES='many' is not a number"):
-        pull(Cache(tmp_path / "host"), "m:v1", f"file://{tmp_path / 'repo'}")
+        Cache(tmp_path / "host").pull("m:v1", f"file://{tmp_path / 'repo'}")
 
 
 @pytest.mark.parametrize("processes", ["0", "2"])
 def test_worker_processes_and_this_one_assemble_the_same_files(tmp_path, synthetic, server, token, monkeypatch,
                                                                processes):  # fmt: skip
     url, _ = server
-    packed = published(tmp_path, synthetic, "m:v1", url).bytes_fetched
+    packed = published(tmp_path, synthetic, "m:v1", url).bytes_uploaded
     monkeypatch.setenv("CAS_PULL_PROCESSES", processes)
     host = Cache(tmp_path / "host")
-    got = pull(host, "m:v1", url, concurrency=4)
+    got = host.pull("m:v1", url, concurrency=4)
     assert got.bytes_fetched == packed
     assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
     assert host.verify().ok
@@ -101,7 +100,7 @@ def test_worker_processes_and_this_one_assemble_the_same_files(tmp_path, synthet
 def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp_path, minilm, server, proxy,
                                                                              token, monkeypatch):  # fmt: skip
     url, _ = server
-    total = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
+    total = published(tmp_path, minilm, "minilm:v1", url).bytes_uploaded
     slow = proxy(url, "none", 1, delay=0.3)
     monkeypatch.setenv("CAS_PULL_PROCESSES", "1")
     host = Cache(tmp_path / "host")
@@ -109,7 +108,7 @@ def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp
 
     def run() -> None:
         try:
-            pull(host, "minilm:v1", slow, concurrency=4)
+            host.pull("minilm:v1", slow, concurrency=4)
             outcome.append(None)
         except BaseException as e:  # noqa: BLE001 - checked below
             outcome.append(e)
@@ -123,9 +122,10 @@ def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp
     os.kill(workers[0], 9)
     t.join(120)
     assert isinstance(outcome[0], CasError)
-    assert "a fetch worker (python -m cas.fetch) exited with code -9 mid-pull; pull again to resume" in str(outcome[0])
+    message = str(outcome[0])
+    assert "a fetch worker (python -m cas.fetchworker) exited with code -9 mid-pull; pull again to resume" in message
     assert host.list() == []
-    resumed = pull(host, "minilm:v1", url)
+    resumed = host.pull("minilm:v1", url)
     assert 0 < resumed.bytes_fetched < total
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
 
@@ -135,7 +135,7 @@ def test_a_killed_pull_takes_its_workers_with_it(tmp_path, minilm, server, proxy
     url, _ = server
     src = Cache(tmp_path / "src")
     src.add(minilm, "minilm:v1")  # over WORKERS_MIN_BYTES: a smaller pull leaves its workers idle
-    push(src, "minilm:v1", url)
+    src.push("minilm:v1", url)
     stalling = proxy(url, "stall", 1)  # every pack response hangs: only the kill can end the workers
     port = int(stalling.rsplit(":", 1)[1])
     code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=4)"
@@ -162,16 +162,16 @@ def _connections(pid: int, port: int) -> int:
 
 
 def _fetch_workers(parent: int) -> list[int]:
-    """The running `python -m cas.fetch` children of a process."""
+    """The running `python -m cas.fetchworker` children of a process."""
     table = processes()
-    return [p for p in descendants(parent, table) if p != parent and b"cas.fetch" in table[p].cmdline]
+    return [p for p in descendants(parent, table) if p != parent and b"cas.fetchworker" in table[p].cmdline]
 
 
 LIMITED_PULL = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 from cas import Cache
-print(Cache(sys.argv[1]).pull("many:v1", sys.argv[2]).tag)
+print(Cache(sys.argv[1]).pull("many:v1", sys.argv[2]).info.tag)
 """
 
 
@@ -186,7 +186,7 @@ def test_a_pull_of_thousands_of_files_fits_in_256_file_descriptors(tmp_path, pro
     src = Cache(tmp_path / "src")
     src.add(src_dir, "many:v1")
     repo = f"file://{tmp_path / 'repo'}"
-    push(src, "many:v1", repo)
+    src.push("many:v1", repo)
     env = {**os.environ, "CAS_PULL_PROCESSES": processes}
     out = subprocess.run([sys.executable, "-c", LIMITED_PULL, str(tmp_path / "host"), repo], cwd=REPO, env=env,
                          capture_output=True, text=True)  # fmt: skip

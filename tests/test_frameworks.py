@@ -105,7 +105,7 @@ def test_bentoml_serve_with_two_workers_racing_on_a_cold_model(tmp_path, minilm,
                                                                 served):  # fmt: skip
     require("bentoml")
     url, _ = server
-    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
+    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_uploaded
     counting = proxy(url)
     home = tmp_path / "host"
     Cache(home).add(synthetic, "classifier:v1")  # the model already on the host
@@ -143,7 +143,7 @@ def test_asgi_app_under_uvicorn_stays_live_while_its_model_is_pulled(tmp_path, e
     require("uvicorn")
     require("starlette")
     url, _ = server
-    packed = published(tmp_path, encoder, "encoder:v1", url).bytes_fetched
+    packed = published(tmp_path, encoder, "encoder:v1", url).bytes_uploaded
     slow = proxy(url, delay=0.5)  # the repository answers each pack request half a second late
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -144,7 +144,7 @@ def test_a_cache_nobody_can_write_still_pushes(provisioned):
     env = {**os.environ, "CAS_HOME": str(cache.root), "CAS_TOKEN": TOKEN}
     out = run(as_user(NOBODY, NOBODY), sys.executable, "-m", "cas", "push", "ready:v1", "--remote", url, env=env)
     assert out.returncode == 0, out.stderr
-    assert Cache(cache.root.parent / "elsewhere").pull("ready:v1", url).root == cache.get("ready:v1").root
+    assert Cache(cache.root.parent / "elsewhere").pull("ready:v1", url).info.root == cache.get("ready:v1").root
 
 
 def test_a_service_on_a_read_only_volume(provisioned):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from cas import Cache
-from cas.repocheck import check_repository
-from cas.sync import push
+from cas import Cache, check_repository
 
 from .conftest import cas_cli
 
@@ -13,7 +11,7 @@ def _pushed(tmp_path, synthetic) -> tuple[str, object]:
     src = Cache(tmp_path / "src")
     info = src.add(synthetic, "m:v1")
     repo = tmp_path / "repo"
-    push(src, "m:v1", f"file://{repo}")
+    src.push("m:v1", f"file://{repo}")
     return f"file://{repo}", info
 
 

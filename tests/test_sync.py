@@ -17,7 +17,6 @@ import pytest
 
 from benchmarks import synth
 from cas import Cache, CasError, NotFound
-from cas.sync import pull, push
 
 from .conftest import REPO, TOKEN, cas_cli, free_port, published, start, stats, stop, tree_files, wait_until
 
@@ -41,16 +40,16 @@ def test_round_trip_over_file_repository(tmp_path, minilm):
     repo = f"file://{tmp_path / 'repo'}"
     a, b = Cache(tmp_path / "a"), Cache(tmp_path / "b")
     info = a.add(minilm, "minilm:v1")
-    first = push(a, "minilm:v1", repo)
-    assert first.bytes_fetched > 0 and first.bytes_fetched < info.size  # packed and compressed
-    again = push(a, "minilm:v1", repo)
-    assert again.bytes_fetched == 0 and again.bytes_reused == info.size
-    got = pull(b, "minilm:latest", repo)
+    first = a.push("minilm:v1", repo)
+    assert first.bytes_uploaded > 0 and first.bytes_uploaded < info.size  # packed and compressed
+    again = a.push("minilm:v1", repo)
+    assert again.bytes_uploaded == 0 and again.bytes_present == info.size
+    got = b.pull("minilm:latest", repo)
     assert got.info.tag == "minilm:v1" and got.info.root == info.root
-    assert got.bytes_fetched == first.bytes_fetched and got.bytes_reused == 0
+    assert got.bytes_fetched == first.bytes_uploaded and got.bytes_reused == 0
     assert tree_files(b.materialize("minilm:v1")) == tree_files(minilm)
     assert b.verify().ok
-    assert pull(b, "minilm:v1", repo).bytes_fetched == 0  # already here
+    assert b.pull("minilm:v1", repo).bytes_fetched == 0  # already here
 
 
 def test_round_trip_over_http_with_the_cli(tmp_path, minilm, server):
@@ -68,7 +67,7 @@ def test_round_trip_over_http_with_the_cli(tmp_path, minilm, server):
     assert tree_files(path) == tree_files(minilm)
     # the served folder is itself a valid file:// repository
     c = Cache(tmp_path / "c")
-    pull(c, "minilm:v1", f"file://{repo_dir}")
+    c.pull("minilm:v1", f"file://{repo_dir}")
     assert tree_files(c.materialize("minilm:v1")) == tree_files(minilm)
 
 
@@ -77,11 +76,11 @@ def test_delta_pull_of_a_fine_tune_fetches_little_more_than_the_change(tmp_path,
     src = Cache(tmp_path / "src")
     src.add(variants["base"], "m:base")
     src.add(variants["tuned"], "m:tuned")
-    push(src, "m:base", url)
-    push(src, "m:tuned", url)
+    src.push("m:base", url)
+    src.push("m:tuned", url)
     host = Cache(tmp_path / "host")
-    pull(host, "m:base", url)
-    delta = pull(host, "m:tuned", url)
+    host.pull("m:base", url)
+    delta = host.pull("m:tuned", url)
     size = delta.info.size
     changed = variants["changed_bytes"]
     assert 0.05 * size < changed < 0.15 * size
@@ -97,12 +96,12 @@ def test_a_grown_header_still_deduplicates(tmp_path, variants):
     src = Cache(tmp_path / "src")
     src.add(variants["base"], "m:base")
     src.add(variants["grown"], "m:grown")
-    push(src, "m:base", repo)
-    pushed = push(src, "m:grown", repo)
-    assert pushed.bytes_fetched < 0.02 * pushed.info.size  # the repository already had nearly every chunk
+    src.push("m:base", repo)
+    pushed = src.push("m:grown", repo)
+    assert pushed.bytes_uploaded < 0.02 * pushed.info.size  # the repository already had nearly every chunk
     host = Cache(tmp_path / "host")
-    pull(host, "m:base", repo)
-    delta = pull(host, "m:grown", repo)
+    host.pull("m:base", repo)
+    delta = host.pull("m:grown", repo)
     assert delta.bytes_fetched < 0.02 * delta.info.size
     assert tree_files(host.materialize("m:grown")) == tree_files(variants["grown"])
 
@@ -112,19 +111,19 @@ def test_pushing_other_content_under_an_existing_version_is_refused(tmp_path, va
     a, b = Cache(tmp_path / "a"), Cache(tmp_path / "b")
     a.add(variants["base"], "m:v1")
     b.add(variants["tuned"], "m:v1")
-    push(a, "m:v1", repo)
+    a.push("m:v1", repo)
     with pytest.raises(CasError, match="already exists in .* with other content"):
-        push(b, "m:v1", repo)
+        b.push("m:v1", repo)
     c = Cache(tmp_path / "c")
-    assert pull(c, "m:v1", repo).info.root == a.get("m:v1").root
+    assert c.pull("m:v1", repo).info.root == a.get("m:v1").root
 
 
 def test_pull_of_an_unknown_tag(tmp_path, server):
     url, _ = server
     with pytest.raises(NotFound, match="ghost:v1 is not in the repository"):
-        pull(Cache(tmp_path / "c"), "ghost:v1", url)
+        Cache(tmp_path / "c").pull("ghost:v1", url)
     with pytest.raises(NotFound, match="ghost has no version"):
-        pull(Cache(tmp_path / "c"), "ghost", url)
+        Cache(tmp_path / "c").pull("ghost", url)
 
 
 def test_writes_need_the_right_token(tmp_path, synthetic, server, monkeypatch):
@@ -133,10 +132,10 @@ def test_writes_need_the_right_token(tmp_path, synthetic, server, monkeypatch):
     cache.add(synthetic, "m:v1")
     monkeypatch.delenv("CAS_TOKEN", raising=False)
     with pytest.raises(CasError, match="401 Unauthorized; set CAS_TOKEN"):
-        push(cache, "m:v1", url)
+        cache.push("m:v1", url)
     monkeypatch.setenv("CAS_TOKEN", "wrong")
     with pytest.raises(CasError, match="403 Forbidden; check CAS_TOKEN"):
-        push(cache, "m:v1", url)
+        cache.push("m:v1", url)
     assert not (repo_dir / "packs").exists() or not any((repo_dir / "packs").iterdir())
 
 
@@ -165,7 +164,7 @@ def test_server_checks_uploads_against_their_names(tmp_path, server, synthetic, 
     # an index for a pack that is not there, then one that lies about its pack
     cache = Cache(tmp_path / "c")
     cache.add(synthetic, "m:v1")
-    push(cache, "m:v1", url)
+    cache.push("m:v1", url)
     pack_id = next(p.name for p in (repo_dir / "packs").iterdir() if not p.name.endswith(".idx"))
     assert http("PUT", f"{url}/packs/{bogus}.idx", (repo_dir / f"packs/{pack_id}.idx").read_bytes()) == 409
     idx = msgpack.unpackb((repo_dir / f"packs/{pack_id}.idx").read_bytes())
@@ -205,15 +204,15 @@ def test_reads_can_require_the_token(tmp_path, synthetic, token):
         assert http("GET", url + "/?list=refs/", auth=False) == 401
         src = Cache(tmp_path / "src")
         src.add(synthetic, "m:v1")
-        push(src, "m:v1", url)
-        assert pull(Cache(tmp_path / "host"), "m:v1", url).info.tag == "m:v1"
+        src.push("m:v1", url)
+        assert Cache(tmp_path / "host").pull("m:v1", url).info.tag == "m:v1"
     finally:
         stop(proc)
 
 
 def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, server, proxy, token):
     url, _ = server
-    total = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
+    total = published(tmp_path, minilm, "minilm:v1", url).bytes_uploaded
     slow = proxy(url, "none", 1, delay=0.4)
     home = tmp_path / "host"
     code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=2)"
@@ -224,7 +223,7 @@ def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, ser
     proc.wait()
     host = Cache(home)
     assert host.list() == []  # nothing visible from the interrupted pull
-    resumed = pull(host, "minilm:v1", url)
+    resumed = host.pull("minilm:v1", url)
     assert 0 < resumed.bytes_fetched < total
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
 
@@ -263,11 +262,11 @@ def test_refresh_picks_up_a_newer_version(tmp_path, variants):
     repo = f"file://{tmp_path / 'repo'}"
     publisher = Cache(tmp_path / "pub")
     publisher.add(variants["base"], "m:v1")
-    push(publisher, "m:v1", repo)
+    publisher.push("m:v1", repo)
     host = Cache(tmp_path / "host")
-    pull(host, "m:v1", repo)
+    host.pull("m:v1", repo)
     publisher.add(variants["tuned"], "m:v2")
-    push(publisher, "m:v2", repo)
+    publisher.push("m:v2", repo)
 
     class Stale:
         model = descriptor.Model("m:latest", cache=host, remote=repo)

@@ -1,133 +1,59 @@
-"""Where repository keys are stored: a folder (``file://``) or an HTTP server.
+"""The backend contract every repository store meets, and how a URL picks one.
 
-Both backends speak the same small async interface: get, ranged get, put,
-exists, list.  aiohttp is imported only by the HTTP backend, and only when a
-repository is really used.
+Keys are the repository layout's paths (``refs/m/v1``, ``packs/<id>``; see
+``format``).  A ``ReadBackend`` is enough to pull from (any static web
+server qualifies); a ``WriteBackend`` can also be pushed to.  Contract:
+
+- ``get(key)`` returns the whole object, refusing one past ``MAX_DOC_BYTES``
+  (only documents are read whole); a missing key raises ``NotFound``; any
+  other failure, after the backend's own retries, raises ``RepoError``.
+- ``get_range(key, start, end)`` returns exactly the bytes ``start`` up to
+  ``end`` (exclusive), or raises; never more, whatever the server sends.
+- ``list(prefix)`` returns every key under ``prefix`` (a folder path ending
+  in ``/``), sorted, names starting with ``.`` left out; no such folder is
+  an empty list.
+- ``put(key, data, replace=False)`` stores ``data`` whole or not at all;
+  without ``replace`` an existing key is left as it is (objects named by
+  their content), with it the key is overwritten (refs).
+- ``close()`` releases connections; the backend is not used afterwards.
+
+The file backend lives in ``file``, the HTTP one in ``http`` (aiohttp is
+imported only there, and only when a repository is really used).
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import os
-import stat
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from ..errors import NotFound, RepoError
-from ..fsutil import atomic_write
-from .format import MAX_DOC_BYTES
+from ..errors import RepoError
 
 
-class Backend(Protocol):
+class ReadBackend(Protocol):
     url: str
 
     async def get(self, key: str) -> bytes: ...
     async def get_range(self, key: str, start: int, end: int) -> bytes: ...
-    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None: ...
-    async def exists(self, key: str) -> bool: ...
     async def list(self, prefix: str) -> list[str]: ...
     async def close(self) -> None: ...
 
 
-def open_backend(url: str, *, token: str | None = None, concurrency: int = 16) -> Backend:
+class WriteBackend(ReadBackend, Protocol):
+    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None: ...
+
+
+def open_backend(url: str, *, token: str | None = None, concurrency: int = 16) -> WriteBackend:
     """The backend for ``file://PATH`` (or a plain path) or ``http(s)://HOST[:PORT][/PREFIX]``."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         from .http import HttpBackend
 
         return HttpBackend(url, token=token, concurrency=concurrency)
+    from .file import FileBackend
+
     if parsed.scheme == "file":
         return FileBackend(Path(unquote(parsed.path)))
     if parsed.scheme == "" and url:
         return FileBackend(Path(url))
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH or http(s)://HOST[:PORT]/[PREFIX]")
-
-
-_WRITE_ADVICE = {
-    errno.EACCES: "give this user write access to the folder",
-    errno.EPERM: "give this user write access to the folder",
-    errno.EROFS: "the folder is on a read-only filesystem: push to a writable copy",
-    errno.ENOSPC: "free space on its disk and push again",
-}
-
-
-class FileBackend:
-    """A repository in a local folder; the same folder ``cas serve`` serves."""
-
-    def __init__(self, root: Path):
-        self.root = root.absolute()
-        self.url = f"file://{self.root}"
-
-    def _path(self, key: str) -> Path:
-        return self.root / key
-
-    async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self._read, key, 0, None)
-
-    async def get_range(self, key: str, start: int, end: int) -> bytes:
-        return await asyncio.to_thread(self._read, key, start, end)
-
-    def _read(self, key: str, start: int, end: int | None) -> bytes:
-        try:
-            # O_NONBLOCK: a FIFO planted in the repository must not hang the open
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise NotFound(f"{key} is not in the repository {self.url}") from None
-        except OSError as e:
-            raise RepoError(f"cannot read {self.url}/{key}: {e.strerror}") from None
-        with open(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RepoError(f"{self.url}/{key} is not a regular file (a device, pipe or socket, perhaps through a "
-                                "symlink); remove it from the repository")  # fmt: skip
-            if end is None and st.st_size > MAX_DOC_BYTES:
-                raise RepoError(f"{self.url}/{key} is {st.st_size} bytes, more than the {MAX_DOC_BYTES} this object "
-                                "may have; the repository is damaged")  # fmt: skip
-            f.seek(start)
-            data = f.read() if end is None else f.read(end - start)
-        if end is not None and len(data) != end - start:
-            raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
-        return data
-
-    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
-        await asyncio.to_thread(self._write, key, data, replace)
-
-    def _write(self, key: str, data: bytes, replace: bool) -> None:
-        path = self._path(key)
-        if not replace and path.exists():
-            return
-        try:
-            atomic_write(path, data, self.root / ".tmp")  # the same folder `cas serve` stages uploads in
-        except OSError as e:
-            raise RepoError(
-                f"cannot write {self.url}/{key}: {e.strerror}; {_WRITE_ADVICE.get(e.errno, 'push again')}"
-            ) from None
-
-    async def exists(self, key: str) -> bool:
-        try:
-            return self._path(key).exists()
-        except OSError as e:
-            raise RepoError(f"cannot read {self.url}/{key}: {e.strerror}") from None
-
-    async def list(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list, prefix)
-
-    def _list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        try:
-            if not base.is_dir():
-                return []
-            os.listdir(base)  # os.walk below would skip a folder it cannot read, silently
-        except OSError as e:
-            raise RepoError(f"cannot list {self.url}/{prefix}: {e.strerror}") from None
-        out = []
-        for dirpath, _, names in os.walk(base):
-            for n in names:
-                if not n.startswith("."):
-                    out.append(Path(dirpath, n).relative_to(self.root).as_posix())
-        return sorted(out)
-
-    async def close(self) -> None:
-        return None

@@ -75,8 +75,6 @@ class HttpBackend:
                         raise _Transient(f"{resp.status} {resp.reason}")
                     if resp.status not in expect:
                         raise RepoError(f"{method} {url}: unexpected {resp.status} {resp.reason}")
-                    if method == "HEAD":
-                        return resp.status, b""
                     if resp.status == 200 and window is not None:
                         return resp.status, await _read_window(resp, *window)
                     return resp.status, await _read_body(resp, url, limit)
@@ -115,13 +113,6 @@ class HttpBackend:
 
     async def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
         await self._request("PUT", key, expect=(200, 201, 204), data=data)
-
-    async def exists(self, key: str) -> bool:
-        try:
-            await self._request("HEAD", key, expect=(200,))
-        except NotFound:
-            return False
-        return True
 
     async def list(self, prefix: str) -> list[str]:
         body = (await self._request("GET", f"?list={prefix}", expect=(200,)))[1]

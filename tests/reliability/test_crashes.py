@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cas import Cache
-from cas.repocheck import check_repository
-from cas.sync import pull, push
+from cas import Cache, check_repository
 
 from ..conftest import KILLS, REPO, tree_files
 
@@ -203,17 +201,17 @@ def test_kill_push_midway(tmp_path, big_model, stored, push_span, trial):
     if (tmp_path / "repo").exists():
         assert_repository_consistent(url)  # a ref, if there is one, has all its data
     assert stored.verify().ok
-    push(stored, "big:v1", url)
+    stored.push("big:v1", url)
     assert_repository_consistent(url)
     host = Cache(tmp_path / "host")
-    pull(host, "big:v1", url)
+    host.pull("big:v1", url)
     assert tree_files(host.materialize("big:v1")) == tree_files(big_model)
 
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> str:
     url = f"file://{tmp_path_factory.mktemp('pushed') / 'repo'}"
-    push(stored, "big:v1", url)
+    stored.push("big:v1", url)
     return url
 
 
@@ -236,6 +234,6 @@ def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, trial):
     if cache.list():  # finished before the kill: then it must be whole
         assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
     assert_consistent(cache)
-    pull(cache, "big:v1", pushed)
+    cache.pull("big:v1", pushed)
     assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
     assert_repository_consistent(pushed)

@@ -32,7 +32,6 @@ from cas.repo.format import (
     ref_key,
     tree_key,
 )
-from cas.sync import pull, push
 from cas.tree import CHUNK_RECORD, MAX_FILES
 
 from ..conftest import pull_in_child, tree_files
@@ -45,7 +44,7 @@ def honest(tmp_path, synthetic):
     src = Cache(tmp_path / "src")
     info = src.add(synthetic, "m:v1")
     repo = tmp_path / "repo"
-    push(src, "m:v1", f"file://{repo}")
+    src.push("m:v1", f"file://{repo}")
     return repo, info, src.tree(info)
 
 
@@ -72,7 +71,7 @@ def assert_refused(tmp_path: Path, repo: Path, match: str) -> None:
     victim = Cache(tmp_path / "victim")
     outside = sorted(p.name for p in tmp_path.iterdir() if p.name != "victim")
     with pytest.raises(CasError, match=match):
-        pull(victim, "m:forged", f"file://{repo}")
+        victim.pull("m:forged", f"file://{repo}")
     assert victim.list() == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "victim") == outside  # nothing beside the cache
     assert not list(Path("/tmp").glob("evil*")) and not list(victim.root.rglob("*evil*"))  # nor inside it
@@ -169,7 +168,7 @@ def test_pack_bytes_that_are_not_what_the_index_says(tmp_path, honest):
     pack.write_bytes(bytes(data))
     victim = Cache(tmp_path / "victim")
     with pytest.raises(CasError, match="failed verification twice"):
-        pull(victim, "m:v1", f"file://{repo}")
+        victim.pull("m:v1", f"file://{repo}")
     assert victim.list() == []
     blobs = victim.root / "blobs"
     assert not blobs.exists() or all(blake3(p.read_bytes()).hexdigest() == p.name.split(".")[0]
@@ -232,7 +231,7 @@ def test_a_link_planted_where_a_pull_writes_its_part_file_is_not_followed(tmp_pa
     for f in tree.files:
         (work / f"{f.file_id.hex()}.part").symlink_to(precious)
         (work / f"{f.file_id.hex()}.part.done").symlink_to(precious)
-    pull(victim, "m:v1", f"file://{repo}")
+    victim.pull("m:v1", f"file://{repo}")
     assert precious.read_text() == "keep me"
     assert tree_files(victim.materialize("m:v1")) == tree_files(synthetic)
 
@@ -241,7 +240,7 @@ def test_a_server_answering_with_gigabytes_is_cut_off(tmp_path, synthetic, serve
     url, _ = server
     src = Cache(tmp_path / "src")
     src.add(synthetic, "m:v1")
-    push(src, "m:v1", url)
+    src.push("m:v1", url)
     got = pull_in_child(tmp_path / "victim", "m:v1", proxy(url, "bloat"))
     assert "the server sent more than the 268435456 bytes this object may have" in got["error"]
     assert got["peak_mb"] < 700  # the whole answer is 2 GB

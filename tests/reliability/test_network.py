@@ -9,7 +9,6 @@ import time
 import pytest
 
 from cas import Cache, CasError, CorruptObject
-from cas.sync import pull
 
 from ..conftest import blobs_of, published, pull_in_child, stats, tree_files
 
@@ -24,7 +23,7 @@ def test_transient_faults_are_survived(tmp_path, minilm, server, proxy, token, f
     published(tmp_path, minilm, "minilm:v1", url)
     faulty = proxy(url, fault, every, limit=limit)
     host = Cache(tmp_path / "host")
-    pull(host, "minilm:v1", faulty)
+    host.pull("minilm:v1", faulty)
     assert stats(faulty)["faults"] > 0
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
     assert host.verify().ok
@@ -49,7 +48,7 @@ def test_a_stalled_read_is_retried(tmp_path, synthetic, server, proxy, token, mo
     monkeypatch.setenv("CAS_STALL_TIMEOUT", "1")
     stalling = proxy(url, "stall", 1, limit=1)
     host = Cache(tmp_path / "host")
-    pull(host, "m:v1", stalling)
+    host.pull("m:v1", stalling)
     assert stats(stalling)["faults"] == 1
     assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
 
@@ -73,7 +72,7 @@ def test_a_server_that_keeps_failing_ends_in_a_clear_error(tmp_path, synthetic, 
     host = Cache(tmp_path / "host")
     start = time.monotonic()
     with pytest.raises(CasError, match=rf"GET .*/packs/\w+ failed 5 times, {PERMANENT[fault]}"):
-        pull(host, "m:v1", proxy(url, fault, 1))
+        host.pull("m:v1", proxy(url, fault, 1))
     assert time.monotonic() - start < 60  # a hang bound, not a timing: five tries, backoff and 1 s stalls
     assert host.list() == [] and blobs_of(host) == []
 
@@ -86,6 +85,6 @@ def test_permanent_corruption_stops_the_pull_and_stores_nothing(tmp_path, synthe
     published(tmp_path, synthetic, "m:v1", url)
     host = Cache(tmp_path / "host")
     with pytest.raises(CorruptObject, match="m:v1: chunk .* from pack .* failed verification twice"):
-        pull(host, "m:v1", proxy(url, "flip", 1))
+        host.pull("m:v1", proxy(url, "flip", 1))
     assert host.list() == []
     assert blobs_of(host) == []

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cas import Cache
-from cas.repocheck import check_repository
-from cas.sync import pull
+from cas import Cache, check_repository
 
 from ..conftest import READY, REPO, published, start_together, stats, tree_files
 
@@ -35,7 +33,7 @@ print(json.dumps({"tag": m.tag, "path": str(m.path), "digest": digest.hexdigest(
 
 def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_path, minilm, server, proxy, token):
     url, _ = server
-    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_fetched
+    packed = published(tmp_path, minilm, "minilm:v1", url).bytes_uploaded
     counting = proxy(url)
     env = {**os.environ, "CAS_HOME": str(tmp_path / "host"), "CAS_REMOTE": counting}
     procs = start_together([[sys.executable, "-c", RACER]] * 16, env)
@@ -83,7 +81,7 @@ def test_concurrent_pushes_of_overlapping_models_lose_no_ref_and_corrupt_no_pack
     assert report.refs == len(overlapping)
     host = Cache(tmp_path / "host")
     for tag, cache in overlapping.items():
-        pull(host, tag, url)
+        host.pull(tag, url)
         assert tree_files(host.materialize(tag)) == tree_files(cache.materialize(tag))
 
 

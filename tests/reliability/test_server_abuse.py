@@ -12,9 +12,7 @@ import urllib.request
 import pytest
 
 from benchmarks.harness import pss_kib
-from cas import Cache
-from cas.repocheck import check_repository
-from cas.sync import pull
+from cas import Cache, check_repository
 
 from ..conftest import TOKEN, free_port, published, start, stop, tree_files
 
@@ -94,7 +92,7 @@ def test_thousands_of_malformed_requests_are_refused_without_memory_growth(tmp_p
     assert not wrong, f"abusive requests not refused as they should be: {sorted(wrong)[:10]}"
     assert grown_mb < 20, f"the server grew by {grown_mb:.0f} MB"
     host = Cache(tmp_path / "host")
-    pull(host, "m:v1", url)
+    host.pull("m:v1", url)
     assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
     assert check_repository(url, deep=True).ok
 
@@ -111,7 +109,7 @@ def test_slow_clients_do_not_stop_good_requests(tmp_path, served, synthetic):
         body = urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()  # a hang bound, not a timing
         assert b"refs/m/v1" in body
         host = Cache(tmp_path / "host")
-        pull(host, "m:v1", url)  # a whole pull while the slow clients hold their connections
+        host.pull("m:v1", url)  # a whole pull while the slow clients hold their connections
         assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
         grown_mb = (pss_kib(proc.pid) - before) / 1024
         assert grown_mb < 20, f"the server grew by {grown_mb:.0f} MB"

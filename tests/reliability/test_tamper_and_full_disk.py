@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cas import Cache
-from cas.sync import pull, push
 
 from ..conftest import cas_cli, tree_files
 
@@ -22,7 +21,7 @@ def test_a_file_edited_through_its_hardlink_is_found_and_repaired_from_the_repos
     cache = Cache(tmp_path / "cache")
     cache.add(synthetic, "m:v1")
     repo = f"file://{tmp_path / 'repo'}"
-    push(cache, "m:v1", repo)
+    cache.push("m:v1", repo)
     snap = cache.materialize("m:v1")
     victim = max((p for p in snap.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     os.chmod(victim, 0o644)  # root could write through 0444 anyway; this makes the test run as anyone
@@ -32,7 +31,7 @@ def test_a_file_edited_through_its_hardlink_is_found_and_repaired_from_the_repos
     report = cache.verify()
     assert not report.ok and report.tampered
     assert not snap.exists()  # the damaged snapshot can no longer be served
-    pull(cache, "m:v1", repo)  # fetches what verify removed
+    cache.pull("m:v1", repo)  # fetches what verify removed
     assert tree_files(cache.materialize("m:v1")) == tree_files(synthetic)
     assert cache.verify().ok
 
@@ -72,7 +71,7 @@ def test_a_full_disk_during_add_and_pull(tmp_path, small_disk, model_80mb):
     src = Cache(tmp_path / "src")
     src.add(model_80mb, "big:v1")
     repo = f"file://{tmp_path / 'repo'}"
-    push(src, "big:v1", repo)
+    src.push("big:v1", repo)
     _assert_clean_failure(cas_cli("pull", "big:v1", "--remote", repo, home=home, check=False), home)
     assert sorted(p.name for p in small_disk.iterdir()) == ["cache"]  # nothing written beside the cache
 
@@ -94,7 +93,7 @@ def test_a_file_size_limit_during_add_and_pull(tmp_path, model_80mb):
     src = Cache(tmp_path / "src")
     src.add(model_80mb, "big:v1")
     repo = f"file://{tmp_path / 'repo'}"
-    push(src, "big:v1", repo)
+    src.push("big:v1", repo)
     env = {**os.environ, "CAS_PULL_PROCESSES": "1"}
     _assert_clean_failure(
         cas_cli("pull", "big:v1", "--remote", repo, env=env, preexec=_limit_file_size, home=home, check=False), home

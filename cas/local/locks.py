@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CacheBusy
-from .fsutil import make_dirs, open_shared
+from ..errors import CacheBusy
+from ..fsutil import make_dirs, open_shared
 
 DEFAULT_TIMEOUT = 600.0
 POLL = 0.02  # seconds between attempts on a held lock

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from .fsutil import make_dirs, open_shared
-from .tree import Tree
+from ..fsutil import make_dirs, open_shared
+from ..tree import Tree
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from .fsutil import make_dirs, open_shared
+from ..fsutil import make_dirs, open_shared
 
 try:
     import fcntl

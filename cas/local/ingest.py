@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .chunking import chunk_stream
-from .digest import chunk_id, file_hasher
-from .tree import CHUNK_RECORD
+from ..chunking import chunk_stream
+from ..digest import chunk_id, file_hasher
+from ..tree import CHUNK_RECORD
 
 PIPELINE_MIN_BYTES = 8 << 20
 _QUEUE_BLOCKS = 16  # bounds memory: 16 reads of at most 512 KiB in flight

@@ -1,0 +1,93 @@
+"""Fetching one range of a pack: read it, decode and verify each chunk in threads, write it where it goes.
+
+Used alike by a pull's own process and by its worker processes
+(``fetchworker``).  Nothing is written that did not decode to its declared
+length and hash to its chunk id; a chunk that fails gets one more read on
+its own, then stops the pull with an error naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from . import codec
+from .errors import CorruptObject
+from .parts import Parts
+from .ranges import Piece, Range, Target
+from .repo.repository import Repository
+
+
+class Fetcher:
+    """Runs ranges of one pull against one repository: fetch, decode in threads, verify, write."""
+
+    def __init__(self, tag: str, repo: Repository, parts: Parts, threads: int):
+        self.tag = tag
+        self.repo = repo
+        self.parts = parts
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cas-decode")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    async def run(self, r: Range) -> int:
+        """Fetch one range; returns the encoded bytes fetched."""
+        loop = asyncio.get_running_loop()
+        body = await self.repo.read(r.pack_id, r.start, r.end)
+        fetched = len(body)
+        bad = await loop.run_in_executor(self.pool, _decode_and_write, body, r.start, r.pieces, self.parts)
+        del body
+        for p in bad:  # a chunk that failed verification gets one more chance, alone
+            again = await self.repo.read(r.pack_id, p.offset, p.offset + p.length)
+            fetched += len(again)
+            if await loop.run_in_executor(self.pool, _decode_and_write, again, p.offset, [p], self.parts):
+                raise CorruptObject(
+                    f"{self.tag}: chunk {p.chunk_id.hex()} from pack {r.pack_id} in {self.repo.url} failed "
+                    "verification twice; the repository is damaged (nothing corrupt was stored; run 'cas verify' "
+                    "on it)"
+                )
+        return fetched
+
+
+def _decode_and_write(body: bytes, base: int, pieces: list[Piece], parts: Parts) -> list[Piece]:
+    """Decode, verify and write each chunk of one range; returns the pieces that failed verification."""
+    bad = []
+    written: list[Target] = []
+    view = memoryview(body)
+    for p in pieces:
+        try:
+            data = codec.decode(view[p.offset - base : p.offset - base + p.length], p.raw_length, p.chunk_id)
+        except CorruptObject:
+            bad.append(p)
+            continue
+        parts.write(p.targets, data)
+        written += p.targets
+    parts.mark(written)
+    return bad
+
+
+class Backlog:
+    """The ranges a pull has left, taken one at a time by its fetching slots and its workers' pipes."""
+
+    def __init__(self, ranges: list[Range], on_done: Callable[[Range], None]):
+        self._left = deque(ranges)
+        self._on_done = on_done
+        self.fetched = 0  # encoded bytes read so far
+
+    def take(self) -> Range | None:
+        return self._left.popleft() if self._left else None
+
+    def empty(self) -> bool:
+        return not self._left
+
+    def done(self, r: Range, fetched: int) -> None:
+        self.fetched += fetched
+        self._on_done(r)
+
+    async def run_here(self, fetcher: Fetcher) -> None:
+        """One slot of this process: fetch ranges until none are left."""
+        while (r := self.take()) is not None:
+            got = await fetcher.run(r)
+            self.done(r, got)

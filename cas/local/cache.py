@@ -1,0 +1,325 @@
+"""The local cache of one host, composed of its parts: objects, refs, snapshots and the chunk index.
+
+Layout under the cache root::
+
+    refs/<name>/<version>     ref records (``refs``)
+    trees/<ab>/<root>         tree manifests (``objects``)
+    blobs/<ab>/<file id>      whole files, mode 0444 (``objects``)
+    snapshots/<root>/         a model's files as hardlinks to blobs (``snapshots``)
+    chunks.sqlite             which blob holds each chunk (``chunkindex``)
+    tmp/, locks/              staging on the same filesystem; lock files
+
+Writes go bottom-up: blobs, then the tree, then the ref, which is the
+commit point; a reader starts from the ref.  ``LocalCache`` knows nothing of
+repositories: ``cas.Cache`` adds pull, push and the resolution policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import ref, tags
+from ..errors import CacheNotWritable, CasError, CorruptObject, NotFound
+from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
+from ..ref import ModelInfo, recency
+from ..tree import FileEntry, Tree, root_of
+from .ingest import digest_file
+from .objects import ObjectStore
+from .refs import Refs
+from .snapshots import Snapshots
+from .sources import Source, scan
+from .verify import Verifier, VerifyReport
+
+if TYPE_CHECKING:
+    from .chunkindex import ChunkIndex
+
+Progress = Callable[[int], None]
+
+
+def default_root() -> Path:
+    """``$CAS_HOME``, else ``$XDG_CACHE_HOME/cas``, else ``~/.cache/cas``."""
+    return Path(_default_root())
+
+
+def _default_root() -> str:
+    home = os.environ.get("CAS_HOME")
+    if home:
+        return home
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg, "cas") if xdg else os.path.expanduser("~/.cache/cas")
+
+
+class Staging:
+    """A directory inside the cache to write a new model into (see ``LocalCache.create``)."""
+
+    def __init__(self, path: Path, tag: str):
+        self.path = path
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return f"Staging(tag={self.tag!r}, path={str(self.path)!r})"
+
+
+class LocalCache:
+    """A content-addressed model cache rooted at one directory."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, durable: bool | None = None):
+        """``durable`` (default: true unless ``CAS_DURABLE=0``) fsyncs every blob before it is
+        published, so a power loss can never leave a blob whose bytes do not match its name;
+        turn it off for throwaway caches, where it roughly halves ``add`` time."""
+        self._durable = durable
+        self._chunks: ChunkIndex | None = None
+        self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
+        self.root = Path(self._root)
+        self.objects = ObjectStore(self.root)
+        self.refs = Refs(self.root, self.lock)
+        self.snapshots = Snapshots(self.root, self.objects)
+
+    @property
+    def durable(self) -> bool:
+        if self._durable is None:  # read when first writing: the warm path never needs it
+            self._durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
+        return self._durable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._root!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A cache travels (pickle, cloudpickle) as its root: the open chunk index stays behind."""
+        return {"root": self._root, "durable": self._durable}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], durable=state["durable"])  # type: ignore[misc]
+
+    def lock(self, name: str, *, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+        """An inter-process lock on ``locks/<name>`` (``objects``: shared by writers, exclusive for pruning)."""
+        from .locks import locked
+
+        return locked(self.root / "locks" / name, shared=shared)
+
+    def alock(self, name: str, *, shared: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
+        """``lock`` for a coroutine: a cancelled task stops waiting."""
+        from .locks import alocked
+
+        return alocked(self.root / "locks" / name, shared=shared)
+
+    def chunk_index(self) -> ChunkIndex:
+        """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
+        if self._chunks is None:
+            from .chunkindex import ChunkIndex
+
+            self._chunks = ChunkIndex(self.root / "chunks.sqlite")
+        return self._chunks
+
+    @contextlib.contextmanager
+    def writing(self, tag: str, remedy: str) -> Iterator[None]:
+        """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
+        error naming what to run; a refused access elsewhere (a repository folder) is not the cache's."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, CasError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if not os.path.abspath(os.fspath(e.filename or "")).startswith(self._root + os.sep):
+                raise
+            raise CacheNotWritable(
+                f"the cache at {self.root} is not writable by this process: {e.strerror} ({e.filename}); {tag} "
+                f"needs a write there: run {remedy} as the cache's owner when provisioning, or use a cache this "
+                "user can write (CAS_HOME, or cache= in Python)"
+            ) from None
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, tag: str | tags.Tag) -> ModelInfo:
+        """The model stored under ``tag``; ``name`` and ``name:latest`` mean the newest version."""
+        return self.refs.get(tags.parse(tag))
+
+    def list(self, name: str | None = None) -> list[ModelInfo]:
+        """Stored models, newest first; only versions of ``name`` when given."""
+        names = [tags.validate_name(name)] if name is not None else self.refs.names()
+        return sorted((i for n in names for i in self.refs.versions(n)), key=recency, reverse=True)
+
+    def tree(self, tag: str | ModelInfo) -> Tree:
+        """The tree manifest of a stored model."""
+        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        try:
+            return self.objects.load_tree(info.root)
+        except NotFound:
+            raise CorruptObject(
+                f"tree {info.root} of {info.tag} is missing from {self.root}; run 'cas verify' and add the model again"
+            ) from None
+
+    # -- storing ----------------------------------------------------------------
+
+    def add(
+        self,
+        path: str | os.PathLike[str],
+        tag: str,
+        *,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> ModelInfo:
+        """Copy a directory (or one file) into the cache under ``tag`` (``name`` or ``name:version``).
+
+        The user's files are copied, never moved or linked, so later edits to
+        them cannot reach the cache. ``progress`` is called with byte counts.
+        """
+        name, version = _new_tag(tag)
+        labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
+        sources = scan(Path(path))
+        with self.lock("objects", shared=True):
+            entries = [self._ingest_copy(s, progress) for s in sources]
+            return self._record(name, version, entries, labels, metadata)
+
+    @contextlib.contextmanager
+    def create(
+        self,
+        name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Iterator[Staging]:
+        """Write a new model in place: yields a staging directory inside the cache.
+
+        On normal exit the files are moved (not copied) into the cache under a
+        new version; on an exception nothing is recorded and staging is removed.
+        """
+        name, version = _new_tag(name)
+        labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
+        staging = self.root / "tmp" / temp_name("create-")
+        make_dirs(staging)
+        try:
+            yield Staging(staging, f"{name}:{version}")
+            sources = scan(staging)
+            with self.lock("objects", shared=True):
+                entries = [self._ingest_move(s) for s in sources]
+                self._record(name, version, entries, labels, metadata)
+        finally:
+            remove_tree(staging)
+
+    def _ingest_copy(self, s: Source, progress: Progress | None) -> FileEntry:
+        make_dirs(self.objects.tmp)
+        tmp = self.objects.tmp / temp_name("blob-")
+        try:
+            d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=self.durable)
+            self.objects.store_blob(tmp, d.file_id, s.executable)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
+
+    def _ingest_move(self, s: Source) -> FileEntry:
+        d = digest_file(s.src)
+        if self.durable:
+            fsync_path(s.src)
+        self.objects.store_blob(Path(s.src), d.file_id, s.executable)
+        return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
+
+    def _record(
+        self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str], metadata: dict[str, Any]
+    ) -> ModelInfo:
+        tree = Tree.build(entries)
+        encoded = tree.encode()
+        info = ModelInfo(name=name, version=version, root=root_of(encoded), created=time.time(), size=tree.size,
+                         file_count=len(tree.files), labels=labels, metadata=metadata)  # fmt: skip
+        return self.commit(info, tree, encoded)
+
+    def commit(self, info: ModelInfo, tree: Tree, encoded: bytes) -> ModelInfo:
+        """Record a model whose blobs are stored: the tree, its chunks in the index, then the ref (the commit
+        point).  Returns the ref as stored: an existing one with the same content, else ``info``."""
+        self.objects.store_tree(info.root, encoded)
+        self.chunk_index().add_tree(tree)
+        return self.refs.create_if_absent(info)
+
+    def store_assembled(self, part: Path, file_id: bytes, executable: bool) -> None:
+        """Turn a file assembled from verified chunks (a pull) into a blob."""
+        if self.durable:
+            fsync_path(part)
+        self.objects.store_blob(part, file_id, executable)
+        part.unlink(missing_ok=True)
+
+    # -- removing ---------------------------------------------------------------
+
+    def delete(self, tag: str) -> list[ModelInfo]:
+        """Remove ``name:version`` (``name:latest``: the newest; bare ``name``: every version).
+
+        Trees, blobs and snapshots no other ref uses are removed with it.
+        """
+        if ":" in str(tag):
+            victims = [self.get(tag)]
+        else:
+            victims = self.list(tags.validate_name(tag))
+            if not victims:
+                raise self.refs.not_found(tag)
+        with self.lock("objects"):
+            for name in sorted({i.name for i in victims}):
+                self.refs.remove(name, [i.version for i in victims if i.name == name])
+            self._prune({i.root for i in victims})
+        return victims
+
+    def _prune(self, candidates: set[str]) -> None:
+        """Remove the trees, snapshots and blobs of ``candidates`` that no ref still uses."""
+        live = {i.root for i in self.list()}
+        dead = candidates - live
+        keep: set[Path] = set()
+        for root in live if dead else ():
+            with contextlib.suppress(CasError):
+                keep |= self.objects.blobs_of(self.objects.load_tree(root))
+        for root in dead:
+            self.snapshots.remove(root)  # in use: it stays for a later verify; its hardlinks keep its bytes
+            with contextlib.suppress(CasError):
+                for blob in self.objects.blobs_of(self.objects.load_tree(root)) - keep:
+                    blob.unlink(missing_ok=True)
+            self.objects.tree_path(root).unlink(missing_ok=True)
+
+    # -- materializing ----------------------------------------------------------
+
+    def materialize(self, tag: str | ModelInfo) -> Path:
+        """The model's read-only snapshot directory, built from hardlinks on first use."""
+        return Path(self.snapshot_dir(tag if isinstance(tag, ModelInfo) else self.get(tag)))
+
+    def lease(self, info: ModelInfo) -> None:
+        """Keep ``cas rm`` from deleting this model's snapshot while this process lives (see ``leases``).
+
+        Taken before ``snapshot_dir``: a removal that finished first leaves no ref,
+        which ``snapshot_dir`` reports instead of rebuilding from what is left."""
+        self.snapshots.lease(info.root)
+
+    def snapshot_dir(self, info: ModelInfo) -> str:
+        """``materialize`` as a plain string: the descriptor's warm path is one ``stat``."""
+        snap = self.snapshots.existing(info.root)
+        if snap is not None:
+            return snap
+        with self.writing(info.tag, f"'cas materialize {info.tag}'"), self.lock(f"snapshot-{info.root}"), \
+                self.lock("objects", shared=True):  # fmt: skip
+            if self.snapshots.existing(info.root) is None:
+                if not self.refs.exists(info):
+                    raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
+                self.snapshots.build(info, self.tree(info))
+        return str(self.snapshots.path(info.root))
+
+    # -- verifying --------------------------------------------------------------
+
+    def verify(self, tag: str | None = None, *, repair: bool = True) -> VerifyReport:
+        """Re-hash blobs and snapshots; report damage and repair what can be repaired here.
+
+        Repairs: a snapshot with an edited, missing or extra file is rebuilt
+        from good blobs; a blob whose bytes no longer match its id is removed
+        (with any snapshot sharing it) so it can never be served; with no
+        ``tag``, orphaned trees, blobs, snapshots and dead temporaries are removed.
+        """
+        return Verifier(self.objects, self.refs, self.snapshots, repair=repair).run(tag, self.lock)
+
+
+def _new_tag(tag: str) -> tuple[str, str]:
+    """The name and version a new model is stored under: a fresh, time-sortable version when none is given."""
+    name, version = tags.split(tag)
+    if version is None:
+        return name, tags.new_version()
+    return name, tags.validate_version(version, whole=tag)

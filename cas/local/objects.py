@@ -1,0 +1,77 @@
+"""The object store of a cache: blobs (whole files, by file id) and trees (by root hash).
+
+Both are immutable once published and named by their content, so writing
+one that exists is a no-op and a reader never sees a partial object: every
+write goes to a temporary name in ``tmp/`` and is linked into place.
+
+    blobs/<ab>/<file id>      whole files, mode 0444 (``.x`` suffix: executable, 0555)
+    trees/<ab>/<root>         tree manifests (msgpack)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..digest import hex_id
+from ..errors import NotFound
+from ..fsutil import publish, write_new
+from ..tree import FileEntry, Tree, decode
+
+
+class ObjectStore:
+    """Blobs and trees under one cache root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def blob_path(self, file_id: bytes, executable: bool) -> Path:
+        h = hex_id(file_id)
+        return self.root / "blobs" / h[:2] / (h + ".x" if executable else h)
+
+    def blob_of(self, entry: FileEntry) -> Path:
+        """The blob holding one file of a tree."""
+        return self.blob_path(entry.file_id, entry.executable)
+
+    def store_blob(self, src: Path, file_id: bytes, executable: bool) -> None:
+        """Move ``src`` (fsynced already, where that matters) into place as the blob for ``file_id``; when
+        that blob exists already, ``src`` is left for the caller to remove."""
+        dest = self.blob_path(file_id, executable)
+        if dest.exists():
+            return
+        os.chmod(src, 0o555 if executable else 0o444)
+        publish(src, dest)
+
+    def tree_path(self, root: str) -> Path:
+        return self.root / "trees" / root[:2] / root
+
+    def load_tree(self, root: str) -> Tree:
+        """A stored tree, checked against its root; NotFound when it is missing."""
+        try:
+            data = self.tree_path(root).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"tree {root} is missing from {self.root}") from None
+        return decode(data, root)
+
+    def store_tree(self, root: str, encoded: bytes) -> None:
+        path = self.tree_path(root)
+        if not path.exists():
+            write_new(path, encoded, self.tmp)
+
+    def blobs_of(self, tree: Tree) -> set[Path]:
+        return {self.blob_of(f) for f in tree.files}
+
+    def blob_files(self) -> Iterator[Path]:
+        """Every blob file on disk, named or not by a tree (for verify)."""
+        return _files_under(self.root / "blobs")
+
+    def tree_files(self) -> Iterator[Path]:
+        return _files_under(self.root / "trees")
+
+
+def _files_under(d: Path) -> Iterator[Path]:
+    for dirpath, _, names in sorted(os.walk(d)):
+        for n in sorted(names):
+            yield Path(dirpath, n)

@@ -1,0 +1,99 @@
+"""Snapshots: a model's files as a read-only directory of hardlinks to its blobs, and the leases on them.
+
+    snapshots/<root>/         the files of every model whose tree has that root; directories 0555
+
+A snapshot is built under a temporary name inside ``snapshots/`` and renamed
+into place when complete: its presence is its completion marker, so the
+warm path is one ``stat`` and a model directory holds nothing but the
+model's files.  A process using a snapshot holds a lease on it (see
+``leases``), and removal leaves a leased snapshot in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from ..errors import CasError, CorruptObject
+from ..fsutil import fsync_dir, link_or_copy, make_dirs, remove_tree, temp_name
+from ..ref import ModelInfo
+from ..tree import Tree
+from . import leases
+from .objects import ObjectStore
+
+STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
+
+
+class Snapshots:
+    def __init__(self, cache_root: Path, objects: ObjectStore):
+        self.dir = cache_root / "snapshots"
+        self._dir = str(self.dir)  # plain string: the warm path avoids pathlib
+        self._locks = str(cache_root / "locks")
+        self._objects = objects
+
+    def path(self, root: str) -> Path:
+        """Where the snapshot of a tree lives once built."""
+        return self.dir / root
+
+    def existing(self, root: str) -> str | None:
+        """The snapshot's directory as a string when it is built (one ``stat``: the descriptor's warm path)."""
+        snap = f"{self._dir}/{root}"
+        return snap if os.path.isdir(snap) else None
+
+    def lease(self, root: str) -> None:
+        """Keep removals from deleting this snapshot while this process lives."""
+        leases.hold(self._locks, root)
+
+    def build(self, info: ModelInfo, tree: Tree) -> None:
+        """Build the snapshot of ``tree`` from its blobs; a snapshot another process finished first stands."""
+        snap = self.path(info.root)
+        stage = self.dir / temp_name(STAGING)
+        make_dirs(stage)
+        try:
+            self._fill(info, tree, stage)
+            os.rename(stage, snap)
+        except OSError as e:
+            remove_tree(stage)
+            if snap.is_dir():  # another process without our lock won the race
+                return
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # the caller says "not writable", naming the cache
+            raise CasError(f"could not materialize {info.tag} in {self.dir}: {e}") from e
+        except BaseException:
+            remove_tree(stage)
+            raise
+        fsync_dir(self.dir)
+
+    def _fill(self, info: ModelInfo, tree: Tree, stage: Path) -> None:
+        dirs = {stage}
+        for f in tree.files:
+            blob = self._objects.blob_of(f)
+            if not blob.exists():
+                raise CorruptObject(
+                    f"{info.tag}: blob {blob.name} for {f.path!r} is missing from {self._objects.root}; "
+                    f"run 'cas verify' and add or pull {info.tag} again"
+                )
+            dest = stage / f.path
+            if dest.parent not in dirs:
+                make_dirs(dest.parent)
+                dirs.update(dest.parents)
+            link_or_copy(blob, dest)
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            if d.is_relative_to(stage):
+                os.chmod(d, 0o555)
+
+    def remove(self, root: str) -> bool:
+        """Remove a snapshot no process has leased; False when one has (its hardlinks keep its bytes)."""
+        with leases.unused(self._locks, root) as free:
+            if free:  # while no process can take a lease on it
+                remove_tree(self.path(root))
+            return free
+
+    def in_use(self, root: str) -> bool:
+        with leases.unused(self._locks, root) as free:
+            return not free
+
+    def entries(self) -> list[Path]:
+        """Everything in ``snapshots/``: built snapshots, staging folders, trash (for verify)."""
+        return sorted(self.dir.iterdir()) if self.dir.is_dir() else []

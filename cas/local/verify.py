@@ -1,0 +1,223 @@
+"""Checking a cache against its own hashes, and repairing what can be repaired here.
+
+A snapshot file is a hardlink to its blob, so editing it (possible as root,
+or after a chmod) edits the blob too: both are found by re-hashing.  A
+damaged snapshot is rebuilt from good blobs; a damaged blob is removed, with
+every snapshot sharing it, because serving it would be worse than a clear
+"missing" error.  Orphans (objects no ref reaches, temporaries of dead
+processes) are removed only on a whole-cache check.  The checker works on
+the cache's parts (objects, refs, snapshots) through their public methods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from .. import tags
+from ..digest import hash_file
+from ..errors import CasError
+from ..fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
+from ..ref import ModelInfo, recency
+from ..tree import Tree
+from .objects import ObjectStore
+from .refs import Refs
+from .snapshots import STAGING, Snapshots
+
+
+class VerifyReport:
+    """What ``Cache.verify`` found and what it repaired."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.missing: list[str] = []
+        self.tampered: list[str] = []
+        self.orphaned: list[str] = []
+        self.repaired: list[str] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifyReport(checked={self.checked}, missing={len(self.missing)}, tampered={len(self.tampered)}, "
+            f"orphaned={len(self.orphaned)}, repaired={len(self.repaired)})"
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is left broken (orphans and repaired damage do not count)."""
+        return not self.missing and not self.unrepaired
+
+    @property
+    def unrepaired(self) -> list[str]:
+        return [t for t in self.tampered if t not in self.repaired]
+
+
+class Verifier:
+    """One check of a cache: its parts, what is known about each blob, and the report."""
+
+    def __init__(self, objects: ObjectStore, refs: Refs, snapshots: Snapshots, *, repair: bool):
+        self.objects, self.refs, self.snapshots = objects, refs, snapshots
+        self.repair = repair
+        self.report = VerifyReport()
+        self.blob_ok: dict[Path, bool] = {}  # blob: whether it hashes to its name
+
+    def run(self, tag: str | None, lock: Callable[..., AbstractContextManager[None]]) -> VerifyReport:
+        with lock("objects"):  # exclusive: no ingest or pull publishes while blobs are judged
+            infos = [self.refs.get(tags.parse(tag))] if tag is not None else self._all_refs()
+            trees: dict[str, Tree] = {}
+            for info in infos:
+                tree = self._check_tree(info)
+                if tree is not None:
+                    trees[info.root] = tree
+                    self._check_snapshot(info, tree, self._check_blobs(info, tree))
+            if tag is None:
+                self._check_latest_links(infos)
+                self._check_orphans(trees)
+        return self.report
+
+    def _all_refs(self) -> list[ModelInfo]:
+        out = []
+        for name, version, record in self.refs.records():
+            if isinstance(record, CasError):
+                self.report.tampered.append(f"ref {name}:{version} is unreadable ({record}); remove it with 'cas rm'")
+            else:
+                out.append(record)
+        return out
+
+    def _check_tree(self, info: ModelInfo) -> Tree | None:
+        self.report.checked += 1
+        try:
+            return self.objects.load_tree(info.root)
+        except CasError as e:
+            self.report.missing.append(f"{info.tag}: tree {info.root} is missing or damaged ({e}); add or pull "
+                                       "it again")  # fmt: skip
+            return None
+
+    def _blob_good(self, path: Path, file_id: bytes) -> bool:
+        if path not in self.blob_ok:
+            try:
+                self.blob_ok[path] = hash_file(str(path)) == file_id
+            except FileNotFoundError:
+                self.blob_ok[path] = False
+        return self.blob_ok[path]
+
+    def _check_blobs(self, info: ModelInfo, tree: Tree) -> set[Path]:
+        """The blobs of ``tree`` that are missing or damaged (a damaged one is removed when repairing)."""
+        bad = set()
+        for f in tree.files:
+            blob = self.objects.blob_of(f)
+            known = blob in self.blob_ok
+            if not blob.exists():
+                self.blob_ok[blob] = False
+                bad.add(blob)
+                if not known:
+                    self.report.missing.append(f"{info.tag}: blob {blob.name} ({f.path}) is missing; add or pull "
+                                               "the model again")  # fmt: skip
+            elif not self._blob_good(blob, f.file_id):
+                bad.add(blob)
+                if not known:
+                    self.report.tampered.append(
+                        f"{info.tag}: blob {blob.name} ({f.path}) does not match its id"
+                        + ("; removed so it cannot be served, add or pull the model again" if self.repair else "")
+                    )
+                    if self.repair:
+                        blob.unlink()
+        return bad
+
+    def _snapshot_problems(self, snap: Path, tree: Tree, bad_blobs: set[Path]) -> list[str]:
+        problems = []
+        for f in tree.files:
+            p, blob = snap / f.path, self.objects.blob_of(f)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                problems.append(f"{f.path} is missing")
+                continue
+            try:
+                same = os.path.samestat(st, os.stat(blob))
+            except FileNotFoundError:
+                same = False
+            if same and self.blob_ok.get(blob):
+                continue
+            if blob in bad_blobs or hash_file(str(p)) != f.file_id:
+                problems.append(f"{f.path} does not match its file id")
+        expected = {f.path for f in tree.files}
+        for dirpath, _, files in os.walk(snap):
+            for n in files:
+                rel = os.path.relpath(os.path.join(dirpath, n), snap).replace(os.sep, "/")
+                if rel not in expected:
+                    problems.append(f"{rel} is not part of the model")
+        return problems
+
+    def _check_snapshot(self, info: ModelInfo, tree: Tree, bad_blobs: set[Path]) -> None:
+        snap = self.snapshots.path(info.root)
+        problems = self._snapshot_problems(snap, tree, bad_blobs) if snap.is_dir() else []
+        if not problems:
+            return
+        msg = f"{info.tag}: snapshot {snap}: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+        self.report.tampered.append(msg)
+        if not self.repair:
+            return
+        remove_tree(snap)
+        if not bad_blobs:  # with bad blobs the snapshot is gone so the damage cannot be served; pull again
+            self.snapshots.build(info, tree)  # we hold the objects lock already
+            self.report.repaired.append(msg)
+
+    def _check_latest_links(self, infos: list[ModelInfo]) -> None:
+        """Each name's ``.latest`` hint must name its newest version (a crash can only leave it dangling)."""
+        newest: dict[str, ModelInfo] = {}
+        for info in infos:
+            if info.name not in newest or recency(info) > recency(newest[info.name]):
+                newest[info.name] = info
+        for name, info in newest.items():
+            target = self.refs.latest_link(name)
+            if target != info.version:
+                msg = f"{name}: latest link names {target!r}, the newest version is {info.version}"
+                self.report.tampered.append(msg)
+                if self.repair:
+                    self.refs.repair_latest(name)
+                    self.report.repaired.append(msg)
+
+    def _check_orphans(self, trees: dict[str, Tree]) -> None:
+        live_blobs = {self.objects.blob_of(f) for t in trees.values() for f in t.files}
+        found = [p for p in self.objects.tree_files() if p.name not in trees]
+        found += [p for p in self.objects.blob_files() if p not in live_blobs]
+        for p in self.snapshots.entries():
+            if p.name.startswith(STAGING):
+                if not _owner_alive(p.name[len(STAGING) :]):
+                    found.append(p)
+            elif p.name.startswith(TRASH):
+                found.append(p)
+            elif p.name not in trees:
+                self._orphan_snapshot(p)
+        tmp = self.objects.tmp
+        found += [p for p in (sorted(tmp.iterdir()) if tmp.is_dir() else []) if not _owner_alive(p.name)]
+        for p in found:
+            self._remove_orphan(p)
+
+    def _orphan_snapshot(self, p: Path) -> None:
+        kept = not self.snapshots.remove(p.name) if self.repair else self.snapshots.in_use(p.name)
+        if kept:
+            self.report.orphaned.append(f"{p} (in use by a running process: kept)")
+            return
+        self.report.orphaned.append(str(p))
+        if self.repair:
+            self.report.repaired.append(f"removed orphan {p}")
+
+    def _remove_orphan(self, p: Path) -> None:
+        """Remove what no ref needs; in a shared cache, what only its owner can remove (a read-only snapshot
+        another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``) stays for the owner's verify."""
+        if self.repair:
+            try:
+                remove_tree(p, move_aside=False) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            except PermissionError:
+                self.report.orphaned.append(f"{p} (another user's, in this shared cache: their cas verify removes it)")
+                return
+            self.report.repaired.append(f"removed orphan {p}")
+        self.report.orphaned.append(str(p))
+
+
+def _owner_alive(temp: str) -> bool:
+    pid = pid_of_temp(temp)
+    return pid is not None and pid_alive(pid)

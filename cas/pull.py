@@ -1,0 +1,215 @@
+"""Pull: fetch a model from a repository into the cache, moving only what no local file holds.
+
+By stage, for the files whose blobs are missing:
+
+1. plan: each becomes a part file in ``tmp/pull`` (``Assembly``); what an
+   interrupted pull verified there is kept;
+2. copy local: chunks any local blob holds (the chunk index) are copied,
+   re-hashed first;
+3. fetch: the rest, as merged ranges of packs (``ranges``), here and in
+   worker processes (``fetch``), every chunk decoded and verified;
+4. verify and publish: each file is hashed whole as it fills
+   (``prefixhash``) and becomes a blob only if it hashes to its id, all
+   checked before any is published; then the tree and the ref.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from . import privateloop
+from .digest import chunk_id
+from .errors import CorruptObject
+from .fetch import fetch, worker_count
+from .fetchworker import Workers
+from .fsutil import make_dirs
+from .local.cache import LocalCache
+from .parts import Parts, new_part, read_done
+from .prefixhash import PrefixHasher
+from .ranges import Range, Target, plan
+from .ref import ModelInfo
+from .repo import CONCURRENCY
+from .repo.format import Location
+from .repo.repository import Repository, remote_url, with_repository
+from .tree import FileEntry
+
+Progress = Callable[[int], None]
+
+
+class PullStats(NamedTuple):
+    """What a pull moved."""
+
+    info: ModelInfo
+    bytes_fetched: int  # encoded bytes read from the repository
+    bytes_reused: int  # raw bytes copied from files already on this host
+    bytes_total: int
+    seconds: float
+
+
+def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
+         progress: Progress | None = None) -> PullStats:  # fmt: skip
+    """Fetch ``tag`` from ``remote`` (else ``$CAS_REMOTE``) into the cache and record it; from any thread."""
+    url = remote_url(remote)
+    return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
+
+
+async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
+                progress: Progress | None = None) -> PullStats:  # fmt: skip
+    """``pull`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving;
+    cancelling the awaiting task stops it once unwound, keeping what it verified for the next pull."""
+    url = remote_url(remote)
+    return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
+
+
+async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
+                    progress: Progress | None = None) -> PullStats:  # fmt: skip
+    """``pull`` on the running loop (for code already on a private loop)."""
+    return await with_repository(lambda repo: _pull(cache, tag, repo, concurrency, progress), url, concurrency)
+
+
+async def _pull(cache: LocalCache, tag: str, repo: Repository, concurrency: int, progress: Progress | None
+                ) -> PullStats:  # fmt: skip
+    start = time.perf_counter()
+    info = await repo.ref(tag)
+    tree, encoded = await repo.tree(info)
+    fetched = reused = 0
+    # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
+    async with cache.alock("objects", shared=True), cache.alock(f"pull-{info.root}"):
+        missing = [f for f in tree.files if not cache.objects.blob_of(f).exists()]
+        if missing:
+            fetched, reused = await _fetch_files(cache, info, missing, repo, concurrency, progress)
+        cache.commit(info, tree, encoded)
+    return PullStats(info, fetched, reused, info.size, time.perf_counter() - start)
+
+
+async def _fetch_files(cache: LocalCache, info: ModelInfo, files: list[FileEntry], repo: Repository,
+                       concurrency: int, progress: Progress | None) -> tuple[int, int]:  # fmt: skip
+    """Build the blobs of ``files``: returns the bytes fetched and the bytes reused from local files."""
+    count = worker_count(sum(f.size for f in files))
+    started = await Workers.start(count) if count else None  # their imports overlap the planning below
+    workers = started
+    try:
+        work = cache.root / "tmp" / "pull"
+        make_dirs(work)
+        assembly = Assembly(work, files)
+        reused = await asyncio.to_thread(_copy_local, cache, assembly, progress)
+        ranges = assembly.ranges(await repo.locator(info.root), f"{info.tag}: the locator in {repo.url}")
+        if workers and not worker_count(sum(r.end - r.start for r in ranges)):
+            workers = None  # local files held most of it: not worth feeding the workers
+        digests, fetched = await _fetch_hashed(info.tag, repo, assembly, ranges, concurrency, progress, workers,
+                                               cache.durable)  # fmt: skip
+        assembly.check(digests, info.tag, repo.url)
+        assembly.publish(cache)
+    finally:
+        if started:
+            await started.close()
+    with contextlib.suppress(OSError):  # kept while other pulls are resumable
+        work.rmdir()
+    return fetched, reused
+
+
+class Assembly:
+    """The part files one pull assembles: the tree entry each becomes, its chunks in order, and for every
+    chunk still wanted, where its bytes go (a chunk verified by an interrupted pull is not wanted again)."""
+
+    def __init__(self, work: Path, files: list[FileEntry]):
+        self.entries: dict[str, FileEntry] = {}  # part file: the tree entry it becomes
+        self.layout: dict[str, list[tuple[int, int]]] = {}  # part file: its chunks (offset, length) in order
+        self.wanted: dict[bytes, list[Target]] = defaultdict(list)
+        self.raw_len: dict[bytes, int] = {}
+        for f in files:
+            part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
+            if str(part) not in self.entries:  # the same file twice in one model is assembled once
+                self._add(str(part), f)
+
+    def _add(self, part: str, f: FileEntry) -> None:
+        self.entries[part] = f
+        if os.path.islink(part) or not os.path.isfile(part) or os.path.getsize(part) != f.size:
+            new_part(Path(part), f.size)
+            done: set[int] = set()
+        else:
+            done = read_done(Path(part))
+        offset, chunks = 0, self.layout.setdefault(part, [])
+        for cid, length in f.chunk_list():
+            if offset not in done:
+                self.wanted[cid].append(Target(part, offset))
+                self.raw_len[cid] = length
+            chunks.append((offset, length))
+            offset += length
+
+    def targets(self) -> Iterator[Target]:
+        return (t for targets in self.wanted.values() for t in targets)
+
+    def ranges(self, locations: dict[bytes, Location], where: str) -> list[Range]:
+        """The pack ranges to request for every chunk still wanted."""
+        for cid in self.wanted:
+            if cid not in locations:
+                raise CorruptObject(f"{where} does not say where chunk {cid.hex()} is")
+        return plan(self.wanted, self.raw_len, locations)
+
+    def check(self, digests: dict[str, bytes], tag: str, url: str) -> None:
+        """Every part file hashes to its file id, or the pull stores nothing (a bad part is discarded)."""
+        for part, f in self.entries.items():
+            if digests[part] != f.file_id:
+                Path(part).unlink()
+                Path(part + ".done").unlink(missing_ok=True)
+                raise CorruptObject(f"{tag}: {f.path} assembled from verified chunks does not hash to its file id; "
+                                    "the partial file was discarded: pull again, and if this repeats the tree in "
+                                    f"{url} is inconsistent")  # fmt: skip
+
+    def publish(self, cache: LocalCache) -> None:
+        for part, f in self.entries.items():
+            cache.store_assembled(Path(part), f.file_id, f.executable)
+            Path(part + ".done").unlink(missing_ok=True)
+
+
+def _copy_local(cache: LocalCache, assembly: Assembly, progress: Progress | None) -> int:
+    """Copy every wanted chunk a local blob holds (re-hashed first), no longer wanted; returns the bytes reused."""
+    seeds = cache.chunk_index().find(list(assembly.wanted))
+    reused = 0
+    parts = Parts()
+    try:
+        for cid, seed in seeds.items():
+            try:
+                with open(cache.objects.blob_path(seed.file_id, seed.executable), "rb") as f:
+                    data = os.pread(f.fileno(), seed.length, seed.offset)
+            except FileNotFoundError:
+                cache.chunk_index().forget_file(seed.file_id)
+                continue
+            if len(data) != assembly.raw_len[cid] or chunk_id(data) != cid:
+                continue
+            targets = assembly.wanted.pop(cid)
+            parts.write(targets, data)
+            parts.mark(targets)
+            reused += len(data)
+            if progress:
+                progress(len(data))
+    finally:
+        parts.close()
+    return reused
+
+
+async def _fetch_hashed(tag: str, repo: Repository, assembly: Assembly, ranges: list[Range], concurrency: int,
+                        progress: Progress | None, workers: Workers | None, durable: bool,
+                        ) -> tuple[dict[str, bytes], int]:  # fmt: skip
+    """Fetch the ranges, hashing each part file as its written prefix grows: (file digests, bytes fetched)."""
+    hasher = PrefixHasher(assembly.layout, assembly.targets())
+
+    def on_done(r: Range) -> None:
+        hasher.written(t for p in r.pieces for t in p.targets)
+        if progress:
+            progress(sum(p.raw_length for p in r.pieces))
+
+    try:
+        fetched = await fetch(tag, repo, ranges, concurrency, on_done, workers, flush_behind=durable)
+    except BaseException:
+        await asyncio.to_thread(hasher.stop)
+        raise
+    return await asyncio.to_thread(hasher.digests), fetched

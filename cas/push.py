@@ -1,0 +1,214 @@
+"""Push: upload a stored model to a repository, only what it lacks.
+
+The repository's pack indexes say which chunks it holds (kept on this host
+by pack id, so a second push reads only the new ones).  The other chunks
+are read from their blobs, re-hashed, encoded on every core, and packed
+into packs of about ``PACK_TARGET`` bytes, each uploaded (pack, then index)
+while the next is encoded; then the tree and its locator, and the ref last,
+so a reader never sees a ref whose data is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+from . import codec, privateloop
+from .digest import chunk_id
+from .errors import CorruptObject
+from .fsutil import make_dirs, temp_name
+from .local.cache import LocalCache
+from .ref import ModelInfo
+from .repo.format import IndexEntry, Location, encode_index
+from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
+from .tree import Tree
+
+PACK_TARGET = 32 << 20
+ENCODE_BATCH = 256
+UPLOADS_IN_FLIGHT = 2  # packs uploading while the next one is encoded: memory is a few PACK_TARGETs
+
+Progress = Callable[[int], None]
+
+
+class PushStats(NamedTuple):
+    """What a push moved."""
+
+    info: ModelInfo
+    bytes_uploaded: int  # encoded pack bytes sent to the repository
+    bytes_present: int  # raw bytes of chunks the repository held already
+    bytes_total: int
+    seconds: float
+
+
+class Chunk(NamedTuple):
+    """A chunk to upload, and where its bytes are on this host."""
+
+    chunk_id: bytes
+    length: int
+    blob: Path
+    offset: int
+
+
+def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
+    """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread."""
+    info = cache.get(tag)
+    return run_with_repository(lambda repo: push_here(cache, info, repo, progress), remote_url(remote))
+
+
+async def apush(cache: LocalCache, tag: str, remote: str | None = None, *,
+                progress: Progress | None = None) -> PushStats:  # fmt: skip
+    """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
+    info, url = cache.get(tag), remote_url(remote)
+    return await privateloop.run_async(
+        lambda: with_repository(lambda repo: push_here(cache, info, repo, progress), url)
+    )
+
+
+async def push_here(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None) -> PushStats:
+    """``push`` on the running loop."""
+    start = time.perf_counter()
+    await repo.check_version_free(info)
+    tree = cache.tree(info)
+    locations, todo, present = _plan(cache, tree, await _known_chunks(cache, repo))
+    writer = PackWriter(repo)
+    try:
+        await _encode(todo, writer, progress)
+        await writer.close()
+    finally:
+        await writer.abort()
+    locations.update(writer.locations)
+    missing = [cid for f in tree.files for cid, _ in f.chunk_list() if cid not in locations]
+    if missing:
+        raise AssertionError(f"chunk {missing[0].hex()} was not packed")
+    await repo.put_tree(info.root, tree.encode(), locations)
+    await repo.put_ref(info)
+    return PushStats(info, writer.uploaded, present, info.size, time.perf_counter() - start)
+
+
+def _plan(
+    cache: LocalCache, tree: Tree, known: dict[bytes, Location]
+) -> tuple[dict[bytes, Location], list[Chunk], int]:
+    """Where the repository holds chunks already, the chunks to upload (each once), and the raw bytes present."""
+    locations: dict[bytes, Location] = {}
+    todo: dict[bytes, Chunk] = {}
+    present = 0
+    for f in tree.files:
+        blob, offset = cache.objects.blob_of(f), 0
+        for cid, length in f.chunk_list():
+            if cid in known:
+                locations[cid] = known[cid]
+                present += length
+            elif cid not in todo:
+                todo[cid] = Chunk(cid, length, blob, offset)
+            offset += length
+    return locations, list(todo.values()), present
+
+
+async def _known_chunks(cache: LocalCache, repo: Repository) -> dict[bytes, Location]:
+    """Every chunk the repository holds, from its pack indexes (kept on this host by pack id)."""
+    kept = cache.root / "remotes" / hashlib.sha256(repo.url.encode()).hexdigest()[:16] / "packs"
+    known: dict[bytes, Location] = {}
+    for name in sorted(await repo.pack_names()):
+        if not name.endswith(".idx"):
+            continue
+        pack_id = name.removesuffix(".idx")
+        copy = kept / name
+        if copy.exists():
+            index = copy.read_bytes()
+        else:
+            index = await repo.pack_index(pack_id)
+            _keep_index(kept, copy, index)
+        for cid, loc in indexed_chunks(pack_id, index):
+            known.setdefault(cid, loc)
+    return known
+
+
+def _keep_index(kept: Path, copy: Path, index: bytes) -> None:
+    """Keep a pack index for the next push; best effort: a cache this user cannot write still pushes."""
+    try:
+        make_dirs(kept)
+        tmp = kept / temp_name(".idx-")
+        tmp.write_bytes(index)
+        os.chmod(tmp, 0o444)  # read by the other users of a shared cache
+        os.replace(tmp, copy)
+    except OSError:
+        pass
+
+
+async def _encode(todo: list[Chunk], writer: PackWriter, progress: Progress | None) -> None:
+    """Encode chunks on every core, a batch at a time, handing each to the pack writer in order."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for i in range(0, len(todo), ENCODE_BATCH):
+            batch = todo[i : i + ENCODE_BATCH]
+            # map from a thread outside the pool, so every pool thread encodes
+            encoded = await asyncio.to_thread(lambda b=batch: list(pool.map(_encode_one, b)))
+            for chunk, enc in zip(batch, encoded):
+                await writer.add(chunk, enc)
+                if progress:
+                    progress(chunk.length)
+
+
+def _encode_one(chunk: Chunk) -> bytes:
+    with open(chunk.blob, "rb") as f:
+        data = os.pread(f.fileno(), chunk.length, chunk.offset)
+    if chunk_id(data) != chunk.chunk_id:
+        raise CorruptObject(f"blob {chunk.blob.name} does not hold chunk {chunk.chunk_id.hex()[:16]} any more; "
+                            "run 'cas verify'")  # fmt: skip
+    return codec.encode(data)
+
+
+class PackWriter:
+    """Collects encoded chunks into packs and uploads each full one in the background, at most
+    ``UPLOADS_IN_FLIGHT`` at a time; ``locations`` says where every uploaded chunk is."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.locations: dict[bytes, Location] = {}
+        self.uploaded = 0  # pack bytes sent
+        self._pack = bytearray()
+        self._entries: list[IndexEntry] = []
+        self._uploads: list[asyncio.Task[None]] = []
+
+    async def add(self, chunk: Chunk, encoded: bytes) -> None:
+        self._entries.append(IndexEntry(chunk.chunk_id, len(self._pack), len(encoded), chunk.length, encoded[0]))
+        self._pack += encoded
+        if len(self._pack) >= PACK_TARGET:
+            await self._seal()
+
+    async def close(self) -> None:
+        """Upload the last pack and wait for every upload; the first failure is raised."""
+        await self._seal()
+        await asyncio.gather(*self._uploads)
+
+    async def abort(self) -> None:
+        """Cancel uploads still running (after a failure; after ``close`` there are none)."""
+        for t in self._uploads:
+            t.cancel()
+        await asyncio.gather(*self._uploads, return_exceptions=True)
+
+    async def _seal(self) -> None:
+        if not self._entries:
+            return
+        while True:  # room for one more upload; a finished upload's failure stops the push here
+            for t in [t for t in self._uploads if t.done()]:
+                self._uploads.remove(t)
+                t.result()
+            if len(self._uploads) < UPLOADS_IN_FLIGHT:
+                break
+            await asyncio.wait(self._uploads, return_when=asyncio.FIRST_COMPLETED)
+        data, entries = bytes(self._pack), self._entries
+        self._pack, self._entries = bytearray(), []
+        self._uploads.append(asyncio.ensure_future(self._upload(data, entries)))
+
+    async def _upload(self, data: bytes, entries: list[IndexEntry]) -> None:
+        pack_id = (await asyncio.to_thread(chunk_id, data)).hex()
+        await self.repo.put_pack(pack_id, data, encode_index(len(data), entries))
+        for e in entries:
+            self.locations[e.chunk_id] = Location(pack_id, e.offset, e.length)
+        self.uploaded += len(data)

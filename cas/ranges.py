@@ -1,0 +1,65 @@
+"""Which byte ranges of which packs a pull requests (pure): wanted chunks merged into ranges.
+
+Neighbouring chunks of one pack closer than ``MAX_GAP`` share a request of
+at most ``MAX_SPAN`` bytes: few requests (object stores and CDNs are slow
+and costly per request), and memory bounded by requests in flight times
+``MAX_SPAN``.  Ranges are ordered by where their first chunk goes, so files
+complete, and are hashed, one after another.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple
+
+from .repo.format import Location, iter_ranges
+
+MAX_SPAN = 4 << 20  # bytes per range request: bounds memory to concurrency * MAX_SPAN
+MAX_GAP = 64 << 10  # neighbouring ranges closer than this share a request
+
+
+class Target(NamedTuple):
+    """Where one chunk goes: a part file being assembled, at an offset."""
+
+    part: str
+    offset: int
+
+
+class Piece(NamedTuple):
+    """One encoded chunk inside a range and every place its bytes go."""
+
+    offset: int  # in the pack
+    length: int  # encoded
+    chunk_id: bytes
+    raw_length: int
+    targets: list[Target]
+
+
+class Range(NamedTuple):
+    """One HTTP Range request: a span of a pack holding one or more wanted chunks."""
+
+    pack_id: str
+    start: int
+    end: int
+    pieces: list[Piece]
+
+
+def plan(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations: dict[bytes, Location]) -> list[Range]:
+    """Merge the wanted chunks of each pack into ranges, ordered by where their first chunk goes."""
+    by_pack: dict[str, list[Piece]] = defaultdict(list)
+    for cid, targets in wanted.items():
+        loc = locations[cid]
+        by_pack[loc.pack_id].append(Piece(loc.offset, loc.length, cid, raw_len[cid], targets))
+    ranges = []
+    for pack_id, pieces in by_pack.items():
+        pieces.sort()
+        spans = iter_ranges([(p.offset, p.length) for p in pieces], MAX_GAP, MAX_SPAN)
+        i = 0
+        for start, end in spans:
+            j = i
+            while j < len(pieces) and pieces[j].offset < end:
+                j += 1
+            ranges.append(Range(pack_id, start, end, pieces[i:j]))
+            i = j
+    ranges.sort(key=lambda r: min(r.pieces[0].targets))  # in file order: files complete, and hash, one by one
+    return ranges

@@ -1,0 +1,127 @@
+"""Checking a repository: what `cas verify --remote URL` reports.
+
+Every ref must name a tree that exists and hashes to its name, with a
+locator that places every chunk of the tree inside a pack that exists and
+has an index, and every index its pack.  A pack without an index is what an
+interrupted push leaves (packs go up before their indexes): an orphan, not
+damage.  The
+deep check also reads each pack (streamed in windows: memory is one
+window) and proves its name, its size and every chunk in it.  Nothing is repaired:
+a repository is shared, and what is wrong with it is for its owner to fix
+(re-pushing the model restores whatever a ref lacks).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from .. import codec
+from ..digest import file_hasher
+from ..errors import CasError
+from ..ref import ModelInfo
+from .format import IndexEntry, decode_index, pack_key
+from .repository import Repository, remote_url, run_with_repository
+
+WINDOW = 16 << 20  # bytes of a pack read at a time by the deep check
+
+
+class RepoReport(NamedTuple):
+    refs: int
+    packs: int
+    problems: list[str]  # a ref could not be pulled whole, or stored bytes are not what their name says
+    orphans: list[str]  # left by an interrupted push: harmless, no ref needs them
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoReport:
+    """Check the repository at ``remote`` (else ``$CAS_REMOTE``); ``deep`` re-reads every pack."""
+    return run_with_repository(lambda repo: _Check(repo, deep).run(), remote_url(remote))
+
+
+class _Check:
+    """One check of a repository and the problems it found."""
+
+    def __init__(self, repo: Repository, deep: bool):
+        self.repo, self.deep = repo, deep
+        self.problems: list[str] = []
+
+    async def run(self) -> RepoReport:
+        names = await self.repo.pack_names()
+        packs = {n for n in names if "." not in n}
+        sizes = await self._indexes(names, packs)
+        orphans = [f"packs/{p}: a pack without an index" for p in sorted(packs) if f"{p}.idx" not in names]
+        versions = await self.repo.versions()
+        for info in versions:
+            await self._check_ref(info, sizes)
+        return RepoReport(len(versions), len(sizes), self.problems, orphans)
+
+    async def _indexes(self, names: set[str], packs: set[str]) -> dict[str, int]:
+        """Each indexed pack's size as its index declares it; the deep check also reads every pack."""
+        sizes: dict[str, int] = {}
+        for name in sorted(names - packs):
+            pack_id = name.removesuffix(".idx")
+            if pack_id not in packs:
+                self.problems.append(f"packs/{name}: an index without its pack")
+                continue
+            try:
+                size, entries = decode_index(await self.repo.pack_index(pack_id))
+            except CasError as e:
+                self.problems.append(f"packs/{name}: {e}")
+                continue
+            sizes[pack_id] = size
+            if self.deep:
+                await self._check_pack(pack_id, size, entries)
+        return sizes
+
+    async def _check_ref(self, info: ModelInfo, sizes: dict[str, int]) -> None:
+        """A ref's tree and locator are there, and place every chunk inside an indexed pack."""
+        try:
+            tree, _ = await self.repo.tree(info)
+            locations = await self.repo.locator(info.root)
+        except CasError as e:
+            self.problems.append(f"{info.tag}: {e}")
+            return
+        for f in tree.files:
+            for cid, _ in f.chunk_list():
+                loc = locations.get(cid)
+                if loc is None:
+                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} has no location")
+                elif loc.pack_id not in sizes:
+                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} is in a missing pack {loc.pack_id}")
+                elif loc.offset + loc.length > sizes[loc.pack_id]:
+                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} lies past the end of its pack")
+
+    async def _check_pack(self, pack_id: str, size: int, entries: list[IndexEntry]) -> None:
+        """Stream a pack in windows: prove its name and every chunk in it, holding one window (and a chunk)."""
+        key = pack_key(pack_id)
+        hasher = file_hasher(threads=False)
+        todo = deque(sorted(entries, key=lambda e: e.offset))
+        held, held_from = b"", 0  # the bytes from held_from to the current window: the next chunks' beginnings
+        for start in range(0, size, WINDOW):
+            try:
+                data = await self.repo.read(pack_id, start, min(size, start + WINDOW))
+            except CasError as e:
+                self.problems.append(f"{key}: {e}")
+                return
+            hasher.update(data)
+            held += data
+            self._decode_complete(key, todo, memoryview(held), held_from, start + len(data))
+            keep_from = todo[0].offset if todo else start + len(data)
+            held, held_from = held[keep_from - held_from :], keep_from
+        if todo:
+            self.problems.append(f"{key}: chunk {todo[0].chunk_id.hex()} lies past the {size} bytes its index declares")
+        if hasher.digest().hex() != pack_id:
+            self.problems.append(f"{key}: its bytes do not hash to its name")
+
+    def _decode_complete(self, key: str, todo: deque[IndexEntry], view: memoryview, held_from: int, end: int) -> None:
+        """Decode and verify every chunk that now lies whole in ``view`` (the pack from ``held_from`` to ``end``)."""
+        while todo and todo[0].offset + todo[0].length <= end:
+            e = todo.popleft()
+            try:
+                codec.decode(view[e.offset - held_from : e.offset - held_from + e.length], e.raw_length, e.chunk_id)
+            except CasError as err:
+                self.problems.append(f"{key}: {err}")

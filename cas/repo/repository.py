@@ -1,0 +1,167 @@
+"""A repository as cas reads and writes it: refs, trees, locators and packs over a backend.
+
+Writes go bottom-up: packs, then the index naming each pack's chunks, then
+the tree and its locator, and the ref last; reads go top-down from the ref.
+So a reader never sees a ref whose data is missing, whatever interrupted a
+writer: what it leaves (a pack without an index, a tree without a ref) no
+ref reaches.  Every document read is validated: it may come from a hostile
+server.
+
+Opening one: ``with_repository`` on the running loop, ``run_with_repository``
+from any thread (a private loop, see ``privateloop``).  ``CAS_OFFLINE=1``
+refuses to open any.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .. import privateloop, ref, tags
+from ..errors import CasError, CorruptObject, NotFound
+from ..ref import ModelInfo, recency
+from ..tree import Tree
+from ..tree import decode as decode_tree
+from . import CONCURRENCY
+from .backend import WriteBackend, open_backend
+from .format import (
+    Location,
+    decode_index,
+    decode_locator,
+    encode_locator,
+    index_key,
+    locator_key,
+    pack_key,
+    ref_key,
+    tree_key,
+)
+
+T = TypeVar("T")
+
+
+class Repository:
+    """The documents of one repository, read and written through its backend."""
+
+    def __init__(self, backend: WriteBackend):
+        self.backend = backend
+        self.url = backend.url
+
+    # -- reading ----------------------------------------------------------------
+
+    async def ref(self, tag: str | tags.Tag) -> ModelInfo:
+        """A tag's ref here; ``latest`` is the newest version here."""
+        t = tags.parse(tag)
+        if not t.is_latest:
+            found = await self._ref(t.name, t.version)
+            if found is None:
+                raise NotFound(f"model {t} is not in the repository {self.url}")
+            return found
+        versions = await self.versions(t.name)
+        if not versions:
+            raise NotFound(f"model {t.name} has no version in the repository {self.url}")
+        return versions[0]
+
+    async def _ref(self, name: str, version: str) -> ModelInfo | None:
+        try:
+            return ref.decode(await self.backend.get(ref_key(name, version)), name=name, version=version)
+        except NotFound:
+            return None
+
+    async def versions(self, name: str | None = None) -> list[ModelInfo]:
+        """Every version here (of ``name``), newest first; a ref removed while listing is skipped."""
+        out = []
+        for key in await self.backend.list(f"refs/{name}/" if name else "refs/"):
+            parts = key.split("/")
+            if len(parts) == 3 and (found := await self._ref(parts[1], parts[2])) is not None:
+                out.append(found)
+        return sorted(out, key=recency, reverse=True)
+
+    async def tree(self, info: ModelInfo) -> tuple[Tree, bytes]:
+        """The tree ``info`` names, checked against its root and its ref; also its encoded bytes."""
+        encoded = await self.backend.get(tree_key(info.root))
+        tree = decode_tree(encoded, info.root)
+        if tree.size != info.size or len(tree.files) != info.file_count:
+            raise CorruptObject(f"{info.tag} in {self.url}: its ref and its tree disagree on size or file count")
+        return tree, encoded
+
+    async def locator(self, root: str) -> dict[bytes, Location]:
+        return decode_locator(await self.backend.get(locator_key(root)))
+
+    async def pack_names(self) -> set[str]:
+        """The names under ``packs/``: pack ids, and ``<pack id>.idx`` for each index."""
+        return {k[len("packs/") :] for k in await self.backend.list("packs/")}
+
+    async def pack_index(self, pack_id: str) -> bytes:
+        """A pack's index document, encoded (decode with ``format.decode_index``)."""
+        return await self.backend.get(index_key(pack_id))
+
+    async def read(self, pack_id: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of a pack."""
+        return await self.backend.get_range(pack_key(pack_id), start, end)
+
+    # -- writing, bottom-up -------------------------------------------------------
+
+    async def put_pack(self, pack_id: str, data: bytes, index: bytes) -> None:
+        """A pack, then its index: a listed index always names a whole pack."""
+        await self.backend.put(pack_key(pack_id), data)
+        await self.backend.put(index_key(pack_id), index)
+
+    async def put_tree(self, root: str, encoded: bytes, locations: dict[bytes, Location]) -> None:
+        """A tree and its locator; every pack the locator names must be written already."""
+        await self.backend.put(tree_key(root), encoded)
+        await self.backend.put(locator_key(root), encode_locator(locations))
+
+    async def check_version_free(self, info: ModelInfo) -> None:
+        """Refuse to push a version that holds other content here (the same content is a no-op push)."""
+        existing = await self._ref(info.name, info.version)
+        if existing is not None and existing.root != info.root:
+            raise CasError(f"{info.tag} already exists in {self.url} with other content (root "
+                           f"{existing.root[:12]}); push under a new version")  # fmt: skip
+
+    async def put_ref(self, info: ModelInfo) -> None:
+        """The ref, last: its tree, locator and packs must be written already."""
+        await self.backend.put(ref_key(info.name, info.version), info.encode(), replace=True)
+
+
+def indexed_chunks(pack_id: str, index: bytes) -> list[tuple[bytes, Location]]:
+    """Where each chunk of a pack lies, from its index."""
+    _, entries = decode_index(index)
+    return [(e.chunk_id, Location(pack_id, e.offset, e.length)) for e in entries]
+
+
+def remote_url(remote: str | None) -> str:
+    """The repository to use: ``remote``, else ``$CAS_REMOTE``; refused when ``CAS_OFFLINE`` is set."""
+    url = remote or os.environ.get("CAS_REMOTE")
+    if not url:
+        raise CasError("no repository given: pass remote=URL (--remote URL) or set CAS_REMOTE")
+    if os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
+        raise CasError(f"CAS_OFFLINE is set, so the repository {url} was not contacted; unset CAS_OFFLINE to use it")
+    return url
+
+
+def token() -> str | None:
+    """The bearer token for the repository (``$CAS_TOKEN``)."""
+    return os.environ.get("CAS_TOKEN") or None
+
+
+async def with_repository(work: Callable[[Repository], Awaitable[T]], url: str,
+                          concurrency: int = CONCURRENCY) -> T:  # fmt: skip
+    """Run ``work(repository)`` on the running loop, its connections closed afterwards."""
+    backend = open_backend(url, token=token(), concurrency=concurrency)
+    try:
+        return await work(Repository(backend))
+    finally:
+        await backend.close()
+
+
+def run_with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
+    """Run ``work(repository)`` to completion on a private loop: works from any thread, loop or not."""
+    return privateloop.run(lambda: with_repository(work, url, concurrency))
+
+
+def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:
+    """The models in a repository (``$CAS_REMOTE`` by default), newest first."""
+    if name is not None:
+        tags.validate_name(name)
+    return run_with_repository(lambda repo: repo.versions(name), remote_url(remote))
