@@ -22,9 +22,10 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import codecs, dedup, ingest, latency, pull, racing, report, scale, synth
+from benchmarks import codecs, dedup, ingest, latency, pull, racing, report, scale
 from benchmarks.harness import RESULTS, reset
-from benchmarks.synth import minilm_path
+from tests.support import synth
+from tests.support.synth import minilm_path
 
 SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from blake3 import blake3
 from pyfastcdc import FastCDC
 
-from benchmarks import synth
 from cas.tree import CHUNK_RECORD
+from tests.support import synth
 
 SIZES = [16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20]
 

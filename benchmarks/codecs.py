@@ -14,11 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import chunk_sizes, synth
-from benchmarks.synth import minilm_path
+from benchmarks import chunk_sizes
 from cas import codec
 from cas.chunking import chunk_stream
 from cas.digest import chunk_id
+from tests.support import synth
+from tests.support.synth import minilm_path
 
 
 def _measure(path: Path) -> dict:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import synth
 from benchmarks.harness import reset
 from cas import Cache
+from tests.support import synth
 
 
 def _file_hashes(model: Path) -> dict[str, tuple[str, int]]:

@@ -16,9 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks import synth
 from benchmarks.harness import REPO, free_port, push_as_owner, reset, start, start_server, stop
 from cas import Cache
+from tests.support import synth
 
 SERVICE = """
 import descriptor

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import synth
 from benchmarks.harness import TOKEN, free_port, reset, start_server, stop, timed_tree
+from tests.support import synth
 
 
 def _many_files(path: Path, count: int, total: int) -> Path:

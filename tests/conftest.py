@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import synth
-from benchmarks.harness import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
-from benchmarks.synth import minilm_path
 from cas import Cache, PushStats
+from tests.support import synth
+from tests.support.procs import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
+from tests.support.synth import minilm_path
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -137,7 +137,7 @@ try:
     error = None
 except CasError as e:
     error = str(e)
-from benchmarks.harness import peak_mb
+from tests.support.procs import peak_mb
 print(json.dumps({"error": error, "peak_mb": peak_mb()}))
 """
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from benchmarks import synth
 from cas import Cache, CasError, CorruptObject, InvalidInput, InvalidTag, ModelInfo, NotFound
 from cas.digest import hash_file
 from cas.fsutil import remove_tree
+from tests.support import synth
 
 from .conftest import blobs_of, tree_files
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import zstandard
 
-from benchmarks import synth
 from cas import CorruptObject, codec
 from cas.digest import chunk_id
+from tests.support import synth
 
 RNG = np.random.default_rng(7)
 

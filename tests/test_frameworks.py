@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import synth
 from cas import Cache
+from tests.support import synth
 
 from .conftest import REPO, free_port, published, require, stats, wait_until
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from benchmarks import synth
 from cas import Cache, CasError, NotFound
+from tests.support import synth
 
 from .conftest import REPO, TOKEN, cas_cli, free_port, published, start, stats, stop, tree_files, wait_until
 

@@ -18,8 +18,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks import synth
-from benchmarks.harness import peak_mb
 from cas import codec
 from cas import ref as refs
 from cas.chunking import chunk_bytes
@@ -29,6 +27,8 @@ from cas.ref import ModelInfo
 from cas.repo.format import IndexEntry, Location, decode_index, decode_locator, encode_index, encode_locator
 from cas.tree import FileEntry, Tree, pack_chunks
 from cas.tree import decode as decode_tree
+from tests.support import synth
+from tests.support.procs import peak_mb
 
 PEAK_MB = 512  # numpy and the decoders take about 60 MB; one object's claim honoured would pass this
 

@@ -51,7 +51,7 @@ PUSH = f"import sys; from cas import Cache; c = Cache(sys.argv[1]); {READY}; c.p
 @pytest.fixture(scope="module")
 def overlapping(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cache]:
     """Four models sharing most chunks, each in its own cache: tag -> cache."""
-    from benchmarks import synth
+    from tests.support import synth
 
     d = tmp_path_factory.mktemp("overlapping")
     base = synth.model_tensors(91, 24 << 20, layer_bytes=1 << 20)

