@@ -121,6 +121,11 @@ def wait_until(condition, timeout: float = 60, what: str = "the condition") -> N
         time.sleep(0.05)
 
 
+def verified_chunks(home: Path) -> int:
+    """How many chunks the pulls under way in a cache have verified and written (a line each in their logs)."""
+    return sum(p.read_text().count("\n") for p in (home / "tmp" / "pull").glob("*.done"))
+
+
 def published(tmp_path: Path, model: Path, tag: str, url: str) -> PushStats:
     """``model`` added to a fresh source cache as ``tag`` and pushed to ``url``: how most sync tests begin."""
     src = Cache(tmp_path / "src")

@@ -11,7 +11,7 @@ whole pack).  The fault hits every N-th pack request (``--every 1``: all of
 them, a permanent fault), at most ``--limit`` times.  One fault is not
 about packs: ``bloat`` answers every tree request with 2 GB of zeros.
 Requests for anything else pass through untouched.  ``GET /_stats``
-answers with the pack requests and pack bytes served so far, as JSON.
+answers with the requests (all of them), pack requests and pack bytes served so far, as JSON.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="at most this many faults (0: no limit)")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before each pack response")
     args = ap.parse_args()
-    stats = {"pack_requests": 0, "pack_bytes": 0, "faults": 0}
+    stats = {"requests": 0, "pack_requests": 0, "pack_bytes": 0, "faults": 0}
     session: aiohttp.ClientSession | None = None
 
     async def handle(request: web.Request) -> web.StreamResponse:
         nonlocal session
         if request.path == "/_stats":
             return web.json_response(stats)
+        stats["requests"] += 1
         if session is None:
             session = aiohttp.ClientSession(auto_decompress=False)
         if args.fault == "bloat" and request.path.startswith("/trees/"):

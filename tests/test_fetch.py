@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,16 @@ from cas.prefixhash import STEP, PrefixHasher
 from cas.repo.format import locator_key, ref_key, tree_key
 from cas.tree import Tree, root_of
 
-from .conftest import REPO, blobs_of, descendants, processes, published, stats, tree_files, wait_until
+from .conftest import (
+    REPO,
+    blobs_of,
+    descendants,
+    processes,
+    published,
+    tree_files,
+    verified_chunks,
+    wait_until,
+)
 
 
 def _layout(sizes: list[int]) -> list[tuple[int, int]]:
@@ -115,8 +123,7 @@ def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: stats(slow)["pack_requests"] >= 10, what="10 pack requests")  # 4 in flight: some written
-    time.sleep(0.3)
+    wait_until(lambda: verified_chunks(host.root) >= 100, what="100 chunks verified")
     workers = _fetch_workers(os.getpid())
     assert len(workers) == 1
     os.kill(workers[0], 9)

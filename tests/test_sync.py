@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,19 @@ import pytest
 from cas import Cache, CasError, NotFound
 from tests.support import synth
 
-from .conftest import REPO, TOKEN, cas_cli, free_port, published, start, stats, stop, tree_files, wait_until
+from .conftest import (
+    REPO,
+    TOKEN,
+    cas_cli,
+    free_port,
+    published,
+    start,
+    stats,
+    stop,
+    tree_files,
+    verified_chunks,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +228,7 @@ def test_an_interrupted_pull_resumes_with_what_it_verified(tmp_path, minilm, ser
     home = tmp_path / "host"
     code = "import sys; from cas import Cache; Cache(sys.argv[1]).pull('minilm:v1', sys.argv[2], concurrency=2)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(home), slow], cwd=REPO)
-    wait_until(lambda: stats(slow)["pack_requests"] >= 5, what="5 pack requests")
-    time.sleep(0.6)
+    wait_until(lambda: verified_chunks(home) >= 100, what="100 chunks verified")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     host = Cache(home)
@@ -236,11 +246,24 @@ print(Service().model.path)
 """
 
 
-def test_offline_mode_never_touches_the_network(tmp_path, server):
+def test_offline_mode_never_touches_the_network(tmp_path, synthetic, server, proxy, token):
+    """CAS_OFFLINE=1: a descriptor that would pull and every command that would contact a repository fail with
+    one line, and the repository sees no request at all (counted at the proxy in front of it)."""
     url, _ = server
-    env = {**os.environ, "CAS_HOME": str(tmp_path / "h"), "CAS_REMOTE": url, "CAS_OFFLINE": "1"}
+    published(tmp_path, synthetic, "minilm:v1", url)
+    counting = proxy(url)
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "h"), "CAS_REMOTE": counting, "CAS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", SERVICE], cwd=REPO, env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "CAS_OFFLINE is set" in out.stderr
+    assert out.returncode != 0 and "CAS_OFFLINE is set, so it was not pulled" in out.stderr
+    for args in (["pull", "minilm:v1"], ["list", "--remote", counting], ["verify", "--remote", counting],
+                 ["push", "minilm:v1"]):  # fmt: skip
+        cli = cas_cli(*args, home=tmp_path / "src", env=env, check=False)
+        assert cli.returncode == 1 and cli.stderr.count("\n") == 1, cli.stderr
+        assert "CAS_OFFLINE is set, so the repository" in cli.stderr
+    assert stats(counting)["requests"] == 0
+    del env["CAS_OFFLINE"]
+    subprocess.run([sys.executable, "-c", SERVICE], cwd=REPO, env=env, check=True, capture_output=True)
+    assert stats(counting)["requests"] > 0  # the same service online: the count is real
 
 
 def test_refresh_falls_back_to_the_local_version_when_the_repository_is_down(tmp_path, synthetic):

@@ -1,6 +1,6 @@
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from cas import InvalidManifest
@@ -142,7 +142,7 @@ def test_non_canonical_encoding_is_refused():
 
 def test_root_mismatch_is_refused():
     with pytest.raises(InvalidManifest, match="do not hash"):
-        decode(doc(entry("a")), chunk_id(b"other"))
+        decode(doc(entry("a")), chunk_id(b"other").hex())
 
 
 tricky = st.sampled_from(["..", ".", "", "C:", "c:evil", "a\\..", "\x00", "/", "a\nb", "x" * 256])
@@ -150,26 +150,49 @@ tricky = st.sampled_from(["..", ".", "", "C:", "c:evil", "a\\..", "\x00", "/", "
 segment = st.one_of(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20), tricky)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(segment, min_size=1, max_size=5))
-def test_any_path_accepted_stays_inside_the_directory(parts):
+def test_any_path_accepted_stays_inside_the_directory():
     import posixpath
 
-    path = "/".join(parts)
-    try:
-        check_path(path)
-    except InvalidManifest:
-        return
-    norm = posixpath.normpath(path)
-    assert norm == path
-    assert not norm.startswith("/") and ".." not in norm.split("/")
-    assert "\\" not in path and "\0" not in path
-    assert not (len(path) > 1 and path[1] == ":" and path[0].isascii() and path[0].isalpha())  # no drive letter
+    accepted = []
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(segment, min_size=1, max_size=5))
+    def check(parts):
+        path = "/".join(parts)
+        try:
+            check_path(path)
+        except InvalidManifest:
+            event("refused")
+            return
+        event("accepted")
+        accepted.append(path)
+        norm = posixpath.normpath(path)
+        assert norm == path
+        assert not norm.startswith("/") and ".." not in norm.split("/")
+        assert "\\" not in path and "\0" not in path
+        assert not (len(path) > 1 and path[1] == ":" and path[0].isascii() and path[0].isalpha())  # no drive letter
+
+    check()
+    assert len(accepted) > 30  # the property was tested on paths that pass, not only on refusals
 
 
 # Tree entries as a repository might send them: any path, sizes that add up or not (None: they do), in
-# any order or (as a valid tree has them) sorted.
-hostile_entries = st.lists(
+# any order or (as a valid tree has them) sorted; and, so that the property is also exercised on trees that
+# decode, well-formed ones of several files (unique sorted paths, lengths that add up), which may still
+# clash (a path that is both a file and a directory).
+plain_segment = st.text(alphabet="abü._-", min_size=1, max_size=4).filter(lambda s: s not in (".", ".."))
+plain_entries = st.lists(
+    st.builds(
+        lambda path, chunks, executable: entry(path, sum(n for _, n in chunks), pack_chunks(chunks), executable),
+        st.lists(plain_segment, min_size=1, max_size=3).map("/".join),
+        st.lists(st.tuples(st.sampled_from([ID, chunk_id(b"y")]), st.integers(1, 9)), max_size=3),
+        st.booleans(),
+    ),
+    min_size=2,
+    max_size=6,
+    unique_by=lambda e: e[0],
+).map(lambda es: sorted(es, key=lambda e: e[0]))
+garbled_entries = st.lists(
     st.builds(
         lambda path, size, executable, chunks: entry(
             path, sum(n for _, n in chunks) if size is None else size, pack_chunks(chunks), executable
@@ -181,25 +204,35 @@ hostile_entries = st.lists(
     ),
     max_size=6,
 ).flatmap(lambda es: st.sampled_from([es, sorted(es, key=lambda e: e[0])]))
+hostile_entries = st.one_of(garbled_entries, plain_entries)
 
 
-@settings(max_examples=500, deadline=None)
-@given(hostile_entries)
-def test_any_tree_that_decodes_is_safe_to_materialize(files):
+def test_any_tree_that_decodes_is_safe_to_materialize():
     """Whatever a repository sends, a tree that decodes has unique, contained paths and sizes that add up."""
     import posixpath
 
-    try:
-        tree = decode(msgpack.packb([1, files], use_bin_type=True))
-    except InvalidManifest:
-        return
-    paths = [f.path for f in tree.files]
-    assert paths == sorted(set(paths))  # sorted, no duplicates
-    dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
-    for f in tree.files:
-        assert posixpath.normpath(f.path) == f.path and not f.path.startswith("/") and ".." not in f.path.split("/")
-        assert f.path not in dirs  # never both a file and a directory
-        assert sum(n for _, n in f.chunk_list()) == f.size and all(n > 0 for _, n in f.chunk_list())
+    accepted = []
+
+    @settings(max_examples=500, deadline=None)
+    @given(hostile_entries)
+    def check(files):
+        try:
+            tree = decode(msgpack.packb([1, files], use_bin_type=True))
+        except InvalidManifest:
+            event("refused")
+            return
+        event("accepted")
+        accepted.append(len(tree.files))
+        paths = [f.path for f in tree.files]
+        assert paths == sorted(set(paths))  # sorted, no duplicates
+        dirs = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+        for f in tree.files:
+            assert posixpath.normpath(f.path) == f.path and not f.path.startswith("/") and ".." not in f.path.split("/")
+            assert f.path not in dirs  # never both a file and a directory
+            assert sum(n for _, n in f.chunk_list()) == f.size and all(n > 0 for _, n in f.chunk_list())
+
+    check()
+    assert sum(1 for n in accepted if n > 1) > 10  # tested on trees that decode, several files each
 
 
 @settings(max_examples=100, deadline=None)

@@ -24,7 +24,7 @@ import pytest
 
 from cas import Cache, check_repository
 
-from ..conftest import KILLS, REPO, tree_files
+from ..conftest import KILLS, REPO, processes, tree_files, wait_until
 
 TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
 
@@ -230,7 +230,8 @@ def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
     kill_midway("cas pull", pull_args(pushed), env, pull_span, 300 + trial)
-    time.sleep(0.2)  # let the pull's worker processes see it die
+    wait_until(lambda: not any(b"cas.fetchworker" in p.cmdline for p in processes().values()), timeout=30,
+               what="the killed pull's workers to exit")  # fmt: skip
     if cache.list():  # finished before the kill: then it must be whole
         assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)
     assert_consistent(cache)

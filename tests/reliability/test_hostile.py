@@ -32,11 +32,12 @@ from cas.repo.format import (
     ref_key,
     tree_key,
 )
-from cas.tree import CHUNK_RECORD, MAX_FILES
+from cas.tree import CHUNK_RECORD
 
 from ..conftest import pull_in_child, tree_files
 
 pytestmark = pytest.mark.reliability
+A_MILLION = 1_000_000  # the format's limit, as the README states it: a tree lists at most a million files
 
 
 @pytest.fixture
@@ -188,7 +189,7 @@ def test_the_largest_tree_the_format_allows_costs_bounded_memory(tmp_path, hones
     """A million entries (86 MB) is the most a tree may list: decoding it must not hold two copies of it."""
     repo, info, tree = honest
     one = tree.files[0]
-    files = [[f"d{i // 1000:04d}/f{i:07d}", one.size, False, one.file_id, one.chunks] for i in range(MAX_FILES)]
+    files = [[f"d{i // 1000:04d}/f{i:07d}", one.size, False, one.file_id, one.chunks] for i in range(A_MILLION)]
     publish(repo, info, raw_tree(files))
     del files
     got = pull_in_child(tmp_path / "victim", "m:forged", f"file://{repo}")

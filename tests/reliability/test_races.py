@@ -86,21 +86,41 @@ def test_concurrent_pushes_of_overlapping_models_lose_no_ref_and_corrupt_no_pack
 
 
 RESOLVE = """
-import hashlib, json, sys
+import hashlib, json, sys, time
 from cas import CasError
 import descriptor
 class Service:
     model = descriptor.Model("m:v1")
 {READY}
+time.sleep(float(sys.argv[1]))  # spread over the removal: some resolvers start before it, some during
+start = time.monotonic()
 try:
     path = Service().model.path
+    end = time.monotonic()
     files = {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*")
              if p.is_file()}
-    print(json.dumps({"files": files}))
+    print(json.dumps({"files": files, "span": [start, end]}))
 except CasError as e:
-    print(json.dumps({"error": str(e), "kind": type(e).__name__}))
+    print(json.dumps({"error": str(e), "kind": type(e).__name__, "span": [start, time.monotonic()]}))
 """.replace("{READY}", READY)
-RM = f"import sys; from cas.cli import main; {READY}; sys.exit(main(['rm', 'm:v1']))"
+RM = f"""
+import contextlib, json, sys, time
+from cas.cli import main
+{READY}
+start = time.monotonic()
+with contextlib.redirect_stdout(sys.stderr):
+    code = main(['rm', 'm:v1'])
+print(json.dumps({{"code": code, "span": [start, time.monotonic()]}}))
+"""
+OVERLAPS: list[bool] = []  # per trial: whether a resolution ran while the removal did (CLOCK_MONOTONIC is system-wide)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def some_trials_overlapped():
+    """The rm-during-resolve trials must include real overlaps, or they test nothing but ordering."""
+    yield
+    if OVERLAPS:
+        assert any(OVERLAPS), f"no resolution ran during a removal in {len(OVERLAPS)} trials"
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -109,8 +129,12 @@ def test_rm_while_another_process_resolves_gives_the_whole_model_or_a_clear_erro
     cache.add(synthetic, "m:v1")
     want = {name: hashlib.sha256(data).hexdigest() for name, data in tree_files(synthetic).items()}
     env = {**os.environ, "CAS_HOME": str(cache.root), "CAS_OFFLINE": "1"}
-    *resolvers, rm = start_together([[sys.executable, "-c", RESOLVE]] * 4 + [[sys.executable, "-c", RM]], env)
-    assert rm.wait(timeout=120) == 0
+    delays = [f"{d / 1000:.4f}" for d in (0, 1, 2, 4, 8, 16)]
+    *resolvers, rm = start_together([[sys.executable, "-c", RESOLVE, d] for d in delays] +
+                                    [[sys.executable, "-c", RM]], env)  # fmt: skip
+    removal = json.loads(rm.communicate(timeout=120)[0])
+    assert removal["code"] == 0
+    overlapped = False
     for p in resolvers:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0
@@ -119,6 +143,8 @@ def test_rm_while_another_process_resolves_gives_the_whole_model_or_a_clear_erro
             assert result["files"] == want  # the whole model, byte for byte
         else:
             assert result["kind"] == "NotFound" and "m:v1" in result["error"], result
+        overlapped |= result["span"][0] < removal["span"][1] and removal["span"][0] < result["span"][1]
+    OVERLAPS.append(overlapped)
     assert cache.verify().ok
 
 
