@@ -34,3 +34,13 @@ def test_the_check_finds_circles_reaches_and_imports_against_the_layers(tmp_path
     assert any("imports _helper from cas.local.cache" in p for p in found)
     assert any("uses c._blob_path" in p for p in found)
     assert any(p.startswith("cas.local.cache (local cache) imports cas.pull (sync)") for p in found)
+
+
+def test_the_readme_layout_table_names_every_module():
+    readme = (layers.ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout of the code") :]
+    for name, path in layers.modules().items():
+        if path.name in ("__init__.py", "__main__.py") and name != "cas":
+            continue
+        shown = path.relative_to(layers.ROOT).as_posix() if name.startswith("cas") else "descriptor/"
+        assert f"`{shown}`" in table, f"README.md's layout table does not name {shown}"
