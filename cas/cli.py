@@ -85,8 +85,9 @@ def _cache_commands(cmd: Command) -> None:
     sp = cmd("show", _show, "show a model's files, sizes, root and labels")
     sp.add_argument("tag")
     sp.add_argument("--json", action="store_true")
-    sp = cmd("materialize", _materialize, "build the model's read-only directory and print its path")
+    sp = cmd("materialize", _materialize, "print the model's read-only directory; pulls the model if it is not here")
     sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
     sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
     sp.add_argument("--json", action="store_true")
@@ -243,7 +244,8 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _materialize(args: argparse.Namespace) -> None:
-    print(_cache(args).materialize(args.tag))
+    cache = _cache(args)
+    print(cache.materialize(cache.resolve(args.tag, remote=args.remote)))
 
 
 def _rm(args: argparse.Namespace) -> None:

@@ -75,12 +75,6 @@ class Tree(NamedTuple):
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
-    def find(self, path: str) -> FileEntry | None:
-        for f in self.files:
-            if f.path == path:
-                return f
-        return None
-
 
 def root_of(encoded: bytes) -> str:
     """The root hash of an encoded tree, in hex: how every API names a tree."""

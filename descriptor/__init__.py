@@ -37,19 +37,18 @@ __all__ = ["Model", "ResolvedModel", "aprefetch", "models_of", "prefetch"]
 class ResolvedModel:
     """A model version on local disk: a read-only directory of its files."""
 
-    __slots__ = ("_dir", "_path", "_source", "info")
+    __slots__ = ("_path", "_source", "info")
 
-    def __init__(self, directory: str | None, info: ModelInfo, source: Model | None = None):
-        self._dir = directory  # None: arrived from another process, materialized here on first use
-        self._path: Path | None = None
+    def __init__(self, path: Path | None, info: ModelInfo, source: Model | None = None):
+        self._path = path  # None: arrived from another process, materialized here on first use
         self._source = source
         self.info = info
 
     @property
     def path(self) -> Path:
-        """The model's directory (built on first use: pathlib is slow to start)."""
+        """The model's read-only directory."""
         if self._path is None:
-            self._path = Path(self._directory())
+            self._path = self._arrive()
         return self._path
 
     @property
@@ -79,12 +78,7 @@ class ResolvedModel:
             raise FileNotFoundError(f"{relpath!r} is not a file of model {self.tag} (in {self.path})")
         return p
 
-    def _directory(self) -> str:
-        if self._dir is None:
-            self._dir = self._arrive()
-        return self._dir
-
-    def _arrive(self) -> str:
+    def _arrive(self) -> Path:
         """Resolve, in this process, the concrete version another process resolved."""
         here = (self._source or Model(self.tag)).resolve()
         if here.root != self.root:
@@ -92,10 +86,10 @@ class ResolvedModel:
                 f"{self.tag} resolved to root {here.root[:12]} here but to {self.root[:12]} in the process that "
                 "sent this object: two different models are stored under one version; remove one of them"
             )
-        return os.fspath(here)
+        return here.path
 
     def __fspath__(self) -> str:
-        return self._directory()
+        return os.fspath(self.path)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Travels as its concrete tag: the receiving process materializes it there, on first use."""
@@ -109,7 +103,7 @@ class ResolvedModel:
         return self  # immutable: a copy in this process is the same model
 
     def __repr__(self) -> str:
-        return f"ResolvedModel({self.tag!r}, path={self._dir!r})"
+        return f"ResolvedModel({self.tag!r}, path={str(self._path)!r})"
 
 
 class _Pending:
@@ -260,9 +254,9 @@ class Model:
         return error  # type: ignore[return-value]
 
     @staticmethod
-    def _materialize(cache: Cache, info: ModelInfo) -> str:
+    def _materialize(cache: Cache, info: ModelInfo) -> Path:
         cache.lease(info)  # before the snapshot: a removal that finished first is reported, not rebuilt
-        return cache.snapshot_dir(info)
+        return cache.materialize(info)
 
     def _cache_here(self) -> Cache:
         if isinstance(self._cache, Cache):

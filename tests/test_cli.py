@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-from .conftest import cas_cli, tree_files
+from .conftest import cas_cli, published, tree_files
 
 
 def test_add_list_show_materialize_rm(tmp_path, minilm):
@@ -25,7 +27,7 @@ def test_add_list_show_materialize_rm(tmp_path, minilm):
     assert "model.safetensors" in text and listed[0]["root"] in text
 
     path = cas_cli("materialize", "minilm:latest", home=home).stdout.strip()
-    assert tree_files(__import__("pathlib").Path(path)) == tree_files(minilm)
+    assert tree_files(Path(path)) == tree_files(minilm)
 
     verify = cas_cli("verify", "--json", home=home)
     assert json.loads(verify.stdout)["ok"] is True
@@ -75,3 +77,13 @@ def test_verify_exit_code_reflects_damage(tmp_path, synthetic):
     blob.unlink()
     proc = cas_cli("verify", home=home, check=False)
     assert proc.returncode == 1 and "missing:" in proc.stdout and "DAMAGED" in proc.stdout
+
+
+def test_materialize_pulls_a_model_that_is_not_here_as_a_service_would(tmp_path, synthetic, server, token):
+    url, _ = server
+    published(tmp_path, synthetic, "m:v1", url)
+    env = {**os.environ, "CAS_REMOTE": url}
+    path = Path(cas_cli("materialize", "m:latest", home=tmp_path / "host", env=env).stdout.strip())
+    assert tree_files(path) == tree_files(synthetic)
+    offline = cas_cli("materialize", "m:v1", home=tmp_path / "other", env={**env, "CAS_OFFLINE": "1"}, check=False)
+    assert offline.returncode == 1 and "CAS_OFFLINE is set, so it was not pulled" in offline.stderr

@@ -64,7 +64,7 @@ def seen(model):
 
 Service = pickle.loads(payload["class"])
 instance = pickle.loads(payload["instance"])
-before = instance.__dict__["model"]._dir  # nothing is resolved until the model is used
+before = instance.__dict__["model"]._path  # nothing is resolved until the model is used
 pickled = pickle.loads(payload["pickled_instance"])
 print(json.dumps({
     "class": seen(Service().model),

@@ -281,28 +281,27 @@ class LocalCache:
     # -- materializing ----------------------------------------------------------
 
     def materialize(self, tag: str | ModelInfo) -> Path:
-        """The model's read-only snapshot directory, built from hardlinks on first use."""
-        return Path(self.snapshot_dir(tag if isinstance(tag, ModelInfo) else self.get(tag)))
+        """The model's read-only snapshot directory, built from hardlinks on first use (the warm path: one
+        ``stat``)."""
+        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        if not self.snapshots.built(info.root):
+            self._build(info)
+        return self.snapshots.path(info.root)
 
     def lease(self, info: ModelInfo) -> None:
         """Keep ``cas rm`` from deleting this model's snapshot while this process lives (see ``leases``).
 
-        Taken before ``snapshot_dir``: a removal that finished first leaves no ref,
-        which ``snapshot_dir`` reports instead of rebuilding from what is left."""
+        Taken before ``materialize``: a removal that finished first leaves no ref,
+        which ``materialize`` reports instead of rebuilding from what is left."""
         self.snapshots.lease(info.root)
 
-    def snapshot_dir(self, info: ModelInfo) -> str:
-        """``materialize`` as a plain string: the descriptor's warm path is one ``stat``."""
-        snap = self.snapshots.existing(info.root)
-        if snap is not None:
-            return snap
+    def _build(self, info: ModelInfo) -> None:
         with self.writing(info.tag, f"'cas materialize {info.tag}'"), self.lock(f"snapshot-{info.root}"), \
                 self.lock("objects", shared=True):  # fmt: skip
-            if self.snapshots.existing(info.root) is None:
+            if not self.snapshots.built(info.root):
                 if not self.refs.exists(info):
                     raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
                 self.snapshots.build(info, self.tree(info))
-        return str(self.snapshots.path(info.root))
 
     # -- verifying --------------------------------------------------------------
 

@@ -36,10 +36,9 @@ class Snapshots:
         """Where the snapshot of a tree lives once built."""
         return self.dir / root
 
-    def existing(self, root: str) -> str | None:
-        """The snapshot's directory as a string when it is built (one ``stat``: the descriptor's warm path)."""
-        snap = f"{self._dir}/{root}"
-        return snap if os.path.isdir(snap) else None
+    def built(self, root: str) -> bool:
+        """Whether the snapshot is there (one ``stat`` on a plain string: the warm path)."""
+        return os.path.isdir(f"{self._dir}/{root}")
 
     def lease(self, root: str) -> None:
         """Keep removals from deleting this snapshot while this process lives."""
