@@ -76,10 +76,13 @@ class LocalCache:
         self._durable = durable
         self._chunks: ChunkIndex | None = None
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
-        self.root = Path(self._root)
-        self.objects = ObjectStore(self.root)
-        self.refs = Refs(self.root, self.lock)
-        self.snapshots = Snapshots(self.root, self.objects)
+        self.objects = ObjectStore(self._root)
+        self.refs = Refs(self._root, self.lock)
+        self.snapshots = Snapshots(self._root, self.objects)
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root)
 
     @property
     def durable(self) -> bool:

@@ -23,9 +23,16 @@ from ..tree import FileEntry, Tree, decode
 class ObjectStore:
     """Blobs and trees under one cache root."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.tmp = root / "tmp"
+    def __init__(self, root: str):
+        self._root = root  # a string: a cache is built on the warm path, where pathlib is slow
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root)
+
+    @property
+    def tmp(self) -> Path:
+        return Path(self._root, "tmp")
 
     def blob_path(self, file_id: bytes, executable: bool) -> Path:
         h = hex_id(file_id)

@@ -34,10 +34,9 @@ Lock = Callable[[str], AbstractContextManager[None]]
 class Refs:
     """Ref records under ``<cache>/refs``; ``lock(name)`` serializes writers of one name across processes."""
 
-    def __init__(self, cache_root: Path, lock: Lock):
+    def __init__(self, cache_root: str, lock: Lock):
         self._cache_root = cache_root
-        self._dir = str(cache_root / "refs")  # plain strings: the warm path avoids pathlib
-        self._tmp = cache_root / "tmp"
+        self._dir = cache_root + "/refs"  # plain strings: the warm path avoids pathlib
         self._lock = lock
 
     def lock(self, name: str) -> AbstractContextManager[None]:
@@ -124,7 +123,7 @@ class Refs:
             newest = self.newest(info.name)
             if newest is None or recency(info) > recency(newest):
                 self._point_latest(info.name, info)  # before the ref: a crash in between leaves it dangling
-            atomic_write(path, info.encode(), self._tmp)
+            atomic_write(path, info.encode(), Path(self._cache_root, "tmp"))
         return info
 
     def remove(self, name: str, versions: list[str]) -> None:

@@ -26,15 +26,18 @@ STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name
 
 
 class Snapshots:
-    def __init__(self, cache_root: Path, objects: ObjectStore):
-        self.dir = cache_root / "snapshots"
-        self._dir = str(self.dir)  # plain string: the warm path avoids pathlib
-        self._locks = str(cache_root / "locks")
+    def __init__(self, cache_root: str, objects: ObjectStore):
+        self._dir = cache_root + "/snapshots"  # plain strings: the warm path avoids pathlib
+        self._locks = cache_root + "/locks"
         self._objects = objects
+
+    @property
+    def dir(self) -> Path:
+        return Path(self._dir)
 
     def path(self, root: str) -> Path:
         """Where the snapshot of a tree lives once built."""
-        return self.dir / root
+        return Path(f"{self._dir}/{root}")
 
     def built(self, root: str) -> bool:
         """Whether the snapshot is there (one ``stat`` on a plain string: the warm path)."""
