@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from cas import Cache, PushStats
-from tests.support.procs import REPO, descendants, free_port, pss_kib, start, stop  # noqa: F401 - for the scenarios
+from tests.support.procs import REPO, descendants, pss_kib
 from tests.support.procs import start_server as _start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -21,8 +21,9 @@ import sys
 import timeit
 from pathlib import Path
 
-from benchmarks.harness import REPO, free_port, push_as_owner, reset, run_json, start_server, stop, summary, wall
+from benchmarks.harness import push_as_owner, reset, run_json, start_server, summary, wall
 from cas import Cache
+from tests.support.procs import REPO, free_port, stop
 
 FIRST_ACCESS = """
 import json, time

@@ -15,8 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.harness import free_port, push_as_owner, reset, start_server, stop, summary, timed_tree, wall
+from benchmarks.harness import push_as_owner, reset, start_server, summary, timed_tree, wall
 from cas import Cache
+from tests.support.procs import free_port, stop
 
 
 def run(work: Path, model: Path, quick: bool) -> dict:

@@ -16,9 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.harness import REPO, free_port, push_as_owner, reset, start, start_server, stop
+from benchmarks.harness import push_as_owner, reset, start_server
 from cas import Cache
 from tests.support import synth
+from tests.support.procs import REPO, free_port, start, stop
 
 SERVICE = """
 import descriptor

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import TOKEN, free_port, reset, start_server, stop, timed_tree
+from benchmarks.harness import TOKEN, reset, start_server, timed_tree
 from tests.support import synth
+from tests.support.procs import free_port, stop
 
 
 def _many_files(path: Path, count: int, total: int) -> Path:

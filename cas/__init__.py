@@ -12,7 +12,6 @@ cheap for a service's warm path.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,12 +28,12 @@ from .errors import (
     NotFound,
     RepoError,
 )
-from .local.cache import Staging, default_root
-from .local.verify import VerifyReport
+from .local.cache import Progress, Staging, default_root
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .local.verify import VerifyReport
     from .pull import PullStats
     from .push import PushStats
     from .repo.check import RepoReport
@@ -72,14 +71,13 @@ __all__ = [
     "verify",
 ]
 
-Progress = Callable[[int], None]
-_LAZY = {"PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check"}
+_LAZY = {"PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 
 
 def __getattr__(name: str) -> Any:
-    """The result types of repository operations, imported when first named."""
+    """The result types of checks and repository operations, imported when first named."""
     if name in _LAZY:
         import importlib
 

@@ -1,7 +1,7 @@
 """``cas.Cache``: the local cache with its repositories, and the policy that resolves a tag for a service.
 
 ``LocalCache`` (``cas.local``) knows one host's files; this adds pull and
-push (through ``cas.sync``, imported only when a repository is used) and
+push (``cas.pull``, ``cas.push``, imported only when a repository is used) and
 ``resolve``, the policy the descriptor and the CLI share: the local version
 when there is one, else pulled; ``refresh`` asks the repository first;
 offline never asks.  Every blocking call works from any thread, event loop
@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import tags
 from .errors import CacheNotWritable, CasError, NotFound
-from .local.cache import LocalCache
+from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
     from .pull import PullStats
     from .push import PushStats
-
-Progress = Callable[[int], None]
 
 
 class Cache(LocalCache):
@@ -130,7 +127,7 @@ class Cache(LocalCache):
         t = tags.parse(tag)
         try:
             with self.writing(str(t), f"'cas pull {t}'"):
-                async with self.alock(f"resolve-{t.name}"):
+                async with self.locks.ahold(f"resolve-{t.name}"):
                     if not refresh:
                         try:
                             return self.get(t)  # pulled by another process while this one waited

@@ -15,10 +15,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .errors import CasError
-from .fetcher import Backlog, Fetcher
+from .fetcher import Fetcher
 from .fetchworker import Start, Workers, feed
 from .parts import FlushBehind, Parts
-from .ranges import Range
+from .ranges import Backlog, Range
 from .repo.repository import Repository
 
 WORKERS_MIN_BYTES = 64 << 20  # below this, starting processes (~0.15 s) costs more than it saves
@@ -63,7 +63,7 @@ async def fetch(
     fetcher = Fetcher(tag, repo, parts, 2 if procs else os.cpu_count() or 2)
     start = Start(tag, repo.url, slots)
     try:
-        await all_or_nothing([backlog.run_here(fetcher) for _ in range(slots)] +
+        await all_or_nothing([_run_here(backlog, fetcher) for _ in range(slots)] +
                              [feed(p, start, backlog) for p in procs])  # fmt: skip
     finally:
         fetcher.close()
@@ -71,6 +71,13 @@ async def fetch(
         if flusher:
             await asyncio.to_thread(flusher.stop)
     return backlog.fetched
+
+
+async def _run_here(backlog: Backlog, fetcher: Fetcher) -> None:
+    """One fetching slot of this process: fetch ranges until none are left."""
+    while (r := backlog.take()) is not None:
+        got = await fetcher.run(r)
+        backlog.done(r, got)
 
 
 async def all_or_nothing(coros: list[Coroutine[Any, Any, None]]) -> None:

@@ -9,8 +9,6 @@ its own, then stops the pull with an error naming it.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec
@@ -66,28 +64,3 @@ def _decode_and_write(body: bytes, base: int, pieces: list[Piece], parts: Parts)
         written += p.targets
     parts.mark(written)
     return bad
-
-
-class Backlog:
-    """The ranges a pull has left, taken one at a time by its fetching slots and its workers' pipes."""
-
-    def __init__(self, ranges: list[Range], on_done: Callable[[Range], None]):
-        self._left = deque(ranges)
-        self._on_done = on_done
-        self.fetched = 0  # encoded bytes read so far
-
-    def take(self) -> Range | None:
-        return self._left.popleft() if self._left else None
-
-    def empty(self) -> bool:
-        return not self._left
-
-    def done(self, r: Range, fetched: int) -> None:
-        self.fetched += fetched
-        self._on_done(r)
-
-    async def run_here(self, fetcher: Fetcher) -> None:
-        """One slot of this process: fetch ranges until none are left."""
-        while (r := self.take()) is not None:
-            got = await fetcher.run(r)
-            self.done(r, got)

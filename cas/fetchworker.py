@@ -26,9 +26,9 @@ from typing import NamedTuple
 import msgpack
 
 from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
-from .fetcher import Backlog, Fetcher
+from .fetcher import Fetcher
 from .parts import Parts
-from .ranges import Piece, Range, Target
+from .ranges import Backlog, Piece, Range, Target
 from .repo.backend import open_backend
 from .repo.repository import Repository, token
 
@@ -188,7 +188,9 @@ async def _serve() -> None:
                 elif isinstance(msg, Start):
                     backend = open_backend(msg.url, token=token(), concurrency=msg.slots)
                     fetcher = Fetcher(msg.tag, Repository(backend), parts, 2)
-                elif isinstance(msg, Work) and fetcher is not None:
+                elif isinstance(msg, Work):
+                    if fetcher is None:
+                        _fail(CasError("the pull sent a range before its Start message"))
                     task = asyncio.ensure_future(_run(fetcher, msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -198,7 +200,7 @@ async def _serve() -> None:
             await asyncio.gather(*tasks)
     finally:
         if fetcher is not None:
-            await fetcher.repo.backend.close()
+            await fetcher.repo.close()
             fetcher.close()
         parts.close()
 
@@ -207,9 +209,14 @@ async def _run(fetcher: Fetcher, work: Work) -> None:
     try:
         got = await fetcher.run(work.range)
     except BaseException as e:  # noqa: BLE001 - any failure ends this worker, reported to the pull
-        os.write(1, encode(failure(e)))
-        os._exit(1)
+        _fail(e)
     os.write(1, encode(Done(work.rid, got)))
+
+
+def _fail(e: BaseException) -> None:
+    """Tell the pull what failed, and exit at once: nothing more is written into its files."""
+    os.write(1, encode(failure(e)))
+    os._exit(1)
 
 
 def _package_root() -> str:

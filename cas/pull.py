@@ -20,7 +20,7 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +30,7 @@ from .errors import CorruptObject
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
 from .fsutil import make_dirs
-from .local.cache import LocalCache
+from .local.cache import LocalCache, Progress
 from .parts import Parts, new_part, read_done
 from .prefixhash import PrefixHasher
 from .ranges import Range, Target, plan
@@ -40,8 +40,6 @@ from .repo.format import Location
 from .repo.repository import Repository, remote_url, with_repository
 from .tree import FileEntry
 
-Progress = Callable[[int], None]
-
 
 class PullStats(NamedTuple):
     """What a pull moved."""
@@ -49,7 +47,6 @@ class PullStats(NamedTuple):
     info: ModelInfo
     bytes_fetched: int  # encoded bytes read from the repository
     bytes_reused: int  # raw bytes copied from files already on this host
-    bytes_total: int
     seconds: float
 
 
@@ -71,48 +68,68 @@ async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concu
 async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
                     progress: Progress | None = None) -> PullStats:  # fmt: skip
     """``pull`` on the running loop (for code already on a private loop)."""
-    return await with_repository(lambda repo: _pull(cache, tag, repo, concurrency, progress), url, concurrency)
+    work = lambda repo: _Pull(cache, repo, concurrency, progress).run(tag)  # noqa: E731
+    return await with_repository(work, url, concurrency)
 
 
-async def _pull(cache: LocalCache, tag: str, repo: Repository, concurrency: int, progress: Progress | None
-                ) -> PullStats:  # fmt: skip
-    start = time.perf_counter()
-    info = await repo.ref(tag)
-    tree, encoded = await repo.tree(info)
-    fetched = reused = 0
-    # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
-    async with cache.alock("objects", shared=True), cache.alock(f"pull-{info.root}"):
-        missing = [f for f in tree.files if not cache.objects.blob_of(f).exists()]
-        if missing:
-            fetched, reused = await _fetch_files(cache, info, missing, repo, concurrency, progress)
-        cache.commit(info, tree, encoded)
-    return PullStats(info, fetched, reused, info.size, time.perf_counter() - start)
+class _Pull:
+    """One pull into one cache from one repository."""
 
+    def __init__(self, cache: LocalCache, repo: Repository, concurrency: int, progress: Progress | None):
+        self.cache, self.repo, self.concurrency, self.progress = cache, repo, concurrency, progress
 
-async def _fetch_files(cache: LocalCache, info: ModelInfo, files: list[FileEntry], repo: Repository,
-                       concurrency: int, progress: Progress | None) -> tuple[int, int]:  # fmt: skip
-    """Build the blobs of ``files``: returns the bytes fetched and the bytes reused from local files."""
-    count = worker_count(sum(f.size for f in files))
-    started = await Workers.start(count) if count else None  # their imports overlap the planning below
-    workers = started
-    try:
-        work = cache.root / "tmp" / "pull"
-        make_dirs(work)
-        assembly = Assembly(work, files)
-        reused = await asyncio.to_thread(_copy_local, cache, assembly, progress)
-        ranges = assembly.ranges(await repo.locator(info.root), f"{info.tag}: the locator in {repo.url}")
-        if workers and not worker_count(sum(r.end - r.start for r in ranges)):
-            workers = None  # local files held most of it: not worth feeding the workers
-        digests, fetched = await _fetch_hashed(info.tag, repo, assembly, ranges, concurrency, progress, workers,
-                                               cache.durable)  # fmt: skip
-        assembly.check(digests, info.tag, repo.url)
-        assembly.publish(cache)
-    finally:
-        if started:
-            await started.close()
-    with contextlib.suppress(OSError):  # kept while other pulls are resumable
-        work.rmdir()
-    return fetched, reused
+    async def run(self, tag: str) -> PullStats:
+        start = time.perf_counter()
+        info = await self.repo.ref(tag)
+        tree, encoded = await self.repo.tree(info)
+        fetched = reused = 0
+        # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
+        async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
+            missing = [f for f in tree.files if not self.cache.objects.blob_of(f).exists()]
+            if missing:
+                fetched, reused = await self._build_blobs(info, missing)
+            self.cache.commit(info, tree, encoded)
+        return PullStats(info, fetched, reused, time.perf_counter() - start)
+
+    async def _build_blobs(self, info: ModelInfo, files: list[FileEntry]) -> tuple[int, int]:
+        """The blobs of ``files``, assembled and published: returns the bytes fetched and reused."""
+        count = worker_count(sum(f.size for f in files))
+        workers = await Workers.start(count) if count else None  # their imports overlap the planning below
+        try:
+            locations = await self.repo.locator(info.root)
+            work = self.cache.objects.tmp / "pull"
+            make_dirs(work)
+            assembly = Assembly(work, files)
+            reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress)
+            ranges = assembly.ranges(locations, f"{info.tag}: the locator in {self.repo.url}")
+            worth = workers if worker_count(sum(r.end - r.start for r in ranges)) else None  # local files held most
+            fetched = await self._fetch(info.tag, assembly, ranges, worth)
+            assembly.publish(self.cache)
+        finally:
+            if workers:
+                await workers.close()
+        with contextlib.suppress(OSError):  # kept while other pulls are resumable
+            work.rmdir()
+        return fetched, reused
+
+    async def _fetch(self, tag: str, assembly: Assembly, ranges: list[Range], workers: Workers | None) -> int:
+        """Fetch the ranges, hashing each part file as its written prefix grows; every file is checked
+        against its id before any is published.  Returns the bytes fetched."""
+        hasher = PrefixHasher(assembly.layout, assembly.targets())
+
+        def on_done(r: Range) -> None:
+            hasher.written(t for p in r.pieces for t in p.targets)
+            if self.progress:
+                self.progress(sum(p.raw_length for p in r.pieces))
+
+        try:
+            fetched = await fetch(tag, self.repo, ranges, self.concurrency, on_done, workers,
+                                  flush_behind=self.cache.durable)  # fmt: skip
+        except BaseException:
+            await asyncio.to_thread(hasher.stop)
+            raise
+        assembly.check(await asyncio.to_thread(hasher.digests), tag, self.repo.url)
+        return fetched
 
 
 class Assembly:
@@ -144,6 +161,31 @@ class Assembly:
             chunks.append((offset, length))
             offset += length
 
+    def copy_local(self, cache: LocalCache, progress: Progress | None) -> int:
+        """Copy every wanted chunk a local blob holds (re-hashed first), no longer wanted; returns the bytes reused."""
+        seeds = cache.chunk_index().find(list(self.wanted))
+        reused = 0
+        parts = Parts()
+        try:
+            for cid, seed in seeds.items():
+                try:
+                    with open(cache.objects.blob_path(seed.file_id, seed.executable), "rb") as f:
+                        data = os.pread(f.fileno(), seed.length, seed.offset)
+                except FileNotFoundError:
+                    cache.chunk_index().forget_file(seed.file_id)
+                    continue
+                if len(data) != self.raw_len[cid] or chunk_id(data) != cid:
+                    continue
+                targets = self.wanted.pop(cid)
+                parts.write(targets, data)
+                parts.mark(targets)
+                reused += len(data)
+                if progress:
+                    progress(len(data))
+        finally:
+            parts.close()
+        return reused
+
     def targets(self) -> Iterator[Target]:
         return (t for targets in self.wanted.values() for t in targets)
 
@@ -168,48 +210,3 @@ class Assembly:
         for part, f in self.entries.items():
             cache.store_assembled(Path(part), f.file_id, f.executable)
             Path(part + ".done").unlink(missing_ok=True)
-
-
-def _copy_local(cache: LocalCache, assembly: Assembly, progress: Progress | None) -> int:
-    """Copy every wanted chunk a local blob holds (re-hashed first), no longer wanted; returns the bytes reused."""
-    seeds = cache.chunk_index().find(list(assembly.wanted))
-    reused = 0
-    parts = Parts()
-    try:
-        for cid, seed in seeds.items():
-            try:
-                with open(cache.objects.blob_path(seed.file_id, seed.executable), "rb") as f:
-                    data = os.pread(f.fileno(), seed.length, seed.offset)
-            except FileNotFoundError:
-                cache.chunk_index().forget_file(seed.file_id)
-                continue
-            if len(data) != assembly.raw_len[cid] or chunk_id(data) != cid:
-                continue
-            targets = assembly.wanted.pop(cid)
-            parts.write(targets, data)
-            parts.mark(targets)
-            reused += len(data)
-            if progress:
-                progress(len(data))
-    finally:
-        parts.close()
-    return reused
-
-
-async def _fetch_hashed(tag: str, repo: Repository, assembly: Assembly, ranges: list[Range], concurrency: int,
-                        progress: Progress | None, workers: Workers | None, durable: bool,
-                        ) -> tuple[dict[str, bytes], int]:  # fmt: skip
-    """Fetch the ranges, hashing each part file as its written prefix grows: (file digests, bytes fetched)."""
-    hasher = PrefixHasher(assembly.layout, assembly.targets())
-
-    def on_done(r: Range) -> None:
-        hasher.written(t for p in r.pieces for t in p.targets)
-        if progress:
-            progress(sum(p.raw_length for p in r.pieces))
-
-    try:
-        fetched = await fetch(tag, repo, ranges, concurrency, on_done, workers, flush_behind=durable)
-    except BaseException:
-        await asyncio.to_thread(hasher.stop)
-        raise
-    return await asyncio.to_thread(hasher.digests), fetched

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from . import codec, privateloop
 from .digest import chunk_id
 from .errors import CorruptObject
 from .fsutil import make_dirs, temp_name
-from .local.cache import LocalCache
+from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo.format import IndexEntry, Location, encode_index
 from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
@@ -33,8 +32,6 @@ PACK_TARGET = 32 << 20
 ENCODE_BATCH = 256
 UPLOADS_IN_FLIGHT = 2  # packs uploading while the next one is encoded: memory is a few PACK_TARGETs
 
-Progress = Callable[[int], None]
-
 
 class PushStats(NamedTuple):
     """What a push moved."""
@@ -42,7 +39,6 @@ class PushStats(NamedTuple):
     info: ModelInfo
     bytes_uploaded: int  # encoded pack bytes sent to the repository
     bytes_present: int  # raw bytes of chunks the repository held already
-    bytes_total: int
     seconds: float
 
 
@@ -58,20 +54,17 @@ class Chunk(NamedTuple):
 def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
     """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread."""
     info = cache.get(tag)
-    return run_with_repository(lambda repo: push_here(cache, info, repo, progress), remote_url(remote))
+    return run_with_repository(lambda repo: _push(cache, info, repo, progress), remote_url(remote))
 
 
 async def apush(cache: LocalCache, tag: str, remote: str | None = None, *,
                 progress: Progress | None = None) -> PushStats:  # fmt: skip
     """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
     info, url = cache.get(tag), remote_url(remote)
-    return await privateloop.run_async(
-        lambda: with_repository(lambda repo: push_here(cache, info, repo, progress), url)
-    )
+    return await privateloop.run_async(lambda: with_repository(lambda repo: _push(cache, info, repo, progress), url))
 
 
-async def push_here(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None) -> PushStats:
-    """``push`` on the running loop."""
+async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None) -> PushStats:
     start = time.perf_counter()
     await repo.check_version_free(info)
     tree = cache.tree(info)
@@ -88,7 +81,7 @@ async def push_here(cache: LocalCache, info: ModelInfo, repo: Repository, progre
         raise AssertionError(f"chunk {missing[0].hex()} was not packed")
     await repo.put_tree(info.root, tree.encode(), locations)
     await repo.put_ref(info)
-    return PushStats(info, writer.uploaded, present, info.size, time.perf_counter() - start)
+    return PushStats(info, writer.uploaded, present, time.perf_counter() - start)
 
 
 def _plan(
@@ -114,11 +107,9 @@ async def _known_chunks(cache: LocalCache, repo: Repository) -> dict[bytes, Loca
     """Every chunk the repository holds, from its pack indexes (kept on this host by pack id)."""
     kept = cache.root / "remotes" / hashlib.sha256(repo.url.encode()).hexdigest()[:16] / "packs"
     known: dict[bytes, Location] = {}
-    for name in sorted(await repo.pack_names()):
-        if not name.endswith(".idx"):
-            continue
-        pack_id = name.removesuffix(".idx")
-        copy = kept / name
+    _, indexed = await repo.packs()
+    for pack_id in sorted(indexed):
+        copy = kept / f"{pack_id}.idx"
         if copy.exists():
             index = copy.read_bytes()
         else:

@@ -9,7 +9,8 @@ complete, and are hashed, one after another.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .repo.format import Location, iter_ranges
@@ -63,3 +64,22 @@ def plan(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations
             i = j
     ranges.sort(key=lambda r: min(r.pieces[0].targets))  # in file order: files complete, and hash, one by one
     return ranges
+
+
+class Backlog:
+    """The ranges a pull has left, taken one at a time by its fetching slots and its workers' pipes."""
+
+    def __init__(self, ranges: list[Range], on_done: Callable[[Range], None]):
+        self._left = deque(ranges)
+        self._on_done = on_done
+        self.fetched = 0  # encoded bytes read so far
+
+    def take(self) -> Range | None:
+        return self._left.popleft() if self._left else None
+
+    def empty(self) -> bool:
+        return not self._left
+
+    def done(self, r: Range, fetched: int) -> None:
+        self.fetched += fetched
+        self._on_done(r)

@@ -103,7 +103,7 @@ class ResolvedModel:
         return self  # immutable: a copy in this process is the same model
 
     def __repr__(self) -> str:
-        return f"ResolvedModel({self.tag!r}, path={str(self._path)!r})"
+        return f"ResolvedModel({self.tag!r}, path={str(self._path) if self._path else None!r})"
 
 
 class _Pending:

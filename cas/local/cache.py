@@ -29,17 +29,17 @@ from ..errors import CacheNotWritable, CasError, CorruptObject, NotFound
 from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
 from ..tree import FileEntry, Tree, root_of
-from .ingest import digest_file
+from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
-from .sources import Source, scan
-from .verify import Verifier, VerifyReport
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
     from .chunkindex import ChunkIndex
+    from .sources import Source
+    from .verify import VerifyReport
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], None]  # called with byte counts as work is done
 
 
 def default_root() -> Path:
@@ -76,8 +76,9 @@ class LocalCache:
         self._durable = durable
         self._chunks: ChunkIndex | None = None
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
+        self.locks = Locks(self._root + "/locks")
         self.objects = ObjectStore(self._root)
-        self.refs = Refs(self._root, self.lock)
+        self.refs = Refs(self._root, self.locks)
         self.snapshots = Snapshots(self._root, self.objects)
 
     @property
@@ -99,18 +100,6 @@ class LocalCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["root"], durable=state["durable"])  # type: ignore[misc]
-
-    def lock(self, name: str, *, shared: bool = False) -> contextlib.AbstractContextManager[None]:
-        """An inter-process lock on ``locks/<name>`` (``objects``: shared by writers, exclusive for pruning)."""
-        from .locks import locked
-
-        return locked(self.root / "locks" / name, shared=shared)
-
-    def alock(self, name: str, *, shared: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
-        """``lock`` for a coroutine: a cancelled task stops waiting."""
-        from .locks import alocked
-
-        return alocked(self.root / "locks" / name, shared=shared)
 
     def chunk_index(self) -> ChunkIndex:
         """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
@@ -174,10 +163,12 @@ class LocalCache:
         The user's files are copied, never moved or linked, so later edits to
         them cannot reach the cache. ``progress`` is called with byte counts.
         """
+        from .sources import scan
+
         name, version = _new_tag(tag)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
         sources = scan(Path(path))
-        with self.lock("objects", shared=True):
+        with self.locks.hold("objects", shared=True):
             entries = [self._ingest_copy(s, progress) for s in sources]
             return self._record(name, version, entries, labels, metadata)
 
@@ -194,20 +185,24 @@ class LocalCache:
         On normal exit the files are moved (not copied) into the cache under a
         new version; on an exception nothing is recorded and staging is removed.
         """
+        from .sources import scan
+
         name, version = _new_tag(name)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
-        staging = self.root / "tmp" / temp_name("create-")
+        staging = self.objects.tmp / temp_name("create-")
         make_dirs(staging)
         try:
             yield Staging(staging, f"{name}:{version}")
             sources = scan(staging)
-            with self.lock("objects", shared=True):
+            with self.locks.hold("objects", shared=True):
                 entries = [self._ingest_move(s) for s in sources]
                 self._record(name, version, entries, labels, metadata)
         finally:
             remove_tree(staging)
 
     def _ingest_copy(self, s: Source, progress: Progress | None) -> FileEntry:
+        from .ingest import digest_file
+
         make_dirs(self.objects.tmp)
         tmp = self.objects.tmp / temp_name("blob-")
         try:
@@ -218,6 +213,8 @@ class LocalCache:
         return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
     def _ingest_move(self, s: Source) -> FileEntry:
+        from .ingest import digest_file
+
         d = digest_file(s.src)
         if self.durable:
             fsync_path(s.src)
@@ -260,7 +257,7 @@ class LocalCache:
             victims = self.list(tags.validate_name(tag))
             if not victims:
                 raise self.refs.not_found(tag)
-        with self.lock("objects"):
+        with self.locks.hold("objects"):
             for name in sorted({i.name for i in victims}):
                 self.refs.remove(name, [i.version for i in victims if i.name == name])
             self._prune({i.root for i in victims})
@@ -299,8 +296,8 @@ class LocalCache:
         self.snapshots.lease(info.root)
 
     def _build(self, info: ModelInfo) -> None:
-        with self.writing(info.tag, f"'cas materialize {info.tag}'"), self.lock(f"snapshot-{info.root}"), \
-                self.lock("objects", shared=True):  # fmt: skip
+        with self.writing(info.tag, f"'cas materialize {info.tag}'"), self.locks.hold(f"snapshot-{info.root}"), \
+                self.locks.hold("objects", shared=True):  # fmt: skip
             if not self.snapshots.built(info.root):
                 if not self.refs.exists(info):
                     raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
@@ -316,7 +313,9 @@ class LocalCache:
         (with any snapshot sharing it) so it can never be served; with no
         ``tag``, orphaned trees, blobs, snapshots and dead temporaries are removed.
         """
-        return Verifier(self.objects, self.refs, self.snapshots, repair=repair).run(tag, self.lock)
+        from .verify import Verifier
+
+        return Verifier(self.objects, self.refs, self.snapshots, self.locks, repair=repair).run(tag)
 
 
 def _new_tag(tag: str) -> tuple[str, str]:

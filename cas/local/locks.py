@@ -24,6 +24,21 @@ DEFAULT_TIMEOUT = 600.0
 POLL = 0.02  # seconds between attempts on a held lock
 
 
+class Locks:
+    """The lock files of one cache, ``locks/<name>``: ``objects`` (shared by writers of objects, exclusive
+    for pruning and verify), ``ref-<name>``, ``snapshot-<root>``, ``pull-<root>``, ``resolve-<name>``."""
+
+    def __init__(self, directory: str):
+        self._dir = directory
+
+    def hold(self, name: str, *, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+        return locked(Path(self._dir, name), shared=shared)
+
+    def ahold(self, name: str, *, shared: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
+        """``hold`` for a coroutine: a cancelled task stops waiting."""
+        return alocked(Path(self._dir, name), shared=shared)
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive (or shared) lock on ``path`` for the duration of the block."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -25,22 +25,21 @@ from ..errors import CasError, InvalidInput, NotFound
 from ..fsutil import atomic_write, make_dirs, temp_name
 from ..ref import ModelInfo, recency
 from ..tags import Tag
+from .locks import Locks
 
 LATEST_LINK = ".latest"
 
-Lock = Callable[[str], AbstractContextManager[None]]
-
 
 class Refs:
-    """Ref records under ``<cache>/refs``; ``lock(name)`` serializes writers of one name across processes."""
+    """Ref records under ``<cache>/refs``; ``lock(name)`` serializes the writers of one name across processes."""
 
-    def __init__(self, cache_root: str, lock: Lock):
+    def __init__(self, cache_root: str, locks: Locks):
         self._cache_root = cache_root
         self._dir = cache_root + "/refs"  # plain strings: the warm path avoids pathlib
-        self._lock = lock
+        self._locks = locks
 
     def lock(self, name: str) -> AbstractContextManager[None]:
-        return self._lock(f"ref-{name}")
+        return self._locks.hold(f"ref-{name}")
 
     def not_found(self, tag: str) -> NotFound:
         return NotFound(

@@ -12,8 +12,6 @@ the cache's parts (objects, refs, snapshots) through their public methods.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from .. import tags
@@ -22,6 +20,7 @@ from ..errors import CasError
 from ..fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
 from ..ref import ModelInfo, recency
 from ..tree import Tree
+from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import STAGING, Snapshots
@@ -56,14 +55,14 @@ class VerifyReport:
 class Verifier:
     """One check of a cache: its parts, what is known about each blob, and the report."""
 
-    def __init__(self, objects: ObjectStore, refs: Refs, snapshots: Snapshots, *, repair: bool):
-        self.objects, self.refs, self.snapshots = objects, refs, snapshots
+    def __init__(self, objects: ObjectStore, refs: Refs, snapshots: Snapshots, locks: Locks, *, repair: bool):
+        self.objects, self.refs, self.snapshots, self.locks = objects, refs, snapshots, locks
         self.repair = repair
         self.report = VerifyReport()
         self.blob_ok: dict[Path, bool] = {}  # blob: whether it hashes to its name
 
-    def run(self, tag: str | None, lock: Callable[..., AbstractContextManager[None]]) -> VerifyReport:
-        with lock("objects"):  # exclusive: no ingest or pull publishes while blobs are judged
+    def run(self, tag: str | None) -> VerifyReport:
+        with self.locks.hold("objects"):  # exclusive: no ingest or pull publishes while blobs are judged
             infos = [self.refs.get(tags.parse(tag))] if tag is not None else self._all_refs()
             trees: dict[str, Tree] = {}
             for info in infos:

@@ -28,6 +28,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from ..errors import RepoError
+from . import CONCURRENCY
 
 
 class ReadBackend(Protocol):
@@ -43,7 +44,7 @@ class WriteBackend(ReadBackend, Protocol):
     async def put(self, key: str, data: bytes, *, replace: bool = False) -> None: ...
 
 
-def open_backend(url: str, *, token: str | None = None, concurrency: int = 16) -> WriteBackend:
+def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
     """The backend for ``file://PATH`` (or a plain path) or ``http(s)://HOST[:PORT][/PREFIX]``."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from .. import codec
 from ..digest import file_hasher
-from ..errors import CasError
+from ..errors import CasError, CorruptObject
 from ..ref import ModelInfo
 from .format import IndexEntry, decode_index, pack_key
 from .repository import Repository, remote_url, run_with_repository
@@ -50,27 +50,25 @@ class _Check:
         self.problems: list[str] = []
 
     async def run(self) -> RepoReport:
-        names = await self.repo.pack_names()
-        packs = {n for n in names if "." not in n}
-        sizes = await self._indexes(names, packs)
-        orphans = [f"packs/{p}: a pack without an index" for p in sorted(packs) if f"{p}.idx" not in names]
+        packs, indexed = await self.repo.packs()
+        sizes = await self._indexes(packs, indexed)
+        orphans = [f"packs/{p}: a pack without an index" for p in sorted(packs - indexed)]
         versions = await self.repo.versions()
         for info in versions:
             await self._check_ref(info, sizes)
         return RepoReport(len(versions), len(sizes), self.problems, orphans)
 
-    async def _indexes(self, names: set[str], packs: set[str]) -> dict[str, int]:
+    async def _indexes(self, packs: set[str], indexed: set[str]) -> dict[str, int]:
         """Each indexed pack's size as its index declares it; the deep check also reads every pack."""
         sizes: dict[str, int] = {}
-        for name in sorted(names - packs):
-            pack_id = name.removesuffix(".idx")
+        for pack_id in sorted(indexed):
             if pack_id not in packs:
-                self.problems.append(f"packs/{name}: an index without its pack")
+                self.problems.append(f"packs/{pack_id}.idx: an index without its pack")
                 continue
             try:
                 size, entries = decode_index(await self.repo.pack_index(pack_id))
             except CasError as e:
-                self.problems.append(f"packs/{name}: {e}")
+                self.problems.append(f"packs/{pack_id}.idx: {e}")
                 continue
             sizes[pack_id] = size
             if self.deep:
@@ -82,6 +80,9 @@ class _Check:
         try:
             tree, _ = await self.repo.tree(info)
             locations = await self.repo.locator(info.root)
+        except CorruptObject as e:  # names the ref already
+            self.problems.append(str(e))
+            return
         except CasError as e:
             self.problems.append(f"{info.tag}: {e}")
             return

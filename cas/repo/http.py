@@ -15,6 +15,7 @@ import random
 import aiohttp
 
 from ..errors import NotFound, RepoError
+from . import CONCURRENCY
 from .format import MAX_DOC_BYTES
 
 RETRIES = 5
@@ -28,7 +29,7 @@ class _Transient(Exception):
 
 
 class HttpBackend:
-    def __init__(self, url: str, *, token: str | None, concurrency: int = 16, stall: float | None = None):
+    def __init__(self, url: str, *, token: str | None, concurrency: int = CONCURRENCY, stall: float | None = None):
         self.url = url.rstrip("/")
         self._token = token
         self._limit = concurrency

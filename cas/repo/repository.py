@@ -45,7 +45,13 @@ class Repository:
 
     def __init__(self, backend: WriteBackend):
         self.backend = backend
-        self.url = backend.url
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    async def close(self) -> None:
+        await self.backend.close()
 
     # -- reading ----------------------------------------------------------------
 
@@ -73,7 +79,9 @@ class Repository:
         out = []
         for key in await self.backend.list(f"refs/{name}/" if name else "refs/"):
             parts = key.split("/")
-            if len(parts) == 3 and (found := await self._ref(parts[1], parts[2])) is not None:
+            if len(parts) != 3 or parts[2].startswith("."):  # a .latest hint, or another stray name
+                continue
+            if (found := await self._ref(parts[1], parts[2])) is not None:
                 out.append(found)
         return sorted(out, key=recency, reverse=True)
 
@@ -88,9 +96,10 @@ class Repository:
     async def locator(self, root: str) -> dict[bytes, Location]:
         return decode_locator(await self.backend.get(locator_key(root)))
 
-    async def pack_names(self) -> set[str]:
-        """The names under ``packs/``: pack ids, and ``<pack id>.idx`` for each index."""
-        return {k[len("packs/") :] for k in await self.backend.list("packs/")}
+    async def packs(self) -> tuple[set[str], set[str]]:
+        """The ids of the packs here, and of the packs with an index (what a push has finished)."""
+        names = [k[len("packs/") :] for k in await self.backend.list("packs/")]
+        return {n for n in names if "." not in n}, {n.removesuffix(".idx") for n in names if n.endswith(".idx")}
 
     async def pack_index(self, pack_id: str) -> bytes:
         """A pack's index document, encoded (decode with ``format.decode_index``)."""
@@ -148,11 +157,11 @@ def token() -> str | None:
 async def with_repository(work: Callable[[Repository], Awaitable[T]], url: str,
                           concurrency: int = CONCURRENCY) -> T:  # fmt: skip
     """Run ``work(repository)`` on the running loop, its connections closed afterwards."""
-    backend = open_backend(url, token=token(), concurrency=concurrency)
+    repo = Repository(open_backend(url, token=token(), concurrency=concurrency))
     try:
-        return await work(Repository(backend))
+        return await work(repo)
     finally:
-        await backend.close()
+        await repo.close()
 
 
 def run_with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:

@@ -6,8 +6,9 @@ Fails, naming each offence, on:
   imports and ``TYPE_CHECKING`` imports included;
 - a module using another module's underscore name (``from m import _x``,
   or ``obj._x`` on anything but ``self`` and ``cls``);
-- an import against the layers of ``DESIGN.md``: a module may import only
-  from its own layer and the layers below it.
+- an import against the layers (content, local cache, repository, sync,
+  interfaces; the README's layout table): a module may import only from its
+  own layer and the layers below it.
 """
 
 from __future__ import annotations
