@@ -4,10 +4,13 @@ GET (with a single Range) and HEAD serve any key of the layout; ``GET
 /?list=PREFIX`` lists keys; PUT needs the bearer token and is checked before
 it is accepted: a tree or pack must hash to its name, a pack index must
 describe its pack chunk by chunk, a locator must point into packs the
-repository has, and a ref must name a tree and locator that exist (so refs
-come last) and may not change the root of an existing version.  Bodies are
-streamed to a temporary file, limited in size, and moved into place
-atomically; DIR stays a valid ``file://`` repository throughout.
+repository has, a ref must name a tree and locator that exist (so refs
+come last), and a listing must decode.  Every object but the listings is
+created once and never changed (``If-None-Match: *`` answers 412 when it
+exists); a listing is replaced only under ``If-Match`` with the ETag (a
+hash of its bytes) it was read with.  Bodies are streamed to a temporary
+file, limited in size, and moved into place atomically under the folder's
+update lock; DIR stays a valid ``file://`` repository throughout.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+import blake3
 from aiohttp import web
 
 from . import codec
@@ -25,11 +29,14 @@ from . import ref as refs
 from .digest import file_hasher
 from .errors import CasError
 from .fsutil import temp_name
+from .repo import listing
+from .repo.file import locked_folder
 from .repo.format import MAX_PACK_BYTES, check_key, decode_index, decode_locator, index_key, locator_key, tree_key
 from .tree import decode as decode_tree
 
 MAX_SMALL_BODY = 256 << 20  # trees, indexes, locators, refs
-LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/")
+LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/", "index/")
+MUTABLE = ("names", "versions")  # the listings; every other kind of object is created once
 log = logging.getLogger("cas.server")
 
 
@@ -72,6 +79,9 @@ class _Handlers:
         path = self.root / key
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{key} not found\n")
+        if check_key(key)[0] in MUTABLE:  # small and changing: its ETag is a hash of its bytes, for If-Match
+            data = await asyncio.to_thread(path.read_bytes)
+            return web.Response(body=data, headers={"Cache-Control": "no-cache", "ETag": _etag(data)})
         cache_control = "no-cache" if key.startswith("refs/") else "max-age=31536000, immutable"
         return web.FileResponse(path, headers={"Cache-Control": cache_control})
 
@@ -97,8 +107,9 @@ class _Handlers:
         tmp = tmp_dir / temp_name("put-")
         try:
             digest = await _receive(request, tmp, limit)
+            conditions = (request.headers.get("If-None-Match"), request.headers.get("If-Match"))
             try:
-                status = await asyncio.to_thread(_accept, self.root, key, tmp, digest)
+                status = await asyncio.to_thread(_accept, self.root, key, tmp, digest, conditions)
             except Rejected as e:
                 raise _http_error(e.status, str(e)) from None
         finally:
@@ -116,7 +127,8 @@ def _key_of(request: web.Request) -> str:
 
 
 def _http_error(status: int, text: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge}.get(status)
+    cls = {400: web.HTTPBadRequest, 409: web.HTTPConflict, 412: web.HTTPPreconditionFailed,
+           413: web.HTTPRequestEntityTooLarge}.get(status)  # fmt: skip
     if cls is web.HTTPRequestEntityTooLarge:
         return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=text + "\n")
     return (cls or web.HTTPBadRequest)(text=text + "\n")
@@ -138,7 +150,7 @@ async def _receive(request: web.Request, tmp: Path, limit: int) -> bytes:
     return hasher.digest()
 
 
-def _accept(root: Path, key: str, tmp: Path, digest: bytes) -> int:
+def _accept(root: Path, key: str, tmp: Path, digest: bytes, conditions: tuple[str | None, str | None]) -> int:
     """Check an upload against what its key promises, then move it into place. Returns the HTTP status."""
     kind, *parts = check_key(key)
     data = tmp.read_bytes() if kind != "pack" else b""
@@ -146,12 +158,46 @@ def _accept(root: Path, key: str, tmp: Path, digest: bytes) -> int:
         _CHECKS[kind](root, key, parts, data, digest)
     except CasError as e:
         raise Rejected(400, f"{key}: {e}") from None
-    dest = root / key
-    if dest.exists() and kind != "ref":
-        return 200  # content-addressed: never rewritten
+    with locked_folder(root):  # one commit at a time, also against file:// writers of this folder
+        if kind in MUTABLE:
+            return _replace(root / key, tmp, *conditions)
+        return _create(root / key, tmp, data if kind == "ref" else None, if_none_match=conditions[0])
+
+
+def _create(dest: Path, tmp: Path, ref: bytes | None, *, if_none_match: str | None) -> int:
+    """Link an object into place unless it exists: never rewritten, never half there."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(tmp, dest)
+        return 201
+    except FileExistsError:
+        pass
+    if if_none_match == "*":
+        raise Rejected(412, f"{dest.name} exists")
+    if ref is not None:  # a client without conditions: the same version with other content is a conflict
+        old, new = refs.decode(dest.read_bytes()), refs.decode(ref)
+        if old.root != new.root:
+            raise Rejected(409, f"{new.tag} exists with root {old.root[:12]}; push under a new version")
+    return 200
+
+
+def _replace(dest: Path, tmp: Path, if_none_match: str | None, if_match: str | None) -> int:
+    """Replace a listing only if it is still what the writer read (compare-and-set on its ETag)."""
+    try:
+        current: bytes | None = dest.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if if_none_match == "*" and current is not None:
+        raise Rejected(412, f"{dest.name} exists")
+    if if_match is not None and (current is None or _etag(current) != if_match):
+        raise Rejected(412, f"{dest.name} changed since it was read")
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, dest)
-    return 201
+    return 200 if current is not None else 201
+
+
+def _etag(data: bytes) -> str:
+    return f'"{blake3.blake3(data).hexdigest()}"'
 
 
 def _check_named(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
@@ -171,16 +217,20 @@ def _check_locator(root: Path, key: str, parts: list[str], data: bytes, digest: 
 
 
 def _check_ref(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
-    """A ref names a tree and locator already here (refs go last) and never changes an existing version's root."""
+    """A ref names a tree and locator already here: refs go last."""
     name, version = parts
     info = refs.decode(data, name=name, version=version)
     for needed in (tree_key(info.root), locator_key(info.root)):
         if not (root / needed).is_file():
             raise Rejected(409, f"{key}: upload {needed} first (refs go last)")
-    if (root / key).is_file():
-        old = refs.decode((root / key).read_bytes(), name=name, version=version)
-        if old.root != info.root:
-            raise Rejected(409, f"{key} exists with root {old.root[:12]}; push under a new version")
+
+
+def _check_listing(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    """A listing must decode: readers take it as it is."""
+    if parts:
+        listing.decode_versions(data)
+    else:
+        listing.decode_names(data)
 
 
 def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
@@ -204,7 +254,7 @@ def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: by
 
 
 _CHECKS = {"tree": _check_named, "pack": _check_named, "index": _check_index, "locator": _check_locator,
-           "ref": _check_ref}  # fmt: skip
+           "ref": _check_ref, "names": _check_listing, "versions": _check_listing}  # fmt: skip
 
 
 def _list(root: Path, prefix: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Keys are the repository layout's paths (``refs/m/v1``, ``packs/<id>``; see
 ``format``).  A ``ReadBackend`` is enough to pull from (any static web
-server qualifies); a ``WriteBackend`` can also be pushed to.  Contract:
+server or CDN qualifies); a ``WriteBackend`` can also be pushed to.
 
 - ``get(key)`` returns the whole object, refusing one past ``MAX_DOC_BYTES``
   (only documents are read whole); a missing key raises ``NotFound``; any
@@ -11,18 +11,24 @@ server qualifies); a ``WriteBackend`` can also be pushed to.  Contract:
   ``end`` (exclusive), or raises; never more, whatever the server sends.
 - ``list(prefix)`` returns every key under ``prefix`` (a folder path ending
   in ``/``), sorted, names starting with ``.`` left out; no such folder is
-  an empty list.
-- ``put(key, data, replace=False)`` stores ``data`` whole or not at all;
-  without ``replace`` an existing key is left as it is (objects named by
-  their content), with it the key is overwritten (refs).
+  an empty list; a store that cannot list (a static server) raises
+  ``RepoError``.  Reading a model never needs it (see ``listing``).
+- ``create(key, data)`` stores ``data`` whole under ``key`` unless the key
+  exists, atomically: of two racing creations exactly one returns True
+  (S3 ``If-None-Match: *``, a hard link, ``cas serve``'s check).
+- ``update(key, change)`` replaces a small mutable document by
+  compare-and-set: ``change(current or None)`` gives the new bytes, or None
+  for nothing to write, and is called again when another writer changed
+  the key in between (S3 ``If-Match``, an ETag, a lock).
 - ``close()`` releases connections; the backend is not used afterwards.
 
-The file backend lives in ``file``, the HTTP one in ``http`` (aiohttp is
-imported only there, and only when a repository is really used).
+The stores: ``file``, ``http`` (aiohttp), ``s3`` (aiobotocore, the ``s3``
+extra); each is imported only when a repository of its kind is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -40,21 +46,31 @@ class ReadBackend(Protocol):
     async def close(self) -> None: ...
 
 
+Change = Callable[[bytes | None], bytes | None]
+
+
 class WriteBackend(ReadBackend, Protocol):
-    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None: ...
+    async def create(self, key: str, data: bytes) -> bool: ...
+    async def update(self, key: str, change: Change) -> None: ...
 
 
 def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
-    """The backend for ``file://PATH`` (or a plain path) or ``http(s)://HOST[:PORT][/PREFIX]``."""
+    """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]`` or
+    ``s3://BUCKET[/PREFIX]``."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         from .http import HttpBackend
 
         return HttpBackend(url, token=token, concurrency=concurrency)
+    if parsed.scheme == "s3":
+        from .s3 import S3Backend
+
+        return S3Backend(url, concurrency=concurrency)
     from .file import FileBackend
 
     if parsed.scheme == "file":
         return FileBackend(Path(unquote(parsed.path)))
     if parsed.scheme == "" and url:
         return FileBackend(Path(url))
-    raise RepoError(f"repository URL {url!r} is not supported; use file://PATH or http(s)://HOST[:PORT]/[PREFIX]")
+    raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
+                    "s3://BUCKET[/PREFIX]")  # fmt: skip

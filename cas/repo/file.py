@@ -2,21 +2,30 @@
 
 Reads refuse anything but regular files (a device or FIFO planted in the
 folder must not hang or flood a pull); writes go through a temporary name
-in ``.tmp/`` and are renamed into place, so readers never see a partial
-object.
+in ``.tmp/`` and are linked (created only if absent) or renamed (listings,
+under ``.tmp/update.lock``) into place, so readers never see a partial
+object.  ``cas serve`` takes the same lock, so both can share a folder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import NotFound, RepoError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, write_new
+from .backend import Change
 from .format import MAX_DOC_BYTES
+
+T = TypeVar("T")
+UPDATE_LOCK = ".tmp/update.lock"  # held by every writer of a listing in a repository folder, cas serve included
 
 _WRITE_ADVICE = {
     errno.EACCES: "give this user write access to the folder",
@@ -64,15 +73,26 @@ class FileBackend:
             raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
         return data
 
-    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
-        await asyncio.to_thread(self._write, key, data, replace)
+    async def create(self, key: str, data: bytes) -> bool:
+        return await asyncio.to_thread(self._writing, key, write_new, self._path(key), data, self.root / ".tmp")
 
-    def _write(self, key: str, data: bytes, replace: bool) -> None:
-        path = self._path(key)
-        if not replace and path.exists():
-            return
+    async def update(self, key: str, change: Change) -> None:
+        await asyncio.to_thread(self._writing, key, self._update, key, change)
+
+    def _update(self, key: str, change: Change) -> None:
+        with locked_folder(self.root):
+            try:
+                current: bytes | None = self._path(key).read_bytes()
+            except FileNotFoundError:
+                current = None
+            new = change(current)
+            if new is not None:
+                atomic_write(self._path(key), new, self.root / ".tmp")
+
+    def _writing(self, key: str, write: Callable[..., T], *args: object) -> T:
+        """Run a write of this folder, saying what failed and what to do in one line."""
         try:
-            atomic_write(path, data, self.root / ".tmp")  # the same folder `cas serve` stages uploads in
+            return write(*args)
         except OSError as e:
             raise RepoError(
                 f"cannot write {self.url}/{key}: {e.strerror}; {_WRITE_ADVICE.get(e.errno, 'push again')}"
@@ -98,3 +118,16 @@ class FileBackend:
 
     async def close(self) -> None:
         return None
+
+
+@contextlib.contextmanager
+def locked_folder(root: Path) -> Iterator[None]:
+    """Hold the folder's update lock: listings are read, changed and written by one writer at a time."""
+    path = root / UPDATE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

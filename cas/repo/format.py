@@ -7,6 +7,8 @@ Layout, the same for every backend::
     packs/<pack id>           encoded chunks back to back, named by the pack's BLAKE3
     packs/<pack id>.idx       the pack's index: chunk id -> offset, lengths, codec
     locators/<root>           for each chunk of a tree: which pack, where
+    index/names               the names of the models here (see ``listing``)
+    index/versions/<name>     the versions of one name and their creation times
 
 Packs exist because object stores and CDNs are slow and costly per request;
 a pull reads one tree, one locator, then merged byte ranges of packs.
@@ -70,6 +72,10 @@ def check_key(key: str) -> tuple[str, ...]:
             return ("ref", parts[1], parts[2])
         if parts[0] in ("trees", "locators") and len(parts) == 2 and _HEX.fullmatch(parts[1]):
             return (parts[0][:-1], parts[1])
+        if parts == ["index", "names"]:
+            return ("names",)
+        if parts[:2] == ["index", "versions"] and len(parts) == 3:
+            return ("versions", validate_name(parts[2]))
         if parts[0] == "packs" and len(parts) == 2:
             name = parts[1]
             if name.endswith(".idx") and _HEX.fullmatch(name[:-4]):

@@ -1,8 +1,10 @@
 """The HTTP backend: one pooled aiohttp session, keep-alive, retries with backoff.
 
 Reads are plain GETs (with a single Range for pack bytes), so any static
-web server can serve a repository; listing and writing use ``cas serve``'s
-``GET /?list=PREFIX`` and token-authenticated ``PUT``.
+web server or CDN can serve a repository read-only.  Listing and writing
+use ``cas serve``'s ``GET /?list=PREFIX`` and token-authenticated ``PUT``:
+``If-None-Match: *`` creates a key only if absent, ``If-Match: <etag>``
+replaces a listing only if nobody changed it since it was read.
 """
 
 from __future__ import annotations
@@ -11,21 +13,31 @@ import asyncio
 import errno
 import os
 import random
+from typing import NamedTuple
 
 import aiohttp
 
-from ..errors import NotFound, RepoError
+from ..errors import InvalidManifest, NotFound, RepoError
 from . import CONCURRENCY
-from .format import MAX_DOC_BYTES
+from .backend import Change
+from .format import MAX_DOC_BYTES, check_key
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
 STALL = 30.0  # seconds without a byte before a read counts as stalled (CAS_STALL_TIMEOUT)
 CONNECT = 10.0  # seconds to open a connection
+UPDATE_TRIES = 20  # a listing changed by other pushes this many times in a row: give up
+MAX_LISTED = 10_000_000  # keys in one listing
 
 
 class _Transient(Exception):
     """A failure worth another attempt: connection error, timeout, 5xx, short body."""
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    etag: str | None
 
 
 class HttpBackend:
@@ -59,7 +71,7 @@ class HttpBackend:
         limit: int = MAX_DOC_BYTES,
         window: tuple[int, int] | None = None,
         **kw,
-    ) -> tuple[int, bytes]:
+    ) -> _Answer:
         """One request, retried; the body is read up to ``limit`` bytes, or (a 200 to a Range) only ``window``."""
         url = f"{self.url}/{key}"
         for attempt in range(RETRIES):
@@ -67,23 +79,32 @@ class HttpBackend:
                 async with self._client().request(method, url, **kw) as resp:
                     if resp.status == 404:
                         raise NotFound(f"{key} is not in the repository {self.url}")
-                    if resp.status in (401, 403):
-                        raise RepoError(
-                            f"{method} {url}: {resp.status} {resp.reason}; "
-                            + ("check CAS_TOKEN" if self._token else "set CAS_TOKEN to the server's token")
-                        )
+                    if resp.status in (401, 403, 405, 501) and resp.status not in expect:
+                        raise RepoError(f"{method} {url}: {resp.status} {resp.reason}; {self._refused(method, resp)}")
                     if resp.status >= 500 or resp.status == 429:
                         raise _Transient(f"{resp.status} {resp.reason}")
                     if resp.status not in expect:
                         raise RepoError(f"{method} {url}: unexpected {resp.status} {resp.reason}")
+                    etag = resp.headers.get("ETag")
                     if resp.status == 200 and window is not None:
-                        return resp.status, await _read_window(resp, *window)
-                    return resp.status, await _read_body(resp, url, limit)
+                        return _Answer(resp.status, await _read_window(resp, *window), etag)
+                    return _Answer(resp.status, await _read_body(resp, url, limit), etag)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
                 if attempt == RETRIES - 1:
                     raise RepoError(f"{method} {url} failed {RETRIES} times, last: {self._describe(e)}") from None
                 await asyncio.sleep(BACKOFF * 2**attempt * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+    def _refused(self, method: str, resp: aiohttp.ClientResponse) -> str:
+        """What to do about a refused request: a token to give, or a server that only serves reads."""
+        if resp.status == 401 or (resp.status == 403 and "WWW-Authenticate" in resp.headers):
+            return "check CAS_TOKEN" if self._token else "set CAS_TOKEN to the server's token"
+        if resp.status == 403 and self._token:
+            return "check CAS_TOKEN"
+        if method == "PUT":
+            return (f"{self.url} does not accept uploads (a static web server serves a repository read-only): push to "
+                    "a cas serve, file:// or s3:// repository and serve its folder")  # fmt: skip
+        return f"{self.url} refuses it"
 
     def _describe(self, e: Exception) -> str:
         """What went wrong with one attempt, in words rather than aiohttp's class names."""
@@ -102,22 +123,60 @@ class HttpBackend:
         return str(e) if isinstance(e, _Transient) else f"{type(e).__name__}: {e}"
 
     async def get(self, key: str) -> bytes:
-        return (await self._request("GET", key, expect=(200,)))[1]
+        return (await self._request("GET", key, expect=(200,))).body
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         # A server that ignores Range sends the whole pack: only the window is kept.
-        _, body = await self._request("GET", key, expect=(200, 206), headers={"Range": f"bytes={start}-{end - 1}"},
-                                      limit=end - start, window=(start, end))  # fmt: skip
+        body = (await self._request("GET", key, expect=(200, 206), headers={"Range": f"bytes={start}-{end - 1}"},
+                                    limit=end - start, window=(start, end))).body  # fmt: skip
         if len(body) != end - start:
             raise RepoError(f"{self.url}/{key}: range {start}-{end} returned {len(body)} bytes")
         return body
 
-    async def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
-        await self._request("PUT", key, expect=(200, 201, 204), data=data)
+    async def create(self, key: str, data: bytes) -> bool:
+        answer = await self._request("PUT", key, expect=(200, 201, 204, 412), data=data, headers={"If-None-Match": "*"})
+        return answer.status in (201, 204)  # 412, or 200 from a server without conditions: it was there
+
+    async def update(self, key: str, change: Change) -> None:
+        for _ in range(UPDATE_TRIES):
+            try:
+                current = await self._request("GET", key, expect=(200,), headers={"Cache-Control": "no-cache"})
+            except NotFound:
+                current = None
+            new = change(current.body if current else None)
+            if new is None:
+                return
+            if current is not None and not current.etag:
+                raise RepoError(f"{self.url}/{key}: the server gives no ETag, so it cannot be updated safely")
+            condition = {"If-Match": current.etag} if current else {"If-None-Match": "*"}
+            put = await self._request("PUT", key, expect=(200, 201, 204, 412), data=new, headers=condition)
+            if put.status != 412:
+                return
+            await asyncio.sleep(BACKOFF * random.random())  # another push changed it meanwhile: again
+        raise RepoError(f"{self.url}/{key} changed under this push {UPDATE_TRIES} times in a row; push again")
 
     async def list(self, prefix: str) -> list[str]:
-        body = (await self._request("GET", f"?list={prefix}", expect=(200,)))[1]
-        return [k for k in body.decode().splitlines() if k]
+        try:
+            body = (await self._request("GET", f"?list={prefix}", expect=(200,))).body
+        except (NotFound, RepoError) as e:
+            raise RepoError(f"{self.url} cannot list {prefix} (a static web server lists nothing): {e}") from None
+        return parse_listing(body, prefix, self.url)
+
+
+def parse_listing(body: bytes, prefix: str, url: str) -> list[str]:
+    """The keys of a listing answer, each checked to be a key of the layout under ``prefix``."""
+    try:
+        keys = [k for k in body.decode("utf-8").split("\n") if k]
+        if len(keys) > MAX_LISTED:
+            raise InvalidManifest(f"more than {MAX_LISTED} keys")
+        for k in keys:
+            if not k.startswith(prefix):
+                raise InvalidManifest(f"{k!r:.80} is not under {prefix}")
+            check_key(k)
+    except (UnicodeDecodeError, InvalidManifest) as e:
+        raise RepoError(f"{url} answered a listing of {prefix} with something else ({e}); it is not a cas "
+                        "repository, or not one that lists") from None  # fmt: skip
+    return sorted(keys)
 
 
 async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:

@@ -1,11 +1,13 @@
 """A repository as cas reads and writes it: refs, trees, locators and packs over a backend.
 
 Writes go bottom-up: packs, then the index naming each pack's chunks, then
-the tree and its locator, and the ref last; reads go top-down from the ref.
+the tree and its locator, then the listings (``listing``), and the ref last,
+created only if absent; reads go top-down from the listings and the ref.
 So a reader never sees a ref whose data is missing, whatever interrupted a
-writer: what it leaves (a pack without an index, a tree without a ref) no
-ref reaches.  Every document read is validated: it may come from a hostile
-server.
+writer: what it leaves (a pack without an index, a listed version without
+a ref) no ref reaches, and readers skip it.  Two hosts pushing one version
+with different content: one creates the ref, the other gets a clear error.
+Every document read is validated: it may come from a hostile server.
 
 Opening one: ``with_repository`` on the running loop, ``run_with_repository``
 from any thread (a private loop, see ``privateloop``).  ``CAS_OFFLINE=1``
@@ -14,6 +16,7 @@ refuses to open any.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,7 +26,7 @@ from ..errors import CasError, CorruptObject, NotFound
 from ..ref import ModelInfo, recency
 from ..tree import Tree
 from ..tree import decode as decode_tree
-from . import CONCURRENCY
+from . import CONCURRENCY, listing
 from .backend import WriteBackend, open_backend
 from .format import (
     Location,
@@ -63,10 +66,12 @@ class Repository:
             if found is None:
                 raise NotFound(f"model {t} is not in the repository {self.url}")
             return found
-        versions = await self.versions(t.name)
-        if not versions:
-            raise NotFound(f"model {t.name} has no version in the repository {self.url}")
-        return versions[0]
+        listed = await self._listed(t.name)
+        for version in sorted(listed, key=lambda v: (listed[v], v), reverse=True):
+            found = await self._ref(t.name, version)
+            if found is not None:  # a version listed by a push that has not created its ref is skipped
+                return found
+        raise NotFound(f"model {t.name} has no version in the repository {self.url}")
 
     async def _ref(self, name: str, version: str) -> ModelInfo | None:
         try:
@@ -75,15 +80,33 @@ class Repository:
             return None
 
     async def versions(self, name: str | None = None) -> list[ModelInfo]:
-        """Every version here (of ``name``), newest first; a ref removed while listing is skipped."""
-        out = []
-        for key in await self.backend.list(f"refs/{name}/" if name else "refs/"):
-            parts = key.split("/")
-            if len(parts) != 3 or parts[2].startswith("."):  # a .latest hint, or another stray name
-                continue
-            if (found := await self._ref(parts[1], parts[2])) is not None:
-                out.append(found)
+        """Every version here (of ``name``), newest first; a listed version without a ref is skipped."""
+        out: list[ModelInfo] = []
+        for n in [name] if name is not None else await self._names():
+            refs = await asyncio.gather(*(self._ref(n, v) for v in await self._listed(n)))
+            out += [r for r in refs if r is not None]
         return sorted(out, key=recency, reverse=True)
+
+    async def _names(self) -> list[str]:
+        try:
+            return listing.decode_names(await self.backend.get(listing.names_key()))
+        except NotFound:  # a repository written before listings: its folders, where the store can list them
+            return sorted({k.split("/")[1] for k in await self._listed_refs("refs/")})
+
+    async def _listed(self, name: str) -> dict[str, float]:
+        """The versions of ``name`` the listing names, with their creation times."""
+        try:
+            return listing.decode_versions(await self.backend.get(listing.versions_key(name)))
+        except NotFound:
+            refs = [await self._ref(*k.split("/")[1:]) for k in await self._listed_refs(f"refs/{name}/")]
+            return {r.version: r.created for r in refs if r is not None}
+
+    async def _listed_refs(self, prefix: str) -> list[str]:
+        try:
+            keys = await self.backend.list(prefix)
+        except CasError:
+            return []  # a store that cannot list, and no listing document: nothing is known here
+        return [k for k in keys if len(k.split("/")) == 3 and not k.split("/")[2].startswith(".")]
 
     async def tree(self, info: ModelInfo) -> tuple[Tree, bytes]:
         """The tree ``info`` names, checked against its root and its ref; also its encoded bytes."""
@@ -113,13 +136,13 @@ class Repository:
 
     async def put_pack(self, pack_id: str, data: bytes, index: bytes) -> None:
         """A pack, then its index: a listed index always names a whole pack."""
-        await self.backend.put(pack_key(pack_id), data)
-        await self.backend.put(index_key(pack_id), index)
+        await self.backend.create(pack_key(pack_id), data)
+        await self.backend.create(index_key(pack_id), index)
 
     async def put_tree(self, root: str, encoded: bytes, locations: dict[bytes, Location]) -> None:
         """A tree and its locator; every pack the locator names must be written already."""
-        await self.backend.put(tree_key(root), encoded)
-        await self.backend.put(locator_key(root), encode_locator(locations))
+        await self.backend.create(tree_key(root), encoded)
+        await self.backend.create(locator_key(root), encode_locator(locations))
 
     async def check_version_free(self, info: ModelInfo) -> None:
         """Refuse to push a version that holds other content here (the same content is a no-op push)."""
@@ -129,8 +152,13 @@ class Repository:
                            f"{existing.root[:12]}); push under a new version")  # fmt: skip
 
     async def put_ref(self, info: ModelInfo) -> None:
-        """The ref, last: its tree, locator and packs must be written already."""
-        await self.backend.put(ref_key(info.name, info.version), info.encode(), replace=True)
+        """The listings, then the ref, created only if absent: its tree, locator and packs must be written
+        already.  The same content there already is a no-op; other content there is refused."""
+        await self.backend.update(listing.versions_key(info.name),
+                                  lambda data: listing.with_version(data, info.version, info.created))  # fmt: skip
+        await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
+        if not await self.backend.create(ref_key(info.name, info.version), info.encode()):
+            await self.check_version_free(info)
 
 
 def indexed_chunks(pack_id: str, index: bytes) -> list[tuple[bytes, Location]]:
