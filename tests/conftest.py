@@ -18,6 +18,7 @@ import pytest
 from cas import Cache, PushStats
 from tests.support import synth
 from tests.support.procs import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
+from tests.support.servers import S3_CREDENTIALS, make_bucket, nginx_binary, start_nginx, start_s3
 from tests.support.synth import minilm_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,9 +30,14 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        if IN_CI:
-            pytest.fail(f"{module} is not installed: CI must install the test extra (bash dev test does)")
-        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
+        missing(f"{module} (pip install -e '.[test]'; bash dev test does it)")
+
+
+def missing(what: str) -> None:
+    """A server or package the test needs is not here: CI must have it (it fails), elsewhere the test skips."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing: CI must install everything the tests need")
+    pytest.skip(f"{what} is missing")
 
 
 @pytest.fixture(scope="session")
@@ -198,3 +204,41 @@ def stats(proxy_url: str) -> dict:
 @pytest.fixture
 def token(monkeypatch):
     monkeypatch.setenv("CAS_TOKEN", TOKEN)
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """Start nginx serving repository folders read-only: nginx(folder) -> URL."""
+    if nginx_binary() is None:
+        missing("nginx (apt-get install nginx; bash dev test does it as root)")
+    started = []
+
+    def make(folder: Path) -> str:
+        proc, url = start_nginx(folder, tmp_path / f"nginx-{len(started)}")
+        started.append(proc)
+        return url
+
+    yield make
+    for proc in started:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server, one for the session: its endpoint URL."""
+    require("moto.server")
+    proc, endpoint = start_s3(tmp_path_factory.mktemp("s3"))
+    yield endpoint
+    stop(proc)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """A fresh bucket on the S3 server and the AWS variables that reach it: the repository URL s3://BUCKET/PREFIX."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"cas-{os.urandom(6).hex()}"
+    make_bucket(s3_server, bucket)
+    return f"s3://{bucket}/models"

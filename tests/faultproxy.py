@@ -1,4 +1,4 @@
-"""A small HTTP proxy in front of ``cas serve`` that injects faults into pack reads.
+"""A small HTTP proxy in front of a repository server (cas serve, nginx, S3) that injects faults into pack reads.
 
     python tests/faultproxy.py UPSTREAM PORT [--fault KIND] [--every N] [--delay S]
 
@@ -7,9 +7,11 @@ connection before answering), ``reset`` (the same with a TCP reset),
 ``silent`` (take the request, never answer), ``truncate`` (announce the
 full length, send half, close), ``flip`` (one flipped bit in the body),
 ``stall`` (send half, then hang), ``norange`` (ignore Range: send the
-whole pack).  The fault hits every N-th pack request (``--every 1``: all of
+whole pack), ``403`` and ``slowdown`` (an object store's AccessDenied and
+503 SlowDown, as XML).  The fault hits every N-th pack request (``--every 1``: all of
 them, a permanent fault), at most ``--limit`` times.  One fault is not
-about packs: ``bloat`` answers every tree request with 2 GB of zeros.
+about packs: ``bloat`` answers every tree request with 2 GB of zeros, and
+``garbage`` answers every request with random bytes.
 Requests for anything else pass through untouched.  ``GET /_stats``
 answers with the requests (all of them), pack requests and pack bytes served so far, as JSON.
 """
@@ -19,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 
 import aiohttp
 from aiohttp import web
+
+S3_ERRORS = {"403": (403, "AccessDenied"), "slowdown": (503, "SlowDown")}
 
 
 def main() -> None:
@@ -45,10 +50,13 @@ def main() -> None:
         stats["requests"] += 1
         if session is None:
             session = aiohttp.ClientSession(auto_decompress=False)
-        if args.fault == "bloat" and request.path.startswith("/trees/"):
+        if args.fault == "bloat" and "/trees/" in request.path:
             return await _endless(request)
+        if args.fault == "garbage":  # a hostile server: random bytes, 200, for every request
+            return web.Response(body=os.urandom(4096), content_type="application/octet-stream")
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization")}
-        is_pack = request.path.startswith("/packs/") and not request.path.endswith(".idx") and request.method == "GET"
+        # "/packs/" anywhere: under a bucket and prefix too (an S3 path-style URL)
+        is_pack = "/packs/" in request.path and not request.path.endswith(".idx") and request.method == "GET"
         fault = "none"
         if is_pack:
             stats["pack_requests"] += 1
@@ -70,6 +78,13 @@ def main() -> None:
             stats["pack_bytes"] += len(body)
         if fault == "500":
             return web.Response(status=500, text="injected\n")
+        if fault in S3_ERRORS:  # as an object store says it: a status and an XML error with its code
+            status, code = S3_ERRORS[fault]
+            return web.Response(
+                status=status,
+                content_type="application/xml",
+                text=f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>",
+            )
         if fault == "flip" and body:
             body = bytearray(body)
             body[len(body) // 2] ^= 0x10

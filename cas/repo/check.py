@@ -13,12 +13,13 @@ a repository is shared, and what is wrong with it is for its owner to fix
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import NamedTuple
 
 from .. import codec
 from ..digest import file_hasher
-from ..errors import CasError, CorruptObject
+from ..errors import CasError, CorruptObject, RepoError
 from ..ref import ModelInfo
 from .format import IndexEntry, decode_index, pack_key
 from .repository import Repository, remote_url, run_with_repository
@@ -50,13 +51,23 @@ class _Check:
         self.problems: list[str] = []
 
     async def run(self) -> RepoReport:
-        packs, indexed = await self.repo.packs()
+        versions = await self.repo.versions()
+        try:
+            packs, indexed = await self.repo.packs()
+        except RepoError:  # a static server lists nothing: check the packs the refs reach
+            packs = indexed = await self._reachable(versions)
         sizes = await self._indexes(packs, indexed)
         orphans = [f"packs/{p}: a pack without an index" for p in sorted(packs - indexed)]
-        versions = await self.repo.versions()
         for info in versions:
             await self._check_ref(info, sizes)
         return RepoReport(len(versions), len(sizes), self.problems, orphans)
+
+    async def _reachable(self, versions: list[ModelInfo]) -> set[str]:
+        found: set[str] = set()
+        for info in versions:
+            with contextlib.suppress(CasError):  # a missing locator is reported by _check_ref
+                found |= {loc.pack_id for loc in (await self.repo.locator(info.root)).values()}
+        return found
 
     async def _indexes(self, packs: set[str], indexed: set[str]) -> dict[str, int]:
         """Each indexed pack's size as its index declares it; the deep check also reads every pack."""

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .. import privateloop, ref, tags
-from ..errors import CasError, CorruptObject, NotFound
+from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
 from ..ref import ModelInfo, recency
 from ..tree import Tree
 from ..tree import decode as decode_tree
@@ -75,9 +75,20 @@ class Repository:
 
     async def _ref(self, name: str, version: str) -> ModelInfo | None:
         try:
-            return ref.decode(await self.backend.get(ref_key(name, version)), name=name, version=version)
+            return await self._document(ref_key(name, version), lambda d: ref.decode(d, name=name, version=version))
         except NotFound:
             return None
+
+    async def _document(self, key: str, decode: Callable[[bytes], T]) -> T:
+        """A document of the repository, decoded; one that does not decode names the repository and the key."""
+        return self._decoded(key, await self.backend.get(key), decode)
+
+    def _decoded(self, key: str, data: bytes, decode: Callable[[bytes], T]) -> T:
+        try:
+            return decode(data)
+        except InvalidManifest as e:
+            raise InvalidManifest(f"{self.url}/{key}: {e}; the repository is damaged, or it is not a cas "
+                                  "repository") from None  # fmt: skip
 
     async def versions(self, name: str | None = None) -> list[ModelInfo]:
         """Every version here (of ``name``), newest first; a listed version without a ref is skipped."""
@@ -89,14 +100,14 @@ class Repository:
 
     async def _names(self) -> list[str]:
         try:
-            return listing.decode_names(await self.backend.get(listing.names_key()))
+            return await self._document(listing.names_key(), listing.decode_names)
         except NotFound:  # a repository written before listings: its folders, where the store can list them
             return sorted({k.split("/")[1] for k in await self._listed_refs("refs/")})
 
     async def _listed(self, name: str) -> dict[str, float]:
         """The versions of ``name`` the listing names, with their creation times."""
         try:
-            return listing.decode_versions(await self.backend.get(listing.versions_key(name)))
+            return await self._document(listing.versions_key(name), listing.decode_versions)
         except NotFound:
             refs = [await self._ref(*k.split("/")[1:]) for k in await self._listed_refs(f"refs/{name}/")]
             return {r.version: r.created for r in refs if r is not None}
@@ -111,13 +122,13 @@ class Repository:
     async def tree(self, info: ModelInfo) -> tuple[Tree, bytes]:
         """The tree ``info`` names, checked against its root and its ref; also its encoded bytes."""
         encoded = await self.backend.get(tree_key(info.root))
-        tree = decode_tree(encoded, info.root)
+        tree = self._decoded(tree_key(info.root), encoded, lambda d: decode_tree(d, info.root))
         if tree.size != info.size or len(tree.files) != info.file_count:
             raise CorruptObject(f"{info.tag} in {self.url}: its ref and its tree disagree on size or file count")
         return tree, encoded
 
     async def locator(self, root: str) -> dict[bytes, Location]:
-        return decode_locator(await self.backend.get(locator_key(root)))
+        return await self._document(locator_key(root), decode_locator)
 
     async def packs(self) -> tuple[set[str], set[str]]:
         """The ids of the packs here, and of the packs with an index (what a push has finished)."""
