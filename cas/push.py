@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from . import codec, privateloop
 from .digest import chunk_id
-from .errors import CorruptObject
+from .errors import CorruptObject, RepoError
 from .fsutil import make_dirs, temp_name
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
@@ -107,7 +107,12 @@ async def _known_chunks(cache: LocalCache, repo: Repository) -> dict[bytes, Loca
     """Every chunk the repository holds, from its pack indexes (kept on this host by pack id)."""
     kept = cache.root / "remotes" / hashlib.sha256(repo.url.encode()).hexdigest()[:16] / "packs"
     known: dict[bytes, Location] = {}
-    _, indexed = await repo.packs()
+    try:
+        _, indexed = await repo.packs()
+    except RepoError:
+        raise RepoError(f"cannot push to {repo.url}: it does not accept uploads (it cannot even list its packs, as a "
+                        "static web server cannot): push to a cas serve, file:// or s3:// repository and serve its "
+                        "folder") from None  # fmt: skip
     for pack_id in sorted(indexed):
         copy = kept / f"{pack_id}.idx"
         if copy.exists():

@@ -96,14 +96,15 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"SIGKILLs that landed while the operation ran: {landed}")
 
 
-def start_together(cmds: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+def start_together(cmds: list[list[str]], env: dict[str, str] | None = None, *,
+                   stderr: int | None = None) -> list[subprocess.Popen]:  # fmt: skip
     """Start processes that each run READY, and release them at once when all are ready: a real race.
 
     A start time on the clock is no barrier on a loaded machine, where a slow
     interpreter start can make a "race" run one process after another.
     """
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for cmd in cmds]  # fmt: skip
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                              text=True) for cmd in cmds]  # fmt: skip
     for p in procs:
         line = p.stdout.readline()  # type: ignore[union-attr]
         assert line == "ready\n", f"a racer failed to start: {line!r}"

@@ -72,13 +72,13 @@ def start_nginx(repo: Path, work: Path, port: int | None = None) -> tuple[subpro
     return proc, url
 
 
-def start_s3(work: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_s3(work: Path, port: int | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """moto's S3-compatible server on 127.0.0.1: (process, endpoint URL)."""
     port = port or free_port()
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     endpoint = f"http://127.0.0.1:{port}"
-    return start(cmd, endpoint + "/moto-api/"), endpoint
+    return start(cmd, endpoint + "/moto-api/", env), endpoint
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "cas-test-key", "AWS_SECRET_ACCESS_KEY": "cas-test-secret-0f9e8d",
