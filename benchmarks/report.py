@@ -12,6 +12,8 @@ import platform
 import sys
 from pathlib import Path
 
+from benchmarks import fanout
+
 
 def machine() -> dict:
     mem = 0
@@ -103,6 +105,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append((f"{n} processes racing on a cold model: bytes fetched", _mb(x["pack_bytes"]),
                      f"one process alone {_mb(one)}", f"{x['pack_bytes'] / one:.2f}x",
                      "1x (each chunk once)"))  # fmt: skip
+    if r.get("fanout"):
+        rows += fanout.headline_rows(r["fanout"])
     return rows
 
 
@@ -243,6 +247,8 @@ def sections(r: dict) -> list[str]:
                    "model at once; a lock per model lets one fetch while the others wait, so the bytes fetched "
                    "should stay those of one service alone (N = 1).\n\n"
                    + _table(("processes", "until all have it", "pack bytes fetched", "vs one pull"), rows))  # fmt: skip
+    if r.get("fanout"):
+        out.append(fanout.section(r["fanout"]))
     return out
 
 
@@ -308,4 +314,6 @@ def plots(r: dict, out: Path) -> list[str]:
         fig.savefig(out / "scale.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         made.append("scale.png")
+    if r.get("fanout"):
+        made.append(fanout.plot(r["fanout"], out, plt))
     return made

@@ -14,12 +14,12 @@ def test_quick_benchmarks_write_a_report_with_every_scenario(tmp_path):
                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    for scenario in ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing"):
+    for scenario in ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout"):
         assert scenario in results, scenario
     report = (tmp_path / "report.md").read_text()
     assert "## Headline" in report and "## 7. Concurrency" in report
     assert f"{results['machine']['cpus']} CPUs" in report
-    assert sorted(results["plots"]) == ["dedup.png", "pull.png", "scale.png"]
+    assert sorted(results["plots"]) == ["dedup.png", "fanout.png", "pull.png", "scale.png"]
     for png in results["plots"]:
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tuned, other = results["dedup"]["10% of tensors changed"], results["dedup"]["unrelated model"]
