@@ -162,12 +162,13 @@ def section(f: dict) -> str:
 
 def plot(f: dict, out: Path, plt) -> str:  # plt: matplotlib.pyplot, imported by the caller
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, ways in f["servers"].items():
+    for i, (name, ways) in enumerate(f["servers"].items()):
+        color = f"C{i}"  # one colour a server: solid for cas pull, dashed for the descriptor
         for way, style in (("cas pull", "o-"), ("descriptor", "s--")):
             ns = sorted(ways[way])
-            axes[0].plot(ns, [ways[way][n]["seconds"] for n in ns], style, label=f"{name}, {way}")
+            axes[0].plot(ns, [ways[way][n]["seconds"] for n in ns], style, color=color, label=f"{name}, {way}")
         ns = sorted(ways["cas pull"])
-        axes[1].plot(ns, [ways["cas pull"][n]["server_cpu_s"] for n in ns], "o-", label=name)
+        axes[1].plot(ns, [ways["cas pull"][n]["server_cpu_s"] for n in ns], "o-", color=color, label=name)
     axes[0].set(xlabel="hosts pulling at once", ylabel="seconds until all hold it", title="Fan-out: time")
     axes[1].set(xlabel="hosts pulling at once", ylabel="server CPU seconds", title="Fan-out: server CPU")
     axes[0].legend(fontsize=7)
