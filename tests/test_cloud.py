@@ -19,7 +19,7 @@ from cas import Cache
 
 from .conftest import READY, REPO, TOKEN, cas_cli, free_port, start_together, stats, tree_files
 from .support.procs import stop
-from .support.servers import S3_CREDENTIALS, start_s3
+from .support.servers import NGINX_SERVER, S3_CREDENTIALS, start_s3
 
 SERVICE = """
 import json, sys, descriptor
@@ -219,3 +219,17 @@ def test_racing_pushes_of_new_versions_all_land_in_the_listing(tmp_path, synthet
     assert sorted(m["tag"] for m in listed) == [f"m:v{i}" for i in range(4)]
     cas_cli("pull", "m:latest", "--remote", url, home=tmp_path / "host", env=env)
     assert Cache(tmp_path / "host").get("m:latest").tag == "m:v3"  # the newest by creation time
+
+
+def test_the_readme_shows_the_nginx_configuration_the_tests_run():
+    readme = (REPO / "README.md").read_text()
+    assert NGINX_SERVER.format(port=8000, repo="/srv/cas-repo") in readme
+
+
+def test_a_wrong_token_is_said_but_never_printed(tmp_path, synthetic, server):
+    url, _ = server
+    secret = "wrong-token-5f1c9a"
+    cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "src")
+    message = one_line_error(cas_cli("push", "m:v1", "--remote", url, home=tmp_path / "src",
+                                     env=environment(CAS_TOKEN=secret), check=False))  # fmt: skip
+    assert "403 Forbidden; check CAS_TOKEN" in message and secret not in message

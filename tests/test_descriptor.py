@@ -219,7 +219,8 @@ def test_prefetch_resolves_every_model(cache, synthetic, minilm):
 def test_importing_descriptor_loads_no_network_compression_or_lock_library():
     code = (
         "import sys, descriptor; "
-        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'tqdm', 'pyfastcdc') if m in sys.modules])"
+        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'tqdm', 'pyfastcdc', 'botocore', 'aiobotocore')\n"
+        "       if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
@@ -233,7 +234,8 @@ def test_warm_first_access_loads_no_lock_or_compression_library(cache, synthetic
         "from cas import Cache\n"
         f"class S:\n    model = descriptor.Model('m:v1', cache=Cache({str(cache.root)!r}))\n"
         "S().model\n"
-        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'pyfastcdc') if m in sys.modules])"
+        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'pyfastcdc', 'botocore', 'aiobotocore')\n"
+        "       if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
