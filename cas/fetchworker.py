@@ -29,8 +29,8 @@ from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoErro
 from .fetcher import Fetcher
 from .parts import Parts
 from .ranges import Backlog, Piece, Range, Target
-from .repo.backend import open_backend
 from .repo.repository import Repository, token
+from .repo.stores import open_backend
 
 
 class Start(NamedTuple):

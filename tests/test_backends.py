@@ -19,9 +19,10 @@ import pytest
 from cas import ModelInfo, NotFound, RepoError
 from cas.digest import chunk_id
 from cas.repo import listing
-from cas.repo.backend import WriteBackend, open_backend
+from cas.repo.backend import WriteBackend
 from cas.repo.file import FileBackend
 from cas.repo.format import encode_locator, locator_key, tree_key
+from cas.repo.stores import open_backend
 from cas.tree import FileEntry, Tree, pack_chunks, root_of
 
 from .conftest import TOKEN

@@ -23,18 +23,13 @@ server or CDN qualifies); a ``WriteBackend`` can also be pushed to.
 - ``close()`` releases connections; the backend is not used afterwards.
 
 The stores: ``file``, ``http`` (aiohttp), ``s3`` (aiobotocore, the ``s3``
-extra); each is imported only when a repository of its kind is used.
+extra); ``stores.open_backend`` picks one for a URL and imports it only then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlparse
-
-from ..errors import RepoError
-from . import CONCURRENCY
 
 
 class ReadBackend(Protocol):
@@ -52,25 +47,3 @@ Change = Callable[[bytes | None], bytes | None]
 class WriteBackend(ReadBackend, Protocol):
     async def create(self, key: str, data: bytes) -> bool: ...
     async def update(self, key: str, change: Change) -> None: ...
-
-
-def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
-    """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]`` or
-    ``s3://BUCKET[/PREFIX]``."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        from .http import HttpBackend
-
-        return HttpBackend(url, token=token, concurrency=concurrency)
-    if parsed.scheme == "s3":
-        from .s3 import S3Backend
-
-        return S3Backend(url, concurrency=concurrency)
-    from .file import FileBackend
-
-    if parsed.scheme == "file":
-        return FileBackend(Path(unquote(parsed.path)))
-    if parsed.scheme == "" and url:
-        return FileBackend(Path(url))
-    raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
-                    "s3://BUCKET[/PREFIX]")  # fmt: skip

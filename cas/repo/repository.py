@@ -27,7 +27,7 @@ from ..ref import ModelInfo, recency
 from ..tree import Tree
 from ..tree import decode as decode_tree
 from . import CONCURRENCY, listing
-from .backend import WriteBackend, open_backend
+from .backend import WriteBackend
 from .format import (
     Location,
     decode_index,
@@ -39,6 +39,7 @@ from .format import (
     ref_key,
     tree_key,
 )
+from .stores import open_backend
 
 T = TypeVar("T")
 

@@ -1,0 +1,32 @@
+"""Which store a repository URL names, imported only when a repository of its kind is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..errors import RepoError
+from . import CONCURRENCY
+from .backend import WriteBackend
+
+
+def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
+    """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]`` or
+    ``s3://BUCKET[/PREFIX]``."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        from .http import HttpBackend
+
+        return HttpBackend(url, token=token, concurrency=concurrency)
+    if parsed.scheme == "s3":
+        from .s3 import S3Backend
+
+        return S3Backend(url, concurrency=concurrency)
+    from .file import FileBackend
+
+    if parsed.scheme == "file":
+        return FileBackend(Path(unquote(parsed.path)))
+    if parsed.scheme == "" and url:
+        return FileBackend(Path(url))
+    raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
+                    "s3://BUCKET[/PREFIX]")  # fmt: skip
