@@ -95,9 +95,10 @@ def default_cache() -> Cache:
 
 
 def add(path: str | os.PathLike[str], tag: str, *, labels: dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None, progress: Progress | None = None) -> ModelInfo:  # fmt: skip
+        metadata: dict[str, Any] | None = None, progress: Progress | None = None,
+        created: float | None = None) -> ModelInfo:  # fmt: skip
     """Copy a directory or file into the default cache under ``tag``; see ``Cache.add``."""
-    return default_cache().add(path, tag, labels=labels, metadata=metadata, progress=progress)
+    return default_cache().add(path, tag, labels=labels, metadata=metadata, progress=progress, created=created)
 
 
 def create(name: str, *, labels: dict[str, str] | None = None,

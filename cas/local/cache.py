@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ref, tags
-from ..errors import CacheNotWritable, CasError, CorruptObject, NotFound
+from ..errors import CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
 from ..tree import FileEntry, Tree, root_of
@@ -157,20 +157,24 @@ class LocalCache:
         labels: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        created: float | None = None,
     ) -> ModelInfo:
         """Copy a directory (or one file) into the cache under ``tag`` (``name`` or ``name:version``).
 
         The user's files are copied, never moved or linked, so later edits to
-        them cannot reach the cache. ``progress`` is called with byte counts.
+        them cannot reach the cache. ``progress`` is called with byte counts;
+        ``created`` (seconds since the epoch, default now) keeps the creation
+        time of a model moved in from another store.
         """
         from .sources import scan
 
         name, version = _new_tag(tag)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
+        created = _check_created(created) if created is not None else None
         sources = scan(Path(path))
         with self.locks.hold("objects", shared=True):
             entries = [self._ingest_copy(s, progress) for s in sources]
-            return self._record(name, version, entries, labels, metadata)
+            return self._record(name, version, entries, labels, metadata, created)
 
     @contextlib.contextmanager
     def create(
@@ -221,12 +225,12 @@ class LocalCache:
         self.objects.store_blob(Path(s.src), d.file_id, s.executable)
         return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
-    def _record(
-        self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str], metadata: dict[str, Any]
-    ) -> ModelInfo:
+    def _record(self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str],
+                metadata: dict[str, Any], created: float | None = None) -> ModelInfo:  # fmt: skip
         tree = Tree.build(entries)
         encoded = tree.encode()
-        info = ModelInfo(name=name, version=version, root=root_of(encoded), created=time.time(), size=tree.size,
+        when = time.time() if created is None else created
+        info = ModelInfo(name=name, version=version, root=root_of(encoded), created=when, size=tree.size,
                          file_count=len(tree.files), labels=labels, metadata=metadata)  # fmt: skip
         return self.commit(info, tree, encoded)
 
@@ -316,6 +320,12 @@ class LocalCache:
         from .verify import Verifier
 
         return Verifier(self.objects, self.refs, self.snapshots, self.locks, repair=repair).run(tag)
+
+
+def _check_created(created: float) -> float:
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not 0 <= created < 1e11:
+        raise InvalidInput(f"created={created!r}: give seconds since the epoch, as time.time() does")
+    return float(created)
 
 
 def _new_tag(tag: str) -> tuple[str, str]:
