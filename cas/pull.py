@@ -38,6 +38,7 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 from .repo.format import Location
 from .repo.repository import Repository, remote_url, with_repository
+from .repo.stores import public_url
 from .tree import FileEntry
 
 
@@ -88,7 +89,7 @@ class _Pull:
             missing = [f for f in tree.files if not self.cache.objects.blob_of(f).exists()]
             if missing:
                 fetched, reused = await self._build_blobs(info, missing)
-            self.cache.commit(info, tree, encoded)
+            self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
         return PullStats(info, fetched, reused, time.perf_counter() - start)
 
     async def _build_blobs(self, info: ModelInfo, files: list[FileEntry]) -> tuple[int, int]:

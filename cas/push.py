@@ -11,6 +11,7 @@ so a reader never sees a ref whose data is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -26,6 +27,7 @@ from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo.format import IndexEntry, Location, encode_index
 from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
+from .repo.stores import public_url
 from .tree import Tree
 
 PACK_TARGET = 32 << 20
@@ -81,6 +83,8 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
         raise AssertionError(f"chunk {missing[0].hex()} was not packed")
     await repo.put_tree(info.root, tree.encode(), locations)
     await repo.put_ref(info)
+    with contextlib.suppress(OSError):  # a cache this user cannot write still pushes; gc then keeps the model
+        cache.refs.add_remote(info, public_url(repo.url))  # it can come back from there now: gc may evict it
     return PushStats(info, writer.uploaded, present, time.perf_counter() - start)
 
 

@@ -2,7 +2,9 @@
 
 A ref is a small msgpack map.  It names its own tag so a ref copied out of
 its directory still says what it is; ``decode`` checks that against the
-path it was read from.
+path it was read from.  A ref in a local cache may also say which
+repositories hold that version (``remotes``: where it was pulled from or
+pushed to), which is what lets gc evict it: it can come back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .errors import InvalidInput, InvalidManifest
 
 FORMAT = 1
 MAX_REF_BYTES = 1 << 20
+MAX_REMOTES = 64
 _MAX_DEPTH = 16
 
 
@@ -62,9 +65,12 @@ class ModelInfo(NamedTuple):
     def creation_time(self) -> _dt.datetime:
         return _dt.datetime.fromtimestamp(self.created, _dt.timezone.utc)
 
-    def encode(self) -> bytes:
+    def encode(self, remotes: list[str] | None = None) -> bytes:
+        """The ref record; ``remotes`` only in a local cache (a repository's refs never carry them)."""
+        extra = {"remotes": remotes[-MAX_REMOTES:]} if remotes else {}
         return msgpack.packb(
             {
+                **extra,
                 "format": FORMAT,
                 "name": self.name,
                 "version": self.version,
@@ -125,6 +131,18 @@ def decode(data: bytes, *, name: str | None = None, version: str | None = None) 
         tags.validate_name(info.name)
     tags.validate_version(info.version)
     return info
+
+
+def remotes_of(data: bytes) -> list[str]:
+    """The repositories a local ref record says hold its version; none for a malformed field (it only
+    makes the version look stored here alone, which gc never evicts)."""
+    try:
+        remotes = msgpack.unpackb(data, raw=False).get("remotes", [])
+    except Exception:
+        return []
+    if not isinstance(remotes, list) or not all(isinstance(r, str) for r in remotes):
+        return []
+    return remotes
 
 
 def check_labels(labels: dict[str, str] | None) -> dict[str, str]:

@@ -234,12 +234,13 @@ class LocalCache:
                          file_count=len(tree.files), labels=labels, metadata=metadata)  # fmt: skip
         return self.commit(info, tree, encoded)
 
-    def commit(self, info: ModelInfo, tree: Tree, encoded: bytes) -> ModelInfo:
+    def commit(self, info: ModelInfo, tree: Tree, encoded: bytes, remote: str | None = None) -> ModelInfo:
         """Record a model whose blobs are stored: the tree, its chunks in the index, then the ref (the commit
-        point).  Returns the ref as stored: an existing one with the same content, else ``info``."""
+        point).  Returns the ref as stored: an existing one with the same content, else ``info``.
+        ``remote``: the repository it came from, so gc may evict it (it can be pulled again)."""
         self.objects.store_tree(info.root, encoded)
         self.chunk_index().add_tree(tree)
-        return self.refs.create_if_absent(info)
+        return self.refs.create_if_absent(info, remote)
 
     def store_assembled(self, part: Path, file_id: bytes, executable: bool) -> None:
         """Turn a file assembled from verified chunks (a pull) into a blob."""

@@ -1,13 +1,16 @@
-"""Leases on snapshots: a service using a model keeps `cas rm` and `cas verify` from deleting it under it.
+"""Leases on snapshots: a service using a model keeps `cas rm`, `cas gc` and `cas verify` from deleting it.
 
 A resolving process holds a shared ``flock`` on ``<cache>/locks/use-<root>``
 for the rest of its life (a descriptor's reference is fixed for the life of
 the process).  Removal takes that lock exclusively without waiting; when a
 process holds it, the snapshot directory stays (its blobs and tree may go:
 the snapshot's hardlinks keep the bytes) until a later ``cas verify`` finds
-it unused.  ``fcntl`` directly, not portalocker (60 ms to import): this runs
-on the warm path and costs a few microseconds.  Without ``fcntl`` (Windows)
-there are no leases.
+it unused.  A removal that finds it free unlinks the lease file, so the
+file's mtime says when a process first used the model since then: gc's
+recency, with no write on the warm path but that file's creation.
+``fcntl`` directly, not portalocker (60 ms to import): this runs on the
+warm path and costs a few microseconds.  Without ``fcntl`` (Windows) there
+are no leases.
 """
 
 from __future__ import annotations
@@ -31,30 +34,58 @@ def hold(lock_dir: str, root: str) -> None:
     path = f"{lock_dir}/use-{root}"
     if fcntl is None or path in _held:
         return
+    while (fd := _open(lock_dir, path)) is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a removal in progress; the caller then re-checks
+        if _still_named(fd, path):
+            _held[path] = fd
+            return
+        os.close(fd)  # a removal or gc unlinked the file while this waited: a lease on it would hold nothing
+
+
+def _open(lock_dir: str, path: str) -> int | None:
+    """The lease file, opened (made if missing); None where it cannot be (a read-only cache, where nothing
+    can remove the snapshot either)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         try:
             make_dirs(lock_dir)
-            fd = open_shared(path, os.O_RDONLY)
+            return open_shared(path, os.O_RDONLY)
         except OSError:
-            return  # a read-only cache: nothing can remove the snapshot either
+            return None
     except OSError:
-        return
-    fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a removal in progress; the caller then re-checks
-    _held[path] = fd
+        return None
+
+
+def _still_named(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def first_use(lock_dir: str, root: str) -> float | None:
+    """When a process first leased ``root`` since the lease file was last removed (its mtime): how gc
+    learns that a model was used without the warm path writing anything but that file."""
+    try:
+        return os.stat(f"{lock_dir}/use-{root}").st_mtime
+    except FileNotFoundError:
+        return None
 
 
 @contextlib.contextmanager
-def unused(lock_dir: str, root: str) -> Iterator[bool]:
-    """Yield whether no process holds a lease on ``root``; while True, none can take one."""
+def unused(lock_dir: str, root: str, *, mine_count: bool = False) -> Iterator[bool]:
+    """Yield whether no process holds a lease on ``root``; while True, none can take one, and the lease file
+    is removed afterwards.  This process's own lease stops it only with ``mine_count`` (gc, not ``cas rm``)."""
     path = f"{lock_dir}/use-{root}"
     if fcntl is None:
         yield True
         return
-    own = _held.pop(path, None)
-    if own is not None:  # this process's own lease never stops it removing a model
-        os.close(own)
+    if path in _held:
+        if mine_count:
+            yield False
+            return
+        os.close(_held.pop(path))
     make_dirs(lock_dir)
     fd = open_shared(path, os.O_RDONLY)  # flock needs no write access: another user's lease file will do
     try:
@@ -68,3 +99,23 @@ def unused(lock_dir: str, root: str) -> Iterator[bool]:
             os.unlink(path)
     finally:
         os.close(fd)
+
+
+def held(lock_dir: str, root: str) -> bool:
+    """Whether a process (this one included) holds a lease on ``root`` now; changes nothing (a dry run)."""
+    path = f"{lock_dir}/use-{root}"
+    if fcntl is None:
+        return False
+    if path in _held:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -106,24 +106,59 @@ class Refs:
         except FileNotFoundError:
             return []
 
-    def create_if_absent(self, info: ModelInfo) -> ModelInfo:
+    def create_if_absent(self, info: ModelInfo, remote: str | None = None) -> ModelInfo:
         """Write ``info`` as the ref of its tag unless it exists: the same root returns the existing ref,
-        another root is refused.  Its tree and blobs must be stored already (the ref is the commit point)."""
+        another root is refused.  Its tree and blobs must be stored already (the ref is the commit point).
+        ``remote``: a repository holding this version (it was pulled from there), recorded either way."""
         path = Path(self._dir, info.name, info.version)
         with self.lock(info.name):
             if path.exists():
-                existing = ref.decode(path.read_bytes(), name=info.name, version=info.version)
-                if existing.root == info.root:
-                    return existing
-                raise InvalidInput(
-                    f"model {info.tag} already exists with other content (root {existing.root[:12]}); "
-                    f"store under a new version, or remove it first with 'cas rm {info.tag}'"
-                )
+                data = path.read_bytes()
+                existing = ref.decode(data, name=info.name, version=info.version)
+                if existing.root != info.root:
+                    raise InvalidInput(
+                        f"model {info.tag} already exists with other content (root {existing.root[:12]}); "
+                        f"store under a new version, or remove it first with 'cas rm {info.tag}'"
+                    )
+                if remote is not None:
+                    self._record_remote(path, existing, ref.remotes_of(data), remote)
+                return existing
             newest = self.newest(info.name)
             if newest is None or recency(info) > recency(newest):
                 self._point_latest(info.name, info)  # before the ref: a crash in between leaves it dangling
-            atomic_write(path, info.encode(), Path(self._cache_root, "tmp"))
+            atomic_write(path, info.encode([remote] if remote else None), Path(self._cache_root, "tmp"))
         return info
+
+    def add_remote(self, info: ModelInfo, remote: str) -> None:
+        """Record that a repository holds this version now (it was pushed there); gone already: nothing."""
+        path = Path(self._dir, info.name, info.version)
+        with self.lock(info.name):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return
+            existing = ref.decode(data, name=info.name, version=info.version)
+            if existing.root == info.root:
+                self._record_remote(path, existing, ref.remotes_of(data), remote)
+
+    def remotes(self, info: ModelInfo) -> list[str]:
+        """The repositories this version was pulled from or pushed to; none: it is stored here alone."""
+        try:
+            return ref.remotes_of(Path(self._dir, info.name, info.version).read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def _record_remote(self, path: Path, info: ModelInfo, remotes: list[str], remote: str) -> None:
+        """Rewrite a ref record with ``remote`` added (the caller holds the name's lock)."""
+        if remote not in remotes:
+            atomic_write(path, info.encode([*remotes, remote]), Path(self._cache_root, "tmp"))
+
+    def stored_at(self, info: ModelInfo) -> float:
+        """When this version was stored, pulled or last pushed here (its record's mtime), for recency."""
+        try:
+            return os.stat(f"{self._dir}/{info.name}/{info.version}").st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def remove(self, name: str, versions: list[str]) -> None:
         """Remove versions of ``name`` and point ``.latest`` at the newest left (the folder goes with the last)."""

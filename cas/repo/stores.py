@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 from ..errors import RepoError
 from . import CONCURRENCY
@@ -30,3 +30,12 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCU
         return FileBackend(Path(url))
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
                     "s3://BUCKET[/PREFIX]")  # fmt: skip
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may be secret (user, password, query), as it is recorded and printed."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    if parsed.port is not None:
+        host += f":{parsed.port}"
+    return urlunparse((parsed.scheme, host, parsed.path, "", "", "")) if parsed.scheme else url
