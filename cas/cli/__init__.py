@@ -1,0 +1,72 @@
+"""The ``cas`` command line: the parser and error handling; each group of commands has a module of its own.
+
+Errors are one line on stderr and exit code 1 (usage errors: 2); ``--debug``
+shows the traceback.  Every listing takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ..errors import CasError
+from . import models, sync
+from .output import Command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("cas: interrupted", file=sys.stderr)
+        return 130
+    except (CasError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"cas: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, CasError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    return " ".join(str(e).split())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")
+    _global_flags(p, default=None)
+    # The same flags after the command; SUPPRESS keeps them from resetting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def cmd(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(func=func)
+        return sp
+
+    for group in COMMANDS:
+        group(cmd)
+    return p
+
+
+COMMANDS: list[Callable[[Command], None]] = [
+    models.commands,
+    sync.commands,
+]
+
+
+def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--home", metavar="DIR", default=default, help="cache root (default: $CAS_HOME, else ~/.cache/cas)")
+    p.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks")

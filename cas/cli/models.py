@@ -1,0 +1,155 @@
+"""Commands on the models of the local cache: add, list, show, materialize, rm, verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from . import output
+from .output import Command, cache_of, print_json, size, table
+
+
+def commands(cmd: Command) -> None:
+    sp = cmd("add", _add, "store a directory or file under a tag")
+    sp.add_argument("path")
+    sp.add_argument("tag", metavar="NAME[:VERSION]")
+    sp.add_argument("--label", action="append", default=[], metavar="K=V")
+    sp.add_argument("--metadata", action="append", default=[], metavar="K=V", help="value parsed as JSON if it can be")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("list", _list, "list stored models, newest first")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--remote", metavar="URL", help="list a repository instead of the local cache")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("show", _show, "show a model's files, sizes, root and labels")
+    sp.add_argument("tag")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("materialize", _materialize, "print the model's read-only directory; pulls the model if it is not here")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
+    sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
+    sp.add_argument("tags", nargs="+", metavar="TAG")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("verify", _verify, "re-hash blobs and snapshots and repair what can be repaired; or check a repository")
+    sp.add_argument("tag", nargs="?")
+    sp.add_argument("--no-repair", action="store_true", help="only report")
+    sp.add_argument("--remote", metavar="URL", help="check this repository instead of the cache (never repairs)")
+    sp.add_argument("--deep", action="store_true", help="with --remote: also read every pack and check its chunks")
+    sp.add_argument("--json", action="store_true")
+
+
+def _add(args: argparse.Namespace) -> None:
+    cache = cache_of(args)
+    labels = output.pairs(args.label, "label", False)
+    metadata = output.pairs(args.metadata, "metadata", True)
+    start = time.perf_counter()
+    with output.progress(output.input_size(args.path), "add") as progress:
+        info = cache.add(args.path, args.tag, labels=labels, metadata=metadata, progress=progress)
+    elapsed = time.perf_counter() - start
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        rate = info.size / elapsed / 1e6 if elapsed > 0 else 0.0
+        print(f"{info.tag}  {size(info.size)} in {info.file_count} files  ({elapsed:.2f}s, {rate:.0f} MB/s)")
+
+
+def _list(args: argparse.Namespace) -> None:
+    if args.remote:
+        from ..repo.repository import list_remote
+
+        infos = list_remote(args.remote, args.name)
+    else:
+        infos = cache_of(args).list(args.name)
+    if args.json:
+        print_json([i.to_dict() for i in infos])
+        return
+    rows = [[i.tag, size(i.size), str(i.file_count), output.when(i.created), i.root[:12], output.labels(i)]
+            for i in infos]  # fmt: skip
+    table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
+
+
+def _show(args: argparse.Namespace) -> None:
+    cache = cache_of(args)
+    info = cache.get(args.tag)
+    tree = cache.tree(info)
+    files = [
+        {
+            "path": f.path,
+            "size": f.size,
+            "executable": f.executable,
+            "file_id": f.file_id.hex(),
+            "chunks": f.chunk_count,
+        }
+        for f in tree.files
+    ]
+    if args.json:
+        print_json({**info.to_dict(), "files": files})
+        return
+    print(f"tag:      {info.tag}")
+    print(f"root:     {info.root}")
+    print(f"size:     {size(info.size)} ({info.size} bytes) in {info.file_count} files")
+    print(f"created:  {output.when(info.created)}")
+    print(f"labels:   {output.labels(info) or '-'}")
+    if info.metadata:
+        print(f"metadata: {json.dumps(info.metadata, sort_keys=True)}")
+    print()
+    table(
+        ["PATH", "SIZE", "CHUNKS", "FILE ID"],
+        [[f["path"], size(f["size"]), str(f["chunks"]), f["file_id"][:16]] for f in files],
+    )
+
+
+def _materialize(args: argparse.Namespace) -> None:
+    cache = cache_of(args)
+    print(cache.materialize(cache.resolve(args.tag, remote=args.remote)))
+
+
+def _rm(args: argparse.Namespace) -> None:
+    cache = cache_of(args)
+    removed = [info for tag in args.tags for info in cache.delete(tag)]
+    if args.json:
+        print_json([i.tag for i in removed])
+    else:
+        for i in removed:
+            print(f"removed {i.tag}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _verify_remote(args)
+    report = cache_of(args).verify(args.tag, repair=not args.no_repair)
+    if args.json:
+        print_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "missing": report.missing,
+                "tampered": report.tampered,
+                "orphaned": report.orphaned,
+                "repaired": report.repaired,
+            }
+        )
+    else:
+        for kind in ("missing", "tampered", "orphaned", "repaired"):
+            for line in getattr(report, kind):
+                print(f"{kind}: {line}")
+        state = "ok" if report.ok else "DAMAGED"
+        print(f"{state}: checked {report.checked} models")
+    return 0 if report.ok else 1
+
+
+def _verify_remote(args: argparse.Namespace) -> int:
+    from ..repo.check import check_repository
+
+    report = check_repository(args.remote, deep=args.deep)
+    if args.json:
+        print_json({"ok": report.ok, "refs": report.refs, "packs": report.packs, "problems": report.problems,
+                    "orphans": report.orphans})  # fmt: skip
+    else:
+        for line in report.problems:
+            print(f"damaged: {line}")
+        for line in report.orphans:
+            print(f"orphaned: {line}")
+        state = "ok" if report.ok else "DAMAGED"
+        print(f"{state}: checked {report.refs} models and {report.packs} packs{' (deep)' if args.deep else ''}")
+    return 0 if report.ok else 1

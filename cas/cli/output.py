@@ -1,0 +1,114 @@
+"""What every command shares: the cache a command works on, KEY=VALUE flags, tables, sizes, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..cache import Cache
+from ..errors import InvalidInput
+from ..ref import ModelInfo
+
+PROGRESS_MIN_BYTES = 32 << 20
+
+# How a group of commands registers one: cmd(name, function, help) -> its argparse parser, to add arguments to.
+Command = Callable[[str, Callable[[argparse.Namespace], "int | None"], str], argparse.ArgumentParser]
+
+
+def cache_of(args: argparse.Namespace) -> Cache:
+    """The cache ``--home`` names, else the default one (``$CAS_HOME``, ``~/.cache/cas``)."""
+    return Cache(args.home) if args.home else Cache()
+
+
+def pairs(items: list[str], what: str, parse_value: bool) -> dict[str, Any]:
+    """``--label K=V`` flags as a dict; values parsed as JSON where they can be (``--metadata``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--{what} {item!r}: expected KEY=VALUE")
+        if parse_value:
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        else:
+            out[key] = value
+    return out
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("(none)", file=sys.stderr)
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def size(n: float) -> str:
+    """Bytes for people, in powers of 1000 as ``du --si`` and most storage consoles print them."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def labels(info: ModelInfo) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
+
+
+def input_size(path: str) -> int:
+    """The bytes under ``path``, for a progress bar's total (unreadable files count nothing)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for dirpath, _, files in os.walk(path, followlinks=True):
+        for n in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, n))
+            except OSError:
+                pass
+    return total
+
+
+class progress:
+    """A tqdm bar on a terminal for large inputs; otherwise nothing at all."""
+
+    def __init__(self, total: int, desc: str, unknown_total: bool = False):
+        self.bar = None
+        if total >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=None if unknown_total else total,
+                desc=desc,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+            )
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        return self.bar.update if self.bar is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

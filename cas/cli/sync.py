@@ -1,0 +1,72 @@
+"""Commands between the cache and repositories: push, pull, and serving a repository folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import InvalidInput
+from ..ref import ModelInfo
+from ..repo import CONCURRENCY
+from . import output
+from .output import Command, cache_of, print_json, size
+
+
+def commands(cmd: Command) -> None:
+    sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
+    sp.add_argument("tag")
+    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--concurrency", type=int, default=CONCURRENCY, help=f"range requests in flight ({CONCURRENCY})")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("serve", _serve, "serve a repository folder over HTTP")
+    sp.add_argument("dir")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--token-file", metavar="FILE",
+                    help="bearer token for writes (default: $CAS_TOKEN; none: read-only)")  # fmt: skip
+    sp.add_argument("--read-token", action="store_true", help="require the token for reads too")
+
+
+def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
+            seconds: float) -> None:  # fmt: skip
+    """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept."""
+    if args.json:
+        print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds})
+        return
+    rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
+    verb = "pushed" if moved[0] == "uploaded" else "pulled"
+    print(f"{verb} {info.tag} ({size(info.size)}): {moved[0]} {size(moved[1])}, {kept[0]} {size(kept[1])}, "
+          f"{seconds:.2f}s, {rate:.0f} MB/s")  # fmt: skip
+
+
+def _push(args: argparse.Namespace) -> None:
+    cache = cache_of(args)
+    info = cache.get(args.tag)
+    with output.progress(info.size, "push") as progress:
+        s = cache.push(args.tag, args.remote, progress=progress)
+    _report(args, s.info, ("uploaded", s.bytes_uploaded), ("already in the repository", s.bytes_present), s.seconds)
+
+
+def _pull(args: argparse.Namespace) -> None:
+    total = output.PROGRESS_MIN_BYTES if sys.stderr.isatty() else 0
+    with output.progress(total, "pull", unknown_total=True) as progress:
+        s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress)
+    _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ..server import serve
+
+    token = os.environ.get("CAS_TOKEN") or None
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip() or None
+    if args.read_token and not token:
+        raise InvalidInput("--read-token needs a token: --token-file FILE or CAS_TOKEN")
+    serve(Path(args.dir), host=args.host, port=args.port, token=token, read_token=args.read_token)
