@@ -10,18 +10,19 @@ or not; the ``a...`` variants are for async code.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from typing import TYPE_CHECKING
 
 from . import tags
-from .errors import CacheNotWritable, CasError, NotFound
+from .errors import CacheBusy, CacheNotWritable, CasError, NotFound
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
-    from .pull import PullStats
+    from .pull import PullEstimate, PullStats
     from .push import PushStats
 
 
@@ -49,7 +50,15 @@ class Cache(LocalCache):
         from .pull import pull
 
         with self.writing(tag, f"'cas pull {tag}'"):
-            return pull(self, tag, remote, concurrency=concurrency, progress=progress)
+            stats = pull(self, tag, remote, concurrency=concurrency, progress=progress)
+        self._fit_budget(stats.info)
+        return stats
+
+    def estimate_pull(self, tag: str, remote: str | None = None) -> PullEstimate:
+        """What ``pull`` would fetch and reuse, without fetching (three small documents are read)."""
+        from .pull import estimate
+
+        return estimate(self, tag, remote)
 
     async def apull(self, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
                     progress: Progress | None = None) -> PullStats:  # fmt: skip
@@ -58,7 +67,27 @@ class Cache(LocalCache):
         from .pull import apull
 
         with self.writing(tag, f"'cas pull {tag}'"):
-            return await apull(self, tag, remote, concurrency=concurrency, progress=progress)
+            stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress)
+        await asyncio.to_thread(self._fit_budget, stats.info)
+        return stats
+
+    def _fit_budget(self, pulled: ModelInfo) -> None:
+        """After a pull, gc to the size budget (``max_size``, ``$CAS_MAX_SIZE``), keeping what was pulled;
+        skipped while another process writes (its own pull gcs after it), never failing the pull."""
+        budget = self.max_size
+        if budget is None:
+            return
+        try:
+            report = self.gc(budget, keep=[pulled], wait=False)
+        except CacheBusy:
+            return
+        except (CasError, OSError) as e:
+            warnings.warn(f"cas: could not keep the cache at {self.root} to its size budget: {e}", stacklevel=3)
+            return
+        if report.over_budget:
+            kept = "; ".join(f"{k.tag}: {k.reason}" for k in report.kept[:5]) or "nothing else can be evicted"
+            warnings.warn(f"cas: the cache at {self.root} takes {report.size_after} bytes, over its budget of "
+                          f"{budget} ({kept})", stacklevel=3)  # fmt: skip
 
     # -- resolving: the policy the descriptor and services use -----------------
 
@@ -133,7 +162,9 @@ class Cache(LocalCache):
                             return self.get(t)  # pulled by another process while this one waited
                         except NotFound:
                             pass
-                    return (await pull_here(self, str(t), url)).info
+                    info = (await pull_here(self, str(t), url)).info
+            self._fit_budget(info)
+            return info
         except CasError as e:
             if refresh:
                 return self._refresh_failed(t, url, e)

@@ -37,7 +37,7 @@ from .ranges import Range, Target, plan
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 from .repo.format import Location
-from .repo.repository import Repository, remote_url, with_repository
+from .repo.repository import Repository, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
 from .tree import FileEntry
 
@@ -64,6 +64,41 @@ async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concu
     cancelling the awaiting task stops it once unwound, keeping what it verified for the next pull."""
     url = remote_url(remote)
     return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
+
+
+class PullEstimate(NamedTuple):
+    """What a pull would move, worked out from the ref, tree and locator alone (``cas pull --dry-run``)."""
+
+    info: ModelInfo
+    bytes_to_fetch: int  # encoded bytes of the ranges it would request
+    requests: int  # range requests
+    bytes_reused: int  # raw bytes it would copy from files already on this host (the chunk index)
+    bytes_present: int  # raw bytes of the model's files stored here whole already
+
+
+def estimate(cache: LocalCache, tag: str, remote: str | None = None) -> PullEstimate:
+    """What pulling ``tag`` would fetch and reuse; reads three small documents, writes nothing."""
+    return run_with_repository(lambda repo: _estimate(cache, repo, tag), remote_url(remote))
+
+
+async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstimate:
+    info = await repo.ref(tag)
+    tree, _ = await repo.tree(info)
+    missing = [f for f in tree.files if not cache.objects.blob_of(f).exists()]
+    wanted: dict[bytes, list[Target]] = defaultdict(list)
+    raw_len: dict[bytes, int] = {}
+    for f in missing:
+        offset = 0
+        for cid, length in f.chunk_list():
+            wanted[cid].append(Target(f.file_id.hex(), offset))
+            raw_len[cid] = length
+            offset += length
+    local = await asyncio.to_thread(cache.chunk_index().find, list(wanted)) if wanted else {}
+    reused = sum(raw_len.pop(cid) for cid in local if wanted.pop(cid, None) is not None)
+    where = f"{info.tag}: the locator in {repo.url}"
+    ranges = ranges_for(wanted, raw_len, await repo.locator(info.root), where) if wanted else []
+    present = sum(f.size for f in tree.files) - sum(f.size for f in missing)
+    return PullEstimate(info, sum(r.end - r.start for r in ranges), len(ranges), reused, present)
 
 
 async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
@@ -98,7 +133,7 @@ class _Pull:
         workers = await Workers.start(count) if count else None  # their imports overlap the planning below
         try:
             locations = await self.repo.locator(info.root)
-            work = self.cache.objects.tmp / "pull"
+            work = self.cache.objects.pull_work
             make_dirs(work)
             assembly = Assembly(work, files)
             reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress)
@@ -131,6 +166,15 @@ class _Pull:
             raise
         assembly.check(await asyncio.to_thread(hasher.digests), tag, self.repo.url)
         return fetched
+
+
+def ranges_for(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations: dict[bytes, Location],
+               where: str) -> list[Range]:  # fmt: skip
+    """The pack ranges holding the wanted chunks; a chunk the locator does not place is a CorruptObject."""
+    for cid in wanted:
+        if cid not in locations:
+            raise CorruptObject(f"{where} does not say where chunk {cid.hex()} is")
+    return plan(wanted, raw_len, locations)
 
 
 class Assembly:
@@ -192,10 +236,7 @@ class Assembly:
 
     def ranges(self, locations: dict[bytes, Location], where: str) -> list[Range]:
         """The pack ranges to request for every chunk still wanted."""
-        for cid in self.wanted:
-            if cid not in locations:
-                raise CorruptObject(f"{where} does not say where chunk {cid.hex()} is")
-        return plan(self.wanted, self.raw_len, locations)
+        return ranges_for(self.wanted, self.raw_len, locations, where)
 
     def check(self, digests: dict[str, bytes], tag: str, url: str) -> None:
         """Every part file hashes to its file id, or the pull stores nothing (a bad part is discarded)."""

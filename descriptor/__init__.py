@@ -27,9 +27,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cas import Cache, CasError, ModelInfo, default_cache
+from cas import Cache, CasError, ModelInfo, NotFound, default_cache
 from cas.tags import parse
 from cas.tree import check_path
+
+RESOLVE_ATTEMPTS = 3  # a version removed between resolving and leasing it is resolved again (then pulled)
 
 __all__ = ["Model", "ResolvedModel", "aprefetch", "models_of", "prefetch"]
 
@@ -218,8 +220,12 @@ class Model:
         """Resolve here, in the calling thread, and settle ``pending`` with the outcome."""
         try:
             cache = self._cache_here()
-            info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh)
-            resolved = ResolvedModel(self._materialize(cache, info), info, self)
+            for attempt in range(RESOLVE_ATTEMPTS):
+                info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh)
+                path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
+                if path is not None:
+                    break
+            resolved = ResolvedModel(path, info, self)
         except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
             raise self._finish(pending, None, e) from None
         self._finish(pending, resolved, None)
@@ -228,8 +234,12 @@ class Model:
         """``_run`` on a private loop: blocking calls are fine here, and the pull can be cancelled."""
         try:
             cache = self._cache_here()
-            info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh)
-            resolved = ResolvedModel(self._materialize(cache, info), info, self)
+            for attempt in range(RESOLVE_ATTEMPTS):
+                info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh)
+                path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
+                if path is not None:
+                    break
+            resolved = ResolvedModel(path, info, self)
         except BaseException as e:  # noqa: BLE001 - published to the waiters, then raised
             raise self._finish(pending, None, e) from None
         self._finish(pending, resolved, None)
@@ -254,9 +264,16 @@ class Model:
         return error  # type: ignore[return-value]
 
     @staticmethod
-    def _materialize(cache: Cache, info: ModelInfo) -> Path:
+    def _materialize(cache: Cache, info: ModelInfo, last: bool) -> Path | None:
+        """The snapshot of ``info``, leased; None when a removal (``cas rm``, gc evicting it to fit a budget)
+        took the version between resolving and leasing it, so resolving again finds or pulls it anew."""
         cache.lease(info)  # before the snapshot: a removal that finished first is reported, not rebuilt
-        return cache.materialize(info)
+        try:
+            return cache.materialize(info)
+        except NotFound:
+            if last or cache.refs.exists(info):
+                raise
+            return None
 
     def _cache_here(self) -> Cache:
         if isinstance(self._cache, Cache):

@@ -22,6 +22,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("tag")
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
     sp.add_argument("--concurrency", type=int, default=CONCURRENCY, help=f"range requests in flight ({CONCURRENCY})")
+    sp.add_argument("--dry-run", action="store_true", help="say what would be fetched and reused; fetch nothing")
     sp.add_argument("--json", action="store_true")
     sp = cmd("serve", _serve, "serve a repository folder over HTTP")
     sp.add_argument("dir")
@@ -53,10 +54,23 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _pull(args: argparse.Namespace) -> None:
+    if args.dry_run:
+        return _estimate(args)
     total = output.PROGRESS_MIN_BYTES if sys.stderr.isatty() else 0
     with output.progress(total, "pull", unknown_total=True) as progress:
         s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress)
     _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds)
+
+
+def _estimate(args: argparse.Namespace) -> None:
+    e = cache_of(args).estimate_pull(args.tag, args.remote)
+    if args.json:
+        print_json({**e.info.to_dict(), "bytes_to_fetch": e.bytes_to_fetch, "requests": e.requests,
+                    "bytes_reused": e.bytes_reused, "bytes_present": e.bytes_present})  # fmt: skip
+        return
+    print(f"pulling {e.info.tag} ({size(e.info.size)}) would fetch {size(e.bytes_to_fetch)} in {e.requests} range "
+          f"request{'' if e.requests == 1 else 's'}, reuse {size(e.bytes_reused)} from local files; {size(e.bytes_present)} of its files are "
+          "here already")  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -20,12 +20,12 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ref, tags
-from ..errors import CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
+from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
 from ..tree import FileEntry, Tree, root_of
@@ -36,7 +36,9 @@ from .snapshots import Snapshots
 
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
     from .chunkindex import ChunkIndex
+    from .gc import GcReport
     from .sources import Source
+    from .space import SpaceReport
     from .verify import VerifyReport
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
@@ -69,11 +71,15 @@ class Staging:
 class LocalCache:
     """A content-addressed model cache rooted at one directory."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, durable: bool | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, durable: bool | None = None,
+                 max_size: int | str | None = None):  # fmt: skip
         """``durable`` (default: true unless ``CAS_DURABLE=0``) fsyncs every blob before it is
         published, so a power loss can never leave a blob whose bytes do not match its name;
-        turn it off for throwaway caches, where it roughly halves ``add`` time."""
+        turn it off for throwaway caches, where it roughly halves ``add`` time.  ``max_size``
+        (default ``$CAS_MAX_SIZE``; bytes or ``"20G"``) is the budget gc keeps the cache to after
+        each pull, evicting least recently used versions that can be pulled again."""
         self._durable = durable
+        self._max_size = max_size
         self._chunks: ChunkIndex | None = None
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         self.locks = Locks(self._root + "/locks")
@@ -91,15 +97,25 @@ class LocalCache:
             self._durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
         return self._durable
 
+    @property
+    def max_size(self) -> int | None:
+        """The size budget in bytes (``max_size=``, else ``$CAS_MAX_SIZE``), or None for no budget."""
+        from .space import parse_size
+
+        if self._max_size is not None:
+            return parse_size(self._max_size, "max_size")
+        budget = os.environ.get("CAS_MAX_SIZE", "").strip()
+        return parse_size(budget, "CAS_MAX_SIZE") if budget else None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._root!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         """A cache travels (pickle, cloudpickle) as its root: the open chunk index stays behind."""
-        return {"root": self._root, "durable": self._durable}
+        return {"root": self._root, "durable": self._durable, "max_size": self._max_size}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], durable=state["durable"])  # type: ignore[misc]
+        self.__init__(state["root"], durable=state["durable"], max_size=state.get("max_size"))  # type: ignore[misc]
 
     def chunk_index(self) -> ChunkIndex:
         """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
@@ -282,6 +298,50 @@ class LocalCache:
                 for blob in self.objects.blobs_of(self.objects.load_tree(root)) - keep:
                     blob.unlink(missing_ok=True)
             self.objects.tree_path(root).unlink(missing_ok=True)
+
+    # -- space ------------------------------------------------------------------
+
+    def du(self, name: str | None = None) -> SpaceReport:
+        """What each version (of ``name``, or all) takes on disk, what only it holds, and the totals."""
+        from .space import Inventory, SpaceReport, VersionSpace, disk_usage
+        from .usage import UsageLog
+
+        only = tags.validate_name(name) if name is not None else None
+        try:
+            leftover: int | None = self.gc(dry_run=True, wait=False).freed
+        except CacheBusy:
+            leftover = None  # an add or pull is writing: what is left over is not knowable now
+        with self.locks.hold("objects", shared=True):
+            inv = Inventory(self.objects, self.refs)
+            usage = UsageLog(self._root, self.refs, self.snapshots)
+            recorded, roots = usage.recorded(), inv.roots()
+            rows = []
+            for info, remotes in sorted(inv.versions, key=lambda v: recency(v[0]), reverse=True):
+                if only is None or info.name == only:
+                    held, unique = inv.held_by(info.root)
+                    last = usage.last_used(info.root, roots[info.root], recorded)
+                    rows.append(VersionSpace(info, held, unique, last, remotes))
+            shown = {v.info.root for v in rows}
+            stored = sum(inv.blob_bytes[b] for b in {b for r in shown for b in inv.blobs_by_root.get(r, ())})
+            built = sum(self.snapshots.built(r) for r in shown)
+            return SpaceReport(rows, sum(v.info.size for v in rows), stored, inv.distinct_chunk_bytes(shown), built,
+                               leftover, disk_usage(self.root))  # fmt: skip
+
+    def gc(self, max_size: int | str | None = None, *, dry_run: bool = False, keep: Iterable[ModelInfo] = (),
+           wait: bool = True) -> GcReport:  # fmt: skip
+        """Remove what no ref needs (orphaned objects and snapshots, files of dead processes and of
+        interrupted pulls, stale chunk-index rows); with ``max_size`` (bytes or ``"20G"``), also evict least
+        recently used versions that can be pulled again until the cache fits.  Never evicted: versions
+        stored here only, those a running process uses, those in ``keep``.  ``dry_run`` changes nothing;
+        ``wait=False`` raises CacheBusy at once while another process writes to the cache."""
+        from .gc import Collector
+        from .space import parse_size
+
+        budget = parse_size(max_size, "max_size") if max_size is not None else None
+        with self.writing("gc", "'cas gc'"):
+            collector = Collector(self.objects, self.refs, self.snapshots, self.locks, self.chunk_index,
+                                  dry_run=dry_run)  # fmt: skip
+            return collector.run(budget, {i.root for i in keep}, wait)
 
     # -- materializing ----------------------------------------------------------
 

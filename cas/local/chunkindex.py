@@ -60,6 +60,18 @@ class ChunkIndex:
         """Drop the entries of a blob that is gone, so later pulls do not try it first."""
         self._db.execute("DELETE FROM chunks WHERE file = ?", (file_id,))
 
+    def retain(self, file_ids: Iterable[bytes]) -> int:
+        """Drop the entries of every blob but these (gc: what it removed, and blobs gone before); returns
+        how many were dropped."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS live (file BLOB PRIMARY KEY) WITHOUT ROWID")
+            self._db.execute("DELETE FROM live")
+            self._db.executemany("INSERT OR IGNORE INTO live VALUES (?)", ((f,) for f in file_ids))
+            dropped = self._db.execute("DELETE FROM chunks WHERE file NOT IN (SELECT file FROM live)").rowcount
+            self._db.execute("DELETE FROM live")
+        return dropped
+
     def close(self) -> None:
         self._db.close()
 

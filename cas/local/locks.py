@@ -31,8 +31,10 @@ class Locks:
     def __init__(self, directory: str):
         self._dir = directory
 
-    def hold(self, name: str, *, shared: bool = False) -> contextlib.AbstractContextManager[None]:
-        return locked(Path(self._dir, name), shared=shared)
+    def hold(self, name: str, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
+             ) -> contextlib.AbstractContextManager[None]:  # fmt: skip
+        """Hold ``locks/<name>``; CacheBusy after ``timeout`` seconds (0: one attempt, for work that can wait)."""
+        return locked(Path(self._dir, name), shared=shared, timeout=timeout)
 
     def ahold(self, name: str, *, shared: bool = False) -> contextlib.AbstractAsyncContextManager[None]:
         """``hold`` for a coroutine: a cancelled task stops waiting."""
@@ -45,7 +47,7 @@ def locked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
     deadline = time.monotonic() + timeout
     while (held := _try_lock(path, shared)) is None:
         _check_deadline(path, deadline, timeout)
-        time.sleep(POLL)
+        time.sleep(min(POLL, timeout))
     try:
         yield
     finally:
@@ -94,7 +96,7 @@ def _unlock(handle: IO[Any]) -> None:
 
 
 def _check_deadline(path: Path, deadline: float, timeout: float) -> None:
-    if time.monotonic() > deadline:
+    if time.monotonic() >= deadline:
         raise CacheBusy(
             f"another process has held {path} for over {timeout:.0f}s; "
             "if no cas process is running, delete that lock file and retry"

@@ -19,6 +19,8 @@ from ..errors import NotFound
 from ..fsutil import publish, write_new
 from ..tree import FileEntry, Tree, decode
 
+PULL_WORK = "pull"  # tmp/pull: the part files of pulls, kept across an interruption so the next one resumes
+
 
 class ObjectStore:
     """Blobs and trees under one cache root."""
@@ -33,6 +35,10 @@ class ObjectStore:
     @property
     def tmp(self) -> Path:
         return Path(self._root, "tmp")
+
+    @property
+    def pull_work(self) -> Path:
+        return Path(self._root, "tmp", PULL_WORK)
 
     def blob_path(self, file_id: bytes, executable: bool) -> Path:
         h = hex_id(file_id)

@@ -85,16 +85,33 @@ class Snapshots:
             if d.is_relative_to(stage):
                 os.chmod(d, 0o555)
 
-    def remove(self, root: str) -> bool:
-        """Remove a snapshot no process has leased; False when one has (its hardlinks keep its bytes)."""
-        with leases.unused(self._locks, root) as free:
+    def remove(self, root: str, *, mine_count: bool = False) -> bool:
+        """Remove a snapshot no process has leased; False when one has (its hardlinks keep its bytes).
+        This process's own lease stops it only with ``mine_count`` (gc: a service's gc keeps its own models)."""
+        with leases.unused(self._locks, root, mine_count=mine_count) as free:
             if free:  # while no process can take a lease on it
                 remove_tree(self.path(root))
             return free
 
     def in_use(self, root: str) -> bool:
-        with leases.unused(self._locks, root) as free:
-            return not free
+        """Whether a process, this one included, holds a lease on ``root`` (changes nothing)."""
+        return leases.held(self._locks, root)
+
+    def first_use(self, root: str) -> float | None:
+        """When a process first leased ``root`` since a removal or gc last found it free."""
+        return leases.first_use(self._locks, root)
+
+    def reset_first_use(self, root: str) -> None:
+        """Remove the lease file of ``root`` unless a process (this one included) holds it, so the next
+        first use creates it anew (gc, after recording when it was first used)."""
+        with leases.unused(self._locks, root, mine_count=True):
+            pass
+
+    def built_at(self, root: str) -> float | None:
+        try:
+            return os.stat(f"{self._dir}/{root}").st_mtime
+        except FileNotFoundError:
+            return None
 
     def entries(self) -> list[Path]:
         """Everything in ``snapshots/``: built snapshots, staging folders, trash (for verify)."""

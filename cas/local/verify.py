@@ -17,13 +17,14 @@ from pathlib import Path
 from .. import tags
 from ..digest import hash_file
 from ..errors import CasError
-from ..fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
+from ..fsutil import remove_tree
 from ..ref import ModelInfo, recency
 from ..tree import Tree
+from . import leftovers
 from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
-from .snapshots import STAGING, Snapshots
+from .snapshots import Snapshots
 
 
 class VerifyReport:
@@ -179,20 +180,10 @@ class Verifier:
                     self.report.repaired.append(msg)
 
     def _check_orphans(self, trees: dict[str, Tree]) -> None:
-        live_blobs = {self.objects.blob_of(f) for t in trees.values() for f in t.files}
-        found = [p for p in self.objects.tree_files() if p.name not in trees]
-        found += [p for p in self.objects.blob_files() if p not in live_blobs]
-        for p in self.snapshots.entries():
-            if p.name.startswith(STAGING):
-                if not _owner_alive(p.name[len(STAGING) :]):
-                    found.append(p)
-            elif p.name.startswith(TRASH):
-                found.append(p)
-            elif p.name not in trees:
-                self._orphan_snapshot(p)
-        tmp = self.objects.tmp
-        found += [p for p in (sorted(tmp.iterdir()) if tmp.is_dir() else []) if not _owner_alive(p.name)]
-        for p in found:
+        found = leftovers.find(self.objects, self.snapshots, trees, partial_pulls=False)
+        for root in found.snapshots:
+            self._orphan_snapshot(self.snapshots.path(root))
+        for p in found.paths:
             self._remove_orphan(p)
 
     def _orphan_snapshot(self, p: Path) -> None:
@@ -209,14 +200,10 @@ class Verifier:
         another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``) stays for the owner's verify."""
         if self.repair:
             try:
-                remove_tree(p, move_aside=False) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                leftovers.remove(p)
             except PermissionError:
                 self.report.orphaned.append(f"{p} (another user's, in this shared cache: their cas verify removes it)")
                 return
             self.report.repaired.append(f"removed orphan {p}")
         self.report.orphaned.append(str(p))
 
-
-def _owner_alive(temp: str) -> bool:
-    pid = pid_of_temp(temp)
-    return pid is not None and pid_alive(pid)

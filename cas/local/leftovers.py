@@ -1,0 +1,61 @@
+"""What no ref needs: orphaned trees, blobs and snapshots, and what dead processes left behind.
+
+``cas verify`` and ``cas gc`` find them the same way, holding the objects
+lock exclusively so that no add or pull is writing.  They differ on one
+thing: the part files of an interrupted pull (``tmp/pull``) let the next
+pull resume, so verify keeps them and only gc, whose job is to free space,
+removes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from ..fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
+from ..tree import Tree
+from .objects import PULL_WORK, ObjectStore
+from .snapshots import STAGING, Snapshots
+
+
+class Leftovers(NamedTuple):
+    paths: list[Path]  # removable now: no ref needs them and no living process writes them
+    snapshots: list[str]  # roots of snapshots no ref names: removable once no process leases them
+
+
+def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *, partial_pulls: bool) -> Leftovers:
+    """The leftovers of a cache whose live trees (by root) are ``live``; with ``partial_pulls`` also the
+    part files of interrupted pulls."""
+    live_blobs = {objects.blob_of(f) for t in live.values() for f in t.files}
+    paths = [p for p in objects.tree_files() if p.name not in live]
+    paths += [p for p in objects.blob_files() if p not in live_blobs]
+    orphans = []
+    for p in snapshots.entries():
+        if p.name.startswith(STAGING):
+            if not owner_alive(p.name[len(STAGING) :]):
+                paths.append(p)
+        elif p.name.startswith(TRASH):
+            paths.append(p)
+        elif p.name not in live:
+            orphans.append(p.name)
+    tmp = objects.tmp
+    for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        if (p.name == PULL_WORK and partial_pulls) or (p.name != PULL_WORK and not owner_alive(p.name)):
+            paths.append(p)
+    return Leftovers(paths, orphans)
+
+
+def remove(path: Path) -> None:
+    """Remove one leftover; PermissionError for what only its owner can remove in a shared cache (a
+    read-only snapshot another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``)."""
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path, move_aside=False)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def owner_alive(temp: str) -> bool:
+    """Whether the process that made the temporary name ``temp`` still runs."""
+    pid = pid_of_temp(temp)
+    return pid is not None and pid_alive(pid)
