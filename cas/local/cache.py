@@ -125,6 +125,10 @@ class LocalCache:
             self._chunks = ChunkIndex(self.root / "chunks.sqlite")
         return self._chunks
 
+    def _existing_chunk_index(self) -> ChunkIndex | None:
+        """The chunk index if this cache has one (gc prunes it, and has no reason to make one)."""
+        return self.chunk_index() if self._chunks is not None or (self.root / "chunks.sqlite").exists() else None
+
     @contextlib.contextmanager
     def writing(self, tag: str, remedy: str) -> Iterator[None]:
         """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
@@ -339,7 +343,7 @@ class LocalCache:
 
         budget = parse_size(max_size, "max_size") if max_size is not None else None
         with self.writing("gc", "'cas gc'"):
-            collector = Collector(self.objects, self.refs, self.snapshots, self.locks, self.chunk_index,
+            collector = Collector(self.objects, self.refs, self.snapshots, self.locks, self._existing_chunk_index,
                                   dry_run=dry_run)  # fmt: skip
             return collector.run(budget, {i.root for i in keep}, wait)
 

@@ -66,7 +66,7 @@ class Collector:
     """One gc of one cache, through its parts."""
 
     def __init__(self, objects: ObjectStore, refs: Refs, snapshots: Snapshots, locks: Locks,
-                 chunk_index: Callable[[], ChunkIndex], *, dry_run: bool) -> None:  # fmt: skip
+                 chunk_index: Callable[[], ChunkIndex | None], *, dry_run: bool) -> None:  # fmt: skip
         self.objects, self.refs, self.snapshots, self.locks = objects, refs, snapshots, locks
         self.chunk_index, self.dry_run = chunk_index, dry_run
         self.usage = UsageLog(os.fspath(objects.root), refs, snapshots)
@@ -80,16 +80,17 @@ class Collector:
         with self.locks.hold("objects", timeout=DEFAULT_TIMEOUT if wait else 0):
             inv = Inventory(self.objects, self.refs)
             before = disk_usage(self.objects.root)
-            size = before - self._remove_leftovers(inv)
+            freed = self._remove_leftovers(inv)
             roots = inv.roots()
             recorded = self.usage.recorded()
             last = {root: self.usage.last_used(root, infos, recorded) for root, infos in roots.items()}
-            if max_size is not None and size > max_size:
-                size -= self._evict(inv, roots, last, size - max_size, keep)
+            if max_size is not None and before - freed > max_size:
+                freed += self._evict(inv, roots, last, before - freed - max_size, keep)
+            after = before - freed
             if not self.dry_run:
                 self._settle(inv, last)
-                size = disk_usage(self.objects.root)
-        return GcReport(self.removed, self.evicted, before - size, before, size, max_size, self.kept, self.dry_run)
+                after = disk_usage(self.objects.root)  # measured: what df sees now
+        return GcReport(self.removed, self.evicted, freed, before, after, max_size, self.kept, self.dry_run)
 
     def _remove_leftovers(self, inv: Inventory) -> int:
         """Remove what no ref needs; returns the bytes on disk it held."""
@@ -174,7 +175,9 @@ class Collector:
         """Forget the chunks of removed blobs, keep the live roots' last use, then reset their lease files
         (a removal of the file while no process holds it: the next first use creates it anew)."""
         live = inv.blobs_by_root
-        self.chunk_index().retain({_file_id(b) for blobs in live.values() for b in blobs})
+        index = self.chunk_index()
+        if index is not None:
+            index.retain({_file_id(b) for blobs in live.values() for b in blobs})
         self.usage.record({r: last[r] for r in live})
         for root in live:
             self.snapshots.reset_first_use(root)

@@ -49,4 +49,7 @@ class UsageLog:
 
     def record(self, times: Mapping[str, float]) -> None:
         """Keep these times (the live roots' only): written before gc resets the lease files they came from."""
-        atomic_write(self._path, msgpack.packb(dict(times)), self._tmp)
+        if times:
+            atomic_write(self._path, msgpack.packb(dict(times)), self._tmp)
+        else:
+            self._path.unlink(missing_ok=True)
