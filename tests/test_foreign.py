@@ -195,3 +195,72 @@ def test_import_hf_errors_are_one_line_saying_what_to_do(hub, minilm, tmp_path):
     proc = cas_cli("import-hf", str(snapshot), home=tmp_path / "cas", env=hf_env(broken), check=False)
     assert "incomplete or damaged" in proc.stderr and "hf download org/tiny" in proc.stderr
     assert not (tmp_path / "cas" / "refs").exists() or not any((tmp_path / "cas" / "refs").iterdir())
+
+
+# -- BentoML ----------------------------------------------------------------------
+
+# Run in a child with its own BENTOML_HOME: BentoML reads it once, when first imported.
+SAVE_MODELS = """
+import datetime, json, shutil, sys
+import bentoml
+
+metadata = {"dim": 384, "trained": datetime.date(2024, 1, 2), "scores": {"sts": [0.82, 0.9]}}
+with bentoml.models.create("minilm", labels={"owner": "nlp", "stage": "dev"}, metadata=metadata) as m:
+    shutil.copytree(sys.argv[1], m.path, dirs_exist_ok=True)
+with bentoml.models.create("raw", metadata={"salt": b"\\x00\\x01"}) as raw:
+    open(raw.path + "/weights.bin", "wb").write(b"w")
+stored = bentoml.models.get(m.tag)
+print(json.dumps({"tag": str(stored.tag), "created": stored.info.creation_time.timestamp(), "path": stored.path}))
+"""
+
+
+def bento_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+
+
+@pytest.fixture(scope="module")
+def bento_store(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> tuple[Path, dict]:
+    """A BentoML store written by BentoML: MiniLM with labels and metadata, and a model with bytes metadata."""
+    require("bentoml")
+    home = tmp_path_factory.mktemp("bentoml")
+    out = subprocess.run([sys.executable, "-c", SAVE_MODELS, str(minilm)], capture_output=True, text=True,
+                         env=bento_env(home), check=True, timeout=120)  # fmt: skip
+    return home, json.loads(out.stdout.splitlines()[-1])
+
+
+def test_import_bento_keeps_files_labels_metadata_and_creation_time(bento_store, minilm, tmp_path, monkeypatch):
+    home, saved = bento_store
+    before = state_of(home)
+    out = cas_cli("import-bento", saved["tag"], "--json", home=tmp_path / "cas", env=bento_env(home))
+    stored = json.loads(out.stdout)
+    info = Cache(tmp_path / "cas").get(saved["tag"])
+    assert info.tag == stored["tag"] == saved["tag"]
+    assert info.labels == {"owner": "nlp", "stage": "dev", "bentoml_tag": saved["tag"]}
+    assert info.metadata == {"dim": 384, "trained": "2024-01-02", "scores": {"sts": [0.82, 0.9]}}
+    assert info.created == saved["created"]
+    assert tree_files(resolved_offline(saved["tag"], tmp_path / "cas", monkeypatch)) == tree_files(minilm)
+    assert (Path(saved["path"]) / "model.yaml").is_file()  # BentoML's record stays in BentoML's store
+    assert state_of(home) == before
+    assert not inodes(tmp_path / "cas") & inodes(home)
+
+    latest = cas_cli("import-bento", "minilm:latest", "embedder", home=tmp_path / "cas", env=bento_env(home)).stdout
+    version = saved["tag"].split(":")[1]
+    assert latest.startswith(f"embedder:{version}  91.6 MB in 13 files")
+    assert Cache(tmp_path / "cas").get(f"embedder:{version}").root == info.root
+
+
+def test_import_bento_errors_are_one_line(bento_store, tmp_path):
+    home, _ = bento_store
+    cases = [
+        (("nope:latest",), f"model nope:latest not found: no Models with name 'nope' exist in BentoML store {home}"),
+        (("raw",), "metadata root.salt is a bytes"),
+        (("minilm", "Bad:Name"), "invalid tag 'Bad:Name'"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        proc = cas_cli("import-bento", *args, home=tmp_path / "cas", env=bento_env(home), check=False)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("cas: error: ") and expected in proc.stderr, proc.stderr
+    code = "import sys; sys.modules['bentoml'] = None; from cas.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "import-bento", "minilm"], capture_output=True, text=True,
+                          env={**bento_env(home), "CAS_HOME": str(tmp_path / "cas")}, cwd=REPO)  # fmt: skip
+    assert proc.stderr == "cas: error: importing from BentoML needs bentoml: pip install bentoml\n"
