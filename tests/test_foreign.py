@@ -134,7 +134,7 @@ def test_import_hf_by_snapshot_folder_under_a_tag_and_again_returns_the_stored_m
     info = cas.import_hf(snapshot, "minilm", cache=cache)
     assert (info.tag, info.labels["hf_revision"]) == (f"minilm:{MAIN[:12]}", MAIN)
     assert tree_files(cache.materialize(info)) == tree_files(minilm)
-    again = cas.import_hf(HF_REPO, "minilm", hub_cache=hub, cache=cache)
+    again = cas.import_hf(f"model/{HF_REPO}", "minilm", hub_cache=hub, cache=cache)  # the ID 'hf cache ls' prints
     assert again == info  # the same revision under the same tag: the model already stored
     with pytest.raises(cas.InvalidInput, match="snapshot folder, which names its revision"):
         cas.import_hf(snapshot, revision="main", cache=cache)
