@@ -202,13 +202,14 @@ def test_import_hf_errors_are_one_line_saying_what_to_do(hub, minilm, tmp_path):
 # Run in a child with its own BENTOML_HOME: BentoML reads it once, when first imported.
 SAVE_MODELS = """
 import datetime, json, shutil, sys
+from pathlib import Path
 import bentoml
 
 metadata = {"dim": 384, "trained": datetime.date(2024, 1, 2), "scores": {"sts": [0.82, 0.9]}}
 with bentoml.models.create("minilm", labels={"owner": "nlp", "stage": "dev"}, metadata=metadata) as m:
     shutil.copytree(sys.argv[1], m.path, dirs_exist_ok=True)
 with bentoml.models.create("raw", metadata={"salt": b"\\x00\\x01"}) as raw:
-    open(raw.path + "/weights.bin", "wb").write(b"w")
+    Path(raw.path, "weights.bin").write_bytes(b"w")
 stored = bentoml.models.get(m.tag)
 print(json.dumps({"tag": str(stored.tag), "created": stored.info.creation_time.timestamp(), "path": stored.path}))
 """

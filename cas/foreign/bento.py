@@ -56,6 +56,8 @@ def find_model(tag: str) -> Model:
         raise NotFound(f"BentoML model {tag} not found: {e}; list the store with 'bentoml models list'") from None
     except ValueError as e:
         raise InvalidTag(f"invalid BentoML tag {tag!r}: {e}") from None
+    except bentoml.exceptions.BentoMLException as e:
+        raise CasError(f"BentoML could not read model {tag}: {e}") from None
 
 
 def target_tag(model: Model, name: str | None) -> str:
