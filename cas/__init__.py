@@ -62,6 +62,8 @@ __all__ = [
     "default_root",
     "delete",
     "get",
+    "import_bento",
+    "import_hf",
     "list",
     "list_remote",
     "materialize",
@@ -109,6 +111,24 @@ def create(name: str, *, labels: dict[str, str] | None = None,
 
 def get(tag: str) -> ModelInfo:
     return default_cache().get(tag)
+
+
+def import_hf(source: str | os.PathLike[str], tag: str | None = None, *, revision: str | None = None,
+              repo_type: str = "model", hub_cache: str | os.PathLike[str] | None = None,
+              cache: Cache | None = None) -> ModelInfo:  # fmt: skip
+    """Store a model from the local Hugging Face cache (a repo id or a snapshot folder); see ``cas.foreign.hf``."""
+    from .foreign.hf import import_hf
+
+    return import_hf(cache or default_cache(), source, tag, revision=revision, repo_type=repo_type,
+                     hub_cache=hub_cache)  # fmt: skip
+
+
+def import_bento(tag: str, name: str | None = None, *, cache: Cache | None = None) -> ModelInfo:
+    """Store a model from the BentoML store (``$BENTOML_HOME``) under ``name`` or its own tag; see
+    ``cas.foreign.bento``."""
+    from .foreign.bento import import_bento
+
+    return import_bento(cache or default_cache(), tag, name)
 
 
 def list(name: str | None = None) -> list[ModelInfo]:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import CasError
-from . import models, space, sync
+from . import foreign, models, space, sync
 from .output import Command
 
 
@@ -65,6 +65,7 @@ COMMANDS: list[Callable[[Command], None]] = [
     models.commands,
     sync.commands,
     space.commands,
+    foreign.commands,
 ]
 
 
