@@ -10,7 +10,6 @@ or not; the ``a...`` variants are for async code.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import warnings
 from typing import TYPE_CHECKING
@@ -68,6 +67,8 @@ class Cache(LocalCache):
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress)
+        import asyncio
+
         await asyncio.to_thread(self._fit_budget, stats.info)
         return stats
 
