@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import fanout
+from benchmarks import fanout, lifecycle
 
 
 def machine() -> dict:
@@ -249,6 +249,8 @@ def sections(r: dict) -> list[str]:
                    + _table(("processes", "until all have it", "pack bytes fetched", "vs one pull"), rows))  # fmt: skip
     if r.get("fanout"):
         out.append(fanout.section(r["fanout"]))
+    if r.get("lifecycle"):
+        out.append(lifecycle.section(r["lifecycle"]))
     return out
 
 
