@@ -33,8 +33,10 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .local.gc import GcReport
+    from .local.space import SpaceReport
     from .local.verify import VerifyReport
-    from .pull import PullStats
+    from .pull import PullEstimate, PullStats
     from .push import PushStats
     from .repo.check import RepoReport
 
@@ -44,15 +46,18 @@ __all__ = [
     "CacheNotWritable",
     "CasError",
     "CorruptObject",
+    "GcReport",
     "InvalidInput",
     "InvalidManifest",
     "InvalidTag",
     "ModelInfo",
     "NotFound",
+    "PullEstimate",
     "PullStats",
     "PushStats",
     "RepoError",
     "RepoReport",
+    "SpaceReport",
     "Staging",
     "VerifyReport",
     "add",
@@ -61,6 +66,8 @@ __all__ = [
     "default_cache",
     "default_root",
     "delete",
+    "du",
+    "gc",
     "get",
     "import_bento",
     "import_hf",
@@ -73,7 +80,8 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
+_LAZY = {"PullStats": ".pull", "PullEstimate": ".pull", "PushStats": ".push", "RepoReport": ".repo.check",
+         "VerifyReport": ".local.verify", "GcReport": ".local.gc", "SpaceReport": ".local.space"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 
@@ -111,6 +119,16 @@ def create(name: str, *, labels: dict[str, str] | None = None,
 
 def get(tag: str) -> ModelInfo:
     return default_cache().get(tag)
+
+
+def gc(max_size: int | str | None = None, *, dry_run: bool = False) -> GcReport:
+    """Free what no model needs in the default cache, and fit it to ``max_size``; see ``Cache.gc``."""
+    return default_cache().gc(max_size, dry_run=dry_run)
+
+
+def du(name: str | None = None) -> SpaceReport:
+    """What each version in the default cache takes on disk; see ``Cache.du``."""
+    return default_cache().du(name)
 
 
 def import_hf(source: str | os.PathLike[str], tag: str | None = None, *, revision: str | None = None,
