@@ -33,12 +33,14 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .archive import ArchiveStats, Source
     from .local.verify import VerifyReport
     from .pull import PullStats
     from .push import PushStats
     from .repo.check import RepoReport
 
 __all__ = [
+    "ArchiveStats",
     "Cache",
     "CacheBusy",
     "CacheNotWritable",
@@ -61,7 +63,9 @@ __all__ = [
     "default_cache",
     "default_root",
     "delete",
+    "export_model",
     "get",
+    "import_model",
     "list",
     "list_remote",
     "materialize",
@@ -71,7 +75,7 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
+_LAZY = {"ArchiveStats": ".archive", "PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 
@@ -141,6 +145,16 @@ def pull(tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
 def push(tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
     """Upload ``tag`` from the default cache; see ``Cache.push``."""
     return default_cache().push(tag, remote, progress=progress)
+
+
+def export_model(tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
+    """Write ``tag`` from the default cache as one export file; see ``Cache.export_model``."""
+    return default_cache().export_model(tag, dest, progress=progress)
+
+
+def import_model(src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+    """Store the model of an export file in the default cache; see ``Cache.import_model``."""
+    return default_cache().import_model(src, progress=progress)
 
 
 def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:

@@ -21,6 +21,7 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .archive import ArchiveStats, Source
     from .pull import PullStats
     from .push import PushStats
 
@@ -59,6 +60,22 @@ class Cache(LocalCache):
 
         with self.writing(tag, f"'cas pull {tag}'"):
             return await apull(self, tag, remote, concurrency=concurrency, progress=progress)
+
+    # -- export files: a model carried without a repository ---------------------
+
+    def export_model(self, tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
+        """Write a stored model as one export file: a path, ``-`` (stdout) or a binary file object."""
+        from .archive import export_model
+
+        return export_model(self, tag, dest, progress=progress)
+
+    def import_model(self, src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+        """Store the model of an export file (a path, ``-`` for stdin, or a binary file object), every chunk
+        verified; files already here are reused, and nothing is stored unless all of it checks out."""
+        from .archive import import_model
+
+        with self.writing("the import", "'cas import'"):
+            return import_model(self, src, progress=progress)
 
     # -- resolving: the policy the descriptor and services use -----------------
 
