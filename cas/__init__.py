@@ -75,7 +75,8 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"ArchiveStats": ".archive", "PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
+_LAZY = {"ArchiveStats": ".archive", "PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check",
+         "VerifyReport": ".local.verify"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 

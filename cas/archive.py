@@ -162,7 +162,8 @@ def _encode(c: _Chunk) -> tuple[int, bytes]:
     with open(c.blob, "rb") as f:
         data = os.pread(f.fileno(), c.length, c.offset)
     if len(data) != c.length or chunk_id(data) != c.chunk_id:
-        raise CorruptObject(f"blob {c.blob.name} does not hold chunk {c.chunk_id.hex()[:16]} any more; run 'cas verify'")
+        raise CorruptObject(f"blob {c.blob.name} does not hold chunk {c.chunk_id.hex()[:16]} any more; "
+                            "run 'cas verify'")  # fmt: skip
     return c.length, codec.encode(data)
 
 

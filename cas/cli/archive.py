@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def commands(cmd: Command) -> None:
-    sp = cmd("export", _export, "write a model as one file (FILE '-': stdout): cas export m:v1 - | ssh HOST cas import -")
+    sp = cmd("export", _export, "write a model as one file ('-': stdout; cas export M:V - | ssh HOST cas import -)")
     sp.add_argument("tag")
     sp.add_argument("file", metavar="FILE|-")
     sp.add_argument("--json", action="store_true")
