@@ -22,12 +22,12 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import codecs, dedup, fanout, ingest, latency, pull, racing, report, scale
+from benchmarks import archive, codecs, dedup, fanout, ingest, latency, pull, racing, report, scale
 from benchmarks.harness import RESULTS, reset
 from tests.support import synth
 from tests.support.synth import minilm_path
 
-SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout")
+SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout", "archive")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": lambda: scale.run(work, args.quick),
             "racing": lambda: racing.run(work, args.quick),
             "fanout": lambda: fanout.run(work, args.quick),
+            "archive": lambda: archive.run(work, minilm, big(), args.quick),
         }
         for name in chosen:
             t = time.perf_counter()

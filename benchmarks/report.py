@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import fanout
+from benchmarks import archive, fanout
 
 
 def machine() -> dict:
@@ -107,6 +107,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
                      "1x (each chunk once)"))  # fmt: skip
     if r.get("fanout"):
         rows += fanout.headline_rows(r["fanout"])
+    if r.get("archive"):
+        rows += archive.headline_rows(r["archive"])
     return rows
 
 
@@ -249,6 +251,8 @@ def sections(r: dict) -> list[str]:
                    + _table(("processes", "until all have it", "pack bytes fetched", "vs one pull"), rows))  # fmt: skip
     if r.get("fanout"):
         out.append(fanout.section(r["fanout"]))
+    if r.get("archive"):
+        out.append(archive.section(r["archive"]))
     return out
 
 
