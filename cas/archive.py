@@ -50,7 +50,7 @@ VERSION = 1
 END = b"CEND"
 LENGTH = struct.Struct(">I")
 WINDOW = 64  # chunks encoded or decoded ahead of the writer: at most ~2 x 64 x 256 KiB in memory
-READ_BUFFER = 1 << 20
+BUFFER = 1 << 20  # bytes buffered when reading or writing an export file
 
 Source = str | os.PathLike[str] | IO[bytes]  # a path ("-": stdin) or a binary file object
 T = TypeVar("T")
@@ -179,7 +179,7 @@ def _destination(dest: Source) -> Iterator[IO[bytes]]:
     path = Path(dest)
     tmp = path.with_name(f".{path.name}.{temp_name()}")
     try:
-        with open(tmp, "xb", buffering=READ_BUFFER) as f:
+        with open(tmp, "xb", buffering=BUFFER) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -261,7 +261,7 @@ def _source(src: Source) -> Iterator[tuple[IO[bytes], str]]:
     if src == "-":
         yield sys.stdin.buffer, "stdin"
     elif isinstance(src, (str, os.PathLike)):
-        with open(src, "rb", buffering=READ_BUFFER) as f:
+        with open(src, "rb", buffering=BUFFER) as f:
             yield f, os.fspath(src)
     else:
         yield src, getattr(src, "name", "the export stream")
