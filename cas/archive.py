@@ -179,7 +179,11 @@ def _destination(dest: Source) -> Iterator[IO[bytes]]:
     path = Path(dest)
     tmp = path.with_name(f".{path.name}.{temp_name()}")
     try:
-        with open(tmp, "xb", buffering=BUFFER) as f:
+        try:
+            f = open(tmp, "xb", buffering=BUFFER)
+        except OSError as e:  # name the file the user gave, not the temporary
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

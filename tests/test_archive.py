@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import struct
 import subprocess
@@ -51,8 +50,8 @@ def test_round_trip_through_a_real_pipe(tmp_path, minilm):
     export.stdout.close()  # type: ignore[union-attr]
     assert export.wait(timeout=300) == 0, export.stderr.read()  # type: ignore[union-attr]
     assert imported.returncode == 0, imported.stderr
-    assert export.stderr.read().decode().startswith("exported m:v1 (91.6 MB): file of ")  # type: ignore[union-attr]
-    assert imported.stdout.startswith("imported m:v1 (91.6 MB): file of "), imported.stdout
+    assert export.stderr.read().decode().startswith("exported m:v1 (91.6 MB): wrote 75.9 MB, ")  # type: ignore[union-attr]
+    assert imported.stdout.startswith("imported m:v1 (91.6 MB): read 75.9 MB, reused 0 B already here, ")
     dest = Cache(tmp_path / "b")
     assert dest.get("m:v1") == info
     assert dest.refs.remotes(dest.get("m:v1")) == []  # stored here only, like cas add
@@ -84,6 +83,15 @@ def test_export_to_a_path_writes_nothing_in_the_cache_and_nothing_half_visible(t
     assert stored_objects(src) == before
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.casx"]  # the temporary was renamed
     assert stats.stream_bytes == (tmp_path / "out" / "m.casx").stat().st_size
+
+
+def test_export_errors_are_one_line_naming_what_the_user_gave(tmp_path, synthetic):
+    Cache(tmp_path / "a").add(synthetic, "m:v1")
+    got = cas_cli("export", "m:v1", str(tmp_path / "no" / "m.casx"), home=tmp_path / "a", check=False)
+    assert got.stderr == f"cas: error: No such file or directory ({tmp_path / 'no' / 'm.casx'})\n"
+    got = cas_cli("export", "m:v2", str(tmp_path / "m.casx"), home=tmp_path / "a", check=False)
+    assert got.returncode == 1 and got.stderr.startswith("cas: error: model m:v2 ") and got.stderr.count("\n") == 1
+    assert not (tmp_path / "m.casx").exists()
 
 
 def test_file_objects_and_importing_twice(tmp_path, synthetic):
@@ -295,8 +303,7 @@ def test_a_ref_that_disagrees_with_its_tree_is_refused(tmp_path, honest):
 def test_errors_name_the_stream(tmp_path, honest):
     data, _ = honest
     home = tmp_path / "victim"
-    got = subprocess.run(cli(home, "import", "-"), cwd=REPO, input=data[:1000], capture_output=True, timeout=60,
-                         env={**os.environ})  # fmt: skip
+    got = subprocess.run(cli(home, "import", "-"), cwd=REPO, input=data[:1000], capture_output=True, timeout=60)
     assert got.returncode == 1
     assert got.stderr.decode().startswith("cas: error: stdin is not a whole cas export file: it ends in the middle")
     with pytest.raises(CasError, match="the export stream|truncated"):

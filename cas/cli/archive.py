@@ -46,6 +46,6 @@ def _report(args: argparse.Namespace, s: ArchiveStats, verb: str, to: TextIO) ->
         print(json.dumps(doc, indent=2, sort_keys=True), file=to)
         return
     rate = s.info.size / s.seconds / 1e6 if s.seconds > 0 else 0.0
-    reused = f", reused {size(s.bytes_reused)} already here" if verb == "imported" else ""
-    print(f"{verb} {s.info.tag} ({size(s.info.size)}): file of {size(s.stream_bytes)}{reused}, {s.seconds:.2f}s, "
-          f"{rate:.0f} MB/s", file=to)  # fmt: skip
+    moved = f"read {size(s.stream_bytes)}, reused {size(s.bytes_reused)} already here" if verb == "imported" \
+        else f"wrote {size(s.stream_bytes)}"  # fmt: skip
+    print(f"{verb} {s.info.tag} ({size(s.info.size)}): {moved}, {s.seconds:.2f}s, {rate:.0f} MB/s", file=to)
