@@ -205,6 +205,19 @@ class _Reader:
         return CorruptObject(f"{self.name} is not a whole cas export file: {what}; nothing was stored: export the "
                              "model again (and check the copy)")  # fmt: skip
 
+    def header(self) -> None:
+        """The magic and the format version: anything else is refused before a length is believed."""
+        head = self.f.read(len(MAGIC) + 1)
+        if head[: len(MAGIC)] != MAGIC:
+            raise InvalidInput(f"{self.name} is not a cas export file (it does not start with the export header); "
+                               "give a file written by 'cas export'")  # fmt: skip
+        if len(head) <= len(MAGIC) or head[len(MAGIC)] != VERSION:
+            version = head[len(MAGIC)] if len(head) > len(MAGIC) else "none"
+            raise InvalidInput(f"{self.name} is a cas export file of format {version}; this cas reads format "
+                               f"{VERSION}: import it with the cas that exported it")  # fmt: skip
+        self.hash.update(head)
+        self.count += len(head)
+
     def read(self, n: int, what: str) -> bytes:
         data = self.f.read(n)
         while len(data) < n:  # a raw file object may return short reads before the end
@@ -273,22 +286,16 @@ def _source(src: Source) -> Iterator[tuple[IO[bytes], str]]:
 
 def _head(reader: _Reader) -> tuple[ModelInfo, Tree, bytes]:
     """The header, ref and tree, each bounded before it is read and checked before anything is written."""
-    magic = reader.f.read(len(MAGIC) + 1)
-    if magic[: len(MAGIC)] != MAGIC:
-        raise InvalidInput(f"{reader.name} is not a cas export file (it does not start with the export header); "
-                           "give a file written by 'cas export'")  # fmt: skip
-    if len(magic) <= len(MAGIC) or magic[len(MAGIC)] != VERSION:
-        version = magic[len(MAGIC)] if len(magic) > len(MAGIC) else "none"
-        raise InvalidInput(f"{reader.name} is a cas export file of format {version}; this cas reads format "
-                           f"{VERSION}: import it with the cas that exported it")  # fmt: skip
-    reader.hash.update(magic)
-    reader.count += len(magic)
+    reader.header()
     try:
         info = ref.decode(reader.record(ref.MAX_REF_BYTES, "the ref record"))
         encoded = reader.record(MAX_TREE_BYTES, "the tree")
         tree = decode(encoded, info.root)
     except InvalidManifest as e:
-        raise InvalidManifest(f"{reader.name}: {e}; nothing was stored") from None
+        raise InvalidManifest(
+            f"{reader.name} describes a model cas refuses: {e}; nothing was stored (cas export "
+            "never writes this: the file was altered or forged; export the model again)"
+        ) from None
     if tree.size != info.size or len(tree.files) != info.file_count:
         raise reader.damaged(f"its ref and its tree disagree on size or file count ({info.tag})")
     return info, tree, encoded
