@@ -260,6 +260,23 @@ def test_tree_paths_that_leave_the_model_are_refused(tmp_path, honest, path):
     )
 
 
+@pytest.mark.parametrize("doc", [b"\x91" * 100_000 + b"\xc0", b"\xdd\xff\xff\xff\xff", msgpack.packb([1, [[b"x", 1]]])],
+                         ids=["nested 100,000 deep", "claims 4 billion items", "entry of the wrong shape"])  # fmt: skip
+def test_trees_meant_to_exhaust_memory_are_refused(tmp_path, honest, doc):
+    _, src = honest
+    info = src.get("m:v1")._replace(version="forged", root=blake3(doc).hexdigest())
+    assert_refused(tmp_path, write_export(info.encode(), doc, []), r"describes a model cas refuses: tree")
+
+
+def test_a_tree_entry_cannot_claim_to_be_a_symlink(tmp_path, honest):
+    _, src = honest
+    one = src.tree("m:v1").files[0]
+    for flag in (0o120777, "symlink", b"/etc/passwd"):
+        assert_refused(
+            tmp_path, forged(src, [list(one._replace(executable=flag))]), r"executable flag .* not a boolean"
+        )
+
+
 def test_sizes_beyond_reason_are_refused(tmp_path, honest):
     _, src = honest
     f = src.tree("m:v1").files[0]
