@@ -208,6 +208,8 @@ class _Reader:
     def header(self) -> None:
         """The magic and the format version: anything else is refused before a length is believed."""
         head = self.f.read(len(MAGIC) + 1)
+        if not head:
+            raise InvalidInput(f"{self.name} is empty: give a file written by 'cas export'")
         if head[: len(MAGIC)] != MAGIC:
             raise InvalidInput(f"{self.name} is not a cas export file (it does not start with the export header); "
                                "give a file written by 'cas export'")  # fmt: skip

@@ -12,6 +12,7 @@ import array
 import fcntl
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_kill_export_writing_to_a_pipe(tmp_path, model, stored, export_span, tri
     export.wait()
     _, err = importer.communicate(timeout=120)
     if importer.returncode != 0:
-        assert err.startswith("cas: error: stdin is not a whole cas export file"), err
+        assert re.match(r"cas: error: stdin (is empty|is not a (whole )?cas export file)", err), err
         assert host.list() == []
     assert_imported_whole_or_not_at_all(host, model)
     host.import_model(stored_export(tmp_path, stored))
