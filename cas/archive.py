@@ -127,7 +127,7 @@ def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progres
         for f in files:
             if not cache.objects.blob_of(f).exists():
                 raise CorruptObject(f"{info.tag}: the blob of {f.path} is missing from {cache.root}; run 'cas verify'")
-        with _destination(dest) as out:
+        with _destination(dest, cache.durable) as out:
             sink = _Sink(out)
             sink.write(MAGIC + bytes([VERSION]))
             sink.record(info.encode())
@@ -168,8 +168,9 @@ def _encode(c: _Chunk) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def _destination(dest: Source) -> Iterator[IO[bytes]]:
-    """The stream to write: stdout, the caller's file object, or a file published by rename only when complete."""
+def _destination(dest: Source, durable: bool) -> Iterator[IO[bytes]]:
+    """The stream to write: stdout, the caller's file object, or a file published by rename only when complete
+    (fsynced first unless the cache is not durable: ``CAS_DURABLE=0`` means no fsync anywhere)."""
     if dest == "-":
         yield sys.stdout.buffer
         return
@@ -186,7 +187,8 @@ def _destination(dest: Source) -> Iterator[IO[bytes]]:
         with f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
