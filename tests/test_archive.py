@@ -104,6 +104,9 @@ def test_file_objects_and_importing_twice(tmp_path, synthetic):
     assert first.info == info and first.bytes_reused == 0 and first.stream_bytes == len(buf.getvalue())
     again = dest.import_model(io.BytesIO(buf.getvalue()))  # the same root under the tag: a no-op success
     assert again.info == info
+    (tmp_path / "m.casx").write_bytes(buf.getvalue())
+    got = cas_cli("import", str(tmp_path / "m.casx"), home=dest.root)
+    assert got.stdout == "imported m:v1 (25.2 MB): every file was here already, none written\n"
     assert tree_files(dest.materialize("m:v1")) == tree_files(synthetic)
 
 

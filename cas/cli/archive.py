@@ -45,6 +45,9 @@ def _report(args: argparse.Namespace, s: ArchiveStats, verb: str, to: TextIO) ->
         doc = {**s.info.to_dict(), "stream_bytes": s.stream_bytes, "bytes_reused": s.bytes_reused, "seconds": s.seconds}
         print(json.dumps(doc, indent=2, sort_keys=True), file=to)
         return
+    if verb == "imported" and s.bytes_reused == s.info.size:
+        print(f"imported {s.info.tag} ({size(s.info.size)}): every file was here already, none written", file=to)
+        return
     rate = s.info.size / s.seconds / 1e6 if s.seconds > 0 else 0.0
     moved = f"read {size(s.stream_bytes)}, reused {size(s.bytes_reused)} already here" if verb == "imported" \
         else f"wrote {size(s.stream_bytes)}"  # fmt: skip
