@@ -217,6 +217,12 @@ def assert_refused(tmp_path: Path, data: bytes, pattern: str) -> None:
     assert not list(tmp_path.glob("**/evil*"))
 
 
+def test_cas_writes_the_documented_format(honest):
+    """The file is exactly what the format in ``cas.archive``'s docstring describes, built here without cas's writer."""
+    data, src = honest
+    assert data == write_export(src.get("m:v1").encode(), src.tree("m:v1").encode(), chunks_of(src))
+
+
 @pytest.mark.parametrize("cut", [0, 5, 12, 40, 300, "middle", -37, -1])
 def test_a_truncated_file_is_refused(tmp_path, honest, cut):
     data, _ = honest
