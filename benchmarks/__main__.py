@@ -22,12 +22,12 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import codecs, dedup, fanout, ingest, latency, lifecycle, pull, racing, report, scale
+from benchmarks import archive, codecs, dedup, fanout, ingest, latency, lifecycle, pull, racing, report, scale
 from benchmarks.harness import RESULTS, reset
 from tests.support import synth
 from tests.support.synth import minilm_path
 
-SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout", "lifecycle")
+SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout", "archive", "lifecycle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "racing": lambda: racing.run(work, args.quick),
             "fanout": lambda: fanout.run(work, args.quick),
             "lifecycle": lambda: lifecycle.run(work, args.quick),
+            "archive": lambda: archive.run(work, minilm, big(), args.quick),
         }
         for name in chosen:
             t = time.perf_counter()

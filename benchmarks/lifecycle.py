@@ -1,4 +1,4 @@
-"""Scenario 9, lifecycle: gc and du on a cache of 1,000 model versions, and the saving du reports on the
+"""Scenario 10, lifecycle: gc and du on a cache of 1,000 model versions, and the saving du reports on the
 fine-tune set.
 
 The crowded cache holds 1,000 versions of 50 models (a 256 KiB weights file
@@ -117,7 +117,7 @@ def section(r: dict) -> str:
                     f"{t['median'] / base:.1f}x | {g[key]['peak_rss_mb']:.0f} MB |")  # fmt: skip
     table = "| command | min / median / max | vs du -sB1 | peak RSS |\n|---|---|---|---|\n" + "\n".join(rows)
     mb = lambda n: f"{n / 1e6:.0f} MB"  # noqa: E731
-    return (f"## 9. Lifecycle\n\nA cache of {g['versions']} versions ({mb(g['logical_bytes'])} of files, "
+    return (f"## 10. Lifecycle\n\nA cache of {g['versions']} versions ({mb(g['logical_bytes'])} of files, "
             f"{mb(g['on_disk_bytes'])} on disk), each command a whole process on a fresh copy:\n\n{table}\n\n"
             f"`cas du` on the fine-tune set ({len(s['models'])} models: {', '.join(s['models'])}): "
             f"{mb(s['logical'])} of files stored in {mb(s['stored'])} of blobs, a whole-file dedup saving of "

@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import fanout, lifecycle
+from benchmarks import archive, fanout, lifecycle
 
 
 def machine() -> dict:
@@ -107,6 +107,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
                      "1x (each chunk once)"))  # fmt: skip
     if r.get("fanout"):
         rows += fanout.headline_rows(r["fanout"])
+    if r.get("archive"):
+        rows += archive.headline_rows(r["archive"])
     return rows
 
 
@@ -251,6 +253,8 @@ def sections(r: dict) -> list[str]:
         out.append(fanout.section(r["fanout"]))
     if r.get("lifecycle"):
         out.append(lifecycle.section(r["lifecycle"]))
+    if r.get("archive"):
+        out.append(archive.section(r["archive"]))
     return out
 
 

@@ -35,12 +35,14 @@ from .repo import CONCURRENCY
 if TYPE_CHECKING:
     from .local.gc import GcReport
     from .local.space import SpaceReport
+    from .archive import ArchiveStats, Source
     from .local.verify import VerifyReport
     from .pull import PullEstimate, PullStats
     from .push import PushStats
     from .repo.check import RepoReport
 
 __all__ = [
+    "ArchiveStats",
     "Cache",
     "CacheBusy",
     "CacheNotWritable",
@@ -67,10 +69,12 @@ __all__ = [
     "default_root",
     "delete",
     "du",
+    "export_model",
     "gc",
     "get",
     "import_bento",
     "import_hf",
+    "import_model",
     "list",
     "list_remote",
     "materialize",
@@ -80,8 +84,9 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"PullStats": ".pull", "PullEstimate": ".pull", "PushStats": ".push", "RepoReport": ".repo.check",
-         "VerifyReport": ".local.verify", "GcReport": ".local.gc", "SpaceReport": ".local.space"}  # fmt: skip
+_LAZY = {"ArchiveStats": ".archive", "PullStats": ".pull", "PullEstimate": ".pull", "PushStats": ".push",
+         "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
+         "SpaceReport": ".local.space"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 
@@ -179,6 +184,16 @@ def pull(tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
 def push(tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
     """Upload ``tag`` from the default cache; see ``Cache.push``."""
     return default_cache().push(tag, remote, progress=progress)
+
+
+def export_model(tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
+    """Write ``tag`` from the default cache as one export file; see ``Cache.export_model``."""
+    return default_cache().export_model(tag, dest, progress=progress)
+
+
+def import_model(src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+    """Store the model of an export file in the default cache; see ``Cache.import_model``."""
+    return default_cache().import_model(src, progress=progress)
 
 
 def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:

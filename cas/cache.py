@@ -21,6 +21,7 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .archive import ArchiveStats, Source
     from .pull import PullEstimate, PullStats
     from .push import PushStats
 
@@ -89,6 +90,22 @@ class Cache(LocalCache):
             kept = "; ".join(f"{k.tag}: {k.reason}" for k in report.kept[:5]) or "nothing else can be evicted"
             warnings.warn(f"cas: the cache at {self.root} takes {report.size_after} bytes, over its budget of "
                           f"{budget} ({kept})", stacklevel=3)  # fmt: skip
+
+    # -- export files: a model carried without a repository ---------------------
+
+    def export_model(self, tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
+        """Write a stored model as one export file: a path, ``-`` (stdout) or a binary file object."""
+        from .archive import export_model
+
+        return export_model(self, tag, dest, progress=progress)
+
+    def import_model(self, src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+        """Store the model of an export file (a path, ``-`` for stdin, or a binary file object), every chunk
+        verified; files already here are reused, and nothing is stored unless all of it checks out."""
+        from .archive import import_model
+
+        with self.writing("the import", "'cas import'"):
+            return import_model(self, src, progress=progress)
 
     # -- resolving: the policy the descriptor and services use -----------------
 

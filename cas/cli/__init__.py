@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import CasError
-from . import foreign, models, space, sync
+from . import archive, foreign, models, space, sync
 from .output import Command
 
 
@@ -66,6 +66,7 @@ COMMANDS: list[Callable[[Command], None]] = [
     sync.commands,
     space.commands,
     foreign.commands,
+    archive.commands,
 ]
 
 
