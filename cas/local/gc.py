@@ -180,7 +180,8 @@ class Collector:
             index.retain({_file_id(b) for blobs in live.values() for b in blobs})
         self.usage.record({r: last[r] for r in live})
         for root in live:
-            self.snapshots.reset_first_use(root)
+            if self.snapshots.first_use(root) is not None:  # used since the last gc: start counting anew
+                self.snapshots.reset_first_use(root)
 
 
 def _file_id(blob: Path) -> bytes:
