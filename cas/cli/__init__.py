@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import CasError
-from . import models, sync
+from . import models, remote, sync
 from .output import Command
 
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS: list[Callable[[Command], None]] = [
     models.commands,
     sync.commands,
+    remote.commands,
 ]
 
 

@@ -26,7 +26,7 @@ from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
 from ..ref import ModelInfo, recency
 from ..tree import Tree
 from ..tree import decode as decode_tree
-from . import CONCURRENCY, listing
+from . import CONCURRENCY, listing, marks
 from .backend import WriteBackend
 from .format import (
     Location,
@@ -35,10 +35,12 @@ from .format import (
     encode_locator,
     index_key,
     locator_key,
+    marks_key,
     pack_key,
     ref_key,
     tree_key,
 )
+from .marks import Marks
 from .stores import open_backend
 
 T = TypeVar("T")
@@ -171,6 +173,43 @@ class Repository:
         await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
         if not await self.backend.create(ref_key(info.name, info.version), info.encode()):
             await self.check_version_free(info)
+
+    # -- removing (rm --remote, and prune's deletions) ---------------------------
+
+    async def marks(self) -> Marks:
+        """The prune marks (``marks``); none yet is empty."""
+        try:
+            return await self._document(marks_key(), marks.decode)
+        except NotFound:
+            return marks.EMPTY
+
+    async def reserve(self, keys: set[str]) -> set[str]:
+        """Unmark what a push is about to reuse, so no prune deletes it; returns the keys a prune is deleting
+        already, which the push must not reuse."""
+        seen: list[Marks] = []
+
+        def change(data: bytes | None) -> bytes | None:
+            seen[:] = [marks.decode(data)]
+            return marks.reserved(data, keys)
+
+        await self.backend.update(marks_key(), change)
+        return keys & set(seen[0].deleting) if seen else set()
+
+    async def remove_ref(self, info: ModelInfo, when: float) -> None:
+        """Remove a ref: its root is recorded as removed (live for a prune's grace period, for pulls that read the
+        ref just before), then the ref goes, then its version leaves the listings."""
+        await self.backend.update(marks_key(), lambda data: marks.with_removed(data, [info.root], when))
+        await self.backend.delete(ref_key(info.name, info.version))
+        await self.backend.update(listing.versions_key(info.name),
+                                  lambda data: listing.without_version(data, info.version))  # fmt: skip
+        if not await self._listed(info.name):
+            await self.backend.update(listing.names_key(), lambda data: listing.without_name(data, info.name))
+            if await self._listed(info.name):  # a push added a version meanwhile, and found the name listed
+                await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
+
+    async def delete(self, key: str) -> None:
+        """Delete one object of the layout (a prune's, after its grace period)."""
+        await self.backend.delete(key)
 
 
 def indexed_chunks(pack_id: str, index: bytes) -> list[tuple[bytes, Location]]:
