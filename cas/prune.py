@@ -44,10 +44,11 @@ The races, and what covers them:
   the deleting run's listing.
 - A pull of a ref that exists when it starts: either the ref is still there
   when a run lists refs (its objects are reachable), or ``rm --remote``
-  removed it, which first records the root as removed; a removed root counts
-  as live for the grace period after its removal, and a run that finds a
-  removal it did not account for (written while it ran) starts over.  So a
-  pull that takes less than the grace period completes.
+  removed it, which first records the root as removed.  What a removed root
+  reaches is marked like anything unreachable but not deleted before the
+  grace period has passed since the removal, and a run that finds a removal
+  it did not account for (written while it ran) starts over.  So a pull
+  that takes less than the grace period completes.
 - A prune killed at any point: marks are written whole (compare-and-set), a
   deletion committed but unfinished is finished by the next run, and
   deleting top-down (locators before packs) never leaves a reachable object
@@ -97,7 +98,7 @@ class PruneReport(NamedTuple):
     marked: Usage  # unreachable, waiting for the grace period after this run
     deleted: Usage  # deleted by this run
     repacked: Usage  # packs whose live chunks were copied; bytes: those live bytes
-    kept: Usage  # packs a ref reaches, kept
+    kept: Usage  # packs a ref reaches, kept as they are (the packs a repack writes are not counted)
     dry_run: bool
 
 
@@ -173,16 +174,15 @@ class _Prune:
         survey = await self._survey(start)
         victims = self._repack_candidates(survey)
         repacked = Usage(len(victims), sum(self._live_bytes(survey, p) for p in victims))
-        new_packs: dict[str, int] = {}
         if victims and not self.dry_run:
-            new_packs = await self._repack(survey, victims)
+            await self._repack(survey, victims)
         unreachable = self._unreachable(survey) | {pack_key(p) for p in victims}
         marks = await self._commit(survey, unreachable, _reached(survey.removed), start)
         deleted = Usage(len(marks.deleting), self._bytes(survey, marks.deleting))
         if not self.dry_run:
             await self._delete(marks.deleting)
         live = {loc.pack_id for locs in survey.live.values() for loc in locs.values()} - set(victims)
-        kept = Usage(len(live) + len(new_packs), sum(survey.sizes.get(p, 0) for p in live) + sum(new_packs.values()))
+        kept = Usage(len(live), sum(survey.sizes.get(p, 0) for p in live))
         return PruneReport(Usage(len(marks.marked), self._bytes(survey, marks.marked)), deleted, repacked, kept,
                            self.dry_run)  # fmt: skip
 
@@ -205,7 +205,8 @@ class _Prune:
         trees, locs, packs = await asyncio.gather(*(self.repo.backend.list(p) for p in ("trees/", "locators/",
                                                                                         "packs/")))  # fmt: skip
         indexed = sorted(k[len("packs/") : -len(".idx")] for k in packs if k.endswith(".idx"))
-        indexes = dict(zip(indexed, await asyncio.gather(*(self._index(p) for p in indexed))))
+        read = dict(zip(indexed, await asyncio.gather(*(self._index(p) for p in indexed))))
+        indexes = {p: index for p, index in read.items() if index is not None}
         return Survey({r: loc for r, loc in locators.items() if loc is not None},
                       {r: loc or {} for r, loc in gone.items()}, {k.removesuffix(".idx") for k in trees + locs + packs},
                       {p: entries for p, (_, entries) in indexes.items()},
@@ -227,9 +228,11 @@ class _Prune:
             raise RepoError(f"{locator_key(root)} is missing in {self.repo.url} but a ref names it, so what is live "
                             "cannot be known; nothing was pruned: run cas verify --remote") from None  # fmt: skip
 
-    async def _index(self, pack_id: str) -> tuple[int, list[IndexEntry]]:
+    async def _index(self, pack_id: str) -> tuple[int, list[IndexEntry]] | None:
         try:
             return decode_index(await self.repo.pack_index(pack_id))
+        except NotFound:  # deleted since it was listed, by another prune
+            return None
         except CasError as e:
             raise RepoError(f"{index_key(pack_id)} in {self.repo.url}: {e}; nothing was pruned: run cas verify "
                             "--remote") from None  # fmt: skip
@@ -253,9 +256,8 @@ class _Prune:
         return sorted(p for p in live & set(survey.indexes)
                       if survey.sizes[p] - self._live_bytes(survey, p) > self.max_unused * survey.sizes[p])  # fmt: skip
 
-    async def _repack(self, survey: Survey, victims: list[str]) -> dict[str, int]:
-        """Copy the live chunks of ``victims`` into new packs, then point every live locator at the copies.
-        Returns the new packs' sizes."""
+    async def _repack(self, survey: Survey, victims: list[str]) -> None:
+        """Copy the live chunks of ``victims`` into new packs, then point every live locator at the copies."""
         writer = PackWriter(self.repo)
         try:
             for pack_id in victims:
@@ -267,10 +269,6 @@ class _Prune:
         for root, locs in survey.live.items():
             if any(loc.pack_id in old for loc in locs.values()):
                 await self.repo.backend.update(locator_key(root), lambda data: _moved(data, moved, old))
-        sizes: dict[str, int] = {}
-        for loc in moved.values():  # chunks lie back to back: a pack ends where its last chunk does
-            sizes[loc.pack_id] = max(sizes.get(loc.pack_id, 0), loc.offset + loc.length)
-        return sizes
 
     async def _copy_live(self, survey: Survey, pack_id: str, writer: PackWriter) -> None:
         """Read a pack's live chunks in merged ranges, verify each, and hand it to the writer."""

@@ -97,16 +97,15 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
 
 async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:
     """Take what this push reuses out of any prune's marks (see ``cas.prune``); the packs a prune is already
-    deleting are returned, not to be reused.  A tree of this root there already comes with its locator, whose
-    packs it keeps: they are reserved too, and one being deleted stops the push."""
-    keys = {tree_key(root), locator_key(root)} | {pack_key(loc.pack_id) for loc in reused.values()}
+    deleting are returned, not to be reused.  A tree of this root there already keeps its locator, and the
+    locator its packs: those are reserved too, and one of them being deleted stops the push."""
+    kept = {tree_key(root), locator_key(root)}
     with contextlib.suppress(NotFound):
-        keys |= {pack_key(loc.pack_id) for loc in (await repo.locator(root)).values()}
-    deleting = await repo.reserve(keys)
-    stuck = deleting - {pack_key(loc.pack_id) for loc in reused.values()}
-    if stuck:
-        raise RepoError(f"a prune of {repo.url} is deleting {sorted(stuck)[0]}, which this push needs; push again "
-                        "once it is done (cas prune --remote URL finishes an interrupted one)")  # fmt: skip
+        kept |= {pack_key(loc.pack_id) for loc in (await repo.locator(root)).values()}
+    deleting = await repo.reserve(kept | {pack_key(loc.pack_id) for loc in reused.values()})
+    if deleting & kept:
+        raise RepoError(f"a prune of {repo.url} is deleting {sorted(deleting & kept)[0]}, which this push needs; "
+                        "push again once it is done (cas prune --remote URL finishes an interrupted one)")  # fmt: skip
     return deleting
 
 

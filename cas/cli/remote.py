@@ -32,9 +32,9 @@ def _prune(args: argparse.Namespace) -> None:
     would = "would be " if report.dry_run else ""
     print(f"marked:   {report.marked.count} objects {would}waiting for the grace period ({size(report.marked.bytes)} "
           "of packs)")  # fmt: skip
-    print(f"deleted:  {report.deleted.count} objects {'would be ' if report.dry_run else ''}deleted "
-          f"({size(report.deleted.bytes)} of packs)")  # fmt: skip
-    print(f"repacked: {report.repacked.count} packs ({size(report.repacked.bytes)} of live chunks copied)")
+    print(f"deleted:  {report.deleted.count} objects {would}deleted ({size(report.deleted.bytes)} of packs)")
+    print(f"repacked: {report.repacked.count} packs {would}repacked ({size(report.repacked.bytes)} of live chunks "
+          "copied)")  # fmt: skip
     print(f"kept:     {report.kept.count} packs in use ({size(report.kept.bytes)})")
     if report.dry_run:
         print("dry run: nothing was changed")
