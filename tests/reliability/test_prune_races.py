@@ -59,12 +59,13 @@ out, end, i = [], time.monotonic() + seconds, 0
 while time.monotonic() < end:
     for tag in tags:
         i += 1
-        cache = Cache(work / f"c{{i}}", durable=False)
+        cache, start = Cache(work / f"c{{i}}", durable=False), time.monotonic()
         try:
             cache.pull(tag, url)
             path = cache.materialize(tag)
-            out.append({{"tag": tag, "files": {{str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-                                             for p in path.rglob("*") if p.is_file()}}}})
+            out.append({{"tag": tag, "span": [start, time.monotonic()],
+                        "files": {{str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+                                  for p in path.rglob("*") if p.is_file()}}}})
         except CasError as e:
             out.append({{"tag": tag, "error": str(e)}})
 print(json.dumps(out))
@@ -81,10 +82,12 @@ import json, sys, time
 from cas import remove_remote
 url, pause = sys.argv[1], float(sys.argv[2])
 {READY}
+removed = {{}}
 for tag in sys.argv[3:]:
     time.sleep(pause)
     remove_remote([tag], url)
-print(json.dumps(sys.argv[3:]))
+    removed[tag] = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable with the pullers' spans
+print(json.dumps(removed))
 """
 
 
@@ -142,6 +145,17 @@ def check_pulls(pulls: list[dict], want: dict[str, dict[str, str]], kept: set[st
     return done
 
 
+OVERLAPS: list[bool] = []  # per trial: whether a pull that completed was running when its ref was removed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def some_pulls_overlapped_a_removal():
+    """The trials must include pulls running across the removal of their ref, or they test only ordering."""
+    yield
+    if OVERLAPS:
+        assert any(OVERLAPS), f"no completed pull ran across the removal of its ref in {len(OVERLAPS)} trials"
+
+
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_prune_with_a_grace_period_racing_pushes_pulls_and_removals(tmp_path, server, token, versions, trial):
     """Pulls of a ref that exists when they start succeed, even if it is removed meanwhile; pushes reusing
@@ -159,11 +173,13 @@ def test_prune_with_a_grace_period_racing_pushes_pulls_and_removals(tmp_path, se
         *([sys.executable, "-c", PULLER, url, str(tmp_path / f"p{i}"), seconds, "m:v2", "m:v3"] for i in range(2)),
     ])  # fmt: skip
     runs, removed, pushed, *pulls = outputs(procs)
-    assert pushed == TAGS[3:] and removed == ["m:v2", "m:v3"]
+    assert pushed == TAGS[3:] and list(removed) == ["m:v2", "m:v3"]
     for found in pulls:
         for p in found:  # the only errors allowed: the ref was gone when the pull started
             assert "files" in p or p["error"].startswith(f"model {p['tag']} is not in the repository"), p
         assert check_pulls(found, want, set()) > 0
+    OVERLAPS.append(any(p["span"][0] < removed[p["tag"]] < p["span"][1] for found in pulls for p in found
+                        if "files" in p))  # fmt: skip
     assert sum(r[1] for r in runs) > 0, f"no prune run deleted anything: {runs}"
     assert {i.tag for i in list_remote(url)} == set(TAGS[3:])
     assert_settles(url, tmp_path, versions)
