@@ -8,6 +8,10 @@ writer: what it leaves (a pack without an index, a listed version without
 a ref) no ref reaches, and readers skip it.  Two hosts pushing one version
 with different content: one creates the ref, the other gets a clear error.
 Every document read is validated: it may come from a hostile server.
+Removal runs the other way, top-down: ``remove_ref`` records the removal in
+the prune marks, then deletes the ref, then updates the listings; what the
+ref reached goes with a later prune (``cas.prune``), which a push keeps off
+what it reuses with ``reserve``.
 
 Opening one: ``with_repository`` on the running loop, ``run_with_repository``
 from any thread (a private loop, see ``privateloop``).  ``CAS_OFFLINE=1``
