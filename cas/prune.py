@@ -36,10 +36,10 @@ The races, and what covers them:
   already there) out of the marks, by compare-and-set on the same document
   (``Repository.reserve``).  Either the reservation comes first (the object
   is no longer marked, and the deleting run leaves it: marks are committed
-  for deletion only if still present with the time this run read) or the
-  commit comes first (the push sees the object in ``deleting`` and uploads
-  those chunks again; its own tree being deleted stops it with a clear
-  error).  A run that marks from a listing older than the push's ref marks
+  for deletion only if still marked when the commit lands) or the commit
+  comes first (the push sees the object in ``deleting``, or finds the pack
+  gone when it lists the packs again after reserving, and uploads those
+  chunks again; its own tree being deleted stops it with a clear error).  A run that marks from a listing older than the push's ref marks
   afresh, so the grace period counts from there, and the push's ref is in
   the deleting run's listing.
 - A pull of a ref that exists when it starts: either the ref is still there

@@ -74,9 +74,9 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
     tree = cache.tree(info)
     known = await _known_chunks(cache, repo)
     locations, todo, present = _plan(cache, tree, known)
-    being_deleted = await _reserve(repo, info.root, locations)
-    if being_deleted:  # a prune is deleting packs we meant to reuse: upload their chunks again
-        known = {cid: loc for cid, loc in known.items() if pack_key(loc.pack_id) not in being_deleted}
+    unsafe = await _reserve(repo, info.root, locations)
+    if unsafe:  # a prune is deleting packs we meant to reuse: upload their chunks again
+        known = {cid: loc for cid, loc in known.items() if pack_key(loc.pack_id) not in unsafe}
         locations, todo, present = _plan(cache, tree, known)
     writer = PackWriter(repo)
     try:
@@ -96,17 +96,18 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
 
 
 async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:
-    """Take what this push reuses out of any prune's marks (see ``cas.prune``); the packs a prune is already
-    deleting are returned, not to be reused.  A tree of this root there already keeps its locator, and the
-    locator its packs: those are reserved too, and one of them being deleted stops the push."""
+    """Take what this push reuses out of any prune's marks (see ``cas.prune``); returns the packs it must not
+    reuse after all (a prune is deleting them, or did since they were listed).  A tree of this root there
+    already keeps its locator, and the locator its packs: those are reserved too, and one of them being
+    deleted stops the push."""
     kept = {tree_key(root), locator_key(root)}
     with contextlib.suppress(NotFound):
         kept |= {pack_key(loc.pack_id) for loc in (await repo.locator(root)).values()}
-    deleting = await repo.reserve(kept | {pack_key(loc.pack_id) for loc in reused.values()})
-    if deleting & kept:
-        raise RepoError(f"a prune of {repo.url} is deleting {sorted(deleting & kept)[0]}, which this push needs; "
+    unsafe = await repo.reserve(kept | {pack_key(loc.pack_id) for loc in reused.values()})
+    if unsafe & kept:
+        raise RepoError(f"a prune of {repo.url} is deleting {sorted(unsafe & kept)[0]}, which this push needs; "
                         "push again once it is done (cas prune --remote URL finishes an interrupted one)")  # fmt: skip
-    return deleting
+    return unsafe
 
 
 def _plan(

@@ -34,6 +34,7 @@ from . import CONCURRENCY, listing, marks
 from .backend import WriteBackend
 from .format import (
     Location,
+    check_key,
     decode_index,
     decode_locator,
     encode_locator,
@@ -188,16 +189,20 @@ class Repository:
             return marks.EMPTY
 
     async def reserve(self, keys: set[str]) -> set[str]:
-        """Unmark what a push is about to reuse, so no prune deletes it; returns the keys a prune is deleting
-        already, which the push must not reuse."""
+        """Unmark what a push is about to reuse, so no prune deletes it; returns the keys it must not reuse: those
+        a prune is deleting, and the packs gone since the push listed them (a prune deleted them meanwhile)."""
         seen: list[Marks] = []
 
         def change(data: bytes | None) -> bytes | None:
-            seen[:] = [marks.decode(data)]
+            seen[:] = [marks.decode(data)] if data is not None else []
             return marks.reserved(data, keys)
 
         await self.backend.update(marks_key(), change)
-        return keys & set(seen[0].deleting) if seen else set()
+        if not seen:  # no prune has ever written marks here: nothing was deleted
+            return set()
+        packs, indexed = await self.packs()
+        gone = {k for k in keys if check_key(k)[0] == "pack" and k[len("packs/") :] not in packs & indexed}
+        return (keys & set(seen[0].deleting)) | gone
 
     async def remove_ref(self, info: ModelInfo, when: float) -> None:
         """Remove a ref: its root is recorded as removed (live for a prune's grace period, for pulls that read the
