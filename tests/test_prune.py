@@ -253,6 +253,16 @@ def test_a_push_reuses_nothing_a_prune_is_deleting(pushed, tmp_path, models):
     assert cas.check_repository(p.url, deep=True).ok
 
 
+def test_a_push_that_listed_a_pack_before_a_prune_deleted_it_does_not_reuse_it(pushed):
+    """What a push that listed the packs, then lost the race to a deleting prune, learns when it reserves."""
+    p = pushed
+    cas.remove_remote(["m:v2"], p.url)
+    cas.prune_remote(p.url, max_unused=1.0)
+    cas.prune_remote(p.url, grace=0, max_unused=1.0)
+    v1, v2 = pack_key(p.packs["m:v1"]), pack_key(p.packs["m:v2"])
+    assert on_store(p.url, lambda b: Repository(b).reserve({v1, v2})) == {v2}
+
+
 def test_a_read_only_server_refuses_rm_and_prune_in_one_line(models, nginx, tmp_path):
     folder = tmp_path / "repo"
     Cache(tmp_path / "src").add(models["m:v1"], "m:v1")
