@@ -39,9 +39,12 @@ The races, and what covers them:
   for deletion only if still marked when the commit lands) or the commit
   comes first (the push sees the object in ``deleting``, or finds the pack
   gone when it lists the packs again after reserving, and uploads those
-  chunks again; its own tree being deleted stops it with a clear error).  A run that marks from a listing older than the push's ref marks
-  afresh, so the grace period counts from there, and the push's ref is in
-  the deleting run's listing.
+  chunks again; its own tree being deleted stops it with a clear error).
+  A run whose listing is older than the push's ref may mark them again,
+  afresh: the grace period counts from there, and the push's ref is in the
+  listing of any run that could delete them.  A pack repacked under the
+  push is the same case: marked, not deleted, and reached again by the
+  push's ref, whose locator still names it.
 - A pull of a ref that exists when it starts: either the ref is still there
   when a run lists refs (its objects are reachable), or ``rm --remote``
   removed it, which first records the root as removed.  What a removed root
@@ -56,7 +59,8 @@ The races, and what covers them:
   nothing reaches: the next run marks them.
 
 ``--grace 0`` deletes on the second run what the first marked: only for a
-repository nobody pushes to meanwhile.  Times are the pruning host's clock;
+repository nobody pushes to meanwhile, and a pull of a ref removed or
+repacked while it runs may then fail (with an error, never wrong bytes).  Times are the pruning host's clock;
 the grace period must exceed the clock skew between hosts and the longest
 push or pull.  Byte counts are pack bytes, as the pack indexes declare them.
 """
