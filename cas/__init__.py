@@ -35,8 +35,8 @@ from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
     from .local.verify import VerifyReport
-    from .pull import PullStats
     from .prune import PruneReport
+    from .pull import PullStats
     from .push import PushStats
     from .repo.check import RepoReport
 
@@ -76,7 +76,8 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"PruneReport": ".prune", "PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify"}
+_LAZY = {"PruneReport": ".prune", "PullStats": ".pull", "PushStats": ".push", "RepoReport": ".repo.check",
+         "VerifyReport": ".local.verify"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 

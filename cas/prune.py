@@ -77,8 +77,19 @@ from . import codec, tags
 from .errors import CasError, InvalidInput, NotFound, RepoError
 from .push import PackWriter
 from .ref import ModelInfo
-from .repo.format import IndexEntry, Location, decode_index, encode_locator, iter_ranges, locator_key, marks_key
-from .repo.format import decode_locator, index_key, pack_key, tree_key
+from .repo.format import (
+    IndexEntry,
+    Location,
+    decode_index,
+    decode_locator,
+    encode_locator,
+    index_key,
+    iter_ranges,
+    locator_key,
+    marks_key,
+    pack_key,
+    tree_key,
+)
 from .repo.marks import Marks
 from .repo.marks import decode as decode_marks
 from .repo.marks import encode as encode_marks

@@ -269,8 +269,10 @@ def test_a_read_only_server_refuses_rm_and_prune_in_one_line(models, nginx, tmp_
     Cache(tmp_path / "src").push("m:v1", f"file://{folder}")
     before = stored(f"file://{folder}")
     front = nginx(folder)
-    for args, said in ((["rm", "--remote", front, "m:v1"], "removal needs a writable repository and the token"),
-                       (["prune", "--remote", front], "prune needs a repository it can list and delete in")):
+    for args, said in (
+        (["rm", "--remote", front, "m:v1"], "removal needs a writable repository and the token"),
+        (["prune", "--remote", front], "prune needs a repository it can list and delete in"),
+    ):
         err = cas_cli(*args, home=tmp_path / "c", check=False).stderr
         assert err.count("\n") == 1 and err.startswith("cas: error: ") and said in err, err
     assert stored(f"file://{folder}") == before

@@ -104,7 +104,8 @@ class HttpBackend:
             return "check CAS_TOKEN"
         if method == "DELETE" or str(resp.url).endswith("/" + marks_key()):  # rm --remote and prune write these
             return (f"removal needs a writable repository and the token: {self.url} serves it read-only; remove "
-                    "through the cas serve, file:// or s3:// URL it is pushed to, with CAS_TOKEN for cas serve")  # fmt: skip
+                    "through the cas serve, file:// or s3:// URL it is pushed to, with CAS_TOKEN for cas "
+                    "serve")  # fmt: skip
         if method == "PUT":
             return (f"{self.url} does not accept uploads (a static web server serves a repository read-only): push to "
                     "a cas serve, file:// or s3:// repository and serve its folder")  # fmt: skip

@@ -119,7 +119,7 @@ def outputs(procs: list[subprocess.Popen]) -> list:
 def assert_settles(url: str, tmp_path: Path, versions) -> None:
     """The repository verifies deep, every ref left pulls byte for byte, and two pruning runs then leave no
     orphan behind."""
-    cache, want = versions
+    _, want = versions
     report = check_repository(url, deep=True)
     assert report.ok, report.problems
     prune_remote(url, grace=0)
