@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import msgpack
 import pytest
 
 import cas
-from cas import Cache, InvalidInput, NotFound, RepoError
+from cas import Cache, InvalidInput, InvalidManifest, NotFound, RepoError
 from cas.prune import parse_duration
 from cas.repo import listing, marks
 from cas.repo.format import decode_locator, locator_key, marks_key, pack_key, tree_key
@@ -119,6 +120,20 @@ def test_durations():
     for bad in ("", "12", "1y", "-1d", "d"):
         with pytest.raises(InvalidInput, match="expected a number and a unit"):
             parse_duration(bad)
+
+
+def test_the_marks_document_round_trips_and_refuses_what_a_prune_never_writes():
+    tree, pack = tree_key("ab" * 32), pack_key("cd" * 32)
+    doc = marks.Marks({tree: 1.5}, {pack: 2.0}, {"ef" * 32: 3.0})
+    assert marks.decode(marks.encode(doc)) == doc and marks.decode(None) == marks.EMPTY
+    assert marks.reserved(marks.encode(doc), {pack}) is None  # not marked: nothing to write
+    assert marks.decode(marks.reserved(marks.encode(doc), {tree})).marked == {}
+    hostile = [b"\xc1", msgpack.packb([1, [["refs/m/v1", 1.0]], [], []]), msgpack.packb([1, [[tree, -1.0]], [], []]),
+               msgpack.packb([1, [[tree, 1.0], [pack, 1.0]], [], []]), msgpack.packb([1, [], [], [["../x", 1.0]]]),
+               msgpack.packb([2, [], [], []])]  # fmt: skip
+    for data in hostile:
+        with pytest.raises(InvalidManifest):
+            marks.decode(data)
 
 
 def test_rm_remote_removes_refs_and_moves_latest_and_listings(pushed, tmp_path):

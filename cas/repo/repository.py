@@ -194,7 +194,7 @@ class Repository:
         seen: list[Marks] = []
 
         def change(data: bytes | None) -> bytes | None:
-            seen[:] = [marks.decode(data)] if data is not None else []
+            seen[:] = [self._decoded(marks_key(), data, marks.decode)] if data is not None else []
             return marks.reserved(data, keys)
 
         await self.backend.update(marks_key(), change)
