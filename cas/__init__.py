@@ -12,6 +12,7 @@ cheap for a service's warm path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +34,11 @@ from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
+    from .archive import ArchiveStats, Source
     from .local.gc import GcReport
     from .local.space import SpaceReport
-    from .archive import ArchiveStats, Source
     from .local.verify import VerifyReport
+    from .prune import PruneReport
     from .pull import PullEstimate, PullStats
     from .push import PushStats
     from .repo.check import RepoReport
@@ -54,6 +56,7 @@ __all__ = [
     "InvalidTag",
     "ModelInfo",
     "NotFound",
+    "PruneReport",
     "PullEstimate",
     "PullStats",
     "PushStats",
@@ -78,14 +81,16 @@ __all__ = [
     "list",
     "list_remote",
     "materialize",
+    "prune_remote",
     "pull",
     "push",
+    "remove_remote",
     "resolve",
     "verify",
 ]
 
-_LAZY = {"ArchiveStats": ".archive", "PullStats": ".pull", "PullEstimate": ".pull", "PushStats": ".push",
-         "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
+_LAZY = {"ArchiveStats": ".archive", "PruneReport": ".prune", "PullStats": ".pull", "PullEstimate": ".pull",
+         "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
          "SpaceReport": ".local.space"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
@@ -208,3 +213,20 @@ def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoRe
     from .repo.check import check_repository
 
     return check_repository(remote, deep=deep)
+
+
+def remove_remote(tags: Iterable[str], remote: str | None = None) -> list[ModelInfo]:
+    """Remove refs (``name:version``, ``name:latest``, ``name``) from a repository; ``prune`` deletes the data."""
+    from .prune import remove_remote
+
+    return remove_remote(tags, remote)
+
+
+def prune_remote(remote: str | None = None, *, grace: float = 86_400.0, max_unused: float = 0.10,
+                 dry_run: bool = False) -> PruneReport:  # fmt: skip
+    """Mark what no ref reaches in a repository, delete what was marked ``grace`` seconds ago and is still
+    unreachable, repack packs more than ``max_unused`` dead; see the module ``cas.prune``.  (Named like
+    ``list_remote``: a function ``cas.prune`` would be shadowed by that module once it is imported.)"""
+    from .prune import prune
+
+    return prune(remote, grace=grace, max_unused=max_unused, dry_run=dry_run)

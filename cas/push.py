@@ -5,7 +5,9 @@ by pack id, so a second push reads only the new ones).  The other chunks
 are read from their blobs, re-hashed, encoded on every core, and packed
 into packs of about ``PACK_TARGET`` bytes, each uploaded (pack, then index)
 while the next is encoded; then the tree and its locator, and the ref last,
-so a reader never sees a ref whose data is missing.
+so a reader never sees a ref whose data is missing.  What it reuses is first
+taken out of any prune's marks (``Repository.reserve``), so a prune never
+deletes it under the push.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import NamedTuple
 
 from . import codec, privateloop
 from .digest import chunk_id
-from .errors import CorruptObject, RepoError
+from .errors import CorruptObject, NotFound, RepoError
 from .fsutil import make_dirs, temp_name
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
-from .repo.format import IndexEntry, Location, encode_index
+from .repo.format import IndexEntry, Location, encode_index, locator_key, pack_key, tree_key
 from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
 from .tree import Tree
@@ -70,7 +72,12 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
     start = time.perf_counter()
     await repo.check_version_free(info)
     tree = cache.tree(info)
-    locations, todo, present = _plan(cache, tree, await _known_chunks(cache, repo))
+    known = await _known_chunks(cache, repo)
+    locations, todo, present = _plan(cache, tree, known)
+    unsafe = await _reserve(repo, info.root, locations)
+    if unsafe:  # a prune is deleting packs we meant to reuse: upload their chunks again
+        known = {cid: loc for cid, loc in known.items() if pack_key(loc.pack_id) not in unsafe}
+        locations, todo, present = _plan(cache, tree, known)
     writer = PackWriter(repo)
     try:
         await _encode(todo, writer, progress)
@@ -86,6 +93,21 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
     with contextlib.suppress(OSError):  # a cache this user cannot write still pushes; gc then keeps the model
         cache.refs.add_remote(info, public_url(repo.url))  # it can come back from there now: gc may evict it
     return PushStats(info, writer.uploaded, present, time.perf_counter() - start)
+
+
+async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:
+    """Take what this push reuses out of any prune's marks (see ``cas.prune``); returns the packs it must not
+    reuse after all (a prune is deleting them, or did since they were listed).  A tree of this root there
+    already keeps its locator, and the locator its packs: those are reserved too, and one of them being
+    deleted stops the push."""
+    kept = {tree_key(root), locator_key(root)}
+    with contextlib.suppress(NotFound):
+        kept |= {pack_key(loc.pack_id) for loc in (await repo.locator(root)).values()}
+    unsafe = await repo.reserve(kept | {pack_key(loc.pack_id) for loc in reused.values()})
+    if unsafe & kept:
+        raise RepoError(f"a prune of {repo.url} is deleting {sorted(unsafe & kept)[0]}, which this push needs; "
+                        "push again once it is done (cas prune --remote URL finishes an interrupted one)")  # fmt: skip
+    return unsafe
 
 
 def _plan(
@@ -149,7 +171,7 @@ async def _encode(todo: list[Chunk], writer: PackWriter, progress: Progress | No
             # map from a thread outside the pool, so every pool thread encodes
             encoded = await asyncio.to_thread(lambda b=batch: list(pool.map(_encode_one, b)))
             for chunk, enc in zip(batch, encoded):
-                await writer.add(chunk, enc)
+                await writer.add(chunk.chunk_id, chunk.length, enc)
                 if progress:
                     progress(chunk.length)
 
@@ -175,8 +197,9 @@ class PackWriter:
         self._entries: list[IndexEntry] = []
         self._uploads: list[asyncio.Task[None]] = []
 
-    async def add(self, chunk: Chunk, encoded: bytes) -> None:
-        self._entries.append(IndexEntry(chunk.chunk_id, len(self._pack), len(encoded), chunk.length, encoded[0]))
+    async def add(self, cid: bytes, raw_length: int, encoded: bytes) -> None:
+        """Add one encoded chunk (``raw_length`` bytes decoded) to the pack being filled."""
+        self._entries.append(IndexEntry(cid, len(self._pack), len(encoded), raw_length, encoded[0]))
         self._pack += encoded
         if len(self._pack) >= PACK_TARGET:
             await self._seal()

@@ -1,14 +1,16 @@
 """``cas serve DIR``: the repository layout of DIR over HTTP (aiohttp).
 
 GET (with a single Range) and HEAD serve any key of the layout; ``GET
-/?list=PREFIX`` lists keys; PUT needs the bearer token and is checked before
+/?list=PREFIX`` lists keys; PUT and DELETE need the bearer token.  PUT is checked before
 it is accepted: a tree or pack must hash to its name, a pack index must
 describe its pack chunk by chunk, a locator must point into packs the
 repository has, a ref must name a tree and locator that exist (so refs
-come last), and a listing must decode.  Every object but the listings is
-created once and never changed (``If-None-Match: *`` answers 412 when it
-exists); a listing is replaced only under ``If-Match`` with the ETag (a
-hash of its bytes) it was read with.  Bodies are streamed to a temporary
+come last), and a listing or the prune marks must decode.  Every object but
+those documents is created once and never changed (``If-None-Match: *``
+answers 412 when it exists), except a locator a prune's repack rewrites;
+documents and locators are replaced only under ``If-Match`` with the ETag
+(a hash of their bytes) they were read with.  DELETE removes one key of the
+layout (the listings excepted: they are updated) and is idempotent.  Bodies are streamed to a temporary
 file, limited in size, and moved into place atomically under the folder's
 update lock; DIR stays a valid ``file://`` repository throughout.
 """
@@ -29,14 +31,24 @@ from . import ref as refs
 from .digest import file_hasher
 from .errors import CasError
 from .fsutil import temp_name
-from .repo import listing
+from .repo import listing, marks
 from .repo.file import locked_folder
-from .repo.format import MAX_PACK_BYTES, check_key, decode_index, decode_locator, index_key, locator_key, tree_key
+from .repo.format import (
+    MAX_PACK_BYTES,
+    check_key,
+    decode_index,
+    decode_locator,
+    index_key,
+    locator_key,
+    marks_key,
+    tree_key,
+)
 from .tree import decode as decode_tree
 
 MAX_SMALL_BODY = 256 << 20  # trees, indexes, locators, refs
 LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/", "index/")
-MUTABLE = ("names", "versions")  # the listings; every other kind of object is created once
+MUTABLE = ("names", "versions", "marks")  # the listings and prune marks; every other kind of object is created once
+REPLACEABLE = (*MUTABLE, "locator")  # a repack rewrites locators, under If-Match
 log = logging.getLogger("cas.server")
 
 
@@ -54,6 +66,7 @@ def make_app(root: Path, *, token: str | None, read_token: bool = False) -> web.
     app.router.add_get("/", handlers.listing)
     app.router.add_get("/{key:.+}", handlers.get)
     app.router.add_put("/{key:.+}", handlers.put)
+    app.router.add_delete("/{key:.+}", handlers.delete)
     return app
 
 
@@ -79,7 +92,7 @@ class _Handlers:
         path = self.root / key
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{key} not found\n")
-        if check_key(key)[0] in MUTABLE:  # small and changing: its ETag is a hash of its bytes, for If-Match
+        if check_key(key)[0] in REPLACEABLE:  # small and changing: its ETag is a hash of its bytes, for If-Match
             data = await asyncio.to_thread(path.read_bytes)
             return web.Response(body=data, headers={"Cache-Control": "no-cache", "ETag": _etag(data)})
         cache_control = "no-cache" if key.startswith("refs/") else "max-age=31536000, immutable"
@@ -115,6 +128,19 @@ class _Handlers:
         finally:
             tmp.unlink(missing_ok=True)
         return web.Response(status=status)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self.need_token(request)
+        key = _key_of(request)
+        if check_key(key)[0] in ("names", "versions"):
+            raise web.HTTPBadRequest(text=f"{key}: listings are updated, never deleted\n")
+        await asyncio.to_thread(_remove, self.root, key)
+        return web.Response(status=204)
+
+
+def _remove(root: Path, key: str) -> None:
+    with locked_folder(root):  # not in the middle of a commit of the same key
+        (root / key).unlink(missing_ok=True)
 
 
 def _key_of(request: web.Request) -> str:
@@ -159,7 +185,7 @@ def _accept(root: Path, key: str, tmp: Path, digest: bytes, conditions: tuple[st
     except CasError as e:
         raise Rejected(400, f"{key}: {e}") from None
     with locked_folder(root):  # one commit at a time, also against file:// writers of this folder
-        if kind in MUTABLE:
+        if kind in MUTABLE or (kind == "locator" and conditions[1] is not None):
             return _replace(root / key, tmp, *conditions)
         return _create(root / key, tmp, data if kind == "ref" else None, if_none_match=conditions[0])
 
@@ -226,8 +252,10 @@ def _check_ref(root: Path, key: str, parts: list[str], data: bytes, digest: byte
 
 
 def _check_listing(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
-    """A listing must decode: readers take it as it is."""
-    if parts:
+    """A listing or the prune marks must decode: readers take them as they are."""
+    if key == marks_key():
+        marks.decode(data)
+    elif parts:
         listing.decode_versions(data)
     else:
         listing.decode_names(data)
@@ -254,7 +282,7 @@ def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: by
 
 
 _CHECKS = {"tree": _check_named, "pack": _check_named, "index": _check_index, "locator": _check_locator,
-           "ref": _check_ref, "names": _check_listing, "versions": _check_listing}  # fmt: skip
+           "ref": _check_ref, "names": _check_listing, "versions": _check_listing, "marks": _check_listing}  # fmt: skip
 
 
 def _list(root: Path, prefix: str) -> list[str]:

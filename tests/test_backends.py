@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -209,6 +211,49 @@ def test_an_update_with_nothing_to_change_writes_nothing(store):
 def test_a_static_server_refuses_writes_in_one_line_that_says_what_to_do(store):
     with pytest.raises(RepoError, match="does not accept uploads .* push to a cas serve, file:// or s3:// "):
         run(store, lambda b: b.create(tree_key(ROOT), EMPTY.encode()))
+
+
+@kinds(*WRITABLE)
+def test_delete_removes_a_key_and_a_missing_key_is_fine(store):
+    store.seed(PACK, PACK_BYTES)
+    store.seed(PACK + ".idx", b"index")
+    run(store, lambda b: b.delete(PACK))
+    with pytest.raises(NotFound):
+        run(store, lambda b: b.get(PACK))
+    assert run(store, lambda b: b.list("packs/")) == [PACK + ".idx"]
+    run(store, lambda b: b.delete(PACK))  # gone already: a prune killed midway deletes again
+    run(store, lambda b: b.delete("trees/" + "cd" * 32))  # never there
+
+
+@kinds("nginx")
+def test_a_static_server_refuses_removal_in_one_line_that_says_what_to_do(store):
+    store.seed(PACK, PACK_BYTES)
+    with pytest.raises(RepoError, match="removal needs a writable repository and the token") as e:
+        run(store, lambda b: b.delete(PACK))
+    assert "\n" not in str(e.value)
+    assert run(store, lambda b: b.get(PACK)) == PACK_BYTES
+
+
+@kinds("cas serve")
+def test_cas_serve_deletes_only_with_the_token_and_only_keys_of_the_layout(store):
+    store.seed(PACK, PACK_BYTES)
+    store.seed(listing.names_key(), listing.encode_names(["m"]))
+
+    def delete(path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(f"{store.url}/{path}", method="DELETE", headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert delete(PACK, None) == 401 and delete(PACK, "wrong") == 403
+    assert delete("../token", TOKEN) == 404 and delete("packs/notahash", TOKEN) == 404
+    assert delete(listing.names_key(), TOKEN) == 400  # listings are updated, never deleted
+    assert run(store, lambda b: b.get(PACK)) == PACK_BYTES
+    assert delete(PACK, TOKEN) == 204 and delete(PACK, TOKEN) == 204
+    with pytest.raises(NotFound):
+        run(store, lambda b: b.get(PACK))
 
 
 # -- faults and hostile answers, through the fault proxy --------------------------------------------

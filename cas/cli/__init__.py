@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import CasError
-from . import archive, foreign, models, space, sync
+from . import archive, foreign, models, remote, space, sync
 from .output import Command
 
 
@@ -67,6 +67,7 @@ COMMANDS: list[Callable[[Command], None]] = [
     space.commands,
     foreign.commands,
     archive.commands,
+    remote.commands,
 ]
 
 

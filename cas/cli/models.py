@@ -1,4 +1,5 @@
-"""Commands on the models of the local cache: add, list, show, materialize, rm, verify."""
+"""Commands on the models of the local cache: add, list, show, materialize, rm, verify (rm and verify also of a
+repository, with --remote)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
     sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
+    sp.add_argument("--remote", metavar="URL", help="remove the refs from this repository (cas prune deletes the data)")
     sp.add_argument("--json", action="store_true")
     sp = cmd("verify", _verify, "re-hash blobs and snapshots and repair what can be repaired; or check a repository")
     sp.add_argument("tag", nargs="?")
@@ -105,8 +107,13 @@ def _materialize(args: argparse.Namespace) -> None:
 
 
 def _rm(args: argparse.Namespace) -> None:
-    cache = cache_of(args)
-    removed = [info for tag in args.tags for info in cache.delete(tag)]
+    if args.remote:
+        from ..prune import remove_remote
+
+        removed = remove_remote(args.tags, args.remote)
+    else:
+        cache = cache_of(args)
+        removed = [info for tag in args.tags for info in cache.delete(tag)]
     if args.json:
         print_json([i.tag for i in removed])
     else:

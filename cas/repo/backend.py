@@ -2,7 +2,7 @@
 
 Keys are the repository layout's paths (``refs/m/v1``, ``packs/<id>``; see
 ``format``).  A ``ReadBackend`` is enough to pull from (any static web
-server or CDN qualifies); a ``WriteBackend`` can also be pushed to.
+server or CDN qualifies); a ``WriteBackend`` can also be pushed to and pruned.
 
 - ``get(key)`` returns the whole object, refusing one past ``MAX_DOC_BYTES``
   (only documents are read whole); a missing key raises ``NotFound``; any
@@ -20,6 +20,11 @@ server or CDN qualifies); a ``WriteBackend`` can also be pushed to.
   compare-and-set: ``change(current or None)`` gives the new bytes, or None
   for nothing to write, and is called again when another writer changed
   the key in between (S3 ``If-Match``, an ETag, a lock).
+- ``delete(key)`` removes ``key``; a key already gone is fine (a prune
+  killed midway deletes again).  Only ``rm --remote`` and ``prune`` delete,
+  and only objects no ref reaches any more (refs themselves for ``rm``); a
+  store that takes no writes (a static server) refuses in one line that
+  says removal needs a writable repository and its token.
 - ``close()`` releases connections; the backend is not used afterwards.
 
 The stores: ``file``, ``http`` (aiohttp), ``s3`` (aiobotocore, the ``s3``
@@ -47,3 +52,4 @@ Change = Callable[[bytes | None], bytes | None]
 class WriteBackend(ReadBackend, Protocol):
     async def create(self, key: str, data: bytes) -> bool: ...
     async def update(self, key: str, change: Change) -> None: ...
+    async def delete(self, key: str) -> None: ...

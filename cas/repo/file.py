@@ -4,7 +4,7 @@ Reads refuse anything but regular files (a device or FIFO planted in the
 folder must not hang or flood a pull); writes go through a temporary name
 in ``.tmp/`` and are linked (created only if absent) or renamed (listings,
 under ``.tmp/update.lock``) into place, so readers never see a partial
-object.  ``cas serve`` takes the same lock, so both can share a folder.
+object; a removal unlinks.  ``cas serve`` takes the same lock, so both can share a folder.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class FileBackend:
 
     async def update(self, key: str, change: Change) -> None:
         await asyncio.to_thread(self._writing, key, self._update, key, change)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._writing, key, self._path(key).unlink, True)
 
     def _update(self, key: str, change: Change) -> None:
         with locked_folder(self.root):

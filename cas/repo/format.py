@@ -9,6 +9,7 @@ Layout, the same for every backend::
     locators/<root>           for each chunk of a tree: which pack, where
     index/names               the names of the models here (see ``listing``)
     index/versions/<name>     the versions of one name and their creation times
+    prune/marks               what a prune found unreachable, and since when (see ``marks``)
 
 Packs exist because object stores and CDNs are slow and costly per request;
 a pull reads one tree, one locator, then merged byte ranges of packs.
@@ -62,6 +63,10 @@ def locator_key(root: str) -> str:
     return f"locators/{root}"
 
 
+def marks_key() -> str:
+    return "prune/marks"
+
+
 def check_key(key: str) -> tuple[str, ...]:
     """Split a repository key into its kind and parts; refuse anything outside the layout."""
     parts = key.split("/")
@@ -74,6 +79,8 @@ def check_key(key: str) -> tuple[str, ...]:
             return (parts[0][:-1], parts[1])
         if parts == ["index", "names"]:
             return ("names",)
+        if parts == ["prune", "marks"]:
+            return ("marks",)
         if parts[:2] == ["index", "versions"] and len(parts) == 3:
             return ("versions", validate_name(parts[2]))
         if parts[0] == "packs" and len(parts) == 2:

@@ -2,7 +2,7 @@
 
 Reads are plain GETs (with a single Range for pack bytes), so any static
 web server or CDN can serve a repository read-only.  Listing and writing
-use ``cas serve``'s ``GET /?list=PREFIX`` and token-authenticated ``PUT``:
+use ``cas serve``'s ``GET /?list=PREFIX``, token-authenticated ``PUT`` and ``DELETE``:
 ``If-None-Match: *`` creates a key only if absent, ``If-Match: <etag>``
 replaces a listing only if nobody changed it since it was read.
 """
@@ -10,6 +10,7 @@ replaces a listing only if nobody changed it since it was read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import random
@@ -20,7 +21,7 @@ import aiohttp
 from ..errors import InvalidManifest, NotFound, RepoError
 from . import CONCURRENCY
 from .backend import Change
-from .format import MAX_DOC_BYTES, check_key
+from .format import MAX_DOC_BYTES, check_key, marks_key
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
@@ -101,6 +102,10 @@ class HttpBackend:
             return "check CAS_TOKEN" if self._token else "set CAS_TOKEN to the server's token"
         if resp.status == 403 and self._token:
             return "check CAS_TOKEN"
+        if method == "DELETE" or str(resp.url).endswith("/" + marks_key()):  # rm --remote and prune write these
+            return (f"removal needs a writable repository and the token: {self.url} serves it read-only; remove "
+                    "through the cas serve, file:// or s3:// URL it is pushed to, with CAS_TOKEN for cas "
+                    "serve")  # fmt: skip
         if method == "PUT":
             return (f"{self.url} does not accept uploads (a static web server serves a repository read-only): push to "
                     "a cas serve, file:// or s3:// repository and serve its folder")  # fmt: skip
@@ -154,6 +159,10 @@ class HttpBackend:
                 return
             await asyncio.sleep(BACKOFF * random.random())  # another push changed it meanwhile: again
         raise RepoError(f"{self.url}/{key} changed under this push {UPDATE_TRIES} times in a row; push again")
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(NotFound):  # gone already: what a removal wants
+            await self._request("DELETE", key, expect=(200, 204))
 
     async def list(self, prefix: str) -> list[str]:
         try:

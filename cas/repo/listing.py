@@ -11,6 +11,10 @@ A push adds its version to the listing *before* it creates the ref, so a
 listing always names every ref (a version whose ref does not exist yet, or
 never will after an interrupted push, is skipped by readers).  Decoding is
 as strict as for trees: the documents may come from a hostile server.
+
+``rm --remote`` works the other way round: the ref goes first, then its
+version leaves the listing, and its name when no version is left (put
+back if a push added a version meanwhile).
 """
 
 from __future__ import annotations
@@ -75,6 +79,18 @@ def with_version(data: bytes | None, version: str, created: float) -> bytes | No
     """A versions listing with ``version`` added, or None when it is there already."""
     versions = decode_versions(data) if data is not None else {}
     return None if version in versions else encode_versions({**versions, version: created})
+
+
+def without_name(data: bytes | None, name: str) -> bytes | None:
+    """The names listing without ``name``, or None when it is not there."""
+    names = decode_names(data) if data is not None else []
+    return encode_names([n for n in names if n != name]) if name in names else None
+
+
+def without_version(data: bytes | None, version: str) -> bytes | None:
+    """A versions listing without ``version``, or None when it is not there."""
+    versions = decode_versions(data) if data is not None else {}
+    return encode_versions({v: t for v, t in versions.items() if v != version}) if version in versions else None
 
 
 def _unpack(data: bytes, what: str) -> list:

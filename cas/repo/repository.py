@@ -8,6 +8,10 @@ writer: what it leaves (a pack without an index, a listed version without
 a ref) no ref reaches, and readers skip it.  Two hosts pushing one version
 with different content: one creates the ref, the other gets a clear error.
 Every document read is validated: it may come from a hostile server.
+Removal runs the other way, top-down: ``remove_ref`` records the removal in
+the prune marks, then deletes the ref, then updates the listings; what the
+ref reached goes with a later prune (``cas.prune``), which a push keeps off
+what it reuses with ``reserve``.
 
 Opening one: ``with_repository`` on the running loop, ``run_with_repository``
 from any thread (a private loop, see ``privateloop``).  ``CAS_OFFLINE=1``
@@ -26,19 +30,22 @@ from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
 from ..ref import ModelInfo, recency
 from ..tree import Tree
 from ..tree import decode as decode_tree
-from . import CONCURRENCY, listing
+from . import CONCURRENCY, listing, marks
 from .backend import WriteBackend
 from .format import (
     Location,
+    check_key,
     decode_index,
     decode_locator,
     encode_locator,
     index_key,
     locator_key,
+    marks_key,
     pack_key,
     ref_key,
     tree_key,
 )
+from .marks import Marks
 from .stores import open_backend
 
 T = TypeVar("T")
@@ -171,6 +178,47 @@ class Repository:
         await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
         if not await self.backend.create(ref_key(info.name, info.version), info.encode()):
             await self.check_version_free(info)
+
+    # -- removing (rm --remote, and prune's deletions) ---------------------------
+
+    async def marks(self) -> Marks:
+        """The prune marks (``marks``); none yet is empty."""
+        try:
+            return await self._document(marks_key(), marks.decode)
+        except NotFound:
+            return marks.EMPTY
+
+    async def reserve(self, keys: set[str]) -> set[str]:
+        """Unmark what a push is about to reuse, so no prune deletes it; returns the keys it must not reuse: those
+        a prune is deleting, and the packs gone since the push listed them (a prune deleted them meanwhile)."""
+        seen: list[Marks] = []
+
+        def change(data: bytes | None) -> bytes | None:
+            seen[:] = [self._decoded(marks_key(), data, marks.decode)] if data is not None else []
+            return marks.reserved(data, keys)
+
+        await self.backend.update(marks_key(), change)
+        if not seen:  # no prune has ever written marks here: nothing was deleted
+            return set()
+        packs, indexed = await self.packs()
+        gone = {k for k in keys if check_key(k)[0] == "pack" and k[len("packs/") :] not in packs & indexed}
+        return (keys & set(seen[0].deleting)) | gone
+
+    async def remove_ref(self, info: ModelInfo, when: float) -> None:
+        """Remove a ref: its root is recorded as removed (live for a prune's grace period, for pulls that read the
+        ref just before), then the ref goes, then its version leaves the listings."""
+        await self.backend.update(marks_key(), lambda data: marks.with_removed(data, [info.root], when))
+        await self.backend.delete(ref_key(info.name, info.version))
+        await self.backend.update(listing.versions_key(info.name),
+                                  lambda data: listing.without_version(data, info.version))  # fmt: skip
+        if not await self._listed(info.name):
+            await self.backend.update(listing.names_key(), lambda data: listing.without_name(data, info.name))
+            if await self._listed(info.name):  # a push added a version meanwhile, and found the name listed
+                await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
+
+    async def delete(self, key: str) -> None:
+        """Delete one object of the layout (a prune's, after its grace period)."""
+        await self.backend.delete(key)
 
 
 def indexed_chunks(pack_id: str, index: bytes) -> list[tuple[bytes, Location]]:

@@ -23,6 +23,7 @@ Python over the aiohttp cas already uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from typing import Any
@@ -154,6 +155,10 @@ class S3Backend:
             except _Conflict:
                 await asyncio.sleep(0.2 * random.random())  # another push changed it meanwhile: again
         raise RepoError(f"{self.url}/{key} changed under this push {UPDATE_TRIES} times in a row; push again")
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(NotFound):  # S3 answers 204 for a missing key; compatibles may say 404
+            await self._call("DELETE", key, "delete_object")
 
     async def _call(self, method: str, key: str, operation: str, **kw: Any) -> Any:
         s3 = await self._s3()

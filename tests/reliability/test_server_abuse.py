@@ -68,8 +68,8 @@ def abuse(port: int, rng: random.Random) -> tuple[str, int, tuple[int, ...]]:
         value = rng.choice(["bytes=abc", "bytes=9-1", "bytes=-", "x"])
         return f"Range {value}", request(port, "GET", "/refs/m/v1", {"Range": value}), (400, 416)
     if kind == 2:
-        method = rng.choice(["DELETE", "POST", "PATCH"])
-        return method, request(port, method, "/refs/m/v1", body=b""), (405,)
+        method = rng.choice(["DELETE", "POST", "PATCH"])  # DELETE exists (rm --remote, prune) but needs the token
+        return method, request(port, method, "/refs/m/v1", body=b""), (401,) if method == "DELETE" else (405,)
     if kind == 3:
         return "PUT, no token", request(port, "PUT", "/refs/m/v2", {"Content-Length": "3"}, b"abc"), (401,)
     if kind == 4:

@@ -23,8 +23,8 @@ server {{
     location / {{
         add_header Cache-Control "public, max-age=31536000, immutable";  # packs, trees: named by content
     }}
-    location ~ ^/(refs|index)/ {{
-        add_header Cache-Control "no-cache";  # refs and listings: checked on every read
+    location ~ ^/(refs|index|locators|prune)/ {{
+        add_header Cache-Control "no-cache";  # refs, listings, locators a repack rewrites, prune marks
     }}
     location ~ /\\. {{
         deny all;  # .tmp and other working files of a pushed folder
