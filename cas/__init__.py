@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from .local.space import SpaceReport
     from .local.verify import VerifyReport
     from .prune import PruneReport
-    from .pull import PullEstimate, PullStats
-    from .push import PushStats
+    from .download import PullEstimate, PullStats
+    from .upload import PushStats
     from .repo.check import RepoReport
 
 __all__ = [
@@ -89,8 +89,8 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"ArchiveStats": ".archive", "PruneReport": ".prune", "PullStats": ".pull", "PullEstimate": ".pull",
-         "PushStats": ".push", "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
+_LAZY = {"ArchiveStats": ".archive", "PruneReport": ".prune", "PullStats": ".download", "PullEstimate": ".download",
+         "PushStats": ".upload", "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
          "SpaceReport": ".local.space"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)

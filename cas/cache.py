@@ -1,7 +1,7 @@
 """``cas.Cache``: the local cache with its repositories, and the policy that resolves a tag for a service.
 
 ``LocalCache`` (``cas.local``) knows one host's files; this adds pull and
-push (``cas.pull``, ``cas.push``, imported only when a repository is used) and
+push (``cas.download``, ``cas.upload``, imported only when a repository is used) and
 ``resolve``, the policy the descriptor and the CLI share: the local version
 when there is one, else pulled; ``refresh`` asks the repository first;
 offline never asks.  Every blocking call works from any thread, event loop
@@ -22,8 +22,8 @@ from .repo import CONCURRENCY
 
 if TYPE_CHECKING:
     from .archive import ArchiveStats, Source
-    from .pull import PullEstimate, PullStats
-    from .push import PushStats
+    from .download import PullEstimate, PullStats
+    from .upload import PushStats
 
 
 class Cache(LocalCache):
@@ -33,13 +33,13 @@ class Cache(LocalCache):
 
     def push(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
         """Upload a stored model to a repository (``$CAS_REMOTE`` by default), only what it lacks."""
-        from .push import push
+        from .upload import push
 
         return push(self, tag, remote, progress=progress)
 
     async def apush(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
         """``push`` for async code: the upload runs on a loop of its own, so the caller's loop keeps serving."""
-        from .push import apush
+        from .upload import apush
 
         return await apush(self, tag, remote, progress=progress)
 
@@ -47,7 +47,7 @@ class Cache(LocalCache):
              progress: Progress | None = None) -> PullStats:  # fmt: skip
         """Fetch a model from a repository (``$CAS_REMOTE`` by default), moving only what no local file holds;
         ``concurrency`` range requests in flight, ``progress`` called with byte counts."""
-        from .pull import pull
+        from .download import pull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = pull(self, tag, remote, concurrency=concurrency, progress=progress)
@@ -56,7 +56,7 @@ class Cache(LocalCache):
 
     def estimate_pull(self, tag: str, remote: str | None = None) -> PullEstimate:
         """What ``pull`` would fetch and reuse, without fetching (three small documents are read)."""
-        from .pull import estimate
+        from .download import estimate
 
         return estimate(self, tag, remote)
 
@@ -64,7 +64,7 @@ class Cache(LocalCache):
                     progress: Progress | None = None) -> PullStats:  # fmt: skip
         """``pull`` for async code: the pull runs on a loop of its own, so the caller's loop keeps serving;
         cancelling the awaiting task stops it, keeping what it verified for the next pull."""
-        from .pull import apull
+        from .download import apull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress)
@@ -169,7 +169,7 @@ class Cache(LocalCache):
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool) -> ModelInfo:
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
-        from .pull import pull_here
+        from .download import pull_here
 
         t = tags.parse(tag)
         try:

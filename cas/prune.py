@@ -75,7 +75,7 @@ from typing import NamedTuple
 
 from . import codec, tags
 from .errors import CasError, InvalidInput, NotFound, RepoError
-from .push import PackWriter
+from .upload import PackWriter
 from .ref import ModelInfo
 from .repo.format import (
     IndexEntry,

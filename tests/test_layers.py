@@ -24,16 +24,16 @@ def test_the_check_finds_circles_reaches_and_imports_against_the_layers(tmp_path
         "cas/tree.py": "from .codec import encode\n",  # content <-> content, through a lazy import below
         "cas/codec.py": "def encode():\n    from . import tree\n",
         "cas/local/__init__.py": "",
-        "cas/local/cache.py": "from ..pull import pull\n",  # local cache importing sync: against the layers
-        "cas/pull.py": "from .local.cache import _helper\n\ndef pull(c):\n    return c._blob_path\n",
+        "cas/local/cache.py": "from ..download import pull\n",  # local cache importing sync: against the layers
+        "cas/download.py": "from .local.cache import _helper\n\ndef pull(c):\n    return c._blob_path\n",
         "descriptor/__init__.py": "import cas\n",
     })  # fmt: skip
     found = layers.problems(root)
     assert "import circle: cas.codec <-> cas.tree" in found
-    assert "import circle: cas.local.cache <-> cas.pull" in found
+    assert "import circle: cas.local.cache <-> cas.download" in found
     assert any("imports _helper from cas.local.cache" in p for p in found)
     assert any("uses c._blob_path" in p for p in found)
-    assert any(p.startswith("cas.local.cache (local cache) imports cas.pull (sync)") for p in found)
+    assert any(p.startswith("cas.local.cache (local cache) imports cas.download (sync)") for p in found)
 
 
 def test_the_readme_layout_table_names_every_module():

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("local cache", ("cas.local",)),
     ("repository", ("cas.repo",)),
     ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.fetcher", "cas.fetchworker", "cas.fetch",
-              "cas.pull", "cas.push", "cas.prune", "cas.archive")),
+              "cas.download", "cas.upload", "cas.prune", "cas.archive")),
     ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.__main__", "cas", "descriptor")),
 ]  # fmt: skip
 
