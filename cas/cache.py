@@ -88,8 +88,10 @@ class Cache(LocalCache):
             return
         if report.over_budget:
             kept = "; ".join(f"{k.tag}: {k.reason}" for k in report.kept[:5]) or "nothing else can be evicted"
-            warnings.warn(f"cas: the cache at {self.root} takes {report.size_after} bytes, over its budget of "
-                          f"{budget} ({kept})", stacklevel=3)  # fmt: skip
+            from .local.space import format_size
+
+            warnings.warn(f"cas: the cache at {self.root} takes {format_size(report.size_after)}, over its budget of "
+                          f"{format_size(budget)} ({kept})", stacklevel=3)  # fmt: skip
 
     # -- export files: a model carried without a repository ---------------------
 

@@ -220,7 +220,10 @@ def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_pat
     assert service.wait(timeout=60) == 0
     assert tree_files(path) == tree_files(tmp_path / "m3")
     assert [i.tag for i in Cache(home).list()] == ["m3:v1"]
-    assert "over its budget of 1 (m3:v1: asked to keep it (just pulled))" in service.stderr.read()
+    assert "over its budget of 1 B (m3:v1: asked to keep it (just pulled))" in service.stderr.read()
+    cas_cli("rm", "m3:v1", home=home)
+    out = cas_cli("pull", "m3:v1", "--remote", repo, home=home, env=env)
+    assert out.stderr.startswith("cas: warning: the cache at ") and "over its budget of 1 B (m3:v1: asked" in out.stderr
 
 
 def test_a_budget_that_is_not_a_size_is_one_clear_line(tmp_path):

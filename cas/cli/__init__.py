@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from ..errors import CasError
@@ -16,6 +17,7 @@ from .output import Command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _warning_line
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -34,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cas: error: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _warning_line(message: Warning | str, *_: object, **__: object) -> None:
+    """A warning (a refresh that fell back, a cache over its budget) as one line, like an error."""
+    print(f"cas: warning: {str(message).removeprefix('cas: ')}", file=sys.stderr)
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..cache import Cache
 from ..errors import InvalidInput
+from ..local.space import format_size as size
 from ..ref import ModelInfo
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -54,17 +55,6 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-
-
-def size(n: float) -> str:
-    """Bytes for people, in powers of 1000 as ``du --si`` and most storage consoles print them."""
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB", "TB"):
-        n /= 1000
-        if n < 1000:
-            break
-    return f"{n:.1f} {unit}"
 
 
 def when(seconds: float) -> str:

@@ -39,6 +39,17 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return int(float(number) * base ** (_POWERS.index(unit.lower()) + 1 if unit else 0))
 
 
+def format_size(n: float) -> str:
+    """Bytes for people, in powers of 1000 as ``du --si`` and most storage consoles print them."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000:
+            break
+    return f"{n:.1f} {unit}"
+
+
 def on_disk(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
