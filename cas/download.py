@@ -2,7 +2,7 @@
 
 By stage, for the files whose blobs are missing:
 
-1. plan: each becomes a part file in ``tmp/pull`` (``Assembly``); what an
+1. plan: each becomes a part file in ``tmp/pull/<root>`` (``Assembly``); what an
    interrupted pull verified there is kept;
 2. copy local: chunks any local blob holds (the chunk index) are copied,
    re-hashed first;
@@ -133,7 +133,7 @@ class _Pull:
         workers = await Workers.start(count) if count else None  # their imports overlap the planning below
         try:
             locations = await self.repo.locator(info.root)
-            work = self.cache.objects.pull_work
+            work = self.cache.objects.pull_work / info.root  # a pull of another model sharing a file builds its own
             make_dirs(work)
             assembly = Assembly(work, files)
             reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress)
@@ -146,6 +146,7 @@ class _Pull:
                 await workers.close()
         with contextlib.suppress(OSError):  # kept while other pulls are resumable
             work.rmdir()
+            work.parent.rmdir()
         return fetched, reused
 
     async def _fetch(self, tag: str, assembly: Assembly, ranges: list[Range], workers: Workers | None) -> int:

@@ -130,7 +130,7 @@ def wait_until(condition, timeout: float = 60, what: str = "the condition") -> N
 
 def verified_chunks(home: Path) -> int:
     """How many chunks the pulls under way in a cache have verified and written (a line each in their logs)."""
-    return sum(p.read_text().count("\n") for p in (home / "tmp" / "pull").glob("*.done"))
+    return sum(p.read_text().count("\n") for p in (home / "tmp" / "pull").glob("*/*.done"))
 
 
 def published(tmp_path: Path, model: Path, tag: str, url: str) -> PushStats:

@@ -208,7 +208,7 @@ def test_a_cancelled_aresolve_leaves_a_cache_that_verifies_and_a_pull_that_resum
         model = descriptor.Model("minilm:latest", cache=cache, remote=slow)
 
     def verified_some() -> bool:  # the logs of verified chunks name a few hundred (an offset a line)
-        return sum(p.stat().st_size for p in (cache.root / "tmp" / "pull").glob("*.done")) > 2000
+        return sum(p.stat().st_size for p in (cache.root / "tmp" / "pull").glob("*/*.done")) > 2000
 
     async def cancel_midway():
         task = asyncio.ensure_future(Service.model.aresolve())

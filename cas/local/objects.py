@@ -19,7 +19,7 @@ from ..errors import NotFound
 from ..fsutil import publish, write_new
 from ..tree import FileEntry, Tree, decode
 
-PULL_WORK = "pull"  # tmp/pull: the part files of pulls, kept across an interruption so the next one resumes
+PULL_WORK = "pull"  # tmp/pull/<root>: the part files of pulls, kept across an interruption so the next one resumes
 
 
 class ObjectStore:

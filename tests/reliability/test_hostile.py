@@ -223,11 +223,11 @@ def test_repository_files_that_are_devices_or_pipes_are_refused(tmp_path, honest
 
 
 def test_a_link_planted_where_a_pull_writes_its_part_file_is_not_followed(tmp_path, honest, synthetic):
-    repo, _, tree = honest
+    repo, info, tree = honest
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     victim = Cache(tmp_path / "victim")
-    work = victim.root / "tmp" / "pull"
+    work = victim.root / "tmp" / "pull" / info.root
     work.mkdir(parents=True)
     for f in tree.files:
         (work / f"{f.file_id.hex()}.part").symlink_to(precious)

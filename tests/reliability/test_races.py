@@ -174,3 +174,32 @@ def test_a_model_in_use_keeps_its_snapshot_through_rm_until_its_user_exits(tmp_p
     report = cache.verify()
     assert f"removed orphan {path}" in report.repaired
     assert not path.exists()
+
+
+PULL = f"import sys; from cas import Cache; c = Cache(sys.argv[1]); {READY}; c.pull(sys.argv[2], sys.argv[3])"
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_pulls_of_two_models_sharing_a_file_race_on_one_host_and_both_complete(tmp_path, trial):
+    """Each pull assembles its files under its own root: two pulls sharing a file never publish each other's part."""
+    url = f"file://{tmp_path / 'repo'}"
+    src = Cache(tmp_path / "src", durable=False)
+    shared = os.urandom(48 << 20)
+    models = {}
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "shared.bin").write_bytes(shared)
+        (folder / "own.bin").write_bytes(os.urandom(1 << 20))
+        src.add(folder, f"{name}:v1")
+        src.push(f"{name}:v1", url)
+        models[f"{name}:v1"] = folder
+    home = tmp_path / "host"
+    procs = start_together([[sys.executable, "-c", PULL, str(home), tag, url] for tag in models])
+    for p in procs:
+        p.stdin.close()  # type: ignore[union-attr]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    host = Cache(home)
+    for tag, folder in models.items():
+        assert tree_files(host.materialize(tag)) == tree_files(folder)
+    assert host.verify().ok
