@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     results["plots"] = report.plots(results, out_dir)
     elapsed = time.perf_counter() - started
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out_dir / "report.md").write_text(report.render(results, results["mode"], elapsed))
+    earlier = out_dir / "report.md"
+    before = report.previous_ratios(earlier.read_text()) if earlier.exists() else None
+    (out_dir / "report.md").write_text(report.render(results, results["mode"], elapsed, before))
     print(f"wrote {out_dir / 'report.md'} in {elapsed:.0f} s")
     if results.get("failed"):
         print(f"failed scenarios: {', '.join(results['failed'])}", file=sys.stderr)

@@ -258,13 +258,47 @@ def sections(r: dict) -> list[str]:
     return out
 
 
-def render(r: dict, mode: str, seconds: float) -> str:
+def previous_ratios(report_md: str) -> dict[str, float]:
+    """The headline ratios of an earlier report (its markdown table, whatever shape its results had)."""
+    out = {}
+    table = report_md.split("## Headline", 1)[-1].split("\n\n")[1] if "## Headline" in report_md else ""
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ratio = _ratio(cells[3]) if len(cells) >= 4 else None
+        if ratio is not None:
+            out[cells[0]] = ratio
+    return out
+
+
+def _ratio(cell: str) -> float | None:
+    try:
+        return float(cell.strip().removesuffix("x"))
+    except ValueError:
+        return None
+
+
+def moved(before: dict[str, float], r: dict, limit: float = 0.2) -> list[str]:
+    """The headline figures whose ratio moved more than ``limit`` since the earlier report ``before``."""
+    out = []
+    for row in headline(r):
+        old, new = before.get(row[0]), _ratio(row[3])
+        if old and new is not None and abs(new - old) / old > limit:
+            out.append(f"{row[0]}: {old:.3g}x → {new:.3g}x ({(new - old) / old:+.0%})")
+    return out
+
+
+def render(r: dict, mode: str, seconds: float, before: dict[str, float] | None = None) -> str:
+    """The report; ``before``: the previous report's headline ratios, to say which moved more than 20%."""
     m = r["machine"]
     head = (f"# cas benchmarks\n\nMode: {mode}, {seconds:.0f} s. Machine: {m['cpus']} CPUs ({m['cpu']}), "
             f"{m['memory_gb']} GB, Python {m['python']}, {m['platform']}. Reproduce: `python -m benchmarks"
             f"{' --quick' if mode == 'quick' else ''}`. Every ratio is against a baseline measured in the same run; "
             "timings are medians of several runs (min / median / max where shown).\n\n## Headline\n\n")  # fmt: skip
     body = head + _table(("measure", "cas", "baseline", "ratio", "goal"), headline(r))
+    if before:
+        changes = moved(before, r)
+        body += ("\n\nMoved more than 20% since the previous report:\n\n" + "\n".join(f"- {c}" for c in changes)
+                 if changes else "\n\nNo headline ratio moved more than 20% since the previous report.")  # fmt: skip
     for name, error in r.get("failed", {}).items():
         body += f"\n\n**Scenario {name} failed:** {error}"
     if not r.get("plots"):
