@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import shutil
 import stat
-import threading
-import warnings
-from pathlib import Path
+from _thread import allocate_lock, get_ident
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# re, shutil (with zlib, bz2 and lzma), threading and warnings are imported where used: a service's
+# warm path imports this module and needs none of them.
 _counter = 0
-_TEMP = re.compile(r"(\d+)-[0-9a-f]+-\d+-[0-9a-f]{6}$")
-_counter_lock = threading.Lock()
+_TEMP = r"(\d+)-[0-9a-f]+-\d+-[0-9a-f]{6}$"
+_counter_lock = allocate_lock()
 
 
 def temp_name(prefix: str = "") -> str:
@@ -34,12 +36,14 @@ def temp_name(prefix: str = "") -> str:
     with _counter_lock:
         _counter += 1
         n = _counter
-    return f"{prefix}{os.getpid()}-{threading.get_ident() & 0xFFFFFF:x}-{n}-{os.urandom(3).hex()}"
+    return f"{prefix}{os.getpid()}-{get_ident() & 0xFFFFFF:x}-{n}-{os.urandom(3).hex()}"
 
 
 def pid_of_temp(name: str) -> int | None:
     """The pid embedded in a temp_name, or None for other names."""
-    m = _TEMP.search(name)
+    import re
+
+    m = re.search(_TEMP, name)
     return int(m.group(1)) if m else None
 
 
@@ -172,9 +176,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
     except OSError as e:
         why = _why_no_link(e, src)
         if why not in _COPY_WARNED:
+            import warnings
+
             _COPY_WARNED.add(why)
-            warnings.warn(f"cas: cannot hardlink {src} into {dst.parent}: {why}; snapshot files are copied "
+            warnings.warn(f"cas: cannot hardlink {src} into {os.path.dirname(dst)}: {why}; snapshot files are copied "
                           "instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
+    import shutil
+
     shutil.copyfile(src, dst)
     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
 
@@ -220,7 +228,9 @@ def remove_tree(path: Path, *, move_aside: bool = True) -> bool:
     except PermissionError:
         if not move_aside:
             raise
-        os.rename(path, path.parent / temp_name(TRASH))
+        os.rename(path, os.path.join(os.path.dirname(path), temp_name(TRASH)))
         return False
+    import shutil
+
     shutil.rmtree(path, ignore_errors=False)
     return True

@@ -9,36 +9,43 @@ pushed to), which is what lets gc evict it: it can come back.
 
 from __future__ import annotations
 
-import datetime as _dt
-from typing import Any, NamedTuple
-
-import msgpack
+from collections import namedtuple
 
 from . import tags
-from .digest import DIGEST_SIZE
 from .errors import InvalidInput, InvalidManifest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime as _dt
+    from typing import Any
 
 FORMAT = 1
 MAX_REF_BYTES = 1 << 20
 MAX_REMOTES = 64
+DIGEST_SIZE = 32  # cas.digest's; not imported from there, which would load blake3 on a service's warm path
 _MAX_DEPTH = 16
 
+_Fields = namedtuple("ModelInfo", ("name", "version", "root", "created", "size", "file_count", "labels", "metadata"),
+                     defaults=({}, {}))  # fmt: skip
 
-class ModelInfo(NamedTuple):
+
+class ModelInfo(_Fields):
     """One stored model version, as recorded by its ref.
 
-    A NamedTuple: immutable, and the cheapest object to build, which matters
-    because one is built on every descriptor's first access.
+    A named tuple (collections', not typing's, which costs 2 ms to import):
+    immutable, and the cheapest object to build, which matters because one
+    is built on every descriptor's first access.
     """
 
+    __slots__ = ()
     name: str
     version: str
     root: str  # hex BLAKE3 of the tree
     created: float  # seconds since the epoch
     size: int
     file_count: int
-    labels: dict[str, str] = {}  # noqa: RUF012 - never mutated; a fresh dict is passed when set
-    metadata: dict[str, Any] = {}  # noqa: RUF012
+    labels: dict[str, str]  # default {}: never mutated; a fresh dict is passed when set
+    metadata: dict[str, Any]
 
     def __repr__(self) -> str:
         return f"ModelInfo(tag={self.tag!r}, root={self.root[:12]!r}, size={self.size}, files={self.file_count})"
@@ -63,10 +70,14 @@ class ModelInfo(NamedTuple):
 
     @property
     def creation_time(self) -> _dt.datetime:
+        import datetime as _dt
+
         return _dt.datetime.fromtimestamp(self.created, _dt.timezone.utc)
 
     def encode(self, remotes: list[str] | None = None) -> bytes:
         """The ref record; ``remotes`` only in a local cache (a repository's refs never carry them)."""
+        import msgpack
+
         extra = {"remotes": remotes[-MAX_REMOTES:]} if remotes else {}
         return msgpack.packb(
             {
@@ -94,10 +105,7 @@ def decode(data: bytes, *, name: str | None = None, version: str | None = None) 
     """Decode a ref record, checking its fields and, if given, the tag it was stored under."""
     if len(data) > MAX_REF_BYTES:
         raise InvalidManifest(f"ref record is {len(data)} bytes, more than {MAX_REF_BYTES}")
-    try:
-        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:
-        raise InvalidManifest(f"ref record is not valid msgpack ({type(e).__name__}: {e})") from None
+    doc = _unpack(data)
     try:
         if doc["format"] != FORMAT:
             raise InvalidManifest(f"ref record has unknown format {doc['format']!r}")
@@ -137,12 +145,105 @@ def remotes_of(data: bytes) -> list[str]:
     """The repositories a local ref record says hold its version; none for a malformed field (it only
     makes the version look stored here alone, which gc never evicts)."""
     try:
-        remotes = msgpack.unpackb(data, raw=False).get("remotes", [])
-    except Exception:
+        remotes = _unpack(data).get("remotes", [])
+    except (InvalidManifest, AttributeError):
         return []
     if not isinstance(remotes, list) or not all(isinstance(r, str) for r in remotes):
         return []
     return remotes
+
+
+def _unpack(data: bytes) -> Any:
+    """The msgpack document of a ref record (``msgpack.unpackb(raw=False, strict_map_key=True)``).
+
+    A ref is read on every service's first access, and importing msgpack (with the datetime module
+    its extension types load) costs about 2.5 ms, many times the decoding of a 200-byte map: the
+    types a ref holds are decoded here, and anything else (extension types, a malformed document)
+    goes to msgpack, which decides and words the error."""
+    try:
+        doc, end = _read(data, 0)
+        if end == len(data):
+            return doc
+    except Exception:  # noqa: BLE001, S110 - msgpack decides below
+        pass
+    import msgpack
+
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:
+        raise InvalidManifest(f"ref record is not valid msgpack ({type(e).__name__}: {e})") from None
+
+
+_FIXED = {0xC0: None, 0xC2: False, 0xC3: True}
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_INT = {0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_STR = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_ARRAY = {0xDC: 2, 0xDD: 4}
+_MAP = {0xDE: 2, 0xDF: 4}
+
+
+def _read(data: bytes, i: int) -> tuple[Any, int]:
+    """One msgpack value at ``data[i:]`` and where it ends; raises on anything ``_unpack`` leaves to msgpack."""
+    b = data[i]
+    i += 1
+    if b <= 0x7F:
+        return b, i
+    if b >= 0xE0:
+        return b - 0x100, i
+    if 0xA0 <= b <= 0xBF:
+        return _text(data, i, b & 0x1F)
+    if 0x90 <= b <= 0x9F:
+        return _array(data, i, b & 0x0F)
+    if 0x80 <= b <= 0x8F:
+        return _map(data, i, b & 0x0F)
+    if b in _FIXED:
+        return _FIXED[b], i
+    if b == 0xCB or b == 0xCA:
+        import struct
+
+        n = 8 if b == 0xCB else 4
+        if i + n > len(data):
+            raise ValueError("truncated")
+        return struct.unpack_from(">d" if n == 8 else ">f", data, i)[0], i + n
+    for table, decode in ((_UINT, None), (_INT, None), (_STR, _text), (_BIN, _bytes), (_ARRAY, _array), (_MAP, _map)):
+        n = table.get(b)
+        if n is None:
+            continue
+        if i + n > len(data):
+            raise ValueError("truncated")
+        value = int.from_bytes(data[i : i + n], "big", signed=table is _INT)
+        return (value, i + n) if decode is None else decode(data, i + n, value)
+    raise ValueError(f"type byte {b:#x} is left to msgpack")
+
+
+def _bytes(data: bytes, i: int, n: int) -> tuple[bytes, int]:
+    if i + n > len(data):
+        raise ValueError("truncated")
+    return data[i : i + n], i + n
+
+
+def _text(data: bytes, i: int, n: int) -> tuple[str, int]:
+    raw, i = _bytes(data, i, n)
+    return raw.decode("utf-8"), i
+
+
+def _array(data: bytes, i: int, n: int) -> tuple[list[Any], int]:
+    out = []
+    for _ in range(n):
+        value, i = _read(data, i)
+        out.append(value)
+    return out, i
+
+
+def _map(data: bytes, i: int, n: int) -> tuple[dict[Any, Any], int]:
+    out = {}
+    for _ in range(n):
+        key, i = _read(data, i)
+        if type(key) is not str:  # strict_map_key allows bytes keys too: msgpack decides those
+            raise ValueError("a map key that is not a string")
+        out[key], i = _read(data, i)
+    return out, i
 
 
 def check_labels(labels: dict[str, str] | None) -> dict[str, str]:

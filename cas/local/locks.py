@@ -15,10 +15,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 from ..errors import CacheBusy
 from ..fsutil import make_dirs, open_shared
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 DEFAULT_TIMEOUT = 600.0
 POLL = 0.02  # seconds between attempts on a held lock

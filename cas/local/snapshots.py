@@ -18,9 +18,12 @@ from pathlib import Path
 from ..errors import CasError, CorruptObject
 from ..fsutil import fsync_dir, link_or_copy, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo
-from ..tree import Tree
 from . import leases
 from .objects import ObjectStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..tree import Tree
 
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
 
