@@ -167,20 +167,27 @@ def publish(tmp: Path, path: Path) -> bool:
 _COPY_WARNED: set[str] = set()  # reasons already given in this process
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """Hardlink ``src`` at ``dst``; where the system refuses the link (another filesystem, another user's
     file in a shared cache, a filesystem without hardlinks), copy it and warn once."""
     try:
         os.link(src, dst)
-        return
     except OSError as e:
-        why = _why_no_link(e, src)
+        copy_instead(src, dst, e)
+
+
+def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = None) -> None:
+    """Copy ``src`` to ``dst`` (with its mode) because a hardlink was refused with ``refused``: warns once per
+    reason, and re-raises ``refused`` when a copy would not get around it.  ``refused`` None: a later file
+    of the same kind, whose link is not tried again."""
+    if refused is not None:
+        why = _why_no_link(refused, src)
         if why not in _COPY_WARNED:
             import warnings
 
             _COPY_WARNED.add(why)
             warnings.warn(f"cas: cannot hardlink {src} into {os.path.dirname(dst)}: {why}; snapshot files are copied "
-                          "instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
+                          "instead, and take extra disk space", RuntimeWarning, stacklevel=4)  # fmt: skip
     import shutil
 
     shutil.copyfile(src, dst)

@@ -35,6 +35,11 @@ class ObjectStore:
         return Path(self._root)
 
     @property
+    def blobs_dir(self) -> str:
+        """``blobs/`` as a plain string, for loops over many files."""
+        return self._root + "/blobs"
+
+    @property
     def tmp(self) -> Path:
         return Path(self._root, "tmp")
 
