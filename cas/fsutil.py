@@ -182,10 +182,12 @@ def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = Non
     of the same kind, whose link is not tried again."""
     if refused is not None:
         why = _why_no_link(refused, src)
-        if why not in _COPY_WARNED:
+        with _counter_lock:  # snapshots are linked by two threads: still one warning
+            first = why not in _COPY_WARNED
+            _COPY_WARNED.add(why)
+        if first:
             import warnings
 
-            _COPY_WARNED.add(why)
             warnings.warn(f"cas: cannot hardlink {src} into {os.path.dirname(dst)}: {why}; snapshot files are copied "
                           "instead, and take extra disk space", RuntimeWarning, stacklevel=4)  # fmt: skip
     import shutil

@@ -25,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..tree import Tree
 
+PARALLEL_LINKS = 2000  # files from which a snapshot is linked by two threads
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
 
 
@@ -75,30 +76,47 @@ class Snapshots:
 
         Per file, one ``link`` on plain strings and nothing else (a model can hold tens of thousands of small
         files): each directory is made once, in tree order, the blob's presence is learnt from the link
-        itself, and the directories are made read-only in one pass at the end."""
+        itself, and the directories are made read-only in one pass at the end.  A large tree is linked by
+        two threads, each over one half of the (sorted) paths: ``link`` waits on the kernel without the GIL,
+        and the halves mostly fill different directories, so they rarely wait on one directory's lock."""
         blobs = self._objects.blobs_dir
         made = {""}
         dirs = [stage]
+        pairs = []
         for f in tree.files:
             h = f.file_id.hex()
-            src = f"{blobs}/{h[:2]}/{h}.x" if f.executable else f"{blobs}/{h[:2]}/{h}"
             parent = f.path.rpartition("/")[0]
             if parent not in made:
                 self._make_parents(stage, parent, made, dirs)
-            dst = f"{stage}/{f.path}"
+            src = f"{blobs}/{h[:2]}/{h}.x" if f.executable else f"{blobs}/{h[:2]}/{h}"
+            pairs.append((src, f"{stage}/{f.path}", f.path))
+        if len(pairs) >= PARALLEL_LINKS and (os.cpu_count() or 1) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            half = len(pairs) // 2
+            with ThreadPoolExecutor(2) as pool:
+                done = [pool.submit(self._link_all, info, pairs[:half]), pool.submit(self._link_all, info, pairs[half:])]
+                for d in done:
+                    d.result()  # the first failure is raised; the caller removes the stage
+        else:
+            self._link_all(info, pairs)
+        for d in reversed(dirs):  # deepest first
+            os.chmod(d, 0o555)
+
+    def _link_all(self, info: ModelInfo, pairs: list[tuple[str, str, str]]) -> None:
+        """Hardlink each blob at its place in the stage (blob, destination, path in the tree)."""
+        for src, dst, path in pairs:
             try:
                 os.link(src, dst)
             except FileNotFoundError:
                 if os.path.exists(src):
                     raise
                 raise CorruptObject(
-                    f"{info.tag}: blob {os.path.basename(src)} for {f.path!r} is missing from {self._objects.root}; "
+                    f"{info.tag}: blob {os.path.basename(src)} for {path!r} is missing from {self._objects.root}; "
                     f"run 'cas verify' and add or pull {info.tag} again"
                 ) from None
             except OSError as e:  # another filesystem, another user's blob: copied, with one warning per reason
                 copy_instead(src, dst, e)
-        for d in reversed(dirs):  # deepest first
-            os.chmod(d, 0o555)
 
     @staticmethod
     def _make_parents(stage: str, parent: str, made: set[str], dirs: list[str]) -> None:
