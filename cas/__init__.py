@@ -37,13 +37,13 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .archive import ArchiveStats, Source
+    from .download import PullEstimate, PullStats
     from .local.gc import GcReport
     from .local.space import SpaceReport
     from .local.verify import VerifyReport
     from .prune import PruneReport
-    from .download import PullEstimate, PullStats
-    from .upload import PushStats
     from .repo.check import RepoReport
+    from .upload import PushStats
 
 __all__ = [
     "ArchiveStats",

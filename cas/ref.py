@@ -165,7 +165,7 @@ def _unpack(data: bytes) -> Any:
         doc, end = _read(data, 0)
         if end == len(data):
             return doc
-    except Exception:  # noqa: BLE001, S110 - msgpack decides below
+    except Exception:  # anything this reader does not handle: msgpack decides below
         pass
     import msgpack
 

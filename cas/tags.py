@@ -24,6 +24,7 @@ _INNER = _ENDS | frozenset("._-")
 def _well_formed(part: str) -> bool:
     return bool(part) and part[0] in _ENDS and part[-1] in _ENDS and _INNER.issuperset(part)
 
+
 # Crockford's base32 alphabet, lower case: its characters sort in ASCII in
 # the same order as their values, so fixed-width numbers sort as strings.
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"

@@ -95,7 +95,10 @@ class Snapshots:
 
             half = len(pairs) // 2
             with ThreadPoolExecutor(2) as pool:
-                done = [pool.submit(self._link_all, info, pairs[:half]), pool.submit(self._link_all, info, pairs[half:])]
+                done = [
+                    pool.submit(self._link_all, info, pairs[:half]),
+                    pool.submit(self._link_all, info, pairs[half:]),
+                ]
                 for d in done:
                     d.result()  # the first failure is raised; the caller removes the stage
         else:
