@@ -11,8 +11,6 @@ or not; the ``a...`` variants are for async code.
 from __future__ import annotations
 
 import os
-import warnings
-from typing import TYPE_CHECKING
 
 from . import tags
 from .errors import CacheBusy, CacheNotWritable, CasError, NotFound
@@ -20,6 +18,7 @@ from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 
+TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
     from .archive import ArchiveStats, Source
     from .download import PullEstimate, PullStats
@@ -84,10 +83,14 @@ class Cache(LocalCache):
         except CacheBusy:
             return
         except (CasError, OSError) as e:
+            import warnings
+
             warnings.warn(f"cas: could not keep the cache at {self.root} to its size budget: {e}", stacklevel=3)
             return
         if report.over_budget:
             kept = "; ".join(f"{k.tag}: {k.reason}" for k in report.kept[:5]) or "nothing else can be evicted"
+            import warnings
+
             from .local.space import format_size
 
             warnings.warn(f"cas: the cache at {self.root} takes {format_size(report.size_after)}, over its budget of "
@@ -197,5 +200,7 @@ class Cache(LocalCache):
             info = self.get(t)
         except NotFound:
             raise type(error)(f"could not pull {t} from {url}: {error}") from None
+        import warnings
+
         warnings.warn(f"cas: could not refresh {t} from {url} ({error}); using {info.tag}", stacklevel=2)
         return info

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import shutil
 import stat
-import threading
-import warnings
-from pathlib import Path
+from _thread import allocate_lock, get_ident
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# re, shutil (with zlib, bz2 and lzma), threading and warnings are imported where used: a service's
+# warm path imports this module and needs none of them.
 _counter = 0
-_TEMP = re.compile(r"(\d+)-[0-9a-f]+-\d+-[0-9a-f]{6}$")
-_counter_lock = threading.Lock()
+_TEMP = r"(\d+)-[0-9a-f]+-\d+-[0-9a-f]{6}$"
+_counter_lock = allocate_lock()
 
 
 def temp_name(prefix: str = "") -> str:
@@ -34,12 +36,14 @@ def temp_name(prefix: str = "") -> str:
     with _counter_lock:
         _counter += 1
         n = _counter
-    return f"{prefix}{os.getpid()}-{threading.get_ident() & 0xFFFFFF:x}-{n}-{os.urandom(3).hex()}"
+    return f"{prefix}{os.getpid()}-{get_ident() & 0xFFFFFF:x}-{n}-{os.urandom(3).hex()}"
 
 
 def pid_of_temp(name: str) -> int | None:
     """The pid embedded in a temp_name, or None for other names."""
-    m = _TEMP.search(name)
+    import re
+
+    m = re.search(_TEMP, name)
     return int(m.group(1)) if m else None
 
 
@@ -163,18 +167,31 @@ def publish(tmp: Path, path: Path) -> bool:
 _COPY_WARNED: set[str] = set()  # reasons already given in this process
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """Hardlink ``src`` at ``dst``; where the system refuses the link (another filesystem, another user's
     file in a shared cache, a filesystem without hardlinks), copy it and warn once."""
     try:
         os.link(src, dst)
-        return
     except OSError as e:
-        why = _why_no_link(e, src)
-        if why not in _COPY_WARNED:
+        copy_instead(src, dst, e)
+
+
+def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = None) -> None:
+    """Copy ``src`` to ``dst`` (with its mode) because a hardlink was refused with ``refused``: warns once per
+    reason, and re-raises ``refused`` when a copy would not get around it.  ``refused`` None: a later file
+    of the same kind, whose link is not tried again."""
+    if refused is not None:
+        why = _why_no_link(refused, src)
+        with _counter_lock:  # snapshots are linked by two threads: still one warning
+            first = why not in _COPY_WARNED
             _COPY_WARNED.add(why)
-            warnings.warn(f"cas: cannot hardlink {src} into {dst.parent}: {why}; snapshot files are copied "
-                          "instead, and take extra disk space", RuntimeWarning, stacklevel=3)  # fmt: skip
+        if first:
+            import warnings
+
+            warnings.warn(f"cas: cannot hardlink {src} into {os.path.dirname(dst)}: {why}; snapshot files are copied "
+                          "instead, and take extra disk space", RuntimeWarning, stacklevel=4)  # fmt: skip
+    import shutil
+
     shutil.copyfile(src, dst)
     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
 
@@ -220,7 +237,9 @@ def remove_tree(path: Path, *, move_aside: bool = True) -> bool:
     except PermissionError:
         if not move_aside:
             raise
-        os.rename(path, path.parent / temp_name(TRASH))
+        os.rename(path, os.path.join(os.path.dirname(path), temp_name(TRASH)))
         return False
+    import shutil
+
     shutil.rmtree(path, ignore_errors=False)
     return True

@@ -23,13 +23,17 @@ that process's cache and repository.
 from __future__ import annotations
 
 import os
-import threading
-from pathlib import Path
-from typing import Any
+from _thread import allocate_lock
 
 from cas import Cache, CasError, ModelInfo, NotFound, default_cache
 from cas.tags import parse
-from cas.tree import check_path
+
+# Importing this module is part of every service's start: threading, typing, pathlib and cas.tree (blake3)
+# are not imported here (``_thread``'s lock is threading's), and nothing else is until a model is resolved.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 RESOLVE_ATTEMPTS = 3  # a version removed between resolving and leasing it is resolved again (then pulled)
 
@@ -71,6 +75,8 @@ class ResolvedModel:
 
     def path_of(self, relpath: str) -> Path:
         """The path of one file of the model; refuses paths that leave the model directory."""
+        from cas.tree import check_path
+
         try:
             check_path(relpath)
         except CasError as e:
@@ -115,7 +121,7 @@ class _Pending:
     __slots__ = ("_running", "error")
 
     def __init__(self) -> None:
-        self._running = threading.Lock()
+        self._running = allocate_lock()
         self._running.acquire()
         self.error: Exception | None = None
 
@@ -160,7 +166,7 @@ class Model:
     def _reset(self) -> None:
         self._resolved: ResolvedModel | None = None
         self._pending: _Pending | None = None
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._attr = name

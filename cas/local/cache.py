@@ -22,19 +22,21 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .. import ref, tags
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
-from ..tree import FileEntry, Tree, root_of
 from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
 
+TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
+    from typing import Any
+
+    from ..tree import FileEntry, Tree
     from .chunkindex import ChunkIndex
     from .gc import GcReport
     from .sources import Source
@@ -225,6 +227,7 @@ class LocalCache:
             remove_tree(staging)
 
     def _ingest_copy(self, s: Source, progress: Progress | None) -> FileEntry:
+        from ..tree import FileEntry
         from .ingest import digest_file
 
         make_dirs(self.objects.tmp)
@@ -237,6 +240,7 @@ class LocalCache:
         return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
     def _ingest_move(self, s: Source) -> FileEntry:
+        from ..tree import FileEntry
         from .ingest import digest_file
 
         d = digest_file(s.src)
@@ -247,6 +251,8 @@ class LocalCache:
 
     def _record(self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str],
                 metadata: dict[str, Any], created: float | None = None) -> ModelInfo:  # fmt: skip
+        from ..tree import Tree, root_of
+
         tree = Tree.build(entries)
         encoded = tree.encode()
         when = time.time() if created is None else created

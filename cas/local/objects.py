@@ -14,10 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..digest import hex_id
 from ..errors import NotFound
 from ..fsutil import publish, write_new
-from ..tree import FileEntry, Tree, decode
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # cas.tree and cas.digest load blake3: imported where used, off a service's warm path
+    from ..tree import FileEntry, Tree
 
 PULL_WORK = "pull"  # tmp/pull/<root>: the part files of pulls, kept across an interruption so the next one resumes
 
@@ -33,6 +35,11 @@ class ObjectStore:
         return Path(self._root)
 
     @property
+    def blobs_dir(self) -> str:
+        """``blobs/`` as a plain string, for loops over many files."""
+        return self._root + "/blobs"
+
+    @property
     def tmp(self) -> Path:
         return Path(self._root, "tmp")
 
@@ -41,7 +48,7 @@ class ObjectStore:
         return Path(self._root, "tmp", PULL_WORK)
 
     def blob_path(self, file_id: bytes, executable: bool) -> Path:
-        h = hex_id(file_id)
+        h = file_id.hex()
         return self.root / "blobs" / h[:2] / (h + ".x" if executable else h)
 
     def blob_of(self, entry: FileEntry) -> Path:
@@ -66,6 +73,8 @@ class ObjectStore:
             data = self.tree_path(root).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"tree {root} is missing from {self.root}") from None
+        from ..tree import decode
+
         return decode(data, root)
 
     def store_tree(self, root: str, encoded: bytes) -> None:

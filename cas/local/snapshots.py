@@ -16,12 +16,16 @@ import os
 from pathlib import Path
 
 from ..errors import CasError, CorruptObject
-from ..fsutil import fsync_dir, link_or_copy, make_dirs, remove_tree, temp_name
+from ..fsutil import copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo
-from ..tree import Tree
 from . import leases
 from .objects import ObjectStore
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..tree import Tree
+
+PARALLEL_LINKS = 2000  # files from which a snapshot is linked by two threads
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
 
 
@@ -49,15 +53,15 @@ class Snapshots:
 
     def build(self, info: ModelInfo, tree: Tree) -> None:
         """Build the snapshot of ``tree`` from its blobs; a snapshot another process finished first stands."""
-        snap = self.path(info.root)
-        stage = self.dir / temp_name(STAGING)
+        snap = f"{self._dir}/{info.root}"
+        stage = f"{self._dir}/{temp_name(STAGING)}"
         make_dirs(stage)
         try:
             self._fill(info, tree, stage)
             os.rename(stage, snap)
         except OSError as e:
             remove_tree(stage)
-            if snap.is_dir():  # another process without our lock won the race
+            if os.path.isdir(snap):  # another process without our lock won the race
                 return
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # the caller says "not writable", naming the cache
@@ -65,25 +69,69 @@ class Snapshots:
         except BaseException:
             remove_tree(stage)
             raise
-        fsync_dir(self.dir)
+        fsync_dir(self._dir)
 
-    def _fill(self, info: ModelInfo, tree: Tree, stage: Path) -> None:
-        dirs = {stage}
+    def _fill(self, info: ModelInfo, tree: Tree, stage: str) -> None:
+        """Link every file of ``tree`` into ``stage``, then make its directories read-only.
+
+        Per file, one ``link`` on plain strings and nothing else (a model can hold tens of thousands of small
+        files): each directory is made once, in tree order, the blob's presence is learnt from the link
+        itself, and the directories are made read-only in one pass at the end.  A large tree is linked by
+        two threads, each over one half of the (sorted) paths: ``link`` waits on the kernel without the GIL,
+        and the halves mostly fill different directories, so they rarely wait on one directory's lock."""
+        blobs = self._objects.blobs_dir
+        made = {""}
+        dirs = [stage]
+        pairs = []
         for f in tree.files:
-            blob = self._objects.blob_of(f)
-            if not blob.exists():
+            h = f.file_id.hex()
+            parent = f.path.rpartition("/")[0]
+            if parent not in made:
+                self._make_parents(stage, parent, made, dirs)
+            src = f"{blobs}/{h[:2]}/{h}.x" if f.executable else f"{blobs}/{h[:2]}/{h}"
+            pairs.append((src, f"{stage}/{f.path}", f.path))
+        if len(pairs) >= PARALLEL_LINKS and (os.cpu_count() or 1) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            half = len(pairs) // 2
+            with ThreadPoolExecutor(2) as pool:
+                done = [
+                    pool.submit(self._link_all, info, pairs[:half]),
+                    pool.submit(self._link_all, info, pairs[half:]),
+                ]
+                for d in done:
+                    d.result()  # the first failure is raised; the caller removes the stage
+        else:
+            self._link_all(info, pairs)
+        for d in reversed(dirs):  # deepest first
+            os.chmod(d, 0o555)
+
+    def _link_all(self, info: ModelInfo, pairs: list[tuple[str, str, str]]) -> None:
+        """Hardlink each blob at its place in the stage (blob, destination, path in the tree)."""
+        for src, dst, path in pairs:
+            try:
+                os.link(src, dst)
+            except FileNotFoundError:
+                if os.path.exists(src):
+                    raise
                 raise CorruptObject(
-                    f"{info.tag}: blob {blob.name} for {f.path!r} is missing from {self._objects.root}; "
+                    f"{info.tag}: blob {os.path.basename(src)} for {path!r} is missing from {self._objects.root}; "
                     f"run 'cas verify' and add or pull {info.tag} again"
-                )
-            dest = stage / f.path
-            if dest.parent not in dirs:
-                make_dirs(dest.parent)
-                dirs.update(dest.parents)
-            link_or_copy(blob, dest)
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            if d.is_relative_to(stage):
-                os.chmod(d, 0o555)
+                ) from None
+            except OSError as e:  # another filesystem, another user's blob: copied, with one warning per reason
+                copy_instead(src, dst, e)
+
+    @staticmethod
+    def _make_parents(stage: str, parent: str, made: set[str], dirs: list[str]) -> None:
+        """Make ``stage/parent`` and its missing ancestors, recording each in ``made`` and ``dirs``."""
+        missing = []
+        while parent not in made:
+            missing.append(parent)
+            parent = parent.rpartition("/")[0]
+        for d in reversed(missing):
+            os.mkdir(f"{stage}/{d}")
+            made.add(d)
+            dirs.append(f"{stage}/{d}")
 
     def remove(self, root: str, *, mine_count: bool = False) -> bool:
         """Remove a snapshot no process has leased; False when one has (its hardlinks keep its bytes).
