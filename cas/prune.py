@@ -75,7 +75,6 @@ from typing import NamedTuple
 
 from . import codec, tags
 from .errors import CasError, InvalidInput, NotFound, RepoError
-from .upload import PackWriter
 from .ref import ModelInfo
 from .repo.format import (
     IndexEntry,
@@ -94,6 +93,7 @@ from .repo.marks import Marks
 from .repo.marks import decode as decode_marks
 from .repo.marks import encode as encode_marks
 from .repo.repository import Repository, remote_url, run_with_repository
+from .upload import PackWriter
 
 GRACE = 86_400.0  # a day, in seconds
 MAX_UNUSED = 0.10  # a pack with more dead bytes than this fraction is repacked

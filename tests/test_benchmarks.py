@@ -45,8 +45,12 @@ def test_unknown_scenarios_are_refused(tmp_path):
 def test_a_second_run_says_which_headline_ratios_moved_more_than_20_percent(tmp_path):
     from benchmarks import report
 
-    racing = {"counts": {4: {"pack_bytes": 130, "seconds": 1.0}}, "pack_bytes_one_pull": 100, "pack_bytes_pushed": 100,
-              "model_bytes": 100}
+    racing = {
+        "counts": {4: {"pack_bytes": 130, "seconds": 1.0}},
+        "pack_bytes_one_pull": 100,
+        "pack_bytes_pushed": 100,
+        "model_bytes": 100,
+    }
     first = report.render({"machine": report.machine(), "racing": racing}, "full", 1.0)
     assert report.previous_ratios(first) == {"4 processes racing on a cold model: bytes fetched": 1.3}
     racing["counts"][4]["pack_bytes"] = 100  # 1.30x -> 1.00x: moved 23%

@@ -214,7 +214,8 @@ def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_pat
     # The descriptor's pull fits the budget too; a budget smaller than the model keeps the model, and says so.
     env = {**env, "CAS_MAX_SIZE": "1", "CAS_REMOTE": repo}
     service = subprocess.Popen([sys.executable, "-c", HOLD, str(home), "m3:v1"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env=env)  # fmt: skip
     path = Path(service.stdout.readline().strip())
     service.stdin.close()
     assert service.wait(timeout=60) == 0
@@ -229,8 +230,8 @@ def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_pat
 def test_a_budget_that_is_not_a_size_is_one_clear_line(tmp_path):
     out = cas_cli("gc", "--max-size", "lots", home=tmp_path / "home", check=False)
     assert out.returncode == 1
-    assert out.stderr.strip() == ("cas: error: max_size 'lots' is not a size: give bytes, or a number with K, M, G or T "
-                                  "(powers of 1000; KiB, MiB, GiB, TiB for powers of 1024), such as 20G")  # fmt: skip
+    assert out.stderr.strip() == ("cas: error: max_size 'lots' is not a size: give bytes, or a number with K, M, G "
+                                  "or T (powers of 1000; KiB, MiB, GiB, TiB for powers of 1024), such as 20G")  # fmt: skip
     with pytest.raises(InvalidInput, match="CAS_MAX_SIZE '-1' is not a size"):
         os.environ["CAS_MAX_SIZE"] = "-1"
         try:
@@ -284,7 +285,7 @@ def _blob(cache: Cache, tag: str, path: str) -> Path:
 def test_pull_dry_run_says_what_a_pull_would_fetch_and_fetches_nothing(tmp_path, repo, server, proxy, token):
     from .conftest import stats
 
-    url, folder = server
+    url, _ = server
     src = Cache(tmp_path / "src")
     base = tmp_path / "m1"
     changed = tmp_path / "changed"

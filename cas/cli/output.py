@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cache import Cache
 from ..errors import InvalidInput
-from ..local.space import format_size as size
+from ..local.space import format_size
 from ..ref import ModelInfo
 
 PROGRESS_MIN_BYTES = 32 << 20
@@ -55,6 +55,9 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+size = format_size  # bytes for people: what every command prints
 
 
 def when(seconds: float) -> str:

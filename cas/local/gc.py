@@ -100,7 +100,7 @@ class Collector:
         for root in found.snapshots:
             path = self.snapshots.path(root)
             held = disk_usage(path, seen)
-            if self.dry_run and not self.snapshots.in_use(root) or not self.dry_run and self.snapshots.remove(root):
+            if (self.dry_run and not self.snapshots.in_use(root)) or (not self.dry_run and self.snapshots.remove(root)):
                 self.removed.append(str(path))
                 freed += held
         for path in found.paths:

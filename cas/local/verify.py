@@ -206,4 +206,3 @@ class Verifier:
                 return
             self.report.repaired.append(f"removed orphan {p}")
         self.report.orphaned.append(str(p))
-

@@ -136,7 +136,8 @@ def test_kill_gc_midway(tmp_path, crowded, gc_span, trial):
     cache = Cache(home)
     models = crowded.parent / "models"
     for info in cache.list():  # what is still listed is whole
-        assert tree_files(cache.materialize(info)) == tree_files(models / ("0" if info.name == "mine" else info.version[1:]))
+        folder = models / ("0" if info.name == "mine" else info.version[1:])
+        assert tree_files(cache.materialize(info)) == tree_files(folder)
     report = cache.gc(0)
     assert sorted(i.tag for i in cache.list()) == ["m0:v0", "mine:v1"]  # mine:v1 is stored here only; m0:v0 is its twin
     assert sorted(k.tag for k in report.kept) == ["m0:v0", "mine:v1"]
