@@ -230,8 +230,9 @@ def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_pat
 def test_a_budget_that_is_not_a_size_is_one_clear_line(tmp_path):
     out = cas_cli("gc", "--max-size", "lots", home=tmp_path / "home", check=False)
     assert out.returncode == 1
-    assert out.stderr.strip() == ("cas: error: max_size 'lots' is not a size: give bytes, or a number with K, M, G "
-                                  "or T (powers of 1000; KiB, MiB, GiB, TiB for powers of 1024), such as 20G")  # fmt: skip
+    expected = ("cas: error: max_size 'lots' is not a size: give bytes, or a number with K, M, G or T (powers of "
+                "1000; KiB, MiB, GiB, TiB for powers of 1024), such as 20G")  # fmt: skip
+    assert out.stderr.strip() == expected
     with pytest.raises(InvalidInput, match="CAS_MAX_SIZE '-1' is not a size"):
         os.environ["CAS_MAX_SIZE"] = "-1"
         try:

@@ -69,8 +69,9 @@ def _estimate(args: argparse.Namespace) -> None:
                     "bytes_reused": e.bytes_reused, "bytes_present": e.bytes_present})  # fmt: skip
         return
     requests = f"{e.requests} range request{'' if e.requests == 1 else 's'}"
-    print(f"pulling {e.info.tag} ({size(e.info.size)}) would fetch {size(e.bytes_to_fetch)} in {requests}, reuse "
-          f"{size(e.bytes_reused)} from local files; {size(e.bytes_present)} of its files are here already")  # fmt: skip
+    reuse = f"reuse {size(e.bytes_reused)} from local files"
+    print(f"pulling {e.info.tag} ({size(e.info.size)}) would fetch {size(e.bytes_to_fetch)} in {requests}, {reuse}; "
+          f"{size(e.bytes_present)} of its files are here already")  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> None:
