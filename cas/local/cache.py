@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .verify import VerifyReport
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
+INGEST_THREADS = 4  # files stored at once by an add or create
 
 
 def default_root() -> Path:
@@ -233,19 +234,30 @@ class LocalCache:
         tmp_dir = os.path.join(self._root, "tmp")
         make_dirs(tmp_dir)
         durable = self.durable
-        entries: list[FileEntry] = []
         done: list[tuple[str, bytes, bool]] = []
         copies: list[str] = []
+
+        def one(s: Source) -> FileEntry:
+            if copy:
+                tmp = os.path.join(tmp_dir, temp_name("blob-"))
+                copies.append(tmp)
+                d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=False, durable=durable)
+            else:
+                d = digest_file(s.src, fsync=False)
+            done.append((tmp if copy else s.src, d.file_id, s.executable))
+            return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
+
         try:
-            for s in sources:
-                if copy:
-                    tmp = os.path.join(tmp_dir, temp_name("blob-"))
-                    copies.append(tmp)
-                    d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=False, durable=durable)
-                else:
-                    d = digest_file(s.src, fsync=False)
-                done.append((tmp if copy else s.src, d.file_id, s.executable))
-                entries.append(FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks))
+            if len(sources) < 2:
+                entries = [one(s) for s in sources]
+            else:  # creating a file waits on the filesystem's journal: other files' hashing goes on meanwhile
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="cas-ingest")
+                try:
+                    entries = list(pool.map(one, sources))
+                finally:  # after a failure: the files not started are dropped, those running finish
+                    pool.shutdown(wait=True, cancel_futures=True)
             self.objects.store_blobs(done, durable)
         finally:
             for tmp in copies:
