@@ -243,7 +243,7 @@ class LocalCache:
                 copies.append(tmp)
                 d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=False, durable=durable)
             else:
-                d = digest_file(s.src, fsync=False)
+                d = digest_file(s.src, fsync=False, durable=durable)
             done.append((tmp if copy else s.src, d.file_id, s.executable))
             return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 

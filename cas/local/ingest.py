@@ -161,9 +161,11 @@ class _Reader:
     Each block read is also handed to a second thread that hashes the whole file (blake3 releases the
     GIL, as does the chunker), so the two cores overlap chunking with hashing while the kernel copies."""
 
-    def __init__(self, fd: int, copier: _Copier | None, progress: Callable[[int], None] | None):
+    def __init__(self, fd: int, copier: _Copier | None, progress: Callable[[int], None] | None, writeback: bool):
         self.fd, self.copier, self.progress = fd, copier, progress
         self.size = 0
+        self._writeback = writeback  # start writing the file to disk behind the reading (a file moved in)
+        self._flushed = 0
         self.hasher = blake3()
         self._error: BaseException | None = None
         self._queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_BLOCKS)
@@ -182,6 +184,9 @@ class _Reader:
                 raise self._error
             self._queue.put(bytes(buf[:n]))  # the chunker reuses its buffer: hand over a copy
             self.size += n
+            if self._writeback and self.size - self._flushed >= _SEGMENT:
+                start_writeback(self.fd, self._flushed, self.size - self._flushed)
+                self._flushed = self.size
             if self.progress:
                 self.progress(n)
         return n
@@ -211,7 +216,7 @@ class _Reader:
 
 def _digest_large(src: int, dst: int, progress: Callable[[int], None] | None, durable: bool) -> Digested:
     copier = _Copier(src, dst, durable) if dst >= 0 else None
-    reader = _Reader(dst if dst >= 0 else src, copier, progress)
+    reader = _Reader(dst if dst >= 0 else src, copier, progress, durable and copier is None)
     try:
         records = [CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_stream(reader)]
         file_id = reader.finish()
