@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .verify import VerifyReport
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
-INGEST_THREADS = 4  # files stored at once by an add or create
 
 
 def default_root() -> Path:
@@ -248,16 +247,7 @@ class LocalCache:
             return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
         try:
-            if len(sources) < 2:
-                entries = [one(s) for s in sources]
-            else:  # creating a file waits on the filesystem's journal: other files' hashing goes on meanwhile
-                from concurrent.futures import ThreadPoolExecutor
-
-                pool = ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="cas-ingest")
-                try:
-                    entries = list(pool.map(one, sources))
-                finally:  # after a failure: the files not started are dropped, those running finish
-                    pool.shutdown(wait=True, cancel_futures=True)
+            entries = [one(s) for s in sources]
             self.objects.store_blobs(done, durable)
         finally:
             for tmp in copies:
