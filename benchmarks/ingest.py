@@ -173,9 +173,12 @@ def section(ing: dict) -> str:
         for k, label in names.items():
             if k in s:
                 v = s[k]
-                rows.append((f"{LABELS.get(shape, shape)} ({mb:.0f} MB, {s.get('files', 1):,} files)", label,
-                             f"{v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f} s", f"{mb / v['median']:.0f} MB/s"))
-        rows.append((f"{LABELS.get(shape, shape)}", "`cas add` peak memory", f"{s['cas_add_peak_rss_mb']:.0f} MB", "-"))
+                n = s.get("files", 1)
+                rows.append((f"{LABELS.get(shape, shape)} ({mb:.0f} MB, {n:,} file{'s' if n != 1 else ''})", label,
+                             f"{v['min']:.2f} / {v['median']:.2f} / {v['max']:.2f} s",
+                             f"{mb / v['median']:.0f} MB/s"))  # fmt: skip
+        peak = f"{s['cas_add_peak_rss_mb']:.0f} MB"
+        rows.append((LABELS.get(shape, shape), "`cas add` peak memory", peak, "-"))
     header = ("shape", "what", "min / median / max", "throughput (median)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
