@@ -79,11 +79,12 @@ def digest_file(
 def _digest_small(src: int, dst: int, size: int) -> Digested:
     """Read whole, written with one write, chunked and hashed in memory."""
     data = os.read(src, size + 1)
-    if len(data) > size:  # it grew since the stat: read the rest
+    if data:  # a read may return less than asked (some filesystems do): the end is an empty read
         parts = [data]
-        while block := os.read(src, 1 << 20):
+        while block := os.read(src, max(size + 1 - len(data), 1 << 16)):
             parts.append(block)
-        data = b"".join(parts)
+        if len(parts) > 1:
+            data = b"".join(parts)
     if dst >= 0:
         view = memoryview(data)
         done = 0
