@@ -243,7 +243,10 @@ class LocalCache:
                 d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=False, durable=durable)
             else:
                 d = digest_file(s.src, fsync=False, durable=durable)
-            done.append((tmp if copy else s.src, d.file_id, s.executable))
+            if copy and self.objects.has_blob(d.file_id, s.executable):
+                os.unlink(tmp)  # stored already: the copy goes now, not after the whole model
+            else:
+                done.append((tmp if copy else s.src, d.file_id, s.executable))
             return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
 
         try:

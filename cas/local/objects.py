@@ -48,6 +48,10 @@ class ObjectStore:
         """The blob holding one file of a tree."""
         return self.blob_path(entry.file_id, entry.executable)
 
+    def has_blob(self, file_id: bytes, executable: bool) -> bool:
+        h = hex_id(file_id)
+        return os.path.exists(os.path.join(self._root, "blobs", h[:2], h + ".x" if executable else h))
+
     def store_blob(self, src: Path, file_id: bytes, executable: bool) -> None:
         """Move ``src`` (fsynced already, where that matters) into place as the blob for ``file_id``; when
         that blob exists already, ``src`` is left for the caller to remove."""
