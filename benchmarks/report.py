@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, lifecycle
+from benchmarks import archive, fanout, ingest, lifecycle
 
 
 def machine() -> dict:
@@ -76,17 +76,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rep = lat["repeated"]
         rows.append(("repeated access", f"{rep['model_ns']:.1f} ns", f"plain attribute {rep['plain_ns']:.1f} ns",
                      f"{rep['model_ns'] / rep['plain_ns']:.2f}x", "≈ 1x"))  # fmt: skip
-    ing = r.get("ingest")
-    if ing:
-        mb = ing["bytes"] / 1e6
-        for ours, theirs, label, base in (
-            ("cas_add", "cp_sync", "durable", "`cp -r && sync`"),
-            ("cas_add_nosync", "cp", "`CAS_DURABLE=0`", "`cp -r`"),
-        ):
-            add, cp = ing[ours]["median"], ing[theirs]["median"]
-            rows.append((f"`cas add` {mb:.0f} MB, {label}", f"{mb / add:.0f} MB/s", f"{base} {mb / cp:.0f} MB/s",
-                         f"{cp / add:.2f}x", "≥ 0.8x"))  # fmt: skip
-        rows.append(("`cas add` peak memory", f"{ing['cas_add_peak_rss_mb']:.0f} MB", "-", "-", "< 300 MB"))
+    if r.get("ingest"):
+        rows += ingest.headline_rows(r["ingest"])
     pull = r.get("pull")
     if pull:
         n = 16 if 16 in pull["levels"] else max(pull["levels"])
@@ -199,21 +190,8 @@ def sections(r: dict) -> list[str]:
         out.append("## 1. Resolution latency\n\nHow long a service waits for its model path: the descriptor against "
                    "BentoML and huggingface_hub on the same files, each in a fresh process unless said.\n\n"
                    + _table(("case", "cas", "baseline"), rows))  # fmt: skip
-    ing = r.get("ingest")
-    if ing:
-        mb = ing["bytes"] / 1e6
-        names = {
-            "cp": "`cp -r`",
-            "cp_sync": "`cp -r && sync`",
-            "cas_add": "`cas add` (durable)",
-            "cas_add_nosync": "`cas add` with `CAS_DURABLE=0`",
-            "api_add": "`Cache.add` in-process (durable)",
-        }
-        rows = [(label, f"{mb / ing[k]['median']:.0f} MB/s") for k, label in names.items()]  # fmt: skip
-        rows.append(("cache.create (store from staging)", f"{mb / ing['api_create_store']['median']:.0f} MB/s"))
-        rows.append(("cas add peak memory", f"{ing['cas_add_peak_rss_mb']:.0f} MB"))
-        out.append(f"## 2. Ingest\n\nStoring a {mb:.0f} MB model: `cas add` reads, chunks and hashes every byte, "
-                   "`cp -r` copies inside the kernel.\n\n" + _table(("what", "throughput"), rows))  # fmt: skip
+    if r.get("ingest"):
+        out.append(ingest.section(r["ingest"]))
     pull = r.get("pull")
     if pull:
         mb = pull["model_bytes"] / 1e6

@@ -486,3 +486,36 @@ def test_a_cache_inside_a_world_writable_folder_is_not_made_world_writable(tmp_p
         for d in dirs:
             mode = os.stat(os.path.join(dirpath, d)).st_mode
             assert not mode & (stat.S_IWOTH | stat.S_ISVTX), f"{dirpath}/{d} is {stat.filemode(mode)}"
+
+
+# -- one pass over a file (cas.local.ingest): the kernel's copy, read back, chunked and hashed --------------
+
+
+def _expected(data: bytes) -> tuple[bytes, bytes]:
+    from cas.chunking import chunk_bytes
+    from cas.digest import chunk_id
+    from cas.tree import CHUNK_RECORD
+
+    return blake3(data).digest(), b"".join(CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_bytes(data))
+
+
+@pytest.mark.parametrize("size", [0, 1, 70_000, (8 << 20) - 1, 8 << 20, (8 << 20) + 123_457, 37 << 20])
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_digest_file_copies_exactly_what_it_hashes_and_chunks(tmp_path, monkeypatch, size, kernel_copy):
+    from cas.local import ingest
+
+    if not kernel_copy:  # a filesystem or kernel without copy_file_range: the copy falls back to pread/pwrite
+
+        def refuse(*args):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(ingest.os, "copy_file_range", refuse)
+    data = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    seen = []
+    d = ingest.digest_file(src, copy_to=tmp_path / "copy", progress=seen.append)
+    assert (tmp_path / "copy").read_bytes() == data
+    assert (d.file_id, d.chunks) == _expected(data) and d.size == size == sum(seen)
+    moved = ingest.digest_file(src, fsync=False, durable=True)  # cache.create: hashed in place
+    assert (moved.file_id, moved.chunks, moved.size) == (d.file_id, d.chunks, size)

@@ -1,90 +1,37 @@
 """Reading one file into the cache: copy, file hash and chunk list in one pass.
 
-The file is read once, in the chunker's blocks (at most twice its largest
-chunk); each block goes to the content-defined chunker, whose chunks are
-hashed as they appear, and to the copy and the whole-file hasher.  Memory
-is a bounded number of blocks, whatever the file's size.
+A small file (under ``PIPELINE_MIN_BYTES``) is read whole with one read,
+written with one write, and chunked and hashed in memory: a few syscalls a
+file.  A large one is copied by the kernel (``copy_file_range``, no bytes
+through this process) on one thread while this thread reads the copy back
+from the page cache as it grows, chunks it and hashes the chunks, and a
+third hashes the whole file from the same blocks: the file id and the chunk
+list describe exactly the bytes of the copy that will be published.  With
+``durable``, writeback of the copy starts as it is written
+(``sync_file_range``), so the caller's final fsync finds little left to do.
+Memory is a bounded number of blocks, whatever the file's size.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import BinaryIO
 
-from ..chunking import chunk_stream
-from ..digest import chunk_id, file_hasher
+from blake3 import blake3
+
+from ..chunking import chunk_bytes, chunk_stream
+from ..digest import chunk_id
+from ..fsutil import start_writeback
 from ..tree import CHUNK_RECORD
 
 PIPELINE_MIN_BYTES = 8 << 20
 _QUEUE_BLOCKS = 16  # bounds memory: 16 reads of at most 512 KiB in flight
-
-
-class _Tee:
-    """A reader for the chunker that also copies and hashes everything it reads.
-
-    For large files the copy and the whole-file hash run on a second thread
-    (file writes and blake3 release the GIL, as does the chunker), so the two
-    cores overlap reading and chunking with writing and hashing.
-    """
-
-    def __init__(self, src: BinaryIO, dst: BinaryIO | None, progress: Callable[[int], None] | None, size: int):
-        self.src, self.dst, self.progress = src, dst, progress
-        pipelined = size >= PIPELINE_MIN_BYTES
-        self.hasher = file_hasher(threads=not pipelined)  # pipelined: the chunker has the other core
-        self.size = 0
-        self._queue: queue.Queue[bytes | None] | None = None
-        self._error: BaseException | None = None
-        if pipelined:
-            self._queue = queue.Queue(_QUEUE_BLOCKS)
-            self._thread = threading.Thread(target=self._drain, name="cas-ingest", daemon=True)
-            self._thread.start()
-
-    def readinto(self, buf: memoryview) -> int:
-        n = self.src.readinto(buf) or 0
-        if n:
-            if self._queue is not None:
-                if self._error is not None:
-                    raise self._error
-                self._queue.put(bytes(buf[:n]))  # the chunker reuses its buffer: hand over a copy
-            else:
-                self._consume(buf[:n])
-            self.size += n
-            if self.progress:
-                self.progress(n)
-        return n
-
-    def _consume(self, data: bytes | memoryview) -> None:
-        if self.dst is not None:
-            self.dst.write(data)
-        self.hasher.update(data)
-
-    def _drain(self) -> None:
-        assert self._queue is not None
-        while (data := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._consume(data)
-                except BaseException as e:  # noqa: BLE001 - re-raised on the reading thread
-                    self._error = e
-
-    def finish(self) -> bytes:
-        """Wait for the copy and hash to catch up; the file id."""
-        if self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
-        return self.hasher.digest()
-
-    def abort(self) -> None:
-        if self._queue is not None and self._thread.is_alive():
-            self._error = self._error or RuntimeError("aborted")
-            self._queue.put(None)
-            self._thread.join()
+_SEGMENT = 16 << 20  # the kernel copies this much between two reports of progress
+# copy_file_range refused: another filesystem on an old kernel, or a filesystem without it
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
 
 class Digested:
@@ -96,25 +43,191 @@ class Digested:
         self.file_id, self.size, self.chunks = file_id, size, chunks
 
 
-def _maybe_open(path: str | os.PathLike | None) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    return open(path, "xb", buffering=0) if path is not None else contextlib.nullcontext()
-
-
 def digest_file(
     src_path: str | os.PathLike,
     copy_to: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
     fsync: bool = True,
+    durable: bool | None = None,
 ) -> Digested:
-    """Hash and chunk ``src_path``; with ``copy_to``, also copy it there (fsynced unless told not to)."""
-    with open(src_path, "rb", buffering=0) as src, _maybe_open(copy_to) as dst:
-        tee = _Tee(src, dst, progress, os.fstat(src.fileno()).st_size)
+    """Hash and chunk ``src_path``; with ``copy_to`` (a new file), also copy it there.
+
+    ``fsync``: the copy is fsynced before returning.  ``durable`` (default: as ``fsync``) starts writeback
+    of a large copy while it is made, for a caller that fsyncs it later."""
+    durable = fsync if durable is None else durable
+    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = -1 if copy_to is None else os.open(copy_to, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            records = [CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_stream(tee)]
-            file_id = tee.finish()
-        except BaseException:
-            tee.abort()
-            raise
-        if dst is not None and fsync:
-            os.fsync(dst.fileno())
-    return Digested(file_id, tee.size, b"".join(records))
+            size = os.fstat(src).st_size
+            if size < PIPELINE_MIN_BYTES:
+                d = _digest_small(src, dst, size)
+                if progress:
+                    progress(d.size)
+            else:
+                d = _digest_large(src, dst, progress, durable)
+            if dst >= 0 and fsync:
+                os.fsync(dst)
+            return d
+        finally:
+            if dst >= 0:
+                os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _digest_small(src: int, dst: int, size: int) -> Digested:
+    """Read whole, written with one write, chunked and hashed in memory."""
+    data = os.read(src, size + 1)
+    if data:  # a read may return less than asked (some filesystems do): the end is an empty read
+        parts = [data]
+        while block := os.read(src, max(size + 1 - len(data), 1 << 16)):
+            parts.append(block)
+        if len(parts) > 1:
+            data = b"".join(parts)
+    if dst >= 0:
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            done += os.write(dst, view[done:])
+    records = b"".join([CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_bytes(data)])
+    return Digested(blake3(data).digest(), len(data), records)
+
+
+class _Copier:
+    """Copies ``src`` to ``dst`` on a thread (in the kernel where it can); ``upto`` waits for progress."""
+
+    def __init__(self, src: int, dst: int, durable: bool):
+        self.src, self.dst, self.durable = src, dst, durable
+        self.copied = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="cas-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            kernel = True
+            while True:
+                if kernel:
+                    try:
+                        n = os.copy_file_range(self.src, self.dst, _SEGMENT, self.copied, self.copied)
+                    except OSError as e:
+                        if self.copied or e.errno not in _NO_KERNEL_COPY:
+                            raise
+                        kernel = False
+                        continue
+                else:
+                    n = _copy_block(self.src, self.dst, self.copied)
+                if not n:
+                    break
+                if self.durable:
+                    start_writeback(self.dst, self.copied, n)
+                with self._cond:
+                    self.copied += n
+                    self._cond.notify_all()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the reading thread
+            self.error = e
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+
+    def upto(self, offset: int) -> int:
+        """Wait until more than ``offset`` bytes are copied, or the copy is over; how many are."""
+        with self._cond:
+            while self.copied <= offset and not self.done:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+        return self.copied
+
+    def stop(self) -> None:
+        """After a failure on the reading side: let the copy end (it is bounded by the file)."""
+        self._thread.join()
+
+
+def _copy_block(src: int, dst: int, offset: int) -> int:
+    data = os.pread(src, 1 << 20, offset)
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        done += os.pwrite(dst, view[done:], offset + done)
+    return len(data)
+
+
+class _Reader:
+    """What the chunker reads: the copy as the kernel fills it (or the source when nothing is copied).
+
+    Each block read is also handed to a second thread that hashes the whole file (blake3 releases the
+    GIL, as does the chunker), so the two cores overlap chunking with hashing while the kernel copies."""
+
+    def __init__(self, fd: int, copier: _Copier | None, progress: Callable[[int], None] | None, writeback: bool):
+        self.fd, self.copier, self.progress = fd, copier, progress
+        self.size = 0
+        self._writeback = writeback  # start writing the file to disk behind the reading (a file moved in)
+        self._flushed = 0
+        self.hasher = blake3()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_BLOCKS)
+        self._thread = threading.Thread(target=self._drain, name="cas-hash", daemon=True)
+        self._thread.start()
+
+    def readinto(self, buf: memoryview) -> int:
+        want = len(buf)
+        if self.copier is not None:
+            want = min(want, self.copier.upto(self.size) - self.size)
+            if want <= 0:
+                return 0
+        n = os.preadv(self.fd, [buf[:want]], self.size)
+        if n:
+            if self._error is not None:
+                raise self._error
+            self._queue.put(bytes(buf[:n]))  # the chunker reuses its buffer: hand over a copy
+            self.size += n
+            if self._writeback and self.size - self._flushed >= _SEGMENT:
+                start_writeback(self.fd, self._flushed, self.size - self._flushed)
+                self._flushed = self.size
+            if self.progress:
+                self.progress(n)
+        return n
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.hasher.update(data)
+                except BaseException as e:  # noqa: BLE001 - re-raised on the reading thread
+                    self._error = e
+
+    def finish(self) -> bytes:
+        """Wait for the hash to catch up; the file id."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.hasher.digest()
+
+    def abort(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _digest_large(src: int, dst: int, progress: Callable[[int], None] | None, durable: bool) -> Digested:
+    copier = _Copier(src, dst, durable) if dst >= 0 else None
+    reader = _Reader(dst if dst >= 0 else src, copier, progress, durable and copier is None)
+    try:
+        records = [CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_stream(reader)]
+        file_id = reader.finish()
+    except BaseException:
+        reader.abort()
+        if copier is not None:
+            copier.stop()
+        raise
+    if copier is not None:
+        copier.stop()
+        if copier.error is not None:
+            raise copier.error
+    return Digested(file_id, reader.size, b"".join(records))

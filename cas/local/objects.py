@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NotFound
-from ..fsutil import publish, write_new
+from ..fsutil import fsync_all, make_dirs, publish, write_new
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # cas.tree and cas.digest load blake3: imported where used, off a service's warm path
@@ -55,6 +55,10 @@ class ObjectStore:
         """The blob holding one file of a tree."""
         return self.blob_path(entry.file_id, entry.executable)
 
+    def has_blob(self, file_id: bytes, executable: bool) -> bool:
+        h = file_id.hex()
+        return os.path.exists(os.path.join(self._root, "blobs", h[:2], h + ".x" if executable else h))
+
     def store_blob(self, src: Path, file_id: bytes, executable: bool) -> None:
         """Move ``src`` (fsynced already, where that matters) into place as the blob for ``file_id``; when
         that blob exists already, ``src`` is left for the caller to remove."""
@@ -63,6 +67,34 @@ class ObjectStore:
             return
         os.chmod(src, 0o555 if executable else 0o444)
         publish(src, dest)
+
+    def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> None:
+        """Move finished files (path, file id, executable) into place as blobs, several at once: with
+        ``durable``, the bytes of those still missing are flushed first (one ``syncfs`` for many files),
+        then named, then the names flushed, so no blob is ever visible before its bytes are on disk.
+        A file whose blob exists already is left for the caller to remove."""
+        todo = []
+        for src, file_id, executable in files:
+            h = file_id.hex()
+            folder = os.path.join(self._root, "blobs", h[:2])
+            dest = os.path.join(folder, h + ".x" if executable else h)
+            if not os.path.exists(dest):
+                todo.append((src, folder, dest, executable))
+        if durable:
+            fsync_all([t[0] for t in todo], [])
+        folders: set[str] = set()
+        for src, folder, dest, executable in todo:
+            if folder not in folders:
+                make_dirs(folder)
+                folders.add(folder)
+            os.chmod(src, 0o555 if executable else 0o444)
+            try:
+                os.link(src, dest)
+            except FileExistsError:  # the same file twice in one model, or another writer got there first
+                pass
+            os.unlink(src)
+        if durable and folders:
+            fsync_all([], sorted(folders))
 
     def tree_path(self, root: str) -> Path:
         return self.root / "trees" / root[:2] / root
