@@ -61,6 +61,38 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: str | Path) -> bool:
+    """``syncfs(2)`` the filesystem holding ``path``: every dirty file on it reaches the disk, in one call.
+
+    Many small files are made durable far faster this way than by an fsync each (10,000 files: one
+    call instead of 10,000 journal or metadata flushes).  Returns False where the call is missing
+    (not Linux): the caller then fsyncs file by file.
+    """
+    global _syncfs
+    if _syncfs is None:
+        try:
+            import ctypes
+
+            _syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            _syncfs = False
+    if _syncfs is False:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return True
+
+
+_syncfs = None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
