@@ -198,7 +198,7 @@ async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int, *, buff
         raise RepoError(f"GET {url}: the server announces {resp.content_length} bytes, more than the {limit} "
                         "this object may have; it is not a cas repository or it is damaged")  # fmt: skip
     body = bytearray()
-    async for block in resp.content.iter_chunked(1 << 20):
+    async for block in resp.content.iter_any():  # blocks as received: iter_chunked joins them first (a copy)
         body += block
         if len(body) > limit:
             raise RepoError(f"GET {url}: the server sent more than the {limit} bytes this object may have; "
