@@ -104,10 +104,16 @@ def read_done(part: Path) -> set[int]:
         return {int(x) for x in f.read().split() if x.isdigit()}
 
 
-def new_part(part: Path, size: int) -> None:
-    """An empty part file of ``size`` bytes, never through a link someone left at its name."""
-    part.unlink(missing_ok=True)
-    Path(str(part) + ".done").unlink(missing_ok=True)  # a log without its part file describes nothing
+def new_part(part: Path, size: int, *, exists: bool = True) -> None:
+    """An empty part file of ``size`` bytes, never through a link someone left at its name.
+
+    ``exists=False``: the caller saw nothing at that name (the exclusive create below still refuses
+    anything that appeared since); nothing to remove first, two syscalls a file fewer.
+    """
+    if exists:
+        part.unlink(missing_ok=True)
+    if exists or size >= LOG_MIN_BYTES:
+        Path(str(part) + ".done").unlink(missing_ok=True)  # a log without its part file describes nothing
     fd = open_shared(part, os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW)
     try:
         os.ftruncate(fd, size)
