@@ -43,17 +43,25 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
 elapsed = time.perf_counter() - start
-print(json.dumps([elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the whole tree: every descendant was waited for
+print(json.dumps([elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime]))
 """
 
 
 def wall(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command."""
+    elapsed, rss, _ = wall_cpu(cmd, env)
+    return elapsed, rss
+
+
+def wall_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB of the largest process) and CPU seconds (user + system of the whole
+    process tree, worker processes included) of one command."""
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{cmd} failed: {out.stderr}")
-    elapsed, rss = json.loads(out.stdout)
-    return elapsed, rss
+    elapsed, rss, cpu = json.loads(out.stdout)
+    return elapsed, rss, cpu
 
 
 def reset(home: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -29,9 +30,9 @@ from .digest import chunk_id
 from .errors import CorruptObject
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
-from .fsutil import make_dirs
+from .fsutil import SYNCFS_MIN_FILES, make_dirs, sync_filesystem
 from .local.cache import LocalCache, Progress
-from .parts import Parts, new_part, read_done
+from .parts import LOG_MIN_BYTES, Parts, new_part, read_done
 from .prefixhash import PrefixHasher
 from .ranges import Range, Target, plan
 from .ref import ModelInfo
@@ -152,7 +153,7 @@ class _Pull:
     async def _fetch(self, tag: str, assembly: Assembly, ranges: list[Range], workers: Workers | None) -> int:
         """Fetch the ranges, hashing each part file as its written prefix grows; every file is checked
         against its id before any is published.  Returns the bytes fetched."""
-        hasher = PrefixHasher(assembly.layout, assembly.targets())
+        hasher = PrefixHasher(assembly.layout, assembly.targets(), known=assembly.single)
 
         def on_done(r: Range) -> None:
             hasher.written(t for p in r.pieces for t in p.targets)
@@ -183,10 +184,13 @@ class Assembly:
     chunk still wanted, where its bytes go (a chunk verified by an interrupted pull is not wanted again)."""
 
     def __init__(self, work: Path, files: list[FileEntry]):
+        self.work = work
         self.entries: dict[str, FileEntry] = {}  # part file: the tree entry it becomes
         self.layout: dict[str, list[tuple[int, int]]] = {}  # part file: its chunks (offset, length) in order
         self.wanted: dict[bytes, list[Target]] = defaultdict(list)
         self.raw_len: dict[bytes, int] = {}
+        # Part files of one chunk: their whole-file hash is that chunk's id, verified as it is decoded.
+        self.single: dict[str, bytes] = {}
         for f in files:
             part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
             if str(part) not in self.entries:  # the same file twice in one model is assembled once
@@ -194,13 +198,20 @@ class Assembly:
 
     def _add(self, part: str, f: FileEntry) -> None:
         self.entries[part] = f
-        if os.path.islink(part) or not os.path.isfile(part) or os.path.getsize(part) != f.size:
-            new_part(Path(part), f.size)
+        try:
+            st = os.lstat(part)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
+            new_part(Path(part), f.size, exists=st is not None)
             done: set[int] = set()
         else:
-            done = read_done(Path(part))
+            done = read_done(Path(part)) if f.size >= LOG_MIN_BYTES else set()
         offset, chunks = 0, self.layout.setdefault(part, [])
-        for cid, length in f.chunk_list():
+        chunk_list = list(f.chunk_list())
+        if len(chunk_list) == 1 and 0 not in done:  # a chunk an earlier pull logged is hashed again from disk
+            self.single[part] = chunk_list[0][0]
+        for cid, length in chunk_list:
             if offset not in done:
                 self.wanted[cid].append(Target(part, offset))
                 self.raw_len[cid] = length
@@ -250,6 +261,10 @@ class Assembly:
                                     f"{url} is inconsistent")  # fmt: skip
 
     def publish(self, cache: LocalCache) -> None:
+        # Many files: one syncfs makes them all durable (10,000 small files: 10,000 fsyncs took longer
+        # than the download); a few large ones were mostly flushed behind the download already.
+        synced = cache.durable and len(self.entries) >= SYNCFS_MIN_FILES and sync_filesystem(self.work)
         for part, f in self.entries.items():
-            cache.store_assembled(Path(part), f.file_id, f.executable)
-            Path(part + ".done").unlink(missing_ok=True)
+            cache.store_assembled(Path(part), f.file_id, f.executable, synced=synced)
+            if f.size >= LOG_MIN_BYTES:  # smaller part files keep no log
+                Path(part + ".done").unlink(missing_ok=True)

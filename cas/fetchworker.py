@@ -111,6 +111,7 @@ class Workers:
     @classmethod
     async def start(cls, count: int) -> Workers:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([_package_root(), os.environ.get("PYTHONPATH", "")])}
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy (byte planes) needs no BLAS threads spinning here
         env.pop("CAS_TOKEN", None)
         if token():
             env["CAS_TOKEN"] = token()  # type: ignore[assignment]

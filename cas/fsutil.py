@@ -93,6 +93,27 @@ def _c_library():
     return _libc
 
 
+def sync_filesystem(path: str | Path) -> bool:
+    """``syncfs(2)`` the filesystem holding ``path``: every dirty file on it reaches the disk, in one call.
+
+    Many small files are made durable far faster this way than by an fsync each (10,000 files: one
+    call instead of 10,000 journal commits).  Returns False where the call is missing (not Linux):
+    the caller then fsyncs file by file.  A failed sync (EIO) raises: the data may not be on disk."""
+    lib = _c_library()
+    if not lib:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if lib.syncfs(fd) != 0:  # type: ignore[attr-defined]
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return True
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range of a file to disk now, without waiting (Linux
     ``sync_file_range``): a later fsync then waits only for the rest.  Durability still comes from
@@ -110,15 +131,8 @@ def fsync_all(files: list[str], dirs: list[str]) -> None:
     ``syncfs`` of their filesystem (Linux), which flushes them all with one journal commit.  They must all
     be on one filesystem (a cache's blobs and tmp are)."""
     paths = files + dirs
-    if len(paths) >= SYNCFS_MIN_FILES:
-        lib = _c_library()
-        if lib:
-            fd = os.open(paths[0], os.O_RDONLY)
-            try:
-                if lib.syncfs(fd) == 0:  # type: ignore[attr-defined]
-                    return
-            finally:
-                os.close(fd)
+    if len(paths) >= SYNCFS_MIN_FILES and sync_filesystem(paths[0]):
+        return
     for f in files:
         fsync_path(f)
     for d in dirs:

@@ -280,9 +280,10 @@ class LocalCache:
         self.chunk_index().add_tree(tree)
         return self.refs.create_if_absent(info, remote)
 
-    def store_assembled(self, part: Path, file_id: bytes, executable: bool) -> None:
-        """Turn a file assembled from verified chunks (a pull) into a blob."""
-        if self.durable:
+    def store_assembled(self, part: Path, file_id: bytes, executable: bool, *, synced: bool = False) -> None:
+        """Turn a file assembled from verified chunks (a pull) into a blob; ``synced``: the caller has made
+        it durable already (``fsutil.sync_filesystem`` for many files at once)."""
+        if self.durable and not synced:
             fsync_path(part)
         self.objects.store_blob(part, file_id, executable)
         part.unlink(missing_ok=True)

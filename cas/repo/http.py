@@ -89,7 +89,7 @@ class HttpBackend:
                     etag = resp.headers.get("ETag")
                     if resp.status == 200 and window is not None:
                         return _Answer(resp.status, await _read_window(resp, *window), etag)
-                    return _Answer(resp.status, await _read_body(resp, url, limit), etag)
+                    return _Answer(resp.status, await _read_body(resp, url, limit, buffer=window is not None), etag)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
                 if attempt == RETRIES - 1:
                     raise RepoError(f"{method} {url} failed {RETRIES} times, last: {self._describe(e)}") from None
@@ -188,20 +188,24 @@ def parse_listing(body: bytes, prefix: str, url: str) -> list[str]:
     return sorted(keys)
 
 
-async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
-    """The whole body, refused past ``limit`` bytes: a hostile server must not fill our memory."""
+async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int, *, buffer: bool = False) -> bytes:
+    """The whole body, refused past ``limit`` bytes: a hostile server must not fill our memory.
+
+    ``buffer``: return the bytearray the body was read into rather than a ``bytes`` copy of it (pack
+    ranges, decoded through memoryviews: a copy of every byte pulled spared, 0.1 s per GB).
+    """
     if resp.content_length is not None and resp.content_length > limit:
         raise RepoError(f"GET {url}: the server announces {resp.content_length} bytes, more than the {limit} "
                         "this object may have; it is not a cas repository or it is damaged")  # fmt: skip
     body = bytearray()
-    async for block in resp.content.iter_chunked(1 << 20):
+    async for block in resp.content.iter_any():  # blocks as received: iter_chunked joins them first (a copy)
         body += block
         if len(body) > limit:
             raise RepoError(f"GET {url}: the server sent more than the {limit} bytes this object may have; "
                             "it is not a cas repository or it is damaged")  # fmt: skip
     if resp.content_length is not None and len(body) != resp.content_length:
         raise _Transient(f"body of {len(body)} bytes, {resp.content_length} announced")
-    return bytes(body)
+    return body if buffer else bytes(body)  # type: ignore[return-value]
 
 
 async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int) -> bytes:
