@@ -318,7 +318,7 @@ def test_an_interrupted_blocking_call_in_a_running_loop_stops_its_pull(tmp_path,
     asyncio.run, whose handler only cancels the task at its next await."""
     url, _ = server
     published(tmp_path, minilm, "minilm:v1", url)
-    slow = proxy(url, delay=0.4)
+    slow = proxy(url, delay=3.0)  # the pull is still waiting for its ranges when the interrupt comes, however loaded
     cache = Cache(tmp_path / "host")
 
     def interrupt_soon() -> None:
