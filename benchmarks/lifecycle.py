@@ -47,6 +47,7 @@ def _crowded(home: Path, work: Path, versions: int) -> int:
         info = cache.add(folder, f"model-{i % 50}:v{i:04d}")
         cache.refs.add_remote(info, "https://models.example/repo")
         total += info.size
+    cache.chunk_index().close()  # its WAL files go with the connection: copies of the cache must not race them
     reset(folder)
     return total
 
