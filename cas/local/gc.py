@@ -23,7 +23,7 @@ from .locks import DEFAULT_TIMEOUT, Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
-from .space import Inventory, disk_usage, on_disk
+from .space import Inventory, disk_usage
 from .usage import UsageLog
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Collector:
                 self.removed.append(str(path))
                 freed += held
         for path in found.paths:
-            held = disk_usage(path, seen) if path.is_dir() else _file_bytes(path, seen)
+            held = disk_usage(path, seen)
             try:
                 if not self.dry_run:
                     leftovers.remove(path)
@@ -160,7 +160,7 @@ class Collector:
     def _free_blobs(self, inv: Inventory, root: str, versions: int) -> int:
         """Remove the tree of an evicted root and the blobs no remaining version uses; returns their bytes."""
         tree = self.objects.tree_path(root)
-        freed = _file_bytes(tree, set())
+        freed = disk_usage(tree)
         if not self.dry_run:
             tree.unlink(missing_ok=True)
         for blob in inv.blobs_by_root.pop(root, set()):
@@ -196,14 +196,3 @@ def _stats(paths: Collection[Path]) -> list[os.stat_result]:
         except FileNotFoundError:
             pass
     return out
-
-
-def _file_bytes(path: Path, seen: set[tuple[int, int]]) -> int:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    if (st.st_dev, st.st_ino) in seen:
-        return 0
-    seen.add((st.st_dev, st.st_ino))
-    return on_disk(st)

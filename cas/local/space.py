@@ -55,8 +55,8 @@ def on_disk(st: os.stat_result) -> int:
 
 
 def disk_usage(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
-    """Bytes on disk under ``path`` (symlinks not followed), each inode counted once across calls sharing
-    ``seen``: what ``du -sB1`` prints."""
+    """Bytes on disk of ``path`` (a file, or a folder and all under it; symlinks not followed), each inode
+    counted once across calls sharing ``seen``: what ``du -sB1`` prints."""
     seen = set() if seen is None else seen
     try:
         st = os.lstat(path)
