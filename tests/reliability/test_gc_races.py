@@ -106,10 +106,11 @@ def test_gc_racing_first_accesses_a_pull_an_add_and_another_gc_loses_nothing_in_
 
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache of 300 versions of 10 small files each, all recorded as pushed (so gc may evict them all)."""
+    """600 versions of 10 small files each, all recorded as pushed (so gc may evict them all): long enough
+    for a gc to be killed midway."""
     d = tmp_path_factory.mktemp("crowded")
     cache = Cache(d / "cache", durable=False)
-    for i in range(300):
+    for i in range(600):
         folder = d / "models" / str(i)
         folder.mkdir(parents=True)
         for j in range(10):
