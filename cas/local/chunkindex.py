@@ -41,7 +41,7 @@ class ChunkIndex:
     def add_tree(self, tree: Tree) -> None:
         """Record where every chunk of a stored tree lies (first writer wins)."""
         with self._db:  # one transaction, not one per row
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # a writer from the start: no upgrade that SQLite refuses as a deadlock
             self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(tree))
 
     def find(self, chunk_ids: Iterable[bytes]) -> dict[bytes, Seed]:
@@ -64,7 +64,7 @@ class ChunkIndex:
         """Drop the entries of every blob but these (gc: what it removed, and blobs gone before); returns
         how many were dropped."""
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # a writer from the start: no upgrade that SQLite refuses as a deadlock
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS live (file BLOB PRIMARY KEY) WITHOUT ROWID")
             self._db.execute("DELETE FROM live")
             self._db.executemany("INSERT OR IGNORE INTO live VALUES (?)", ((f,) for f in file_ids))
