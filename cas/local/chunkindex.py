@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +32,14 @@ class ChunkIndex:
         make_dirs(path.parent)
         os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache; SQLite's WAL files follow it
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(100):  # switching to WAL takes a lock SQLite's busy timeout does not wait for
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         self._db.execute("PRAGMA synchronous=NORMAL")  # derived data: losing the last writes costs only reuse
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, file BLOB NOT NULL, exec INTEGER NOT NULL,"
