@@ -30,9 +30,9 @@ from .digest import chunk_id
 from .errors import CorruptObject
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
-from .fsutil import SYNCFS_MIN_FILES, make_dirs, sync_filesystem
+from .fsutil import make_dirs
 from .local.cache import LocalCache, Progress
-from .parts import LOG_MIN_BYTES, Parts, new_part, read_done
+from .parts import FLUSH_MIN_BYTES, LOG_MIN_BYTES, Parts, new_part, read_done
 from .prefixhash import PrefixHasher
 from .ranges import Range, Target, plan
 from .ref import ModelInfo
@@ -85,7 +85,7 @@ def estimate(cache: LocalCache, tag: str, remote: str | None = None) -> PullEsti
 async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstimate:
     info = await repo.ref(tag)
     tree, _ = await repo.tree(info)
-    missing = [f for f in tree.files if not cache.objects.blob_of(f).exists()]
+    missing = [f for f in tree.files if not cache.objects.has_blob(f.file_id, f.executable)]
     wanted: dict[bytes, list[Target]] = defaultdict(list)
     raw_len: dict[bytes, int] = {}
     for f in missing:
@@ -122,7 +122,7 @@ class _Pull:
         fetched = reused = 0
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
-            missing = [f for f in tree.files if not self.cache.objects.blob_of(f).exists()]
+            missing = [f for f in tree.files if not self.cache.objects.has_blob(f.file_id, f.executable)]
             if missing:
                 fetched, reused = await self._build_blobs(info, missing)
             self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
@@ -161,8 +161,8 @@ class _Pull:
                 self.progress(sum(p.raw_length for p in r.pieces))
 
         try:
-            fetched = await fetch(tag, self.repo, ranges, self.concurrency, on_done, workers,
-                                  flush_behind=self.cache.durable)  # fmt: skip
+            flush = assembly.large_parts() if self.cache.durable else None
+            fetched = await fetch(tag, self.repo, ranges, self.concurrency, on_done, workers, flush_behind=flush)
         except BaseException:
             await asyncio.to_thread(hasher.stop)
             raise
@@ -191,22 +191,20 @@ class Assembly:
         self.raw_len: dict[bytes, int] = {}
         # Part files of one chunk: their whole-file hash is that chunk's id, verified as it is decoded.
         self.single: dict[str, bytes] = {}
+        folder = str(work)
+        present = set(os.listdir(folder))  # what an interrupted pull left: one listing, not a stat per file
         for f in files:
-            part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
-            if str(part) not in self.entries:  # the same file twice in one model is assembled once
-                self._add(str(part), f)
+            name = f"{f.file_id.hex()}{'.x' if f.executable else ''}.part"
+            part = os.path.join(folder, name)
+            if part not in self.entries:  # the same file twice in one model is assembled once
+                self._add(part, f, name in present)
 
-    def _add(self, part: str, f: FileEntry) -> None:
+    def _add(self, part: str, f: FileEntry, present: bool) -> None:
         self.entries[part] = f
-        try:
-            st = os.lstat(part)
-        except FileNotFoundError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
-            new_part(Path(part), f.size, exists=st is not None)
-            done: set[int] = set()
-        else:
-            done = read_done(Path(part)) if f.size >= LOG_MIN_BYTES else set()
+        done = self._resumed(part, f.size) if present and f.size >= LOG_MIN_BYTES else None
+        if done is None:  # a small file is fetched again whole: it keeps no log
+            new_part(part, f.size, exists=present)
+            done = set()
         offset, chunks = 0, self.layout.setdefault(part, [])
         chunk_list = list(f.chunk_list())
         if len(chunk_list) == 1 and 0 not in done:  # a chunk an earlier pull logged is hashed again from disk
@@ -217,6 +215,12 @@ class Assembly:
                 self.raw_len[cid] = length
             chunks.append((offset, length))
             offset += length
+
+    @staticmethod
+    def _resumed(part: str, size: int) -> set[int] | None:
+        """The offsets an interrupted pull verified in a large part file it left, or None to start it anew."""
+        st = os.lstat(part)
+        return read_done(part) if stat.S_ISREG(st.st_mode) and st.st_size == size else None
 
     def copy_local(self, cache: LocalCache, progress: Progress | None) -> int:
         """Copy every wanted chunk a local blob holds (re-hashed first), no longer wanted; returns the bytes reused."""
@@ -243,6 +247,11 @@ class Assembly:
             parts.close()
         return reused
 
+    def large_parts(self) -> list[str]:
+        """The part files worth flushing behind the download (``FLUSH_MIN_BYTES`` and more), largest first."""
+        large = {t.part for t in self.targets() if self.entries[t.part].size >= FLUSH_MIN_BYTES}
+        return sorted(large, key=lambda p: -self.entries[p].size)
+
     def targets(self) -> Iterator[Target]:
         return (t for targets in self.wanted.values() for t in targets)
 
@@ -261,10 +270,12 @@ class Assembly:
                                     f"{url} is inconsistent")  # fmt: skip
 
     def publish(self, cache: LocalCache) -> None:
-        # Many files: one syncfs makes them all durable (10,000 small files: 10,000 fsyncs took longer
-        # than the download); a few large ones were mostly flushed behind the download already.
-        synced = cache.durable and len(self.entries) >= SYNCFS_MIN_FILES and sync_filesystem(self.work)
+        """Every part file becomes its blob, all flushed together in a durable cache (for many files one
+        syncfs; a few large ones were mostly flushed behind the download already)."""
+        todo = [(part, f.file_id, f.executable) for part, f in self.entries.items()]
+        for part in cache.objects.store_blobs(todo, cache.durable):  # stored already: not needed
+            os.unlink(part)
         for part, f in self.entries.items():
-            cache.store_assembled(Path(part), f.file_id, f.executable, synced=synced)
             if f.size >= LOG_MIN_BYTES:  # smaller part files keep no log
-                Path(part + ".done").unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part + ".done")

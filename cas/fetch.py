@@ -52,12 +52,12 @@ async def fetch(
     on_done: Callable[[Range], None],
     workers: Workers | None = None,
     *,
-    flush_behind: bool = False,
+    flush_behind: list[str] | None = None,
 ) -> int:
     """Run every range, here and in ``workers``; calls ``on_done`` as each range is written and returns
-    the encoded bytes fetched.  ``flush_behind`` (durable caches) writes large part files to disk as they
-    fill, so the fsync before publishing does not start from scratch."""
-    flusher = FlushBehind({t.part for r in ranges for p in r.pieces for t in p.targets}) if flush_behind else None
+    the encoded bytes fetched.  ``flush_behind`` (durable caches: the large part files, largest first)
+    are written to disk as they fill, so the fsync before publishing does not start from scratch."""
+    flusher = FlushBehind(flush_behind) if flush_behind else None
     procs = workers.procs if workers else []
     slots = max(1, concurrency // (len(procs) + 1))
     backlog = Backlog(ranges, on_done)

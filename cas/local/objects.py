@@ -68,17 +68,19 @@ class ObjectStore:
         os.chmod(src, 0o555 if executable else 0o444)
         publish(src, dest)
 
-    def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> None:
+    def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> list[str]:
         """Move finished files (path, file id, executable) into place as blobs, several at once: with
         ``durable``, the bytes of those still missing are flushed first (one ``syncfs`` for many files),
         then named, then the names flushed, so no blob is ever visible before its bytes are on disk.
-        A file whose blob exists already is left for the caller to remove."""
-        todo = []
+        Returns the files whose blob existed already, left for the caller to remove."""
+        todo, stored = [], []
         for src, file_id, executable in files:
             h = file_id.hex()
             folder = os.path.join(self._root, "blobs", h[:2])
             dest = os.path.join(folder, h + ".x" if executable else h)
-            if not os.path.exists(dest):
+            if os.path.exists(dest):
+                stored.append(src)
+            else:
                 todo.append((src, folder, dest, executable))
         if durable:
             fsync_all([t[0] for t in todo], [])
@@ -95,6 +97,7 @@ class ObjectStore:
             os.unlink(src)
         if durable and folders:
             fsync_all([], sorted(folders))
+        return stored
 
     def tree_path(self, root: str) -> Path:
         return self.root / "trees" / root[:2] / root

@@ -94,8 +94,10 @@ def add_args(model: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def add_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> float:
-    home = tmp_path_factory.mktemp("add-span")
-    return span(add_args(big_model), {**os.environ, "CAS_HOME": str(home)})
+    # The shorter of two adds into fresh caches: two of the seeded kills aim past 80% of the window, and
+    # one slow measuring run made them land after the add had finished.
+    homes = [tmp_path_factory.mktemp("add-span") for _ in range(2)]
+    return min(span(add_args(big_model), {**os.environ, "CAS_HOME": str(home)}) for home in homes)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
