@@ -101,26 +101,31 @@ def goals(work: Path, quick: bool) -> dict:
     """Each goal's model pulled side by side with the raw download of its packs (see the module's doc)."""
     size = (32 if quick else 512) << 20
     runs = 1 if quick else 3
+    # Nothing is removed until every goal is measured: on ext4 without a journal (this machine), creating
+    # a file within a minute of many removals scans past each removed inode, and 10,000 small files then
+    # measured the removals before them (system CPU 1.0 s for one pull, 4-5 s right after a removal).
+    trash = work / "goal-trash"
+    trash.mkdir(parents=True)
     out = {}
-    for dtype in ("F16", "F32"):
-        model = synth.write_model_dir(work / f"goal-{dtype}", synth.model_tensors(52, size, dtype))
-        out[dtype.lower()] = side_by_side(work, dtype.lower(), model, runs)
-        reset(model)
-    model = small_files(work / "goal-small", 500 if quick else 10_000)
-    out["small_files"] = side_by_side(work, "small", model, runs, durable_too=True)
-    out["small_files"]["files"] = 500 if quick else 10_000
-    reset(model)
+    try:
+        for dtype in ("F16", "F32"):
+            model = synth.write_model_dir(work / f"goal-{dtype}", synth.model_tensors(52, size, dtype))
+            out[dtype.lower()] = side_by_side(work, dtype.lower(), model, runs, trash)
+        model = small_files(work / "goal-small", 500 if quick else 10_000)
+        out["small_files"] = side_by_side(work, "small", model, runs, trash, durable_too=True)
+        out["small_files"]["files"] = 500 if quick else 10_000
+    finally:
+        reset(trash)
+        for d in work.glob("goal-*"):
+            reset(d)
     return out
 
 
-def side_by_side(work: Path, name: str, model: Path, runs: int, *, durable_too: bool = False) -> dict:
-    """``cas pull`` of ``model`` and the raw download of its pack bytes to disk, interleaved: seconds, CPU
-    seconds of each whole process tree, and ratios taken run by run (pairs measured back to back)."""
-    repo, src, host, dest, aside = (work / f"goal-{name}-{what}" for what in ("repo", "src", "host", "raw", "done"))
-    # Each run's files are moved aside and removed at the end, the source cache too: on ext4 without a
-    # journal, creating files just after many were deleted scans past every recently deleted inode, and
-    # 10,000 small files then measured the removal of the run before (system CPU 1.2-6.7 s for one pull).
-    aside.mkdir(parents=True)
+def side_by_side(work: Path, name: str, model: Path, runs: int, trash: Path, *, durable_too: bool = False) -> dict:
+    """``cas pull`` of ``model`` and the raw download of its pack bytes to disk, interleaved run by run
+    (and mode by mode): seconds, CPU seconds of each whole process tree, and ratios taken run by run
+    (pairs measured back to back).  Every file made is moved into ``trash``, none removed."""
+    repo, src, host, dest = (work / f"goal-{name}-{what}" for what in ("repo", "src", "host", "raw"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(repo, port)
@@ -135,25 +140,25 @@ def side_by_side(work: Path, name: str, model: Path, runs: int, *, durable_too: 
         raw = [sys.executable, "-m", "benchmarks.rawget", *sixteen, url, str(dest), *packs]
         modes = [("", {"CAS_DURABLE": "0"}, [])] + ([("durable_", {"CAS_DURABLE": "1"}, ["--fsync"])]
                                                     if durable_too else [])  # fmt: skip
-        out: dict = {"model_bytes": info.size, "pack_bytes": sum(sizes.values())}
-        for prefix, env_add, raw_flags in modes:
-            env = {**os.environ, **env_add}
-            got: dict[str, list[tuple[float, int, float]]] = {"raw": [], "cas": []}
-            for i in range(runs):
+        got: dict[str, list[tuple[float, int, float]]] = {}
+        for i in range(runs):
+            for prefix, env_add, raw_flags in modes:
                 for side, cmd, target in (("raw", raw[:3] + raw_flags + raw[3:], dest), ("cas", pull, host)):
                     os.sync()
-                    got[side].append(wall_cpu(cmd, env))
-                    target.rename(aside / f"{prefix}{side}{i}")
-            gb = info.size / 1e9
-            out[prefix + "raw_s"] = summary([t for t, _, _ in got["raw"]])
-            out[prefix + "cas_s"] = summary([t for t, _, _ in got["cas"]])
-            out[prefix + "raw_cpu_per_gb"] = summary([c / gb for _, _, c in got["raw"]])
-            out[prefix + "cas_cpu_per_gb"] = summary([c / gb for _, _, c in got["cas"]])
-            out[prefix + "cpu_ratio"] = summary([c[2] / r[2] for r, c in zip(got["raw"], got["cas"])])
-            out[prefix + "speed_ratio"] = summary([r[0] / c[0] for r, c in zip(got["raw"], got["cas"])])
+                    got.setdefault(prefix + side, []).append(wall_cpu(cmd, {**os.environ, **env_add}))
+                    target.rename(trash / f"{name}-{prefix}{side}{i}")
+        out: dict = {"model_bytes": info.size, "pack_bytes": sum(sizes.values())}
+        gb = info.size / 1e9
+        for prefix, _, _ in modes:
+            raw_runs, cas_runs = got[prefix + "raw"], got[prefix + "cas"]
+            out[prefix + "raw_s"] = summary([t for t, _, _ in raw_runs])
+            out[prefix + "cas_s"] = summary([t for t, _, _ in cas_runs])
+            out[prefix + "raw_cpu_per_gb"] = summary([c / gb for _, _, c in raw_runs])
+            out[prefix + "cas_cpu_per_gb"] = summary([c / gb for _, _, c in cas_runs])
+            out[prefix + "cpu_ratio"] = summary([c[2] / r[2] for r, c in zip(raw_runs, cas_runs)])
+            out[prefix + "speed_ratio"] = summary([r[0] / c[0] for r, c in zip(raw_runs, cas_runs)])
         out["peak_rss_mb"] = timed_tree(pull, {**os.environ, "CAS_DURABLE": "0"})[1] / 1024
+        host.rename(trash / f"{name}-rss")
     finally:
         stop(server)
-        for d in (host, dest, aside, src, repo):
-            reset(d)
     return out
