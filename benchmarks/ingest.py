@@ -149,13 +149,17 @@ def headline_rows(ing: dict) -> list[tuple[str, str, str, str, str]]:
             if ours not in s:
                 continue
             ratio = _ratio(s[theirs], s[ours])
-            rows.append((f"{label}: {what}", f"{s[ours]['median']:.2f} s ({mb / s[ours]['median']:.0f} MB/s)",
-                         f"{base} {s[theirs]['median']:.2f} s", f"{ratio:.2f}x",
+            rows.append((f"{label}: {what}", f"{_seconds(s[ours])}, {mb / s[ours]['median']:.0f} MB/s",
+                         f"{base} {_seconds(s[theirs])}", f"{ratio:.2f}x",
                          f"≥ {goal:g}x: {_met(ratio, goal)}"))  # fmt: skip
     peak = max(s["cas_add_peak_rss_mb"] for s in ing.get("shapes", {"model": ing}).values())
     rows.append(("`cas add` peak memory (every shape)", f"{peak:.0f} MB", "-", "-",
                  f"< {MEMORY_GOAL_MB} MB: {_met(MEMORY_GOAL_MB - peak, 0)}"))  # fmt: skip
     return rows
+
+
+def _seconds(t: dict) -> str:
+    return f"{t['median']:.2f} s ({t['min']:.2f}-{t['max']:.2f})"
 
 
 def section(ing: dict) -> str:

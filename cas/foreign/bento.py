@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,8 @@ def import_bento(cache: LocalCache, tag: str, name: str | None = None) -> ModelI
         labels["bentoml_module"] = model.info.module
     metadata = plain_metadata(model)
     created = model.info.creation_time.timestamp()
+    import tempfile  # here: every cas command loads this module, and tempfile costs them 3 ms
+
     with tempfile.TemporaryDirectory(prefix="cas-bento-") as view:
         link_files(Path(model.path), Path(view))
         return cache.add(view, target_tag(model, name), labels=labels, metadata=metadata, created=created)
