@@ -269,8 +269,8 @@ def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = 
             try:
                 assembled, reused = _assemble(cache, reader, tree, work, progress)
                 reader.end()
-                for part, entry in assembled:
-                    cache.store_assembled(part, entry.file_id, entry.executable)
+                # those stored already stay in the work folder, removed with it
+                cache.objects.store_blobs([(str(p), e.file_id, e.executable) for p, e in assembled], cache.durable)
                 stored = cache.commit(info, tree, encoded)
             finally:
                 remove_tree(work)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import ref, tags
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
-from ..fsutil import fsync_path, make_dirs, remove_tree, temp_name
+from ..fsutil import make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
 from .locks import Locks
 from .objects import ObjectStore
@@ -279,14 +279,6 @@ class LocalCache:
         self.objects.store_tree(info.root, encoded)
         self.chunk_index().add_tree(tree)
         return self.refs.create_if_absent(info, remote)
-
-    def store_assembled(self, part: Path, file_id: bytes, executable: bool, *, synced: bool = False) -> None:
-        """Turn a file assembled from verified chunks (a pull) into a blob; ``synced``: the caller has made
-        it durable already (``fsutil.sync_filesystem`` for many files at once)."""
-        if self.durable and not synced:
-            fsync_path(part)
-        self.objects.store_blob(part, file_id, executable)
-        part.unlink(missing_ok=True)
 
     # -- removing ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NotFound
-from ..fsutil import fsync_all, make_dirs, publish, write_new
+from ..fsutil import fsync_all, make_dirs, write_new
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # cas.tree and cas.digest load blake3: imported where used, off a service's warm path
@@ -58,15 +58,6 @@ class ObjectStore:
     def has_blob(self, file_id: bytes, executable: bool) -> bool:
         h = file_id.hex()
         return os.path.exists(os.path.join(self._root, "blobs", h[:2], h + ".x" if executable else h))
-
-    def store_blob(self, src: Path, file_id: bytes, executable: bool) -> None:
-        """Move ``src`` (fsynced already, where that matters) into place as the blob for ``file_id``; when
-        that blob exists already, ``src`` is left for the caller to remove."""
-        dest = self.blob_path(file_id, executable)
-        if dest.exists():
-            return
-        os.chmod(src, 0o555 if executable else 0o444)
-        publish(src, dest)
 
     def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> list[str]:
         """Move finished files (path, file id, executable) into place as blobs, several at once: with
