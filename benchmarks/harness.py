@@ -59,7 +59,7 @@ def wall_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, 
     process tree, worker processes included) of one command."""
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"{cmd} failed: {out.stderr}")
+        raise RuntimeError(f"{cmd} failed (exit {out.returncode}): {out.stderr}")
     elapsed, rss, cpu = json.loads(out.stdout)
     return elapsed, rss, cpu
 
@@ -120,5 +120,5 @@ def timed_tree(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
         sampler.join()
         if proc.returncode != 0:
             err.seek(0)
-            raise RuntimeError(f"{cmd} failed: {err.read().decode()}")
+            raise RuntimeError(f"{cmd} failed (exit {proc.returncode}): {err.read().decode()}")
     return elapsed, peak
