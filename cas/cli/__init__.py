@@ -7,6 +7,7 @@ shows the traceback.  Every listing takes ``--json`` for scripts.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import os
 import sys
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CasError, OSError) as e:
         if args.debug:
             raise
-        print(f"cas: error: {_one_line(e)}", file=sys.stderr)
+        print(f"cas: error: {_one_line(e, args.home)}", file=sys.stderr)
         return 1
 
 
@@ -59,11 +60,24 @@ def _warning_line(message: Warning | str, *_: object, **__: object) -> None:
     print(f"cas: warning: {str(message).removeprefix('cas: ')}", file=sys.stderr)
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, home: str | None) -> str:
     if isinstance(e, OSError) and not isinstance(e, CasError):
         where = f" ({e.filename})" if e.filename else ""
-        return f"{e.strerror or e}{where}"
+        return f"{e.strerror or e}{where}{_what_to_do(e, home)}"
     return " ".join(str(e).split())
+
+
+def _what_to_do(e: OSError, home: str | None) -> str:
+    """What to do about a full disk or a size limit; the cache stays consistent, so running again is safe."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        from ..local.cache import default_root
+
+        return (f": free space on the disk written to (the cache is {home or default_root()}: 'cas gc --max-size "
+                "SIZE' evicts models that can be pulled again), or set CAS_HOME to a larger disk; then run the "
+                "command again")  # fmt: skip
+    if e.errno == errno.EFBIG:
+        return ": a limit on file size (ulimit -f) stopped a write; raise it and run the command again"
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -59,7 +59,9 @@ def _assert_clean_failure(out: subprocess.CompletedProcess, home: Path) -> None:
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cas: error:"), out.stderr
-    assert "No space left on device" in lines[0] or "File too large" in lines[0]
+    assert ("No space left on device" in lines[0] and "'cas gc --max-size SIZE'" in lines[0]
+            and str(home) in lines[0]) or ("File too large" in lines[0] and "ulimit -f" in lines[0])  # fmt: skip
+    assert lines[0].endswith("run the command again"), lines[0]
     cache = Cache(home)
     assert cache.list() == []
     assert cache.verify().ok
