@@ -26,7 +26,7 @@ import pytest
 from cas import Cache, CasError
 
 from ..conftest import KILLS, REPO, tree_files, wait_until
-from .test_crashes import CLI, TRIALS, assert_consistent, kill_midway, span
+from .test_crashes import CLI, TRIALS, assert_consistent, kill_midway, kill_point, span
 
 pytestmark = pytest.mark.reliability
 OPERATIONS = ("cas export", "cas export | cas import", "cas import", "cas import (pipe)")
@@ -93,7 +93,7 @@ def test_kill_export_midway(tmp_path, model, stored, export_span, trial):
     """The export file appears only whole (a temporary is renamed); the cache is left as it was."""
     dest = tmp_path / "big.casx"
     env = {**os.environ, "CAS_HOME": str(stored.root)}
-    kill_midway("cas export", cli("export", "big:v1", str(dest)), env, export_span, 400 + trial)
+    kill_midway("cas export", cli("export", "big:v1", str(dest)), env, export_span, trial, salt=400)
     if dest.exists():  # finished before the kill: then it must be whole
         assert Cache(tmp_path / "check").import_model(dest).info.tag == "big:v1"
     assert stored.verify().ok
@@ -113,7 +113,7 @@ def test_kill_export_writing_to_a_pipe(tmp_path, model, stored, export_span, tri
     importer = subprocess.Popen([sys.executable, "-m", "cas", "--home", str(host.root), "import", "-"], cwd=REPO,
                                 stdin=export.stdout, stderr=subprocess.PIPE, text=True)  # fmt: skip
     export.stdout.close()  # type: ignore[union-attr]
-    time.sleep(random.Random(500 + trial).uniform(0.05, 0.95) * export_span)
+    time.sleep(kill_point(trial, salt=500) * export_span)
     KILLS.setdefault("cas export | cas import", []).append(export.poll() is None)
     export.send_signal(signal.SIGKILL)
     export.wait()
@@ -145,7 +145,7 @@ def import_span(tmp_path_factory: pytest.TempPathFactory, exported: Path) -> flo
 def test_kill_import_midway(tmp_path, model, exported, import_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    kill_midway("cas import", cli("import", str(exported)), env, import_span, 600 + trial)
+    kill_midway("cas import", cli("import", str(exported)), env, import_span, trial, salt=600)
     assert_imported_whole_or_not_at_all(cache, model)
     cache.import_model(exported)
     assert tree_files(cache.materialize("big:v1")) == tree_files(model)

@@ -61,10 +61,17 @@ def span(args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def kill_midway(op: str, args: list[str], env: dict[str, str], window: float, seed: int) -> None:
-    """SIGKILL at a seeded point of ``window`` s after the child's "ready"; count whether it was still running."""
+def kill_point(trial: int, salt: int = 0) -> float:
+    """Where in its window trial ``trial``'s kill aims, as a fraction: the window is cut into TRIALS strata and
+    each trial aims at a seeded point of its own, so the kills cover all of it and (3 trials) only one aims at
+    the last third, where a run a little faster than the measuring one may have ended already."""
+    return 0.05 + 0.9 * (trial % TRIALS + random.Random(salt + trial).random()) / TRIALS
+
+
+def kill_midway(op: str, args: list[str], env: dict[str, str], window: float, trial: int, salt: int = 0) -> None:
+    """SIGKILL at ``kill_point`` of ``window`` s after the child's "ready"; count whether it was still running."""
     proc = _started(args, env)
-    time.sleep(random.Random(seed).uniform(0.05, 0.95) * window)
+    time.sleep(kill_point(trial, salt) * window)
     KILLS.setdefault(op, []).append(proc.poll() is None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -94,10 +101,8 @@ def add_args(model: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def add_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> float:
-    # The shorter of two adds into fresh caches: two of the seeded kills aim past 80% of the window, and
-    # one slow measuring run made them land after the add had finished.
-    homes = [tmp_path_factory.mktemp("add-span") for _ in range(2)]
-    return min(span(add_args(big_model), {**os.environ, "CAS_HOME": str(home)}) for home in homes)
+    home = tmp_path_factory.mktemp("add-span")
+    return span(add_args(big_model), {**os.environ, "CAS_HOME": str(home)})
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -169,7 +174,7 @@ def create_span(tmp_path_factory: pytest.TempPathFactory, big_model: Path) -> fl
 def test_kill_create_midway(tmp_path, big_model, create_span, trial):
     cache = Cache(tmp_path / "cache")
     args = [sys.executable, "-c", CREATE, str(cache.root), str(big_model)]
-    kill_midway("cache.create", args, dict(os.environ), create_span, 100 + trial)
+    kill_midway("cache.create", args, dict(os.environ), create_span, trial, salt=100)
     assert_consistent(cache)
     subprocess.run(args, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert tree_files(cache.materialize("big:latest")) == tree_files(big_model)
@@ -200,7 +205,7 @@ def test_kill_push_midway(tmp_path, big_model, stored, push_span, trial):
     url = f"file://{tmp_path / 'repo'}"
     env = {**os.environ, "CAS_HOME": str(stored.root)}
     args = [sys.executable, "-c", CLI, "push", "big:v1", "--remote", url]
-    kill_midway("cas push", args, env, push_span, 200 + trial)
+    kill_midway("cas push", args, env, push_span, trial, salt=200)
     if (tmp_path / "repo").exists():
         assert_repository_consistent(url)  # a ref, if there is one, has all its data
     assert stored.verify().ok
@@ -232,7 +237,7 @@ def pull_span(tmp_path_factory: pytest.TempPathFactory, pushed: str) -> float:
 def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
-    kill_midway("cas pull", pull_args(pushed), env, pull_span, 300 + trial)
+    kill_midway("cas pull", pull_args(pushed), env, pull_span, trial, salt=300)
     wait_until(lambda: not any(b"cas.fetchworker" in p.cmdline for p in processes().values()), timeout=30,
                what="the killed pull's workers to exit")  # fmt: skip
     if cache.list():  # finished before the kill: then it must be whole

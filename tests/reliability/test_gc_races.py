@@ -133,7 +133,7 @@ def test_kill_gc_midway(tmp_path, crowded, gc_span, trial):
     home = tmp_path / "cache"
     shutil.copytree(crowded, home, symlinks=True)
     env = {**os.environ, "CAS_HOME": str(home)}
-    kill_midway("cas gc", [sys.executable, "-c", CLI, "gc", "--max-size", "0"], env, gc_span, 1000 + trial)
+    kill_midway("cas gc", [sys.executable, "-c", CLI, "gc", "--max-size", "0"], env, gc_span, trial, salt=1000)
     cache = Cache(home)
     models = crowded.parent / "models"
     for info in cache.list():  # what is still listed is whole

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from cas import Cache, check_repository, list_remote, prune_remote, remove_remot
 from tests.support import synth
 
 from ..conftest import KILLS, READY, REPO, start_together, tree_files
+from .test_crashes import kill_point
 
 pytestmark = pytest.mark.reliability
 TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
@@ -255,7 +255,7 @@ def killable(url: str) -> subprocess.Popen:
 def test_kill_prune_midway(tmp_path, versions, prune_span, trial):
     url = prepared(tmp_path / "repo", versions)
     proc = killable(url)
-    time.sleep(random.Random(trial).uniform(0.05, 0.95) * prune_span)
+    time.sleep(kill_point(trial) * prune_span)
     KILLS.setdefault("prune", []).append(proc.poll() is None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
