@@ -171,7 +171,9 @@ def test_asgi_app_under_uvicorn_stays_live_while_its_model_is_pulled(tmp_path, e
     assert len(during_pull) >= 10  # the pull lasted seconds and the probes ran all along
     assert all(status == 200 for _, status in during_pull)
     slowest = max(seconds for seconds, _ in during_pull)
-    assert slowest < 0.1, f"a liveness probe took {slowest * 1000:.0f} ms during the pull"
+    # A loop blocked by the pull would hold a probe for at least one pack answer (0.5 s late); on two loaded
+    # cores a live one answered within 108 ms at worst (once in six fresh-clone runs, 100 ms was the limit).
+    assert slowest < 0.25, f"a liveness probe took {slowest * 1000:.0f} ms during the pull"
     assert readiness[-1] == (200, {"ready": True, "model": "encoder:v1"})
     weights = hashlib.sha256((encoder / "model.safetensors").read_bytes()).hexdigest()
     assert digest["answer"] == (200, {"model": "encoder:v1", "sha256": weights})  # waited for the model
