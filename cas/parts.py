@@ -1,14 +1,13 @@
 """Part files: the files a pull assembles, chunk by chunk, before they become blobs.
 
-A part file is preallocated to its file's size; each verified chunk is
-written at its offset and then, for a part file of at least
-``LOG_MIN_BYTES``, its offset is appended to ``<part>.done``, so an
-interrupted pull resumes with what it verified.  A smaller file is fetched
-again whole: on a filesystem that scans for a free inode (ext4 without a
-journal), creating a log per file was a third of the CPU of pulling 10,000
-small files.  Processes share
-these files safely: every chunk has its own offsets, and ``O_APPEND`` lines
-are atomic.
+A part file of at least ``LOG_MIN_BYTES`` is made before the fetch at its
+file's size; each verified chunk is written at its offset and then its
+offset is appended to ``<part>.done``, so an interrupted pull resumes with
+what it verified.  A smaller file keeps no log, is made at its first write
+and is fetched again whole: on a filesystem that scans for a free inode
+(ext4 without a journal), a log per file cost a third of the CPU of pulling
+10,000 small files, and an early create with a second open a tenth.  Processes share these files
+safely: every chunk has its own offsets, and ``O_APPEND`` lines are atomic.
 """
 
 from __future__ import annotations
@@ -112,7 +111,7 @@ def read_done(part: str) -> set[int]:
         return {int(x) for x in f.read().split() if x.isdigit()}
 
 
-def needs_creating(size: int) -> bool:
+def _needs_creating(size: int) -> bool:
     """Whether a part file of ``size`` bytes is made before the fetch: a large one, to keep a log of its
     verified chunks, and an empty one, which no write would make.  Others are made at their first write:
     pulling 10,000 small files, a create and an open each cost a tenth of the pull."""
@@ -121,7 +120,7 @@ def needs_creating(size: int) -> bool:
 
 def new_part(part: str, size: int, *, exists: bool = True) -> None:
     """Make way for a part file of ``size`` bytes, never through a link someone left at its name: what
-    is there is removed, and the file is created (exclusively) now if ``needs_creating``, else at its
+    is there is removed, and the file is created (exclusively) now if ``_needs_creating``, else at its
     first write.
 
     ``exists=False``: the caller saw nothing at that name (the exclusive create still refuses anything
@@ -133,7 +132,7 @@ def new_part(part: str, size: int, *, exists: bool = True) -> None:
     if exists or size >= LOG_MIN_BYTES:
         with contextlib.suppress(FileNotFoundError):  # a log without its part file describes nothing
             os.unlink(part + ".done")
-    if not needs_creating(size):
+    if not _needs_creating(size):
         return
     fd = open_shared(part, os.O_WRONLY | os.O_EXCL | os.O_NOFOLLOW)
     try:
