@@ -517,5 +517,5 @@ def test_digest_file_copies_exactly_what_it_hashes_and_chunks(tmp_path, monkeypa
     d = ingest.digest_file(src, copy_to=tmp_path / "copy", progress=seen.append)
     assert (tmp_path / "copy").read_bytes() == data
     assert (d.file_id, d.chunks) == _expected(data) and d.size == size == sum(seen)
-    moved = ingest.digest_file(src, fsync=False, durable=True)  # cache.create: hashed in place
+    moved = ingest.digest_file(src, durable=True)  # cache.create: hashed in place
     assert (moved.file_id, moved.chunks, moved.size) == (d.file_id, d.chunks, size)

@@ -243,9 +243,9 @@ class LocalCache:
             if copy:
                 tmp = os.path.join(tmp_dir, temp_name("blob-"))
                 copies.append(tmp)
-                d = digest_file(s.src, copy_to=tmp, progress=progress, fsync=False, durable=durable)
+                d = digest_file(s.src, copy_to=tmp, progress=progress, durable=durable)
             else:
-                d = digest_file(s.src, fsync=False, durable=durable)
+                d = digest_file(s.src, durable=durable)
             if copy and self.objects.has_blob(d.file_id, s.executable):
                 os.unlink(tmp)  # stored already: the copy goes now, not after the whole model
             else:

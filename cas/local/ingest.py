@@ -47,14 +47,12 @@ def digest_file(
     src_path: str | os.PathLike,
     copy_to: str | os.PathLike | None = None,
     progress: Callable[[int], None] | None = None,
-    fsync: bool = True,
-    durable: bool | None = None,
+    durable: bool = False,
 ) -> Digested:
     """Hash and chunk ``src_path``; with ``copy_to`` (a new file), also copy it there.
 
-    ``fsync``: the copy is fsynced before returning.  ``durable`` (default: as ``fsync``) starts writeback
-    of a large copy while it is made, for a caller that fsyncs it later."""
-    durable = fsync if durable is None else durable
+    ``durable``: start writeback of a large file while it is read, for a caller that flushes it later
+    (``ObjectStore.store_blobs``)."""
     src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         dst = -1 if copy_to is None else os.open(copy_to, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -66,8 +64,6 @@ def digest_file(
                     progress(d.size)
             else:
                 d = _digest_large(src, dst, progress, durable)
-            if dst >= 0 and fsync:
-                os.fsync(dst)
             return d
         finally:
             if dst >= 0:

@@ -48,16 +48,20 @@ class ObjectStore:
         return Path(self._root, "tmp", PULL_WORK)
 
     def blob_path(self, file_id: bytes, executable: bool) -> Path:
+        return Path(self._blob(file_id, executable)[1])
+
+    def _blob(self, file_id: bytes, executable: bool) -> tuple[str, str]:
+        """The folder and path of a blob, as strings (loops over thousands of files avoid pathlib)."""
         h = file_id.hex()
-        return self.root / "blobs" / h[:2] / (h + ".x" if executable else h)
+        folder = os.path.join(self._root, "blobs", h[:2])
+        return folder, os.path.join(folder, h + ".x" if executable else h)
 
     def blob_of(self, entry: FileEntry) -> Path:
         """The blob holding one file of a tree."""
         return self.blob_path(entry.file_id, entry.executable)
 
     def has_blob(self, file_id: bytes, executable: bool) -> bool:
-        h = file_id.hex()
-        return os.path.exists(os.path.join(self._root, "blobs", h[:2], h + ".x" if executable else h))
+        return os.path.exists(self._blob(file_id, executable)[1])
 
     def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> list[str]:
         """Move finished files (path, file id, executable) into place as blobs, several at once: with
@@ -66,9 +70,7 @@ class ObjectStore:
         Returns the files whose blob existed already, left for the caller to remove."""
         todo, stored = [], []
         for src, file_id, executable in files:
-            h = file_id.hex()
-            folder = os.path.join(self._root, "blobs", h[:2])
-            dest = os.path.join(folder, h + ".x" if executable else h)
+            folder, dest = self._blob(file_id, executable)
             if os.path.exists(dest):
                 stored.append(src)
             else:
