@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from . import forking  # noqa: F401 - a forked child re-imports what other threads were importing
 from .cache import Cache
 from .errors import (
     CacheBusy,

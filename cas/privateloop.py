@@ -32,10 +32,22 @@ Factory = Callable[[], Coroutine[Any, Any, T]]
 def run(factory: Factory[T]) -> T:
     """Run ``factory()`` to completion and return its result, from any thread, loop or not."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    return _Job(factory).wait()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(factory())
+        return _Job(factory).wait()
+    except RuntimeError as e:
+        raise _exiting(e) from None
+
+
+def _exiting(e: RuntimeError) -> BaseException:
+    """``e``, or, once the interpreter is exiting (an ``atexit`` handler: no thread or executor can start),
+    a CasError that says so."""
+    if threading.main_thread().is_alive():
+        return e
+    return CasError(f"cas cannot pull or reach a repository while the interpreter exits (from an atexit handler): "
+                    f"{e}; resolve models before exit, e.g. descriptor.prefetch(Service) at start")  # fmt: skip
 
 
 async def run_async(factory: Factory[T]) -> T:

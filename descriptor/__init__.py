@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from _thread import allocate_lock
+from _weakrefset import WeakSet  # what weakref.WeakSet is; loaded at every start already (abc uses it)
 
 from cas import Cache, CasError, ModelInfo, NotFound, default_cache
 from cas.tags import parse
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 RESOLVE_ATTEMPTS = 3  # a version removed between resolving and leasing it is resolved again (then pulled)
+_DECLARED: WeakSet[Model] = WeakSet()  # every Model of this process, so a forked child can reset them
 
 __all__ = ["Model", "ResolvedModel", "aprefetch", "models_of", "prefetch"]
 
@@ -165,6 +167,12 @@ class Model:
 
     def _reset(self) -> None:
         self._resolved: ResolvedModel | None = None
+        self._forget_pending()
+        _DECLARED.add(self)
+
+    def _forget_pending(self) -> None:
+        """No resolution in progress.  In a forked child, the one its parent's thread was running (and any
+        lock that thread held) is not there: the child resolves on its own."""
         self._pending: _Pending | None = None
         self._lock = allocate_lock()
 
@@ -307,6 +315,17 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.tag!r})"
+
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread exists in the child: resolutions other threads were running never finish."""
+    for model in list(_DECLARED):
+        if model._resolved is None:
+            model._forget_pending()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def models_of(obj_or_cls: Any) -> dict[str, Model]:

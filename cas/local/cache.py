@@ -83,6 +83,7 @@ class LocalCache:
         self._durable = durable
         self._max_size = max_size
         self._chunks: ChunkIndex | None = None
+        self._chunks_pid = 0  # the process that opened it
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
         self.locks = Locks(self._root + "/locks")
         self.objects = ObjectStore(self._root)
@@ -121,10 +122,11 @@ class LocalCache:
 
     def chunk_index(self) -> ChunkIndex:
         """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
-        if self._chunks is None:
+        if self._chunks is None or self._chunks_pid != os.getpid():  # a forked child opens its own (chunkindex)
             from .chunkindex import ChunkIndex
 
             self._chunks = ChunkIndex(self.root / "chunks.sqlite")
+            self._chunks_pid = os.getpid()
         return self._chunks
 
     def _existing_chunk_index(self) -> ChunkIndex | None:

@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..forking import SQLITE
 from ..fsutil import make_dirs, open_shared
 from ..tree import Tree
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
+
+# SQLITE is held around every call into SQLite, so that a fork (a preloading server forking its workers while a
+# pull runs in a thread) never copies a connection in the middle of a call or a transaction: the child closes
+# the connections it inherited, which SQLite's in-process lock records otherwise confuse, and opens its own.
+_OPEN: weakref.WeakSet[ChunkIndex] = weakref.WeakSet()
 
 
 class Seed(NamedTuple):
@@ -31,7 +38,12 @@ class ChunkIndex:
     def __init__(self, path: Path):
         make_dirs(path.parent)
         os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache; SQLite's WAL files follow it
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        with SQLITE:
+            self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            _OPEN.add(self)
+            self._set_up()
+
+    def _set_up(self) -> None:
         for attempt in range(100):  # switching to WAL takes a lock SQLite's busy timeout does not wait for
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -48,7 +60,7 @@ class ChunkIndex:
 
     def add_tree(self, tree: Tree) -> None:
         """Record where every chunk of a stored tree lies (first writer wins)."""
-        with self._db:  # one transaction, not one per row
+        with SQLITE, self._db:  # one transaction, not one per row
             self._db.execute("BEGIN IMMEDIATE")  # a writer from the start: no upgrade that SQLite refuses as a deadlock
             self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(tree))
 
@@ -60,18 +72,21 @@ class ChunkIndex:
             batch = ids[i : i + FIND_BATCH]
             marks = ",".join("?" * len(batch))
             sql = f"SELECT id, file, exec, offset, length FROM chunks WHERE id IN ({marks})"
-            for cid, file_id, executable, offset, length in self._db.execute(sql, batch):
+            with SQLITE:
+                rows = self._db.execute(sql, batch).fetchall()
+            for cid, file_id, executable, offset, length in rows:
                 out[cid] = Seed(file_id, bool(executable), offset, length)
         return out
 
     def forget_file(self, file_id: bytes) -> None:
         """Drop the entries of a blob that is gone, so later pulls do not try it first."""
-        self._db.execute("DELETE FROM chunks WHERE file = ?", (file_id,))
+        with SQLITE:
+            self._db.execute("DELETE FROM chunks WHERE file = ?", (file_id,))
 
     def retain(self, file_ids: Iterable[bytes]) -> int:
         """Drop the entries of every blob but these (gc: what it removed, and blobs gone before); returns
         how many were dropped."""
-        with self._db:
+        with SQLITE, self._db:
             self._db.execute("BEGIN IMMEDIATE")  # a writer from the start: no upgrade that SQLite refuses as a deadlock
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS live (file BLOB PRIMARY KEY) WITHOUT ROWID")
             self._db.execute("DELETE FROM live")
@@ -81,7 +96,16 @@ class ChunkIndex:
         return dropped
 
     def close(self) -> None:
-        self._db.close()
+        with SQLITE:
+            self._db.close()
+
+
+def _close_inherited() -> None:
+    for index in list(_OPEN):
+        index._db.close()  # the parent's connections: the child opens its own (see LocalCache.chunk_index)
+
+
+SQLITE.in_child(_close_inherited)
 
 
 def _rows(tree: Tree):

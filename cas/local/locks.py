@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from _thread import get_ident
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 600.0
 POLL = 0.02  # seconds between attempts on a held lock
+
+# Every lock this process holds, with the thread holding it.  A forked child shares each lock's open file with
+# its parent; the copies of locks other threads held are closed in the child, so that a parent that dies holding
+# one (killed mid-pull) does not leave it held for ever by a child that never knew it.
+_held: dict[IO[Any], int] = {}
 
 
 class Locks:
@@ -92,6 +98,7 @@ def _try_lock(path: Path, shared: bool) -> IO[Any] | None:
     except BaseException:
         handle.close()
         raise
+    _held[handle] = get_ident()
     return handle
 
 
@@ -111,6 +118,8 @@ def _lock_now(handle: IO[Any], shared: bool) -> None:
 
 
 def _unlock(handle: IO[Any]) -> None:
+    if _held.pop(handle, None) is None:  # closed after a fork: the lock was another thread's, in the parent
+        return
     if fcntl is not None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     else:
@@ -118,6 +127,20 @@ def _unlock(handle: IO[Any]) -> None:
 
         portalocker.unlock(handle)
     handle.close()
+
+
+def _after_fork_in_child() -> None:
+    """Close the child's copies of the locks the parent's other threads hold (closing a copy leaves the
+    parent's lock as it is; the forking thread's own locks stay, and it unlocks them as it goes on)."""
+    me = get_ident()
+    for handle, thread in list(_held.items()):
+        if thread != me:
+            del _held[handle]
+            handle.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_deadline(path: Path, deadline: float, timeout: float) -> None:

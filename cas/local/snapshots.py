@@ -29,6 +29,13 @@ PARALLEL_LINKS = 2000  # files from which a snapshot is linked by two threads
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
 
 
+def _threads_can_start() -> bool:
+    """False once the interpreter is exiting (a model materialized from an ``atexit`` handler)."""
+    import threading
+
+    return threading.main_thread().is_alive()
+
+
 class Snapshots:
     def __init__(self, cache_root: str, objects: ObjectStore):
         self._dir = cache_root + "/snapshots"  # plain strings: the warm path avoids pathlib
@@ -90,7 +97,7 @@ class Snapshots:
                 self._make_parents(stage, parent, made, dirs)
             src = f"{blobs}/{h[:2]}/{h}.x" if f.executable else f"{blobs}/{h[:2]}/{h}"
             pairs.append((src, f"{stage}/{f.path}", f.path))
-        if len(pairs) >= PARALLEL_LINKS and (os.cpu_count() or 1) > 1:
+        if len(pairs) >= PARALLEL_LINKS and (os.cpu_count() or 1) > 1 and _threads_can_start():
             from concurrent.futures import ThreadPoolExecutor
 
             half = len(pairs) // 2

@@ -1,0 +1,161 @@
+"""Forking servers and exiting interpreters: a child forked while a thread of its parent is resolving a model
+resolves on its own (gunicorn ``--preload`` with uvicorn workers, ``os.fork``, multiprocessing's 'fork'),
+whatever the parent does next, and an ``atexit`` handler resolves or gets a CasError naming the attribute."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, free_port, published, require, stats, wait_until
+from .test_frameworks import http, service_env
+
+FORKING_PARENT = textwrap.dedent("""
+    import hashlib, json, multiprocessing, os, sys, threading, time
+    import descriptor
+    from cas import Cache
+
+    home, remote, how, out = sys.argv[1:5]
+
+    class Service:
+        model = descriptor.Model("encoder:v1", cache=Cache(home), remote=remote)
+
+    def files():
+        root = Service().model.path  # the first access in this process
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+    def child(after_parent):
+        if after_parent:  # the parent's thread has published the snapshot meanwhile
+            while not os.path.isdir(os.path.join(home, "snapshots")) or not os.listdir(os.path.join(home, "snapshots")):
+                time.sleep(0.05)
+        with open(out + ".tmp", "w") as f:
+            json.dump(files(), f)
+        os.rename(out + ".tmp", out)
+
+    threading.Thread(target=Service.model.resolve, daemon=True).start()
+    while not os.path.isdir(os.path.join(home, "tmp", "pull")):  # the pull is under way: it holds its locks
+        time.sleep(0.01)
+    if how == "multiprocessing":
+        proc = multiprocessing.get_context("fork").Process(target=child, args=(False,))
+        proc.start()
+        proc.join(150)
+        sys.exit(0 if proc.exitcode == 0 else 1)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child(how == "after")
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+    print(pid, flush=True)
+    if how == "killed":  # the test kills this process, locks held, while the child waits for them
+        time.sleep(600)
+    os.waitpid(pid, 0)
+""")
+
+
+@pytest.fixture
+def slow_repo(tmp_path, synthetic, server, proxy, token):
+    """The synthetic model as encoder:v1 behind a proxy that answers each pack request 1.5 s late."""
+    url, _ = server
+    published(tmp_path, synthetic, "encoder:v1", url)
+    return proxy(url, delay=1.5)
+
+
+def expected(model: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model.iterdir())}
+
+
+@pytest.mark.parametrize("how", ["during", "after", "multiprocessing", "killed"])
+def test_a_child_forked_while_its_parent_pulls_resolves_on_its_own(tmp_path, synthetic, slow_repo, how):
+    """during: the child's first access comes while the parent's thread still pulls; after: once that pull has
+    published the snapshot; killed: the parent is SIGKILLed holding its pull's locks while the child waits."""
+    out = tmp_path / "child.json"
+    parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT, str(tmp_path / "host"), slow_repo, how, str(out)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        if how == "killed":
+            int(parent.stdout.readline())  # the child exists
+            parent.kill()
+        wait_until(out.exists, timeout=120, what="the forked child to resolve the model")
+    finally:
+        parent.kill()
+        parent.wait()
+    assert json.loads(out.read_text()) == expected(synthetic)
+    if how == "killed":
+        assert stats(slow_repo)["pack_requests"] >= 2  # the child pulled what the killed parent had not
+
+
+ATEXIT = textwrap.dedent("""
+    import atexit, concurrent.futures.thread, sys
+    import descriptor
+    from cas import Cache, CasError
+
+    class Service:
+        model = descriptor.Model("encoder:v1", cache=Cache(sys.argv[1]), remote=sys.argv[2])
+
+    def at_exit():
+        try:
+            print("files", sorted(p.name for p in Service().model.path.iterdir()))
+        except CasError as e:
+            print("CasError", e)
+
+    atexit.register(at_exit)
+""")
+
+
+def test_resolving_from_an_atexit_handler_works_locally_and_is_a_named_error_when_it_must_pull(tmp_path, synthetic,
+                                                                                              slow_repo):  # fmt: skip
+    home = tmp_path / "host"
+    run = lambda: subprocess.run([sys.executable, "-c", ATEXIT, str(home), slow_repo], cwd=REPO,  # noqa: E731
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+    first = run()
+    assert first.stdout.startswith("CasError Service.model: "), first.stdout + first.stderr
+    assert "while the interpreter exits" in first.stdout and "Traceback" not in first.stderr
+    from cas import Cache
+
+    Cache(home).pull("encoder:v1", slow_repo)
+    second = run()
+    assert second.stdout.strip() == f"files {sorted(p.name for p in synthetic.iterdir())}", second.stderr
+
+
+def test_gunicorn_preload_workers_get_the_model_the_master_was_pulling(tmp_path, synthetic, slow_repo, served_app):
+    require("gunicorn")
+    require("uvicorn")
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
+           "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "preload_app:app"]  # fmt: skip
+    app = served_app(cmd, service_env(tmp_path / "host", slow_repo, tmp_path), tmp_path / "gunicorn.log")
+    wait_until(lambda: app.alive() and "Booting worker" in app.output(), what="gunicorn's workers")
+    answers = [http("GET", f"http://127.0.0.1:{port}/files", timeout=120) for _ in range(6)]
+    for status, body in answers:
+        assert status == 200, body
+        assert body["files"] == expected(synthetic)
+    os.killpg(app.proc.pid, signal.SIGTERM)
+    app.proc.wait(timeout=30)  # a worker stuck on its parent's lock ignored SIGTERM
+    assert "Traceback" not in app.output()
+
+
+@pytest.fixture
+def served_app():
+    from .test_frameworks import Served
+
+    started: list[Served] = []
+
+    def start(cmd: list[str], env: dict[str, str], log: Path) -> Served:
+        started.append(Served(cmd, env, log))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
