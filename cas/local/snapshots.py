@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..errors import CasError, CorruptObject
-from ..fsutil import copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
+from ..fsutil import TRASH, copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo
 from . import leases
 from .objects import ObjectStore
@@ -145,8 +145,19 @@ class Snapshots:
         This process's own lease stops it only with ``mine_count`` (gc: a service's gc keeps its own models)."""
         with leases.unused(self._locks, root, mine_count=mine_count) as free:
             if free:  # while no process can take a lease on it
-                remove_tree(self.path(root))
+                self.discard(root)
             return free
+
+    def discard(self, root: str) -> None:
+        """Remove a snapshot whatever uses it: first renamed aside, one atomic step after which no reader can
+        take it for built, then deleted; a removal killed half way leaves a ``.trash-`` folder for gc and verify,
+        never a snapshot that lacks files."""
+        trash = f"{self._dir}/{temp_name(TRASH)}"
+        try:
+            os.rename(f"{self._dir}/{root}", trash)
+        except FileNotFoundError:
+            return
+        remove_tree(Path(trash))
 
     def in_use(self, root: str) -> bool:
         """Whether a process, this one included, holds a lease on ``root`` (changes nothing)."""

@@ -17,7 +17,6 @@ from pathlib import Path
 from .. import tags
 from ..digest import hash_file
 from ..errors import CasError
-from ..fsutil import remove_tree
 from ..ref import ModelInfo, recency
 from ..tree import Tree
 from . import leftovers
@@ -159,7 +158,7 @@ class Verifier:
         self.report.tampered.append(msg)
         if not self.repair:
             return
-        remove_tree(snap)
+        self.snapshots.discard(info.root)
         if not bad_blobs:  # with bad blobs the snapshot is gone so the damage cannot be served; pull again
             self.snapshots.build(info, tree)  # we hold the objects lock already
             self.report.repaired.append(msg)
