@@ -49,3 +49,51 @@ def test_a_missing_blob_is_a_corrupt_object_and_no_snapshot_is_left(tmp_path, mo
         cache.materialize(info)
     assert not cache.snapshots.built(info.root)
     assert list(cache.snapshots.dir.iterdir()) == []
+
+
+AT_THE_FD_LIMIT = """
+import os, resource, sys
+from cas import Cache, CasError
+
+cache = Cache(sys.argv[1])
+info = cache.get("m:v1")
+cache.materialize(info)  # built already: what the service resolves next needs no more files
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+fillers = []
+try:
+    while True:
+        fillers.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    cache.lease(info)
+    print("leased")
+except CasError as e:
+    print("error:", e)
+for fd in fillers:
+    os.close(fd)
+sys.stdout.flush()
+sys.stdin.readline()  # still running (a service using the model) while the test removes it
+"""
+
+
+def test_a_model_is_never_resolved_without_its_lease_when_files_run_out(tmp_path, synthetic):
+    """Out of file descriptors, taking the lease fails loudly: a silent "no lease" let 'cas rm' delete a model
+    a service was using (only a read-only cache may go without one)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO, cas_cli
+
+    home = tmp_path / "cache"
+    Cache(home).add(synthetic, "m:v1")
+    service = subprocess.Popen([sys.executable, "-c", AT_THE_FD_LIMIT, str(home)], cwd=REPO, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        answer = service.stdout.readline().strip()
+        assert answer.startswith("error: could not take the lease"), answer
+        assert "too many files open" in answer and "ulimit -n" in answer
+    finally:
+        service.communicate("\n", timeout=30)
+    cas_cli("rm", "m:v1", home=home)

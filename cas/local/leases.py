@@ -16,9 +16,11 @@ are no leases.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 
+from ..errors import CasError
 from ..fsutil import make_dirs, open_shared
 
 try:
@@ -42,19 +44,30 @@ def hold(lock_dir: str, root: str) -> None:
         os.close(fd)  # a removal or gc unlinked the file while this waited: a lease on it would hold nothing
 
 
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)  # a cache this process cannot write: no lease is needed
+
+
 def _open(lock_dir: str, path: str) -> int | None:
-    """The lease file, opened (made if missing); None where it cannot be (a read-only cache, where nothing
-    can remove the snapshot either)."""
+    """The lease file, opened (made if missing); None only where the cache is read-only to this process (nothing
+    it runs can remove the snapshot).  Any other failure (out of file descriptors, a full disk) is an error:
+    a model resolved without its lease could be removed under the service."""
     try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
         try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
             make_dirs(lock_dir)
             return open_shared(path, os.O_RDONLY)
-        except OSError:
+    except OSError as e:
+        if e.errno in READ_ONLY:
             return None
-    except OSError:
-        return None
+        raise CasError(f"could not take the lease that keeps removals from deleting a model in use ({path}): "
+                       f"{e.strerror}{_advice(e)}") from None  # fmt: skip
+
+
+def _advice(e: OSError) -> str:
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return "; this process has too many files open: raise its limit (ulimit -n) or close files it does not need"
+    return "; fix that and resolve the model again"
 
 
 def _still_named(fd: int, path: str) -> bool:
