@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from _thread import allocate_lock, get_ident
+from _thread import allocate_lock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,35 +26,36 @@ if TYPE_CHECKING:
 # re, shutil (with zlib, bz2 and lzma), threading and warnings are imported where used: a service's
 # warm path imports this module and needs none of them.
 _counter = 0
-_TEMP = r"(\d+)-[0-9a-f]+-\d+-[0-9a-f]{6}$"
+_TEMP = r"(\d+-[0-9a-f]{12})-\d+-[0-9a-f]{6}$"
 _counter_lock = allocate_lock()
+_token = ("", 0)  # this process's owner token and the pid it was made in (a forked child makes its own)
+
+
+def process_token() -> str:
+    """A name for this process that no other process, in any PID namespace or on any host, shares: its pid
+    (for people reading ``tmp/``) and 48 random bits.  A writer proves it is alive with a lock named after it
+    (see ``local.owners``), never by its pid, which another container's process cannot see."""
+    global _token
+    if _token[1] != os.getpid():
+        _token = (f"{os.getpid()}-{os.urandom(6).hex()}", os.getpid())
+    return _token[0]
 
 
 def temp_name(prefix: str = "") -> str:
-    """A name unique across threads and processes; the pid lets cleanup tell live from dead."""
+    """A name unique across threads and processes, carrying the owner token of the process that made it."""
     global _counter
     with _counter_lock:
         _counter += 1
         n = _counter
-    return f"{prefix}{os.getpid()}-{get_ident() & 0xFFFFFF:x}-{n}-{os.urandom(3).hex()}"
+    return f"{prefix}{process_token()}-{n}-{os.urandom(3).hex()}"
 
 
-def pid_of_temp(name: str) -> int | None:
-    """The pid embedded in a temp_name, or None for other names."""
+def token_of_temp(name: str) -> str | None:
+    """The owner token embedded in a temp_name, or None for other names."""
     import re
 
     m = re.search(_TEMP, name)
-    return int(m.group(1)) if m else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return m.group(1) if m else None
 
 
 def fsync_path(path: str | Path) -> None:

@@ -27,6 +27,7 @@ from .. import ref, tags
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from ..fsutil import make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
+from . import owners
 from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
@@ -217,6 +218,7 @@ class LocalCache:
 
         name, version = _new_tag(name)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
+        owners.claim(self.locks.dir)  # the staging folder lives as long as this process: gc must see it alive
         staging = self.objects.tmp / temp_name("create-")
         make_dirs(staging)
         try:

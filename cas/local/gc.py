@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..ref import ModelInfo, recency
-from . import leftovers
+from . import leftovers, owners
 from .locks import DEFAULT_TIMEOUT, Locks
 from .objects import ObjectStore
 from .refs import Refs
@@ -95,6 +95,8 @@ class Collector:
     def _remove_leftovers(self, inv: Inventory) -> int:
         """Remove what no ref needs; returns the bytes on disk it held."""
         found = leftovers.find(self.objects, self.snapshots, inv.trees, partial_pulls=True)
+        if not self.dry_run:
+            owners.sweep(self.locks.dir)  # the owner locks of ended processes (a few bytes each: not reported)
         seen = {(st.st_dev, st.st_ino) for st in _stats(inv.blob_bytes)}  # live blobs' bytes are not freed
         freed = 0
         for root in found.snapshots:

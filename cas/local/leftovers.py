@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from ..fsutil import TRASH, pid_alive, pid_of_temp, remove_tree
+from ..fsutil import TRASH, remove_tree
 from ..tree import Tree
+from . import owners
 from .objects import PULL_WORK, ObjectStore
 from .snapshots import STAGING, Snapshots
 
@@ -27,13 +28,14 @@ class Leftovers(NamedTuple):
 def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *, partial_pulls: bool) -> Leftovers:
     """The leftovers of a cache whose live trees (by root) are ``live``; with ``partial_pulls`` also the
     part files of interrupted pulls."""
+    lock_dir = str(objects.root / "locks")
     live_blobs = {objects.blob_of(f) for t in live.values() for f in t.files}
     paths = [p for p in objects.tree_files() if p.name not in live]
     paths += [p for p in objects.blob_files() if p not in live_blobs]
     orphans = []
     for p in snapshots.entries():
         if p.name.startswith(STAGING):
-            if not owner_alive(p.name[len(STAGING) :]):
+            if not owners.alive(lock_dir, p.name):
                 paths.append(p)
         elif p.name.startswith(TRASH):
             paths.append(p)
@@ -41,7 +43,7 @@ def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *
             orphans.append(p.name)
     tmp = objects.tmp
     for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-        if (p.name == PULL_WORK and partial_pulls) or (p.name != PULL_WORK and not owner_alive(p.name)):
+        if (p.name == PULL_WORK and partial_pulls) or (p.name != PULL_WORK and not owners.alive(lock_dir, p.name)):
             paths.append(p)
     return Leftovers(paths, orphans)
 
@@ -53,9 +55,3 @@ def remove(path: Path) -> None:
         remove_tree(path, move_aside=False)
     else:
         path.unlink(missing_ok=True)
-
-
-def owner_alive(temp: str) -> bool:
-    """Whether the process that made the temporary name ``temp`` still runs."""
-    pid = pid_of_temp(temp)
-    return pid is not None and pid_alive(pid)

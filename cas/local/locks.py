@@ -47,6 +47,10 @@ class Locks:
     def __init__(self, directory: str):
         self._dir = directory
 
+    @property
+    def dir(self) -> str:
+        return self._dir
+
     def hold(self, name: str, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT
              ) -> contextlib.AbstractContextManager[None]:  # fmt: skip
         """Hold ``locks/<name>``; CacheBusy after ``timeout`` seconds (0: one attempt, for work that can wait)."""

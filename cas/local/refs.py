@@ -25,6 +25,7 @@ from ..errors import CasError, InvalidInput, NotFound
 from ..fsutil import atomic_write, make_dirs, temp_name
 from ..ref import ModelInfo, recency
 from ..tags import Tag
+from . import owners
 from .locks import Locks
 
 LATEST_LINK = ".latest"
@@ -126,7 +127,7 @@ class Refs:
             newest = self.newest(info.name)
             if newest is None or recency(info) > recency(newest):
                 self._point_latest(info.name, info)  # before the ref: a crash in between leaves it dangling
-            atomic_write(path, info.encode([remote] if remote else None), Path(self._cache_root, "tmp"))
+            self._write(path, info.encode([remote] if remote else None))
         return info
 
     def add_remote(self, info: ModelInfo, remote: str) -> None:
@@ -151,7 +152,13 @@ class Refs:
     def _record_remote(self, path: Path, info: ModelInfo, remotes: list[str], remote: str) -> None:
         """Rewrite a ref record with ``remote`` added (the caller holds the name's lock)."""
         if remote not in remotes:
-            atomic_write(path, info.encode([*remotes, remote]), Path(self._cache_root, "tmp"))
+            self._write(path, info.encode([*remotes, remote]))
+
+    def _write(self, path: Path, record: bytes) -> None:
+        """Replace a ref record through a temporary in ``tmp/``, written outside the objects lock: this process
+        holds its owner lock first, so a gc elsewhere (another container on this volume) leaves it alone."""
+        owners.claim(self._locks.dir)
+        atomic_write(path, record, Path(self._cache_root, "tmp"))
 
     def stored_at(self, info: ModelInfo) -> float:
         """When this version was stored, pulled or last pushed here (its record's mtime), for recency."""
