@@ -24,6 +24,7 @@ from .errors import (
     InvalidManifest,
     InvalidTag,
     NotFound,
+    OutOfSpace,
     RepoError,
 )
 from .local.cache import Progress, Staging, default_root
@@ -59,6 +60,7 @@ __all__ = [
     "InvalidTag",
     "ModelInfo",
     "NotFound",
+    "OutOfSpace",
     "PruneReport",
     "PullEstimate",
     "PullStats",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from . import tags
-from .errors import CacheBusy, CacheNotWritable, CasError, NotFound
+from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
@@ -191,7 +191,7 @@ class Cache(LocalCache):
         except CasError as e:
             if refresh:
                 return self._refresh_failed(t, url, e)
-            if isinstance(e, (NotFound, CacheNotWritable)):
+            if isinstance(e, (NotFound, CacheNotWritable, OutOfSpace)):
                 raise
             raise type(e)(f"could not pull {t} from {url}: {e}") from None
 

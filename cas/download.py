@@ -27,11 +27,13 @@ from typing import NamedTuple
 
 from . import privateloop
 from .digest import chunk_id
-from .errors import CorruptObject
+from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, out_of_space_advice
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
 from .fsutil import make_dirs
+from .local import interrupted
 from .local.cache import LocalCache, Progress
+from .local.space import format_size
 from .parts import FLUSH_MIN_BYTES, LOG_MIN_BYTES, Parts, new_part, read_done
 from .prefixhash import PrefixHasher
 from .ranges import Range, Target, plan
@@ -122,11 +124,25 @@ class _Pull:
         fetched = reused = 0
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
-            missing = [f for f in tree.files if not self.cache.objects.has_blob(f.file_id, f.executable)]
-            if missing:
-                fetched, reused = await self._build_blobs(info, missing)
-            self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
+            try:
+                missing = [f for f in tree.files if not self.cache.objects.has_blob(f.file_id, f.executable)]
+                if missing:
+                    fetched, reused = await self._build_blobs(info, missing)
+                self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
+            except OSError as e:
+                if isinstance(e, CasError) or e.errno not in OUT_OF_SPACE:
+                    raise
+                raise await asyncio.to_thread(self._out_of_space, info, e) from None
         return PullStats(info, fetched, reused, time.perf_counter() - start)
+
+    def _out_of_space(self, info: ModelInfo, e: OSError) -> OutOfSpace:
+        """Free this pull's part files and those of pulls no process runs, so a full disk never wedges the
+        cache; the error says what was freed and what to do."""
+        freed = interrupted.free(self.cache.objects, self.cache.locks, self.cache.objects.pull_work / info.root)
+        where = f" ({e.filename})" if e.filename else ""
+        return OutOfSpace(f"could not pull {info.tag} into {self.cache.root}: {e.strerror}{where}; its "
+                          f"partial files were removed ({format_size(freed)} freed): "
+                          f"{out_of_space_advice(e, self.cache.root)}")  # fmt: skip
 
     async def _build_blobs(self, info: ModelInfo, files: list[FileEntry]) -> tuple[int, int]:
         """The blobs of ``files``, assembled and published: returns the bytes fetched and reused."""

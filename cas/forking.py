@@ -38,23 +38,24 @@ class ForkGuard:
         """Call ``reset`` in every child forked from now on."""
         self._in_child.append(reset)
 
+    def before_fork(self) -> None:
+        self._lock.acquire()  # waits until no thread is inside
+
+    def after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        for reset in self._in_child:
+            reset()
+        self._lock.release()
+
 
 SQLITE = ForkGuard()  # every call into SQLite (the chunk index): a connection must not be copied mid-call
 
 
-def _before_fork() -> None:
-    SQLITE._lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    SQLITE._lock.release()
-
-
 def _after_fork_in_child() -> None:
     _drop_half_imported()
-    for reset in SQLITE._in_child:
-        reset()
-    SQLITE._lock.release()
+    SQLITE.after_fork_in_child()
 
 
 def _drop_half_imported() -> None:
@@ -76,4 +77,6 @@ def _drop_half_imported() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=SQLITE.before_fork, after_in_parent=SQLITE.after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -167,14 +167,16 @@ class Model:
 
     def _reset(self) -> None:
         self._resolved: ResolvedModel | None = None
-        self._forget_pending()
-        _DECLARED.add(self)
-
-    def _forget_pending(self) -> None:
-        """No resolution in progress.  In a forked child, the one its parent's thread was running (and any
-        lock that thread held) is not there: the child resolves on its own."""
         self._pending: _Pending | None = None
         self._lock = allocate_lock()
+        _DECLARED.add(self)
+
+    def forget_pending(self) -> None:
+        """In a forked child: the resolution its parent's thread was running (and any lock that thread held)
+        is not there, so the child resolves on its own."""
+        if self._resolved is None:
+            self._pending = None
+            self._lock = allocate_lock()
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._attr = name
@@ -320,8 +322,7 @@ class Model:
 def _after_fork_in_child() -> None:
     """Only the forking thread exists in the child: resolutions other threads were running never finish."""
     for model in list(_DECLARED):
-        if model._resolved is None:
-            model._forget_pending()
+        model.forget_pending()
 
 
 if hasattr(os, "register_at_fork"):

@@ -7,14 +7,13 @@ shows the traceback.  Every listing takes ``--json`` for scripts.
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from ..errors import CasError
+from ..errors import OUT_OF_SPACE, CasError, out_of_space_advice
 from . import archive, foreign, models, remote, space, sync
 from .output import Command
 
@@ -69,14 +68,10 @@ def _one_line(e: BaseException, home: str | None) -> str:
 
 def _what_to_do(e: OSError, home: str | None) -> str:
     """What to do about a full disk or a size limit; the cache stays consistent, so running again is safe."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in OUT_OF_SPACE:
         from ..local.cache import default_root
 
-        return (f": free space on the disk written to (the cache is {home or default_root()}: 'cas gc --max-size "
-                "SIZE' evicts models that can be pulled again), or set CAS_HOME to a larger disk; then run the "
-                "command again")  # fmt: skip
-    if e.errno == errno.EFBIG:
-        return ": a limit on file size (ulimit -f) stopped a write; raise it and run the command again"
+        return f": {out_of_space_advice(e, home or default_root())}"
     return ""
 
 

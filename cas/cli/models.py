@@ -134,10 +134,11 @@ def _verify(args: argparse.Namespace) -> int:
                 "tampered": report.tampered,
                 "orphaned": report.orphaned,
                 "repaired": report.repaired,
+                "interrupted": report.interrupted,
             }
         )
     else:
-        for kind in ("missing", "tampered", "orphaned", "repaired"):
+        for kind in ("missing", "tampered", "orphaned", "repaired", "interrupted"):
             for line in getattr(report, kind):
                 print(f"{kind}: {line}")
         state = "ok" if report.ok else "DAMAGED"

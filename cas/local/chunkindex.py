@@ -99,10 +99,15 @@ class ChunkIndex:
         with SQLITE:
             self._db.close()
 
+    def close_inherited(self) -> None:
+        """In a forked child: close the parent's connection (no thread is inside SQLite); the child opens its
+        own (see ``LocalCache.chunk_index``)."""
+        self._db.close()
+
 
 def _close_inherited() -> None:
     for index in list(_OPEN):
-        index._db.close()  # the parent's connections: the child opens its own (see LocalCache.chunk_index)
+        index.close_inherited()
 
 
 SQLITE.in_child(_close_inherited)

@@ -19,7 +19,7 @@ from ..digest import hash_file
 from ..errors import CasError
 from ..ref import ModelInfo, recency
 from ..tree import Tree
-from . import leftovers
+from . import interrupted, leftovers
 from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
@@ -35,6 +35,7 @@ class VerifyReport:
         self.tampered: list[str] = []
         self.orphaned: list[str] = []
         self.repaired: list[str] = []
+        self.interrupted: list[str] = []  # part files interrupted pulls left for the next pull to resume
 
     def __repr__(self) -> str:
         return (
@@ -73,6 +74,7 @@ class Verifier:
             if tag is None:
                 self._check_latest_links(infos)
                 self._check_orphans(trees)
+                self._report_interrupted()
         return self.report
 
     def _all_refs(self) -> list[ModelInfo]:
@@ -184,6 +186,15 @@ class Verifier:
             self._orphan_snapshot(self.snapshots.path(root))
         for p in found.paths:
             self._remove_orphan(p)
+
+    def _report_interrupted(self) -> None:
+        """Part files of interrupted pulls are kept (the next pull of the model resumes), but said, with their
+        size: they can fill a disk, and only gc (or a pull that runs out of space) frees them."""
+        from .space import format_size
+
+        for root, size in interrupted.held(self.objects).items():
+            self.report.interrupted.append(f"{self.objects.pull_work / root}: {format_size(size)} of an interrupted "
+                                           "pull, kept so the next pull of it resumes ('cas gc' frees it)")  # fmt: skip
 
     def _orphan_snapshot(self, p: Path) -> None:
         kept = not self.snapshots.remove(p.name) if self.repair else self.snapshots.in_use(p.name)

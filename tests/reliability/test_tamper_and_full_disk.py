@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from cas import Cache
 
-from ..conftest import cas_cli, tree_files
+from ..conftest import REPO, cas_cli, tree_files
 
 pytestmark = pytest.mark.reliability
 
@@ -100,3 +101,55 @@ def test_a_file_size_limit_during_add_and_pull(tmp_path, model_80mb):
     _assert_clean_failure(
         cas_cli("pull", "big:v1", "--remote", repo, env=env, preexec=_limit_file_size, home=home, check=False), home
     )
+
+
+SERVICE_ON_A_FULL_DISK = """
+import sys
+import descriptor
+from cas import CasError
+
+class Service:
+    model = descriptor.Model("big:v1", remote=sys.argv[1])
+
+try:
+    Service().model.path
+except CasError as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_pull_that_fills_the_disk_frees_what_it_wrote_and_never_wedges_the_cache(tmp_path, small_disk, model_80mb):
+    """The disk stays usable after a pull ran out of space: its part files go, and so do those of interrupted
+    pulls no process runs (verify reports them first); a smaller model pulls next; the descriptor's error
+    names the attribute, the tag, the cache and what to do."""
+    home = small_disk / "cache"
+    src = Cache(tmp_path / "src")
+    src.add(model_80mb, "big:v1")
+    little = tmp_path / "little"
+    little.mkdir()
+    (little / "weights.bin").write_bytes(os.urandom(2 << 20))
+    src.add(little, "small:v1")
+    repo = f"file://{tmp_path / 'repo'}"
+    src.push("big:v1", repo)
+    src.push("small:v1", repo)
+    abandoned = home / "tmp" / "pull" / ("cd" * 32) / f"{'ef' * 32}.part"
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(b"\1" * 12_000_000)  # what a pull killed earlier left
+    verify = cas_cli("verify", home=home)
+    assert f"interrupted: {abandoned.parent}: 12.0 MB of an interrupted pull" in verify.stdout, verify.stdout
+
+    failed = cas_cli("pull", "big:v1", "--remote", repo, home=home, check=False)
+    _assert_clean_failure(failed, home)
+    assert "its partial files were removed" in failed.stderr
+    assert [p for p in (home / "tmp" / "pull").rglob("*") if p.is_file()] == []
+    cas_cli("pull", "small:v1", "--remote", repo, home=home)  # the disk was not left full
+
+    env = {**os.environ, "CAS_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", SERVICE_ON_A_FULL_DISK, repo], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=300)  # fmt: skip
+    assert out.stdout.startswith(f"OutOfSpace Service.model: could not pull big:v1 into {home}: No space left"), (
+        out.stdout + out.stderr
+    )
+    assert "'cas gc --max-size SIZE'" in out.stdout and "Traceback" not in out.stderr
+    assert [p for p in (home / "tmp" / "pull").rglob("*") if p.is_file()] == []
+    assert [i.tag for i in Cache(home).list()] == ["small:v1"] and Cache(home).verify().ok

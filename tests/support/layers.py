@@ -23,7 +23,7 @@ PACKAGES = ("cas", "descriptor")
 # Lowest first; a module's layer is the first whose prefixes match its name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("content", ("cas.errors", "cas.digest", "cas.chunking", "cas.codec", "cas.tree", "cas.tags", "cas.ref",
-                 "cas.fsutil", "cas.privateloop")),
+                 "cas.fsutil", "cas.privateloop", "cas.forking")),
     ("local cache", ("cas.local",)),
     ("repository", ("cas.repo",)),
     ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.fetcher", "cas.fetchworker", "cas.fetch",
