@@ -146,24 +146,41 @@ def _shared(directory: str) -> bool:
     return os.stat(directory).st_mode & _SHARED == _SHARED
 
 
-def make_dirs(path: str | os.PathLike[str]) -> None:
-    """``mkdir -p``; a directory made inside a shared one (see above) is shared too."""
+def make_dirs(path: str | os.PathLike[str]) -> list[str]:
+    """``mkdir -p``; a directory made inside a shared one (see above) is shared too.  Returns the directories
+    it made, outermost first (none: ``path`` was there)."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
+    made: list[str] = []
     try:
         os.mkdir(path)
     except FileExistsError:
-        return
+        return []
     except FileNotFoundError:
         if parent == path:
             raise
-        make_dirs(parent)
+        made = make_dirs(parent)
         try:
             os.mkdir(path)
         except FileExistsError:
-            return
+            return made
     if _shared(parent):
         os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRWXG | stat.S_ISGID)
+    return [*made, path]
+
+
+def holding_dirs(made: list[str]) -> list[str]:
+    """The directories whose entries ``make_dirs`` changed when it made ``made``: each one's parent."""
+    return sorted({os.path.dirname(d) for d in made})
+
+
+def make_durable_dirs(path: str | os.PathLike[str]) -> None:
+    """``make_dirs`` for a folder a name is about to be published in: the parent of every directory it makes is
+    flushed, so after a power loss the folders leading to the name are there whenever the name is.  A folder
+    there already (the usual case) costs nothing.  (A folder another process has just made, and not flushed
+    yet, is taken as it is: only a lock would close that window.)"""
+    for d in reversed(holding_dirs(make_dirs(path))):
+        fsync_dir(d)
 
 
 def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
@@ -182,8 +199,8 @@ def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> 
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically, replacing what was there."""
-    make_dirs(path.parent)
+    """Write ``data`` to ``path`` atomically, replacing what was there; durable when it returns."""
+    make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
     tmp = tmp_dir / temp_name("w")
     make_dirs(tmp_dir)
     try:
@@ -192,15 +209,15 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def write_new(path: Path, data: bytes, tmp_dir: Path) -> bool:
     """Write an immutable object (fsynced) unless it exists; see ``publish``."""
+    make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
     make_dirs(tmp_dir)
     tmp = tmp_dir / temp_name("obj-")
     try:
@@ -215,19 +232,29 @@ def write_new(path: Path, data: bytes, tmp_dir: Path) -> bool:
 
 
 def publish(tmp: Path, path: Path) -> bool:
-    """Move a finished immutable object into place unless it already exists.
+    """Move a finished (fsynced) immutable object into place unless it already exists; either way its name
+    is durable when this returns (see ``make_durable_dirs``), so a ref written next never outlives it.
 
     Returns False when another writer got there first; the temporary is then
     removed.  Content-addressed objects are never rewritten.
     """
-    make_dirs(path.parent)
+    make_durable_dirs(path.parent)
     try:
         os.link(tmp, path)
+        linked = True
     except FileExistsError:
-        tmp.unlink()
-        return False
+        linked = False
     tmp.unlink()
-    return True
+    fsync_dir(path.parent)  # also when another writer linked it: it may not have flushed it yet
+    return linked
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a finished (fsynced) file to ``path``, replacing what was there; its name is durable when this
+    returns, as with ``publish``."""
+    make_durable_dirs(path.parent)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 _COPY_WARNED: set[str] = set()  # reasons already given in this process
