@@ -4,6 +4,16 @@ Everything is written under a unique temporary name and moved into place,
 so a crash leaves at worst an orphaned temporary, never a half-written
 object under its real name.
 
+A power loss is a crash that can also undo what the disk was not told to
+keep.  So ``publish``, ``move_into_place`` and their callers make a name
+durable before anything that refers to it is written (blobs before their
+tree, packs before the locator, everything before the ref): the file is
+fsynced, then linked or renamed, then its folder fsynced; and a folder made
+on the way (``trees/44/``, ``refs/NAME/``) is fsynced in its parent first
+(``make_durable_dirs``).  ext4 and XFS happen to commit these in order;
+btrfs and others need the flushes.  ``tests/reliability/test_durability.py``
+checks the order in a system call trace.
+
 A cache whose root is group-writable and setgid (``chmod 2775``, as git's
 ``core.sharedRepository=group``) is shared by the users of that group: a
 directory made inside such a one is made group-writable and setgid too, and
