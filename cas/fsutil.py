@@ -4,6 +4,16 @@ Everything is written under a unique temporary name and moved into place,
 so a crash leaves at worst an orphaned temporary, never a half-written
 object under its real name.
 
+A power loss is a crash that can also undo what the disk was not told to
+keep.  So ``publish``, ``move_into_place`` and their callers make a name
+durable before anything that refers to it is written (blobs before their
+tree, packs before the locator, everything before the ref): the file is
+fsynced, then linked or renamed, then its folder fsynced; and a folder made
+on the way (``trees/44/``, ``refs/NAME/``) is fsynced in its parent first
+(``make_durable_dirs``).  ext4 and XFS happen to commit these in order;
+btrfs and others need the flushes.  ``tests/reliability/test_durability.py``
+checks the order in a system call trace.
+
 A cache whose root is group-writable and setgid (``chmod 2775``, as git's
 ``core.sharedRepository=group``) is shared by the users of that group: a
 directory made inside such a one is made group-writable and setgid too, and
@@ -147,24 +157,41 @@ def _shared(directory: str) -> bool:
     return os.stat(directory).st_mode & _SHARED == _SHARED
 
 
-def make_dirs(path: str | os.PathLike[str]) -> None:
-    """``mkdir -p``; a directory made inside a shared one (see above) is shared too."""
+def make_dirs(path: str | os.PathLike[str]) -> list[str]:
+    """``mkdir -p``; a directory made inside a shared one (see above) is shared too.  Returns the directories
+    it made, outermost first (none: ``path`` was there)."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
+    made: list[str] = []
     try:
         os.mkdir(path)
     except FileExistsError:
-        return
+        return []
     except FileNotFoundError:
         if parent == path:
             raise
-        make_dirs(parent)
+        made = make_dirs(parent)
         try:
             os.mkdir(path)
         except FileExistsError:
-            return
+            return made
     if _shared(parent):
         os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRWXG | stat.S_ISGID)
+    return [*made, path]
+
+
+def holding_dirs(made: list[str]) -> list[str]:
+    """The directories whose entries ``make_dirs`` changed when it made ``made``: each one's parent."""
+    return sorted({os.path.dirname(d) for d in made})
+
+
+def make_durable_dirs(path: str | os.PathLike[str]) -> None:
+    """``make_dirs`` for a folder a name is about to be published in: the parent of every directory it makes is
+    flushed, so after a power loss the folders leading to the name are there whenever the name is.  A folder
+    there already (the usual case) costs nothing.  (A folder another process has just made, and not flushed
+    yet, is taken as it is: only a lock would close that window.)"""
+    for d in reversed(holding_dirs(make_dirs(path))):
+        fsync_dir(d)
 
 
 def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
@@ -183,8 +210,8 @@ def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> 
 
 
 def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically, replacing what was there."""
-    make_dirs(path.parent)
+    """Write ``data`` to ``path`` atomically, replacing what was there; durable when it returns."""
+    make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
     tmp = tmp_dir / temp_name("w")
     make_dirs(tmp_dir)
     try:
@@ -193,15 +220,15 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def write_new(path: Path, data: bytes, tmp_dir: Path) -> bool:
     """Write an immutable object (fsynced) unless it exists; see ``publish``."""
+    make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
     make_dirs(tmp_dir)
     tmp = tmp_dir / temp_name("obj-")
     try:
@@ -216,19 +243,29 @@ def write_new(path: Path, data: bytes, tmp_dir: Path) -> bool:
 
 
 def publish(tmp: Path, path: Path) -> bool:
-    """Move a finished immutable object into place unless it already exists.
+    """Move a finished (fsynced) immutable object into place unless it already exists; either way its name
+    is durable when this returns (see ``make_durable_dirs``), so a ref written next never outlives it.
 
     Returns False when another writer got there first; the temporary is then
     removed.  Content-addressed objects are never rewritten.
     """
-    make_dirs(path.parent)
+    make_durable_dirs(path.parent)
     try:
         os.link(tmp, path)
+        linked = True
     except FileExistsError:
-        tmp.unlink()
-        return False
+        linked = False
     tmp.unlink()
-    return True
+    fsync_dir(path.parent)  # also when another writer linked it: it may not have flushed it yet
+    return linked
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a finished (fsynced) file to ``path``, replacing what was there; its name is durable when this
+    returns, as with ``publish``."""
+    make_durable_dirs(path.parent)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 _COPY_WARNED: set[str] = set()  # reasons already given in this process

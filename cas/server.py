@@ -12,7 +12,8 @@ documents and locators are replaced only under ``If-Match`` with the ETag
 (a hash of their bytes) they were read with.  DELETE removes one key of the
 layout (the listings excepted: they are updated) and is idempotent.  Bodies are streamed to a temporary
 file, limited in size, and moved into place atomically under the folder's
-update lock; DIR stays a valid ``file://`` repository throughout.
+update lock, and flushed (with any folder made for it) before the answer; DIR stays a valid ``file://``
+repository throughout.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from . import codec
 from . import ref as refs
 from .digest import file_hasher
 from .errors import CasError
-from .fsutil import temp_name
+from .fsutil import make_durable_dirs, move_into_place, publish, temp_name
 from .repo import listing, marks
 from .repo.file import locked_folder
 from .repo.format import (
@@ -60,7 +61,7 @@ class Rejected(Exception):
 
 def make_app(root: Path, *, token: str | None, read_token: bool = False) -> web.Application:
     root = root.absolute()
-    root.mkdir(parents=True, exist_ok=True)
+    make_durable_dirs(root)
     handlers = _Handlers(root, token, read_token)
     app = web.Application(client_max_size=MAX_PACK_BYTES)
     app.router.add_get("/", handlers.listing)
@@ -191,13 +192,10 @@ def _accept(root: Path, key: str, tmp: Path, digest: bytes, conditions: tuple[st
 
 
 def _create(dest: Path, tmp: Path, ref: bytes | None, *, if_none_match: str | None) -> int:
-    """Link an object into place unless it exists: never rewritten, never half there."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(tmp, dest)
+    """Link an object into place unless it exists: never rewritten, never half there, durable before the answer
+    (so before any object that refers to it is accepted)."""
+    if publish(tmp, dest):
         return 201
-    except FileExistsError:
-        pass
     if if_none_match == "*":
         raise Rejected(412, f"{dest.name} exists")
     if ref is not None:  # a client without conditions: the same version with other content is a conflict
@@ -217,8 +215,7 @@ def _replace(dest: Path, tmp: Path, if_none_match: str | None, if_match: str | N
         raise Rejected(412, f"{dest.name} exists")
     if if_match is not None and (current is None or _etag(current) != if_match):
         raise Rejected(412, f"{dest.name} changed since it was read")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
+    move_into_place(tmp, dest)
     return 200 if current is not None else 201
 
 

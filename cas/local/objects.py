@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NotFound
-from ..fsutil import fsync_all, make_dirs, write_new
+from ..fsutil import fsync_all, holding_dirs, make_dirs, write_new
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # cas.tree and cas.digest load blake3: imported where used, off a service's warm path
@@ -66,8 +66,9 @@ class ObjectStore:
     def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> list[str]:
         """Move finished files (path, file id, executable) into place as blobs, several at once: with
         ``durable``, the bytes of those still missing are flushed first (one ``syncfs`` for many files),
-        then named, then the names flushed, so no blob is ever visible before its bytes are on disk.
-        Returns the files whose blob existed already, left for the caller to remove."""
+        then named, then the names flushed together with the folders made for them (``blobs/<ab>/`` in
+        ``blobs/``), so no blob is ever visible before its bytes are on disk, nor lost after its tree is
+        written.  Returns the files whose blob existed already, left for the caller to remove."""
         todo, stored = [], []
         for src, file_id, executable in files:
             folder, dest = self._blob(file_id, executable)
@@ -78,9 +79,10 @@ class ObjectStore:
         if durable:
             fsync_all([t[0] for t in todo], [])
         folders: set[str] = set()
+        made: list[str] = []
         for src, folder, dest, executable in todo:
             if folder not in folders:
-                make_dirs(folder)
+                made += make_dirs(folder)
                 folders.add(folder)
             os.chmod(src, 0o555 if executable else 0o444)
             try:
@@ -89,7 +91,7 @@ class ObjectStore:
                 pass
             os.unlink(src)
         if durable and folders:
-            fsync_all([], sorted(folders))
+            fsync_all([], sorted(folders.union(holding_dirs(made))))
         return stored
 
     def tree_path(self, root: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .. import ref
 from ..errors import CasError, InvalidInput, NotFound
-from ..fsutil import atomic_write, make_dirs, temp_name
+from ..fsutil import atomic_write, make_durable_dirs, temp_name
 from ..ref import ModelInfo, recency
 from ..tags import Tag
 from . import owners
@@ -193,7 +193,7 @@ class Refs:
         if info is None:
             link.unlink(missing_ok=True)
             return
-        make_dirs(link.parent)
+        make_durable_dirs(link.parent)  # the folder of the ref written next, if this is the name's first
         tmp = link.with_name(temp_name(".latest-"))
         os.symlink(info.version, tmp)
         os.replace(tmp, link)

@@ -4,7 +4,9 @@ Reads refuse anything but regular files (a device or FIFO planted in the
 folder must not hang or flood a pull); writes go through a temporary name
 in ``.tmp/`` and are linked (created only if absent) or renamed (listings,
 under ``.tmp/update.lock``) into place, so readers never see a partial
-object; a removal unlinks.  ``cas serve`` takes the same lock, so both can share a folder.
+object, and flushed with any folder made for them before the call returns,
+so a push's ref is never durable before what it names; a removal unlinks.
+``cas serve`` takes the same lock, so both can share a folder.
 """
 
 from __future__ import annotations
