@@ -197,7 +197,7 @@ class LocalCache:
         created = _check_created(created) if created is not None else None
         sources = scan(Path(path))
         with self.locks.hold("objects", shared=True):
-            entries = self._ingest(sources, progress, copy=True)
+            entries = self._ingest(sources, progress, move=False)
             return self._record(name, version, entries, labels, metadata, created)
 
     @contextlib.contextmanager
@@ -212,6 +212,8 @@ class LocalCache:
 
         On normal exit the files are moved (not copied) into the cache under a
         new version; on an exception nothing is recorded and staging is removed.
+        A symlink (or a file reached through one, or hardlinked from elsewhere)
+        is the user's own file: its bytes are copied, the file is left as it is.
         """
         from .sources import scan
 
@@ -223,13 +225,14 @@ class LocalCache:
             yield Staging(staging, f"{name}:{version}")
             sources = scan(staging)
             with self.locks.hold("objects", shared=True):
-                entries = self._ingest(sources, None, copy=False)
+                entries = self._ingest(sources, None, move=True)
                 self._record(name, version, entries, labels, metadata)
         finally:
             remove_tree(staging)
 
-    def _ingest(self, sources: list[Source], progress: Progress | None, copy: bool) -> list[FileEntry]:
-        """Hash and chunk every file (copying it to ``tmp/`` unless it is moved in), then publish them all
+    def _ingest(self, sources: list[Source], progress: Progress | None, move: bool) -> list[FileEntry]:
+        """Hash and chunk every file (copying it to ``tmp/`` unless ``move`` and it is the staging folder's own,
+        see ``Source.movable``: a link's target is the user's, never moved or chmod-ed), then publish them all
         as blobs at once: their bytes flushed together (one syncfs for many files, not an fsync each),
         then their names.  Nothing is visible under a blob's name before its bytes are durable."""
         from ..tree import FileEntry
@@ -242,6 +245,7 @@ class LocalCache:
         copies: list[str] = []
 
         def one(s: Source) -> FileEntry:
+            copy = not (move and s.movable)
             if copy:
                 tmp = os.path.join(tmp_dir, temp_name("blob-"))
                 copies.append(tmp)
