@@ -137,8 +137,8 @@ class LocalCache:
     def writing(self, tag: str, remedy: str) -> Iterator[None]:
         """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
         error naming what to run; a refused access elsewhere (a repository folder) is not the cache's.  A cache
-        on a read-only filesystem, or whose root this user cannot write, is refused before any work: a reader
-        takes no lock there (see ``locks``), so a writer would otherwise get as far as its first write."""
+        on a read-only filesystem, or whose root this user cannot write, is refused before any work: locks are
+        opened read-only or skipped there (see ``locks``), so no lock would stop a writer before its first write."""
         try:
             self._check_writable()
             yield
