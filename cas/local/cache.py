@@ -137,19 +137,32 @@ class LocalCache:
     @contextlib.contextmanager
     def writing(self, tag: str, remedy: str) -> Iterator[None]:
         """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
-        error naming what to run; a refused access elsewhere (a repository folder) is not the cache's."""
+        error naming what to run; a refused access elsewhere (a repository folder) is not the cache's.  A cache
+        on a read-only filesystem, or whose root this user cannot write, is refused before any work: locks are
+        opened read-only or skipped there (see ``locks``), so no lock would stop a writer before its first write."""
         try:
+            self._check_writable()
             yield
         except OSError as e:
             if isinstance(e, CasError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            if not os.path.abspath(os.fspath(e.filename or "")).startswith(self._root + os.sep):
+            where = os.path.abspath(os.fspath(e.filename or ""))
+            if where != self._root and not where.startswith(self._root + os.sep):
                 raise
             raise CacheNotWritable(
                 f"the cache at {self.root} is not writable by this process: {e.strerror} ({e.filename}); {tag} "
                 f"needs a write there: run {remedy} as the cache's owner when provisioning, or use a cache this "
                 "user can write (CAS_HOME, or cache= in Python)"
             ) from None
+
+    def _check_writable(self) -> None:
+        """Raise the OSError a write in the cache would meet, where it is certain (a new cache: none)."""
+        if not os.path.isdir(self._root):
+            return
+        if hasattr(os, "statvfs") and os.statvfs(self._root).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), self._root)
+        if not os.access(self._root, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), self._root)
 
     # -- reading ----------------------------------------------------------------
 
@@ -197,8 +210,8 @@ class LocalCache:
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
         created = _check_created(created) if created is not None else None
         sources = scan(Path(path))
-        with self.locks.hold("objects", shared=True):
-            entries = self._ingest(sources, progress, copy=True)
+        with self.writing(f"storing {name}:{version}", "'cas add'"), self.locks.hold("objects", shared=True):
+            entries = self._ingest(sources, progress, move=False)
             return self._record(name, version, entries, labels, metadata, created)
 
     @contextlib.contextmanager
@@ -213,6 +226,8 @@ class LocalCache:
 
         On normal exit the files are moved (not copied) into the cache under a
         new version; on an exception nothing is recorded and staging is removed.
+        A symlink (or a file reached through one, or hardlinked from elsewhere)
+        is the user's own file: its bytes are copied, the file is left as it is.
         """
         from .sources import scan
 
@@ -220,18 +235,21 @@ class LocalCache:
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
         owners.claim(self.locks.dir)  # the staging folder lives as long as this process: gc must see it alive
         staging = self.objects.tmp / temp_name("create-")
-        make_dirs(staging)
+        doing = f"storing {name}:{version}", "'cas add' or create()"
+        with self.writing(*doing):
+            make_dirs(staging)
         try:
             yield Staging(staging, f"{name}:{version}")
             sources = scan(staging)
-            with self.locks.hold("objects", shared=True):
-                entries = self._ingest(sources, None, copy=False)
+            with self.writing(*doing), self.locks.hold("objects", shared=True):
+                entries = self._ingest(sources, None, move=True)
                 self._record(name, version, entries, labels, metadata)
         finally:
             remove_tree(staging)
 
-    def _ingest(self, sources: list[Source], progress: Progress | None, copy: bool) -> list[FileEntry]:
-        """Hash and chunk every file (copying it to ``tmp/`` unless it is moved in), then publish them all
+    def _ingest(self, sources: list[Source], progress: Progress | None, move: bool) -> list[FileEntry]:
+        """Hash and chunk every file (copying it to ``tmp/`` unless ``move`` and it is the staging folder's own,
+        see ``Source.movable``: a link's target is the user's, never moved or chmod-ed), then publish them all
         as blobs at once: their bytes flushed together (one syncfs for many files, not an fsync each),
         then their names.  Nothing is visible under a blob's name before its bytes are durable."""
         from ..tree import FileEntry
@@ -244,6 +262,7 @@ class LocalCache:
         copies: list[str] = []
 
         def one(s: Source) -> FileEntry:
+            copy = not (move and s.movable)
             if copy:
                 tmp = os.path.join(tmp_dir, temp_name("blob-"))
                 copies.append(tmp)
@@ -297,7 +316,7 @@ class LocalCache:
             victims = self.list(tags.validate_name(tag))
             if not victims:
                 raise self.refs.not_found(tag)
-        with self.locks.hold("objects"):
+        with self.writing(f"removing {tag}", f"'cas rm {tag}'"), self.locks.hold("objects"):
             for name in sorted({i.name for i in victims}):
                 self.refs.remove(name, [i.version for i in victims if i.name == name])
             self._prune({i.root for i in victims})
@@ -357,7 +376,7 @@ class LocalCache:
         from .space import parse_size
 
         budget = parse_size(max_size, "max_size") if max_size is not None else None
-        with self.writing("gc", "'cas gc'"):
+        with self.writing("gc", "'cas gc'") if not dry_run else contextlib.nullcontext():
             collector = Collector(self.objects, self.refs, self.snapshots, self.locks, self._existing_chunk_index,
                                   dry_run=dry_run)  # fmt: skip
             return collector.run(budget, {i.root for i in keep}, wait)
@@ -399,7 +418,11 @@ class LocalCache:
         """
         from .verify import Verifier
 
-        return Verifier(self.objects, self.refs, self.snapshots, self.locks, repair=repair).run(tag)
+        verifier = Verifier(self.objects, self.refs, self.snapshots, self.locks, repair=repair)
+        if not repair:
+            return verifier.run(tag)
+        with self.writing("verify (repairing; 'cas verify --no-repair' only checks)", "'cas verify'"):
+            return verifier.run(tag)
 
 
 def _check_created(created: float) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from blake3 import blake3
 
 from ..chunking import chunk_bytes, chunk_stream
 from ..digest import chunk_id
+from ..errors import InvalidInput
 from ..fsutil import start_writeback
 from ..tree import CHUNK_RECORD
 
@@ -52,9 +54,12 @@ def digest_file(
     """Hash and chunk ``src_path``; with ``copy_to`` (a new file), also copy it there.
 
     ``durable``: start writeback of a large file while it is read, for a caller that flushes it later
-    (``ObjectStore.store_blobs``)."""
-    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    (``ObjectStore.store_blobs``).  ``src_path`` must be a regular file, not a symlink (``sources.scan`` resolves
+    links): a blob is always a regular file whose bytes match its name."""
+    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise InvalidInput(f"{src_path} is not a regular file (it changed while it was stored); try again")
         dst = -1 if copy_to is None else os.open(copy_to, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(src).st_size

@@ -8,11 +8,18 @@ cancelled.  On POSIX a lock is ``fcntl.flock``, what portalocker does there,
 taken directly: importing portalocker costs 25-60 ms, which every ``cas``
 command that writes (materialize, add, pull) paid; it is imported only where
 there is no ``fcntl`` (Windows), and only when a lock is really taken.
+
+A lock file is opened read-only (``flock`` needs no write access), so a
+user who may only read a shared cache still locks the files its writers
+made.  On a read-only filesystem a lock file that is missing cannot be
+made, and no lock is taken: nothing can write there, and a command that
+needs to write is refused before it starts (``LocalCache.writing``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from _thread import get_ident
@@ -65,9 +72,13 @@ class Locks:
 def locked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Iterator[None]:
     """Hold an exclusive (or shared) lock on ``path`` for the duration of the block."""
     deadline = time.monotonic() + timeout
-    while (held := _try_lock(path, shared)) is None:
-        _check_deadline(path, deadline, timeout)
-        time.sleep(min(POLL, timeout))
+    while True:
+        try:
+            held = _try_lock(path, shared)
+            break
+        except BlockingIOError:
+            _check_deadline(path, deadline, timeout)
+            time.sleep(min(POLL, timeout))
     try:
         yield
     finally:
@@ -80,9 +91,13 @@ async def alocked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_
     import asyncio
 
     deadline = time.monotonic() + timeout
-    while (held := _try_lock(path, shared)) is None:
-        _check_deadline(path, deadline, timeout)
-        await asyncio.sleep(POLL)
+    while True:
+        try:
+            held = _try_lock(path, shared)
+            break
+        except BlockingIOError:
+            _check_deadline(path, deadline, timeout)
+            await asyncio.sleep(POLL)
     try:
         yield
     finally:
@@ -90,20 +105,34 @@ async def alocked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_
 
 
 def _try_lock(path: Path, shared: bool) -> IO[Any] | None:
-    """The open lock file, locked; None while another process holds it."""
-    make_dirs(path.parent)
-    os.close(open_shared(path, os.O_RDONLY))  # group-writable in a shared cache, before it is opened to lock
-    handle = open(path, "a")  # kept open while the lock is held
+    """The open lock file, locked (None: none is needed, see above); BlockingIOError while another process
+    holds it."""
+    fd = _open(path)
+    if fd is None:
+        return None
+    handle = os.fdopen(fd, "rb", buffering=0)  # kept open while the lock is held
     try:
         _lock_now(handle, shared)
-    except BlockingIOError:
-        handle.close()
-        return None
     except BaseException:
         handle.close()
         raise
     _held[handle] = get_ident()
     return handle
+
+
+def _open(path: Path) -> int | None:
+    """The lock file opened read-only, made if missing (group-writable in a shared cache); None where it is
+    missing on a read-only filesystem."""
+    try:
+        make_dirs(path.parent)
+        return open_shared(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.EROFS:
+            raise
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # made before the filesystem became read-only
+    except FileNotFoundError:
+        return None
 
 
 def _lock_now(handle: IO[Any], shared: bool) -> None:
@@ -121,7 +150,9 @@ def _lock_now(handle: IO[Any], shared: bool) -> None:
         raise BlockingIOError from None
 
 
-def _unlock(handle: IO[Any]) -> None:
+def _unlock(handle: IO[Any] | None) -> None:
+    if handle is None:  # a read-only filesystem: nothing was locked
+        return
     if _held.pop(handle, None) is None:  # closed after a fork: the lock was another thread's, in the parent
         return
     if fcntl is not None:
