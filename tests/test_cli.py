@@ -87,3 +87,25 @@ def test_materialize_pulls_a_model_that_is_not_here_as_a_service_would(tmp_path,
     assert tree_files(path) == tree_files(synthetic)
     offline = cas_cli("materialize", "m:v1", home=tmp_path / "other", env={**env, "CAS_OFFLINE": "1"}, check=False)
     assert offline.returncode == 1 and "CAS_OFFLINE is set, so it was not pulled" in offline.stderr
+
+
+def test_version_comes_from_the_package_metadata(tmp_path):
+    from importlib.metadata import version
+
+    out = cas_cli("--version", home=tmp_path / "cache")
+    assert out.stdout == f"cas {version('cas')}\n"
+
+
+def test_a_relative_file_url_is_refused_and_nothing_is_written_at_the_root(tmp_path, synthetic):
+    """``file://models/x`` names the host "models": it was taken as ``/x`` and a push made a folder there."""
+    import uuid
+
+    home = tmp_path / "cache"
+    cas_cli("add", str(synthetic), "m:v1", home=home)
+    name = f"cas-test-{uuid.uuid4().hex[:8]}"
+    for args in (["push", "m:v1", "--remote", f"file://models/{name}"], ["list", "--remote", f"file://models/{name}"]):
+        out = cas_cli(*args, home=home, check=False)
+        assert out.returncode == 1
+        assert out.stderr == (f"cas: error: file:// URLs take an absolute path: file:///abs/path (got "
+                              f"'file://models/{name}'); a relative folder is given as a plain path, without file://\n")  # fmt: skip
+    assert not os.path.exists(f"/{name}")

@@ -77,6 +77,7 @@ def _what_to_do(e: OSError, home: str | None) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version of cas and exit")
     _global_flags(p, default=None)
     # The same flags after the command; SUPPRESS keeps them from resetting one given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -101,6 +102,20 @@ COMMANDS: list[Callable[[Command], None]] = [
     archive.commands,
     remote.commands,
 ]
+
+
+class _Version(argparse.Action):
+    """``cas --version``: read from the installed package's metadata only when asked (importlib.metadata costs
+    milliseconds every command would pay)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"cas {version('cas')}")
+        except PackageNotFoundError:
+            print("cas (not installed: no package metadata; pip install -e . gives it one)")
+        parser.exit()
 
 
 def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
