@@ -106,6 +106,6 @@ def test_a_relative_file_url_is_refused_and_nothing_is_written_at_the_root(tmp_p
     for args in (["push", "m:v1", "--remote", f"file://models/{name}"], ["list", "--remote", f"file://models/{name}"]):
         out = cas_cli(*args, home=home, check=False)
         assert out.returncode == 1
-        assert out.stderr == (f"cas: error: file:// URLs take an absolute path: file:///abs/path (got "
-                              f"'file://models/{name}'); a relative folder is given as a plain path, without file://\n")  # fmt: skip
+        assert out.stderr.startswith(f"cas: error: file:// URLs take an absolute path: file:///abs/path (got "
+                                     f"'file://models/{name}'); a relative folder")  # fmt: skip
     assert not os.path.exists(f"/{name}")
