@@ -5,9 +5,9 @@ with one line and nothing stored."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
-import json
 import re
 import struct
 import subprocess

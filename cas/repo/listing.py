@@ -104,8 +104,6 @@ def _unpack(data: bytes, what: str) -> list:
     return doc[1]
 
 
-
-
 def _check_sorted(items: list[str], what: str) -> None:
     if any(a >= b for a, b in itertools.pairwise(items)):
         raise InvalidManifest(f"{what} is not sorted, or repeats an entry")
