@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 MAX_REF_BYTES = 1 << 20
+MAX_CREATED = 1e11  # seconds since the epoch (the year 5138): every date function takes what is below it
 MAX_REMOTES = 64
 DIGEST_SIZE = 32  # cas.digest's; not imported from there, which would load blake3 on a service's warm path
 _MAX_DEPTH = 16
@@ -126,20 +127,27 @@ def decode(data: bytes, *, name: str | None = None, version: str | None = None) 
         isinstance(info.name, str)
         and isinstance(info.version, str)
         and info.root is not None
-        and isinstance(info.created, (int, float))
+        and valid_time(info.created)
         and type(info.size) is int
         and type(info.file_count) is int
         and isinstance(info.labels, dict)
         and isinstance(info.metadata, dict)
     )
     if not ok:
-        raise InvalidManifest("ref record has a field of the wrong type")
+        created = f" (creation time {info.created!r:.40})" if not valid_time(info.created) else ""
+        raise InvalidManifest(f"ref record has a field of the wrong type or out of range{created}")
     if (name is not None and info.name != name) or (version is not None and info.version != version):
         raise InvalidManifest(f"ref record for {info.tag} is stored under {name}:{version}")
     if name is None:  # a name given by the caller was checked when its tag was parsed
         tags.validate_name(info.name)
     tags.validate_version(info.version)
     return info
+
+
+def valid_time(value: object) -> bool:
+    """A creation time a document may carry: seconds since the epoch, finite, from 1970 to ``MAX_CREATED``
+    (+inf, NaN or 1e300 from a hostile document made every date shown of the whole cache fail)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < MAX_CREATED
 
 
 def remotes_of(data: bytes) -> list[str]:

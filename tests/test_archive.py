@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
 import struct
 import subprocess
@@ -334,3 +336,25 @@ def test_errors_name_the_stream(tmp_path, honest):
     assert got.stderr.decode().startswith("cas: error: stdin is not a whole cas export file: it ends in the middle")
     with pytest.raises(CasError, match="the export stream|truncated"):
         Cache(home).import_model(io.BytesIO(data[:1000]))
+
+
+@pytest.mark.parametrize("created", [math.inf, math.nan, 1e300, -1.0, True])
+def test_creation_times_out_of_range_are_refused(tmp_path, honest, created):
+    """+inf, NaN or 1e300 made `cas list` and `cas show` of the whole cache fail after the import."""
+    _, src = honest
+    info = src.get("m:v1")._replace(version="forged", created=created)
+    assert_refused(tmp_path, write_export(info.encode(), src.tree("m:v1").encode(), chunks_of(src)), "creation time")
+
+
+def test_a_repository_ref_with_a_time_out_of_range_is_refused_and_the_cache_lists(tmp_path, synthetic):
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1")
+    repo = tmp_path / "repo"
+    src.push("m:v1", f"file://{repo}")
+    ref_file = repo / "refs" / "m" / "v1"
+    os.chmod(ref_file, 0o644)
+    ref_file.write_bytes(src.get("m:v1")._replace(created=1e300).encode())
+    home = tmp_path / "victim"
+    got = cas_cli("pull", "m:v1", "--remote", f"file://{repo}", home=home, check=False)
+    assert got.returncode == 1 and len(got.stderr.splitlines()) == 1 and "creation time 1e+300" in got.stderr
+    assert cas_cli("list", home=home).returncode == 0 and Cache(home).list() == []

@@ -87,3 +87,52 @@ def test_materialize_pulls_a_model_that_is_not_here_as_a_service_would(tmp_path,
     assert tree_files(path) == tree_files(synthetic)
     offline = cas_cli("materialize", "m:v1", home=tmp_path / "other", env={**env, "CAS_OFFLINE": "1"}, check=False)
     assert offline.returncode == 1 and "CAS_OFFLINE is set, so it was not pulled" in offline.stderr
+
+
+def test_version_comes_from_the_package_metadata(tmp_path):
+    from importlib.metadata import version
+
+    out = cas_cli("--version", home=tmp_path / "cache")
+    assert out.stdout == f"cas {version('cas')}\n"
+
+
+def test_a_relative_file_url_is_refused_and_nothing_is_written_at_the_root(tmp_path, synthetic):
+    """``file://models/x`` names the host "models": it was taken as ``/x`` and a push made a folder there."""
+    import uuid
+
+    home = tmp_path / "cache"
+    cas_cli("add", str(synthetic), "m:v1", home=home)
+    name = f"cas-test-{uuid.uuid4().hex[:8]}"
+    for args in (["push", "m:v1", "--remote", f"file://models/{name}"], ["list", "--remote", f"file://models/{name}"]):
+        out = cas_cli(*args, home=home, check=False)
+        assert out.returncode == 1
+        assert out.stderr.startswith(f"cas: error: file:// URLs take an absolute path: file:///abs/path (got "
+                                     f"'file://models/{name}'); a relative folder")  # fmt: skip
+    assert not os.path.exists(f"/{name}")
+
+
+HOSTILE_LABELS = {"title": "\x1b]0;pwned\x07\x1b[2J", "note": "line\nfake: row", "bento": "\x9b31m"}
+
+
+def test_control_characters_from_a_model_are_printed_escaped_and_json_stays_exact(tmp_path, synthetic):
+    """A label (or metadata, or a message) that a repository or foreign store wrote must not retitle, clear or
+    recolour the user's terminal, nor fake a line: `list`, `list --remote`, `show` print it escaped."""
+    from cas import Cache
+
+    src = Cache(tmp_path / "src")
+    src.add(synthetic, "m:v1", labels=HOSTILE_LABELS, metadata={"module": "x\x1b[31m"})
+    repo = f"file://{tmp_path / 'repo'}"
+    src.push("m:v1", repo)
+    home = tmp_path / "cache"
+    cas_cli("pull", "m:v1", "--remote", repo, home=home)
+    for args in (["list"], ["list", "--remote", repo], ["show", "m:v1"]):
+        out = cas_cli(*args, home=home).stdout
+        assert not any(c in out for c in "\x1b\x07\x9b"), (args, out)
+        assert "\\x1b]0;pwned\\x07\\x1b[2J" in out and "line\\x0afake: row" in out and "\\x9b31m" in out
+    listed = json.loads(cas_cli("list", "--json", home=home).stdout)
+    assert listed[0]["labels"] == HOSTILE_LABELS  # exact, as JSON escapes it
+
+
+def test_an_error_message_is_printed_escaped(tmp_path):
+    out = cas_cli("pull", "m:v1", "--remote", "file:///nonexistent/\x1b[2Jrepo", home=tmp_path / "c", check=False)
+    assert out.returncode == 1 and "\x1b" not in out.stderr and "\\x1b[2Jrepo" in out.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,21 @@ def test_import_bento_errors_are_one_line(bento_store, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "import-bento", "minilm"], capture_output=True, text=True,
                           env={**bento_env(home), "CAS_HOME": str(tmp_path / "cas")}, cwd=REPO)  # fmt: skip
     assert proc.stderr == "cas: error: importing from BentoML needs bentoml: pip install bentoml\n"
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["name: [unclosed\n", "!!python/object/apply:os.system ['touch {marker}']\n"],
+    ids=["yaml-error", "python-tag"],
+)
+def test_a_damaged_or_hostile_model_yaml_is_one_line_and_never_run(bento_store, tmp_path, record):
+    home, saved = bento_store
+    store = tmp_path / "bentoml"
+    shutil.copytree(home, store)
+    marker = tmp_path / "ran"
+    yaml_file = store / Path(saved["path"]).relative_to(home) / "model.yaml"
+    yaml_file.write_text(record.format(marker=marker))
+    proc = cas_cli("import-bento", saved["tag"], home=tmp_path / "cas", env=bento_env(store), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cas: error: BentoML model {saved['tag']}: its model.yaml is not valid YAML (")
+    assert not marker.exists() and Cache(tmp_path / "cas").list() == []

@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 
 from ..errors import OUT_OF_SPACE, CasError, out_of_space_advice
 from . import archive, foreign, models, remote, space, sync
-from .output import Command
+from .output import Command, EscapedStream, printable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _tune_process()
     warnings.showwarning = _warning_line
+    if not isinstance(sys.stdout, EscapedStream):
+        sys.stdout = EscapedStream(sys.stdout)  # type: ignore[assignment]
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -56,14 +58,14 @@ def _tune_process() -> None:
 
 def _warning_line(message: Warning | str, *_: object, **__: object) -> None:
     """A warning (a refresh that fell back, a cache over its budget) as one line, like an error."""
-    print(f"cas: warning: {str(message).removeprefix('cas: ')}", file=sys.stderr)
+    print(f"cas: warning: {printable(str(message).removeprefix('cas: '))}", file=sys.stderr)
 
 
 def _one_line(e: BaseException, home: str | None) -> str:
     if isinstance(e, OSError) and not isinstance(e, CasError):
         where = f" ({e.filename})" if e.filename else ""
-        return f"{e.strerror or e}{where}{_what_to_do(e, home)}"
-    return " ".join(str(e).split())
+        return printable(f"{e.strerror or e}{where}{_what_to_do(e, home)}")
+    return printable(" ".join(str(e).split()))
 
 
 def _what_to_do(e: OSError, home: str | None) -> str:
@@ -77,6 +79,7 @@ def _what_to_do(e: OSError, home: str | None) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version of cas and exit")
     _global_flags(p, default=None)
     # The same flags after the command; SUPPRESS keeps them from resetting one given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -101,6 +104,20 @@ COMMANDS: list[Callable[[Command], None]] = [
     archive.commands,
     remote.commands,
 ]
+
+
+class _Version(argparse.Action):
+    """``cas --version``: read from the installed package's metadata only when asked (importlib.metadata costs
+    milliseconds every command would pay)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"cas {version('cas')}")
+        except PackageNotFoundError:
+            print("cas (not installed: no package metadata; pip install -e . gives it one)")
+        parser.exit()
 
 
 def _global_flags(p: argparse.ArgumentParser, default: object) -> None:

@@ -17,6 +17,11 @@ from ..ref import ModelInfo
 
 PROGRESS_MIN_BYTES = 32 << 20
 
+# C0 and C1 control characters and DEL, as \xNN: a label, a path or a message that a repository, an export file
+# or a foreign store wrote must not move the cursor, retitle or clear the user's terminal, or fake a line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROLS_BUT_LINES = {c: e for c, e in _CONTROLS.items() if c not in (0x09, 0x0A)}
+
 # How a group of commands registers one: cmd(name, function, help) -> its argparse parser, to add arguments to.
 Command = Callable[[str, Callable[[argparse.Namespace], "int | None"], str], argparse.ArgumentParser]
 
@@ -43,6 +48,25 @@ def pairs(items: list[str], what: str, parse_value: bool) -> dict[str, Any]:
     return out
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character escaped (newlines and tabs too: one field stays one field)."""
+    return text.translate(_CONTROLS)
+
+
+class EscapedStream:
+    """A text stream that escapes control characters but newlines and tabs: whatever a command prints is
+    shown, never obeyed.  ``--json`` output passes unchanged (JSON escapes control characters itself)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(_CONTROLS_BUT_LINES))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
@@ -52,6 +76,7 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     if not rows:
         print("(none)", file=sys.stderr)
         return
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -65,7 +90,7 @@ def when(seconds: float) -> str:
 
 
 def labels(info: ModelInfo) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(info.labels.items()))
+    return printable(",".join(f"{k}={v}" for k, v in sorted(info.labels.items())))
 
 
 def input_size(path: str) -> int:

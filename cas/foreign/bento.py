@@ -13,13 +13,15 @@ are, ``custom_objects.pkl`` included.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ref, tags
-from ..errors import CasError, InvalidInput, InvalidTag, NotFound
+from ..errors import CasError, InvalidInput, InvalidManifest, InvalidTag, NotFound
 from ..local.cache import LocalCache
 from ..ref import ModelInfo
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from bentoml import Model
 
 RECORD = "model.yaml"
+YAML_LOGGER = "bentoml._internal.models.model"  # logs a YAML error of a record over many lines, then raises it
 
 
 def import_bento(cache: LocalCache, tag: str, name: str | None = None) -> ModelInfo:
@@ -52,13 +55,34 @@ def find_model(tag: str) -> Model:
     except ImportError:
         raise CasError("importing from BentoML needs bentoml: pip install bentoml") from None
     try:
-        return bentoml.models.get(tag)
+        with _quiet(YAML_LOGGER):
+            return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound as e:
         raise NotFound(f"BentoML model {tag} not found: {e}; list the store with 'bentoml models list'") from None
     except ValueError as e:
         raise InvalidTag(f"invalid BentoML tag {tag!r}: {e}") from None
     except bentoml.exceptions.BentoMLException as e:
         raise CasError(f"BentoML could not read model {tag}: {e}") from None
+    except Exception as e:
+        if type(e).__module__.partition(".")[0] != "yaml":
+            raise
+        first = str(e).strip().partition("\n")[0]
+        raise InvalidManifest(f"BentoML model {tag}: its {RECORD} is not valid YAML ({first}); BentoML reads it "
+                              "with yaml.safe_load, so a tag such as !!python/object is refused, never run; "
+                              "save the model again with BentoML") from None  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence one of BentoML's loggers: cas says what went wrong itself, in one line."""
+    import logging
+
+    log = logging.getLogger(logger)
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def target_tag(model: Model, name: str | None) -> str:

@@ -426,7 +426,7 @@ class LocalCache:
 
 
 def _check_created(created: float) -> float:
-    if isinstance(created, bool) or not isinstance(created, (int, float)) or not 0 <= created < 1e11:
+    if not ref.valid_time(created):
         raise InvalidInput(f"created={created!r}: give seconds since the epoch, as time.time() does")
     return float(created)
 

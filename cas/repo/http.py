@@ -29,6 +29,18 @@ STALL = 30.0  # seconds without a byte before a read counts as stalled (CAS_STAL
 CONNECT = 10.0  # seconds to open a connection
 UPDATE_TRIES = 20  # a listing changed by other pushes this many times in a row: give up
 MAX_LISTED = 10_000_000  # keys in one listing
+SAID_BYTES = 300  # of a refusal's body, shown in the error
+
+
+async def _said(resp: aiohttp.ClientResponse) -> str:
+    """What the server said about a refusal (``cas serve`` says why in its first line), bounded: a hostile
+    server's body is read no further than this."""
+    try:
+        head = await asyncio.wait_for(resp.content.read(SAID_BYTES), 5)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return ""
+    line = head.decode("utf-8", "replace").strip().partition("\n")[0]
+    return f": the server says {line!r}" if line else ""
 
 
 class _Transient(Exception):
@@ -85,7 +97,7 @@ class HttpBackend:
                     if resp.status >= 500 or resp.status == 429:
                         raise _Transient(f"{resp.status} {resp.reason}")
                     if resp.status not in expect:
-                        raise RepoError(f"{method} {url}: unexpected {resp.status} {resp.reason}")
+                        raise RepoError(f"{method} {url}: unexpected {resp.status} {resp.reason}{await _said(resp)}")
                     etag = resp.headers.get("ETag")
                     if resp.status == 200 and window is not None:
                         return _Answer(resp.status, await _read_window(resp, *window), etag)

@@ -20,12 +20,12 @@ back if a push added a version meanwhile).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 
 import msgpack
 
 from ..errors import InvalidManifest, InvalidTag
+from ..ref import valid_time
 from ..tags import validate_name, validate_version
 from .format import FORMAT
 
@@ -61,7 +61,7 @@ def decode_versions(data: bytes) -> dict[str, float]:
     """Version -> creation time, as a push recorded it."""
     what = "a listing of versions"
     entries = _unpack(data, what)
-    if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _time(e[1]) for e in entries):
+    if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and valid_time(e[1]) for e in entries):
         raise InvalidManifest(f"{what} holds an entry that is not [version, creation time]")
     versions = [e[0] for e in entries]
     _check_sorted(versions, what)
@@ -102,10 +102,6 @@ def _unpack(data: bytes, what: str) -> list:
     if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == FORMAT and isinstance(doc[1], list)):
         raise InvalidManifest(f"{what} is not a format-{FORMAT} listing")
     return doc[1]
-
-
-def _time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _check_sorted(items: list[str], what: str) -> None:

@@ -25,11 +25,20 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCU
     from .file import FileBackend
 
     if parsed.scheme == "file":
-        return FileBackend(Path(unquote(parsed.path)))
+        return FileBackend(Path(_absolute_file_path(url, parsed.netloc, unquote(parsed.path))))
     if parsed.scheme == "" and url:
         return FileBackend(Path(url))
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
                     "s3://BUCKET[/PREFIX]")  # fmt: skip
+
+
+def _absolute_file_path(url: str, host: str, path: str) -> str:
+    """The folder of a ``file://`` URL, which names an absolute path (``file:///abs/path``): ``file://models/x``
+    names the host "models", not a relative folder, and must not become ``/x``."""
+    if host not in ("", "localhost") or not path.startswith("/"):
+        raise RepoError(f"file:// URLs take an absolute path: file:///abs/path (got {url!r}); a relative folder "
+                        "is given as a plain path, without file://")  # fmt: skip
+    return path
 
 
 def public_url(url: str) -> str:

@@ -117,3 +117,28 @@ def test_slow_clients_do_not_stop_good_requests(tmp_path, served, synthetic):
         for s in slow:
             s.close()
     assert check_repository(url, deep=True).ok
+
+
+def test_the_access_log_counts_the_body_bytes_of_each_range_answer(tmp_path, synthetic, proxy, monkeypatch):
+    """A 206 of a pack range was logged as ~360 bytes (the headers): the log must add up to what was sent, as
+    the proxy in front of the server counts it."""
+    from cas import Cache
+
+    from ..conftest import TOKEN, free_port, published, start, stats, stop
+
+    port = free_port()
+    (tmp_path / "token").write_text(TOKEN)
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "cas", "serve", str(tmp_path / "repo"), "--port", str(port),
+           "--token-file", str(tmp_path / "token")]  # fmt: skip
+    server = start(cmd, url + "/")
+    try:
+        monkeypatch.setenv("CAS_TOKEN", TOKEN)
+        published(tmp_path, synthetic, "m:v1", url)
+        counting = proxy(url)
+        Cache(tmp_path / "host").pull("m:v1", counting)
+        log = server.log_path.read_text()  # type: ignore[attr-defined]
+    finally:
+        stop(server)
+    ranges = [line.split() for line in log.splitlines() if "/packs/" in line and '" 206 ' in line]
+    assert ranges and sum(int(fields[-2]) for fields in ranges) == stats(counting)["pack_bytes"]
