@@ -3,8 +3,10 @@
 Only the forking thread goes on in a child (gunicorn ``--preload``, multiprocessing's 'fork').  A module
 another thread was importing at that moment (a pull imports its machinery lazily, in its own thread) would
 stay half initialized in the child for ever: every later import of it fails ("partially initialized
-module") or waits on its import lock, whose owner is not there.  Such modules are dropped from
-``sys.modules`` with their import locks, so the child imports them afresh.
+module", or a name its package never bound) or waits on its import lock, whose owner is not there, and its
+code may have been inside a C library's lock (OpenSSL's).  So a fork first waits, briefly, until no other
+thread is in an import; what one began in the instant before the fork is dropped in the child, with its
+submodules and import locks, and imported afresh there.
 
 A ``ForkGuard`` is a lock a fork waits for, so that no thread is inside what it guards (a call into SQLite,
 a transaction) when the process forks; the child then runs what was registered to reset it.  The guards
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from _thread import allocate_lock, get_ident
 from collections.abc import Callable
 
@@ -51,6 +54,7 @@ class ForkGuard:
 
 
 SQLITE = ForkGuard()  # every call into SQLite (the chunk index): a connection must not be copied mid-call
+IMPORT_WAIT = 10.0  # seconds a fork waits for other threads to finish the imports they are in
 
 
 def _after_fork_in_child() -> None:
@@ -58,25 +62,44 @@ def _after_fork_in_child() -> None:
     SQLITE.after_fork_in_child()
 
 
-def _drop_half_imported() -> None:
-    """Forget the modules other threads were importing when this process was forked."""
-    bootstrap = sys.modules.get("importlib._bootstrap")
-    import_locks = getattr(bootstrap, "_module_locks", None)
-    if not isinstance(import_locks, dict):  # an interpreter without them: nothing known to undo
-        return
-    me = get_ident()
+def _half_imported() -> list[str]:
+    """The modules other threads are importing now (the forking thread's own imports left out)."""
+    import_locks = getattr(sys.modules.get("importlib._bootstrap"), "_module_locks", None)
+    if not isinstance(import_locks, dict):  # an interpreter without them: nothing known
+        return []
+    me, names = get_ident(), []
     for name, module in list(sys.modules.items()):
-        if not getattr(getattr(module, "__spec__", None), "_initializing", False):
-            continue
-        ref = import_locks.get(name)
-        lock = ref() if callable(ref) else None
-        if lock is not None and getattr(lock, "owner", None) == me:
-            continue  # the forking thread's own import: it finishes it
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            ref = import_locks.get(name)
+            lock = ref() if callable(ref) else None
+            if lock is None or getattr(lock, "owner", None) != me:
+                names.append(name)
+    return names
+
+
+def _before_fork() -> None:
+    """Let other threads finish the imports they are in (a module's code may be inside a C library's lock:
+    OpenSSL's, as aiohttp makes its SSL context on import), for at most ``IMPORT_WAIT`` seconds."""
+    deadline = time.monotonic() + IMPORT_WAIT
+    while _half_imported() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    SQLITE.before_fork()
+
+
+def _drop_half_imported() -> None:
+    """Forget what another thread was still importing at the fork (it began just then, or took longer than
+    the wait): each such module and its submodules, with their import locks, are imported afresh here."""
+    half = _half_imported()
+    if not half:
+        return
+    import_locks = getattr(sys.modules["importlib._bootstrap"], "_module_locks")  # noqa: B009 - private to importlib
+    prefixes = tuple(f"{name}." for name in half)
+    for name in [n for n in sys.modules if n in half or n.startswith(prefixes)]:
         del sys.modules[name]
         import_locks.pop(name, None)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=SQLITE.before_fork, after_in_parent=SQLITE.after_fork_in_parent, after_in_child=_after_fork_in_child
+        before=_before_fork, after_in_parent=SQLITE.after_fork_in_parent, after_in_child=_after_fork_in_child
     )

@@ -159,3 +159,42 @@ def served_app():
     yield start
     for s in started:
         s.stop()
+
+
+STAGGERED = textwrap.dedent("""
+    import hashlib, json, os, sys, threading, time
+    import descriptor
+
+    class Service:
+        model = descriptor.Model("encoder:v1", remote=sys.argv[1])
+
+    def report():
+        try:
+            root = Service().model.path
+            return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+        except BaseException as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    threading.Thread(target=Service.model.resolve, daemon=True).start()  # imports the pull machinery meanwhile
+    r, w = os.pipe()
+    for i in range(int(sys.argv[2])):
+        time.sleep(0.03)  # forks land all along the thread's imports, its pull and its publishing
+        if os.fork() == 0:
+            os.close(r)
+            os.write(w, (json.dumps(report()) + "\\n").encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        print(f.read(), end="", flush=True)
+""")
+
+
+def test_children_forked_all_along_a_resolution_each_get_the_whole_model(tmp_path, synthetic, slow_repo):
+    """Forks at every moment of the parent thread's resolution, while it imports asyncio and aiohttp too: a
+    module half imported at the fork was left half initialized in the child (NameError in asyncio)."""
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "host")}
+    out = subprocess.run([sys.executable, "-c", STAGGERED, slow_repo, "12"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=240)  # fmt: skip
+    reports = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(reports) == 12, out.stdout + out.stderr
+    assert all(r == expected(synthetic) for r in reports), [r for r in reports if r != expected(synthetic)][:3]
