@@ -54,7 +54,8 @@ class ForkGuard:
 
 
 SQLITE = ForkGuard()  # every call into SQLite (the chunk index): a connection must not be copied mid-call
-IMPORT_WAIT = 10.0  # seconds a fork waits for other threads to finish the imports they are in
+IMPORT_WAIT = 2.0  # seconds a fork waits at most for other threads to finish the imports they are in
+IMPORT_STALL = 0.1  # seconds without an import finishing after which it waits no longer
 
 
 def _after_fork_in_child() -> None:
@@ -79,10 +80,14 @@ def _half_imported() -> list[str]:
 
 def _before_fork() -> None:
     """Let other threads finish the imports they are in (a module's code may be inside a C library's lock:
-    OpenSSL's, as aiohttp makes its SSL context on import), for at most ``IMPORT_WAIT`` seconds."""
-    deadline = time.monotonic() + IMPORT_WAIT
-    while _half_imported() and time.monotonic() < deadline:
+    OpenSSL's, as aiohttp makes its SSL context on import), for at most ``IMPORT_WAIT`` seconds, and no longer
+    than ``IMPORT_STALL`` without progress: an import can wait on a lock another fork hook holds (logging's)."""
+    start = changed = time.monotonic()
+    half = _half_imported()
+    while half and (now := time.monotonic()) - start < IMPORT_WAIT and now - changed < IMPORT_STALL:
         time.sleep(0.002)
+        if (latest := _half_imported()) != half:
+            half, changed = latest, time.monotonic()
     SQLITE.before_fork()
 
 
