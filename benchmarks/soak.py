@@ -353,7 +353,10 @@ def report():
                  for p in sorted(m.path.rglob("*")) if p.is_file()}
         return {"pid": os.getpid(), "tag": m.tag, "files": files}
     except BaseException as e:
-        return {"pid": os.getpid(), "error": f"{type(e).__name__}: {e}"}
+        import traceback
+        frames = traceback.extract_tb(e.__traceback__)[::-1][:4]
+        where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in frames)
+        return {"pid": os.getpid(), "error": f"{type(e).__name__}: {e} (at {where})"}
 
 threading.Thread(target=Service.model.resolve, daemon=True).start()  # a preloading server's first access
 time.sleep(random.random() * 0.3)  # the workers fork at any moment of that resolution
