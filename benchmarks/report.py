@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, lifecycle
+from benchmarks import archive, fanout, ingest, lifecycle, soak
 
 
 def machine() -> dict:
@@ -174,6 +174,11 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += fanout.headline_rows(r["fanout"])
     if r.get("archive"):
         rows += archive.headline_rows(r["archive"])
+    if r.get("soak"):
+        s = r["soak"]
+        rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
+                     f"{sum(s['kills_landed'].values())} kills landed, {sum(s['faults_injected'].values())} faults",
+                     "-", f"0: {_met(s['failures'] == 0)}"))  # fmt: skip
     return rows
 
 
@@ -327,6 +332,8 @@ def sections(r: dict) -> list[str]:
         out.append(lifecycle.section(r["lifecycle"]))
     if r.get("archive"):
         out.append(archive.section(r["archive"]))
+    if r.get("soak"):
+        out.append(soak.section(r["soak"]))
     return out
 
 
