@@ -310,3 +310,15 @@ def test_pull_dry_run_says_what_a_pull_would_fetch_and_fetches_nothing(tmp_path,
     assert pulled["bytes_transferred"] == estimate["bytes_to_fetch"] == stats(counting)["pack_bytes"]
     assert pulled["bytes_reused"] == estimate["bytes_reused"]
     assert stats(counting)["pack_requests"] == estimate["requests"]
+
+
+def test_a_budget_below_the_cache_s_own_files_says_what_stays(tmp_path, repo):
+    """Every model evicted, the chunk index and lock files remain: the report names them, never "over budget"
+    with nothing kept."""
+    cache = Cache(tmp_path / "host")
+    cache.pull("m1:v1", repo)
+    report = cache.gc(0)
+    assert [i.tag for i in report.evicted] == ["m1:v1"] and report.over_budget
+    assert [k.tag for k in report.kept] == ["(the cache itself)"] and "a smaller budget cannot be met" in (
+        report.kept[0].reason
+    )

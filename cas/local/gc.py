@@ -23,7 +23,7 @@ from .locks import DEFAULT_TIMEOUT, Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
-from .space import Inventory, disk_usage
+from .space import Inventory, disk_usage, format_size
 from .usage import UsageLog
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 IN_USE = "in use by a running process"
 HERE_ONLY = "stored here only: push it to a repository so it can come back, or remove it with 'cas rm {tag}'"
 KEPT = "asked to keep it (just pulled)"
+ITSELF = "(the cache itself)"  # what stays when no model is left to evict: the chunk index, locks, folders
 
 
 class Kept(NamedTuple):
@@ -90,6 +91,9 @@ class Collector:
             if not self.dry_run:
                 self._settle(inv, last)
                 after = disk_usage(self.objects.root)  # measured: what df sees now
+        if max_size is not None and after > max_size and not self.kept:
+            why = f"its chunk index, lock files and folders take {format_size(after)} once every model that can come"
+            self.kept.append(Kept(ITSELF, why + " back is evicted: a smaller budget cannot be met"))
         return GcReport(self.removed, self.evicted, freed, before, after, max_size, self.kept, self.dry_run)
 
     def _remove_leftovers(self, inv: Inventory) -> int:
