@@ -2,8 +2,8 @@
 
 Used alike by a pull's own process and by its worker processes
 (``fetchworker``).  Nothing is written that did not decode to its declared
-length and hash to its chunk id; a chunk that fails gets one more read on
-its own, then stops the pull with an error naming it.
+length and hash to its chunk id; a chunk that fails is read again on its
+own (``REREADS`` times), then stops the pull with an error naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from .errors import CorruptObject
 from .parts import Parts
 from .ranges import Piece, Range, Target
 from .repo.repository import Repository
+
+REREADS = 3  # a chunk that fails verification is read again alone this many times before the pull stops
 
 
 class Fetcher:
@@ -37,14 +39,17 @@ class Fetcher:
         fetched = len(body)
         bad = await loop.run_in_executor(self.pool, _decode_and_write, body, r.start, r.pieces, self.parts)
         del body
-        for p in bad:  # a chunk that failed verification gets one more chance, alone
-            again = await self.repo.read(r.pack_id, p.offset, p.offset + p.length)
-            fetched += len(again)
-            if await loop.run_in_executor(self.pool, _decode_and_write, again, p.offset, [p], self.parts):
+        for p in bad:  # a chunk that failed verification gets more chances, alone: a network can damage twice
+            for _ in range(REREADS):
+                again = await self.repo.read(r.pack_id, p.offset, p.offset + p.length)
+                fetched += len(again)
+                if not await loop.run_in_executor(self.pool, _decode_and_write, again, p.offset, [p], self.parts):
+                    break
+            else:
                 raise CorruptObject(
                     f"{self.tag}: chunk {p.chunk_id.hex()} from pack {r.pack_id} in {self.repo.url} failed "
-                    "verification twice; the repository is damaged (nothing corrupt was stored; run 'cas verify' "
-                    "on it)"
+                    f"verification {REREADS + 1} times; the repository, or something between it and this host (a "
+                    "proxy, a CDN), damages it (nothing corrupt was stored; run 'cas verify --remote' on it)"
                 )
         return fetched
 

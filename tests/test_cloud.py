@@ -118,7 +118,7 @@ def test_a_permanent_fault_on_a_pack_stores_nothing_and_the_pull_later_resumes(t
     failed = cas_cli("pull", "minilm:v1", "--remote", s3, home=tmp_path / "host",
                      env={**env, "AWS_ENDPOINT_URL": front, "CAS_PULL_PROCESSES": "0"}, check=False)  # fmt: skip
     message = one_line_error(failed)
-    said = {"403": "AccessDenied (access denied: check the AWS credentials", "flip": "failed verification twice",
+    said = {"403": "AccessDenied (access denied: check the AWS credentials", "flip": "failed verification 4 times",
             "slowdown": "SlowDown (throttled after every retry"}[fault]  # fmt: skip
     assert said in message and s3 in message
     assert Cache(tmp_path / "host").list() == []

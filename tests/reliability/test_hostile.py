@@ -155,7 +155,7 @@ def test_codec_frames_that_expand_beyond_their_claim(tmp_path, honest):
     (repo / "packs" / pack_id).write_bytes(bytes(frames))
     publish(repo, info, tree.encode(), encode_locator(locations))
     got = pull_in_child(tmp_path / "victim", "m:forged", f"file://{repo}")
-    assert "failed verification twice; the repository is damaged" in got["error"], got
+    assert "failed verification 4 times; the repository, or something between" in got["error"], got
     assert got["peak_mb"] < 400, got  # 16 frames in flight fully inflated would be a gigabyte
     assert Cache(tmp_path / "victim").list() == []
 
@@ -168,7 +168,7 @@ def test_pack_bytes_that_are_not_what_the_index_says(tmp_path, honest):
         data[i] ^= 0xFF
     pack.write_bytes(bytes(data))
     victim = Cache(tmp_path / "victim")
-    with pytest.raises(CasError, match="failed verification twice"):
+    with pytest.raises(CasError, match="failed verification 4 times"):
         victim.pull("m:v1", f"file://{repo}")
     assert victim.list() == []
     blobs = victim.root / "blobs"
