@@ -116,8 +116,13 @@ RM = ("m0", "m1")  # two of the three models: every version, their snapshots and
 
 @pytest.fixture(scope="module")
 def rm_span(tmp_path_factory: pytest.TempPathFactory, crowded) -> float:
-    home = copy_of(crowded, tmp_path_factory.mktemp("rm-span") / "cache")
-    return span(cli("rm", *RM), {**os.environ, "CAS_HOME": str(home)})
+    """The shorter of two runs: a removal takes about a second, and one slow measuring run (a cold copy) made
+    the kills aimed at the last part of the window land after the removal had ended (3 of 8 landed)."""
+    spans = []
+    for i in range(2):
+        home = copy_of(crowded, tmp_path_factory.mktemp(f"rm-span-{i}") / "cache")
+        spans.append(span(cli("rm", *RM), {**os.environ, "CAS_HOME": str(home)}))
+    return min(spans)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
