@@ -55,3 +55,23 @@ def test_a_ref_naming_a_missing_tree_and_an_orphan_pack(tmp_path, synthetic):
     report = check_repository(url)
     assert len(report.problems) == 1 and report.problems[0].startswith("m:v1: ")
     assert report.orphans == [f"packs/{'ab' * 32}: a pack without an index"]
+
+
+def test_two_swapped_locator_entries_are_found_by_the_deep_check(tmp_path, synthetic):
+    """Each entry still points inside a pack, at another chunk: the deep check proves every entry against the
+    bytes it points at (a pull then failed "verification" while verify said ok)."""
+    import os
+
+    from cas.repo.format import decode_locator, encode_locator
+
+    url, info = _pushed(tmp_path, synthetic)
+    path = tmp_path / "repo" / "locators" / info.root
+    locations = decode_locator(path.read_bytes())
+    a, b = sorted(locations)[:2]
+    locations[a], locations[b] = locations[b], locations[a]
+    os.chmod(path, 0o644)
+    path.write_bytes(encode_locator(locations))
+    report = check_repository(url, deep=True)
+    assert len(report.problems) == 2 and all("the locator places chunk" in p for p in report.problems), report
+    out = cas_cli("verify", "--remote", url, "--deep", home=tmp_path / "any", check=False)
+    assert out.returncode == 1 and "DAMAGED" in out.stdout

@@ -49,6 +49,9 @@ class _Check:
     def __init__(self, repo: Repository, deep: bool):
         self.repo, self.deep = repo, deep
         self.problems: list[str] = []
+        # deep: what each pack holds where, as its index says (and the pack's bytes prove): pack -> offset ->
+        # (chunk id, encoded length), so each locator entry is checked against the bytes it points at
+        self.placed: dict[str, dict[int, tuple[bytes, int]]] = {}
 
     async def run(self) -> RepoReport:
         versions = await self.repo.versions()
@@ -84,6 +87,7 @@ class _Check:
             sizes[pack_id] = size
             if self.deep:
                 await self._check_pack(pack_id, size, entries)
+                self.placed[pack_id] = {e.offset: (e.chunk_id, e.length) for e in entries}
         return sizes
 
     async def _check_ref(self, info: ModelInfo, sizes: dict[str, int]) -> None:
@@ -106,6 +110,10 @@ class _Check:
                     self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} is in a missing pack {loc.pack_id}")
                 elif loc.offset + loc.length > sizes[loc.pack_id]:
                     self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} lies past the end of its pack")
+                elif self.deep and self.placed[loc.pack_id].get(loc.offset) != (cid, loc.length):
+                    self.problems.append(f"{info.tag}: {f.path}: the locator places chunk {cid.hex()} at bytes "
+                                         f"{loc.offset}+{loc.length} of pack {loc.pack_id}, which hold another chunk "
+                                         "or none")  # fmt: skip
 
     async def _check_pack(self, pack_id: str, size: int, entries: list[IndexEntry]) -> None:
         """Stream a pack in windows: prove its name and every chunk in it, holding one window (and a chunk)."""
