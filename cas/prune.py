@@ -193,11 +193,15 @@ class _Prune:
             await self._repack(survey, victims)
         unreachable = self._unreachable(survey) | {pack_key(p) for p in victims}
         marks = await self._commit(survey, unreachable, _reached(survey.removed), start)
-        deleted = Usage(len(marks.deleting), self._bytes(survey, marks.deleting))
+        live = _reached(survey.live) | _reached(survey.removed)
         if not self.dry_run:
-            await self._delete(marks.deleting)
-        live = {loc.pack_id for locs in survey.live.values() for loc in locs.values()} - set(victims)
-        kept = Usage(len(live), sum(survey.sizes.get(p, 0) for p in live))
+            live |= await self._reached_now()
+        doomed = {k: t for k, t in marks.deleting.items() if k not in live}
+        deleted = Usage(len(doomed), self._bytes(survey, doomed))
+        if not self.dry_run:
+            await self._delete(doomed, set(marks.deleting))
+        packs = {loc.pack_id for locs in survey.live.values() for loc in locs.values()} - set(victims)
+        kept = Usage(len(packs), sum(survey.sizes.get(p, 0) for p in packs))
         return PruneReport(Usage(len(marks.marked), self._bytes(survey, marks.marked)), deleted, repacked, kept,
                            self.dry_run)  # fmt: skip
 
@@ -320,14 +324,22 @@ class _Prune:
     def _bytes(self, survey: Survey, keys: Iterable[str]) -> int:
         return sum(survey.sizes.get(k[len("packs/") :], 0) for k in keys if k.startswith("packs/"))
 
-    async def _delete(self, deleting: dict[str, float]) -> None:
-        """Delete what the marks commit to deleting, top-down, then take it out of the marks."""
-        order = sorted(deleting, key=lambda k: ("locators/", "trees/", "packs/").index(k[: k.index("/") + 1]))
+    async def _reached_now(self) -> set[str]:
+        """What the refs reach at this moment, read again just before deleting: the marks are a document anyone
+        who can write the repository can forge, so they never decide alone that a live object goes."""
+        ref_keys = await self.repo.backend.list("refs/")
+        roots = sorted({i.root for i in await asyncio.gather(*(self._ref(k) for k in ref_keys)) if i is not None})
+        locators = await asyncio.gather(*(self._locator(r, required=True) for r in roots))
+        return _reached({r: loc for r, loc in zip(roots, locators) if loc is not None})
+
+    async def _delete(self, doomed: dict[str, float], done: set[str]) -> None:
+        """Delete ``doomed`` (what the marks commit to deleting that no ref reaches), top-down, then take
+        ``done`` (all the marks committed to, live ones included: they are not to be deleted) out of the marks."""
+        order = sorted(doomed, key=lambda k: ("locators/", "trees/", "packs/").index(k[: k.index("/") + 1]))
         for key in order:
             if key.startswith("packs/"):
                 await self.repo.delete(index_key(key[len("packs/") :]))
             await self.repo.delete(key)
-        done = set(deleting)
 
         def change(data: bytes | None) -> bytes | None:
             marks = decode_marks(data)

@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import codec
 from . import ref as refs
+from .connlimits import with_head_deadline
 from .digest import file_hasher
 from .errors import CasError
 from .fsutil import make_durable_dirs, move_into_place, publish, temp_name
@@ -316,4 +317,24 @@ def serve(
     app = make_app(root, token=token, read_token=read_token)
     mode = "read-write" if token else "read-only"
     print(f"cas serve: {root.absolute()} on http://{host}:{port} ({mode})", flush=True)
-    web.run_app(app, host=host, port=port, print=None, access_log_class=AccessLog)
+    asyncio.run(_run(app, host, port))
+
+
+async def _run(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, every connection with a deadline for its request head
+    (``connlimits``), then shut down cleanly as aiohttp's ``run_app`` does."""
+    import signal
+
+    runner = web.AppRunner(app, access_log_class=AccessLog)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    factory = with_head_deadline(runner.server)  # type: ignore[arg-type]
+    listening = await loop.create_server(factory, host, port, reuse_address=True)
+    try:
+        await stop.wait()
+    finally:
+        listening.close()
+        await runner.cleanup()

@@ -305,3 +305,22 @@ def test_cas_serve_without_the_token_refuses_removal(server, models, tmp_path, m
                   check=False).stderr  # fmt: skip
     assert "check CAS_TOKEN" in err and "wrong" not in err
     assert [i.tag for i in cas.list_remote(url)] == ["m:v1"]
+
+
+def test_forged_marks_never_delete_what_a_ref_reaches(pushed, tmp_path, models):
+    """Anyone who can write the repository can write its marks: committing every live object to deletion
+    must delete none of them (the refs are read again right before deleting)."""
+    p = pushed
+    live = version_objects(p, "m:v1") | version_objects(p, "m:v2")
+    forged = {k: 1.0 for k in live if not k.endswith(".idx")}
+
+    async def forge(backend):
+        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, forged, {})))
+
+    on_store(p.url, forge)
+    report = cas.prune_remote(p.url)
+    assert report.deleted.count == 0
+    assert live <= objects(p.url)
+    assert marks.decode(stored(p.url)[marks_key()]).deleting == {}  # taken out of the marks: they are live
+    assert cas.check_repository(p.url, deep=True).ok
+    assert pulled(p.url, "m:v1", tmp_path / "h") == tree_files(models["m:v1"])

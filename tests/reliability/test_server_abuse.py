@@ -142,3 +142,28 @@ def test_the_access_log_counts_the_body_bytes_of_each_range_answer(tmp_path, syn
         stop(server)
     ranges = [line.split() for line in log.splitlines() if "/packs/" in line and '" 206 ' in line]
     assert ranges and sum(int(fields[-2]) for fields in ranges) == stats(counting)["pack_bytes"]
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(served):
+    """50 clients each sending one byte of a request head a second were all still connected after 60 s."""
+    import time
+
+    url, port, _ = served
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    head = b"GET /refs/m/v1 HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40
+    closed: set[int] = set()
+    deadline = time.monotonic() + 30  # a hang bound: the server's head deadline is 10 s
+    for i in range(len(head)):
+        if len(closed) == len(slow) or time.monotonic() > deadline:
+            break
+        for n, s in enumerate(slow):
+            if n not in closed:
+                try:
+                    s.sendall(head[i : i + 1])
+                except OSError:
+                    closed.add(n)
+        time.sleep(1)
+    for s in slow:
+        s.close()
+    assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow clients still connected"
+    assert b"refs/m/v1" in urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()

@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("repository", ("cas.repo",)),
     ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.fetcher", "cas.fetchworker", "cas.fetch",
               "cas.download", "cas.upload", "cas.prune", "cas.archive")),
-    ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.__main__", "cas", "descriptor")),
+    ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.connlimits", "cas.__main__", "cas",
+                    "descriptor")),
 ]  # fmt: skip
 
 
