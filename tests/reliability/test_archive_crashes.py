@@ -84,8 +84,13 @@ def assert_imported_whole_or_not_at_all(cache: Cache, model: Path) -> None:
 
 @pytest.fixture(scope="module")
 def export_span(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> float:
-    dest = tmp_path_factory.mktemp("export-span") / "big.casx"
-    return span(cli("export", "big:v1", str(dest)), {**os.environ, "CAS_HOME": str(stored.root)})
+    """The shorter of two runs: the first reads the blobs from disk, later ones (the trials) from the page
+    cache, and kills aimed past the end of a faster run missed (1 of 3 landed on a loaded machine)."""
+    spans = []
+    for i in range(2):
+        dest = tmp_path_factory.mktemp(f"export-span-{i}") / "big.casx"
+        spans.append(span(cli("export", "big:v1", str(dest)), {**os.environ, "CAS_HOME": str(stored.root)}))
+    return min(spans)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
