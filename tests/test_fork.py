@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO, free_port, published, require, stats, wait_until
-from .test_frameworks import http, service_env
+from .test_frameworks import http, served, service_env  # noqa: F401 - served: the fixture
 
 FORKING_PARENT = textwrap.dedent("""
     import hashlib, json, multiprocessing, os, sys, threading, time
@@ -129,13 +129,13 @@ def test_resolving_from_an_atexit_handler_works_locally_and_is_a_named_error_whe
     assert second.stdout.strip() == f"files {sorted(p.name for p in synthetic.iterdir())}", second.stderr
 
 
-def test_gunicorn_preload_workers_get_the_model_the_master_was_pulling(tmp_path, synthetic, slow_repo, served_app):
+def test_gunicorn_preload_workers_get_the_model_the_master_was_pulling(tmp_path, synthetic, slow_repo, served):  # noqa: F811
     require("gunicorn")
     require("uvicorn")
     port = free_port()
     cmd = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
            "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "preload_app:app"]  # fmt: skip
-    app = served_app(cmd, service_env(tmp_path / "host", slow_repo, tmp_path), tmp_path / "gunicorn.log")
+    app = served(cmd, service_env(tmp_path / "host", slow_repo, tmp_path), tmp_path / "gunicorn.log")
     wait_until(lambda: app.alive() and "Booting worker" in app.output(), what="gunicorn's workers")
     answers = [http("GET", f"http://127.0.0.1:{port}/files", timeout=120) for _ in range(6)]
     for status, body in answers:
@@ -144,21 +144,6 @@ def test_gunicorn_preload_workers_get_the_model_the_master_was_pulling(tmp_path,
     os.killpg(app.proc.pid, signal.SIGTERM)
     app.proc.wait(timeout=30)  # a worker stuck on its parent's lock ignored SIGTERM
     assert "Traceback" not in app.output()
-
-
-@pytest.fixture
-def served_app():
-    from .test_frameworks import Served
-
-    started: list[Served] = []
-
-    def start(cmd: list[str], env: dict[str, str], log: Path) -> Served:
-        started.append(Served(cmd, env, log))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 STAGGERED = textwrap.dedent("""
