@@ -68,6 +68,15 @@ def token_of_temp(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def still_named(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open at ``fd`` (a lock file a removal unlinked while this process
+    waited for its lock holds nothing: the caller opens it anew)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

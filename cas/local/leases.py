@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 
 from ..errors import CasError
-from ..fsutil import make_dirs, open_shared
+from ..fsutil import make_dirs, open_shared, still_named
 
 try:
     import fcntl
@@ -38,7 +38,7 @@ def hold(lock_dir: str, root: str) -> None:
         return
     while (fd := _open(lock_dir, path)) is not None:
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a removal in progress; the caller then re-checks
-        if _still_named(fd, path):
+        if still_named(fd, path):
             _held[path] = fd
             return
         os.close(fd)  # a removal or gc unlinked the file while this waited: a lease on it would hold nothing
@@ -68,13 +68,6 @@ def _advice(e: OSError) -> str:
     if e.errno in (errno.EMFILE, errno.ENFILE):
         return "; this process has too many files open: raise its limit (ulimit -n) or close files it does not need"
     return "; fix that and resolve the model again"
-
-
-def _still_named(fd: int, path: str) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 def first_use(lock_dir: str, root: str) -> float | None:

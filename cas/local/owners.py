@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ..fsutil import make_dirs, open_shared, process_token, token_of_temp
+from ..fsutil import make_dirs, open_shared, process_token, still_named, token_of_temp
 
 try:
     import fcntl
@@ -38,7 +38,7 @@ def claim(lock_dir: str) -> None:
     while True:
         fd = open_shared(path, os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else takes it but a gc judging it, for an instant
-        if _still_named(fd, path):
+        if still_named(fd, path):
             _claimed[path] = fd
             return
         os.close(fd)  # a gc found the file free and removed it just now: make it anew
@@ -90,10 +90,3 @@ def _locked_if_free(path: str) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
-
-
-def _still_named(fd: int, path: str) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
