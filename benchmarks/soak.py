@@ -41,6 +41,7 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from benchmarks.harness import TOKEN, reset, start_server
 from tests.support import synth
@@ -199,7 +200,7 @@ class Runner:
             finally:
                 with self.lock:
                     self.running.pop(proc.pid, None)
-            self._reap_group(kind, cmd, proc.pid)
+            self._reap_group(kind, cmd, proc.pid, err)
             out.seek(0)
             err.seek(0)
             return Result(rc, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
@@ -214,16 +215,19 @@ class Runner:
             self.tally.fail("hang", f"{kind}: `{shown(cmd)}` ran past its {self.deadline:.0f} s deadline")
             return None
 
-    def _reap_group(self, kind: str, cmd: list[str], pgid: int) -> None:
-        """Workers and forked children must end on their own once their parent has (a bounded wait)."""
-        end = time.monotonic() + min(30.0, self.deadline)
+    def _reap_group(self, kind: str, cmd: list[str], pgid: int, err: IO[bytes]) -> None:
+        """Workers and forked children must end on their own once their parent has, within an operation's
+        deadline (a child whose parent was killed resolves on its own: a whole pull, under the soak's load).
+        Those that do not are asked for their threads' stacks (SIGUSR1: see SERVICE) before they are killed."""
+        end = time.monotonic() + self.deadline
         while _group(pgid) and time.monotonic() < end:
             time.sleep(0.1)
         left = _group(pgid)
         if left:
+            stacks = _stacks(pgid, err)
             _killpg(pgid)
             self.tally.fail("hang", f"{kind}: {len(left)} process(es) of `{shown(cmd)}` outlived it "
-                                    f"by {min(30.0, self.deadline):.0f} s: {left}")  # fmt: skip
+                                    f"by {self.deadline:.0f} s: {left}; their stacks: {stacks}")  # fmt: skip
 
     def kill_one(self, rng: random.Random) -> None:
         """SIGKILL one running operation chosen at random; a kill lands if the process was still running."""
@@ -256,6 +260,16 @@ def _group(pgid: int) -> list[int]:
         if int(stat[2]) == pgid and stat[0] != "Z":
             found.append(int(entry))
     return found
+
+
+def _stacks(pgid: int, err: IO[bytes]) -> str:
+    """What the processes of a group print on SIGUSR1 (Python's faulthandler, where they registered it)."""
+    seen = err.seek(0, os.SEEK_END)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGUSR1)
+    time.sleep(1.0)
+    err.seek(seen)
+    return err.read()[-4000:].decode(errors="replace").replace("\n", " | ")
 
 
 def _killpg(pgid: int) -> None:
@@ -338,7 +352,8 @@ def op_pull(soak: Soak, host: Host) -> None:
 
 
 SERVICE = """
-import hashlib, json, os, random, sys, threading, time
+import faulthandler, hashlib, json, os, random, signal, sys, threading, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # a process that hangs shows where (forked ones too)
 import descriptor
 
 tag, remote, children = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -779,6 +794,8 @@ def run(work: Path, quick: bool, minutes: float | None = None) -> dict:
     started = time.monotonic()
     soak = Soak(work / "soak", minutes)
     soak.work.mkdir(parents=True)
+    # SIGTERM (a timeout, a stopped CI job) ends it through the teardown below: servers stopped, tmpfs unmounted
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         soak.setup()
         soak.run()

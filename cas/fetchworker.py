@@ -27,6 +27,7 @@ import msgpack
 
 from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
 from .fetcher import Fetcher
+from .fsutil import write_all
 from .parts import Parts
 from .ranges import Backlog, Piece, Range, Target
 from .repo.repository import Repository, token
@@ -211,12 +212,12 @@ async def _run(fetcher: Fetcher, work: Work) -> None:
         got = await fetcher.run(work.range)
     except BaseException as e:  # noqa: BLE001 - any failure ends this worker, reported to the pull
         _fail(e)
-    os.write(1, encode(Done(work.rid, got)))
+    write_all(1, encode(Done(work.rid, got)))
 
 
 def _fail(e: BaseException) -> None:
     """Tell the pull what failed, and exit at once: nothing more is written into its files."""
-    os.write(1, encode(failure(e)))
+    write_all(1, encode(failure(e)))
     os._exit(1)
 
 

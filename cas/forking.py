@@ -10,8 +10,10 @@ submodules and import locks, and imported afresh there.
 
 A ``ForkGuard`` is a lock a fork waits for, so that no thread is inside what it guards (a call into SQLite,
 a transaction) when the process forks; the child then runs what was registered to reset it.  The guards
-exist from ``import cas`` on, so a fork can never race their creation.  The descriptor and the cache's
-locks reset their own state in a forked child too (``os.register_at_fork``).
+exist from ``import cas`` on, so a fork can never race their creation: ``SQLITE`` around every call into
+the chunk index, ``LOCK_FILES`` around taking and dropping a lock file (a lock file a thread had opened but
+not yet registered at the fork would stay locked in the child for ever, once the parent locked it and
+died).  The descriptor resets its own state in a forked child too (``os.register_at_fork``).
 """
 
 from __future__ import annotations
@@ -54,28 +56,48 @@ class ForkGuard:
 
 
 SQLITE = ForkGuard()  # every call into SQLite (the chunk index): a connection must not be copied mid-call
+LOCK_FILES = ForkGuard()  # opening, locking and registering a lock file, and unlocking it: never copied half done
+GUARDS = (SQLITE, LOCK_FILES)  # taken in this order before a fork
 IMPORT_WAIT = 2.0  # seconds a fork waits at most for other threads to finish the imports they are in
 IMPORT_STALL = 0.1  # seconds without an import finishing after which it waits no longer
 
 
 def _after_fork_in_child() -> None:
     _drop_half_imported()
-    SQLITE.after_fork_in_child()
+    for guard in GUARDS:
+        guard.after_fork_in_child()
+
+
+def _after_fork_in_parent() -> None:
+    for guard in reversed(GUARDS):
+        guard.after_fork_in_parent()
 
 
 def _half_imported() -> list[str]:
-    """The modules other threads are importing now (the forking thread's own imports left out)."""
-    import_locks = getattr(sys.modules.get("importlib._bootstrap"), "_module_locks", None)
-    if not isinstance(import_locks, dict):  # an interpreter without them: nothing known
+    """The modules other threads are importing now (the forking thread's own imports left out): those whose
+    import lock another thread holds (it may still be finding the module, not yet in ``sys.modules``), and
+    those half initialized."""
+    import_locks = _import_locks()
+    if import_locks is None:  # an interpreter without them: nothing known
         return []
-    me, names = get_ident(), []
+    me, names = get_ident(), set()
+    for name, ref in list(import_locks.items()):
+        owner = getattr(ref() if callable(ref) else None, "owner", None)
+        if owner is not None and owner != me:
+            names.add(name)
     for name, module in list(sys.modules.items()):
         if getattr(getattr(module, "__spec__", None), "_initializing", False):
             ref = import_locks.get(name)
-            lock = ref() if callable(ref) else None
-            if lock is None or getattr(lock, "owner", None) != me:
-                names.append(name)
-    return names
+            if getattr(ref() if callable(ref) else None, "owner", None) != me:
+                names.add(name)
+    return sorted(names)
+
+
+def _import_locks() -> dict[str, object] | None:
+    """importlib's import lock of each module being imported, by name (private to importlib: no other way to
+    learn what another thread is importing)."""
+    locks = getattr(sys.modules.get("importlib._bootstrap"), "_module_locks", None)
+    return locks if isinstance(locks, dict) else None
 
 
 def _before_fork() -> None:
@@ -88,23 +110,24 @@ def _before_fork() -> None:
         time.sleep(0.002)
         if (latest := _half_imported()) != half:
             half, changed = latest, time.monotonic()
-    SQLITE.before_fork()
+    for guard in GUARDS:
+        guard.before_fork()
 
 
 def _drop_half_imported() -> None:
     """Forget what another thread was still importing at the fork (it began just then, or took longer than
-    the wait): each such module and its submodules, with their import locks, are imported afresh here."""
+    the wait): each such module and its submodules, with their import locks (held by a thread that is not
+    here: the next import of them would wait for ever), are imported afresh here."""
     half = _half_imported()
-    if not half:
+    import_locks = _import_locks()
+    if not half or import_locks is None:
         return
-    import_locks = getattr(sys.modules["importlib._bootstrap"], "_module_locks")  # noqa: B009 - private to importlib
     prefixes = tuple(f"{name}." for name in half)
     for name in [n for n in sys.modules if n in half or n.startswith(prefixes)]:
         del sys.modules[name]
+    for name in [n for n in import_locks if n in half or n.startswith(prefixes)]:
         import_locks.pop(name, None)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=SQLITE.after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -77,6 +77,23 @@ def still_named(fd: int, path: str) -> bool:
         return False
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``.  A write that meets a full disk or a file-size limit part way
+    returns short and only the next one raises: ignoring the count would leave a hole that looks written."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (see ``pwrite_all``; for an ``O_APPEND`` log)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
 def fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

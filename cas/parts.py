@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 
-from .fsutil import open_shared
+from .fsutil import open_shared, pwrite_all, write_all
 from .ranges import Target
 
 FLUSH_EVERY = 0.5  # seconds between write-behind flushes of large part files
@@ -76,7 +76,7 @@ class Parts:
     def write(self, targets: list[Target], data: bytes | memoryview) -> None:
         for t in targets:
             with self._use(t.part) as entry:
-                os.pwrite(entry[0], data, t.offset)
+                pwrite_all(entry[0], data, t.offset)
 
     def mark(self, targets: list[Target]) -> None:
         by_part: dict[str, list[str]] = defaultdict(list)
@@ -85,7 +85,7 @@ class Parts:
         for part, lines in by_part.items():
             with self._use(part) as entry:
                 if entry[1] >= 0:
-                    os.write(entry[1], "".join(lines).encode())
+                    write_all(entry[1], "".join(lines).encode())
 
     def close(self) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import codec
 from . import ref as refs
-from .connlimits import with_head_deadline
+from .connlimits import PER_CLIENT, bounded
 from .digest import file_hasher
 from .errors import CasError
 from .fsutil import make_durable_dirs, move_into_place, publish, temp_name
@@ -309,20 +309,20 @@ class AccessLog(AbstractAccessLogger):
                          *request.version, response.status, sent, time)  # fmt: skip
 
 
-def serve(
-    root: Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, read_token: bool = False
-) -> None:
-    """Run the server until SIGINT or SIGTERM (aiohttp shuts down cleanly on both)."""
+def serve(root: Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          read_token: bool = False, per_client: int = PER_CLIENT) -> None:  # fmt: skip
+    """Run the server until SIGINT or SIGTERM (aiohttp shuts down cleanly on both); one address holds at most
+    ``per_client`` connections at once."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = make_app(root, token=token, read_token=read_token)
     mode = "read-write" if token else "read-only"
     print(f"cas serve: {root.absolute()} on http://{host}:{port} ({mode})", flush=True)
-    asyncio.run(_run(app, host, port))
+    asyncio.run(_run(app, host, port, per_client))
 
 
-async def _run(app: web.Application, host: str, port: int) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, every connection with a deadline for its request head
-    (``connlimits``), then shut down cleanly as aiohttp's ``run_app`` does."""
+async def _run(app: web.Application, host: str, port: int, per_client: int) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, every connection with a deadline for its request head and at most
+    ``per_client`` from one address (``connlimits``), then shut down cleanly as aiohttp's ``run_app`` does."""
     import signal
 
     runner = web.AppRunner(app, access_log_class=AccessLog)
@@ -331,7 +331,7 @@ async def _run(app: web.Application, host: str, port: int) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    factory = with_head_deadline(runner.server)  # type: ignore[arg-type]
+    factory = bounded(runner.server, per_client=per_client)  # type: ignore[arg-type]
     listening = await loop.create_server(factory, host, port, reuse_address=True)
     try:
         await stop.wait()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from cas.digest import hash_file
 from cas.fsutil import remove_tree
 from tests.support import synth
 
-from .conftest import blobs_of, tree_files
+from .conftest import REPO, blobs_of, cas_cli, tree_files
 
 
 def listing(root: Path) -> set[str]:
@@ -519,3 +521,36 @@ def test_digest_file_copies_exactly_what_it_hashes_and_chunks(tmp_path, monkeypa
     assert (d.file_id, d.chunks) == _expected(data) and d.size == size == sum(seen)
     moved = ingest.digest_file(src, durable=True)  # cache.create: hashed in place
     assert (moved.file_id, moved.chunks, moved.size) == (d.file_id, d.chunks, size)
+
+
+WRITER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY)
+size = os.fstat(fd).st_size
+print("ready", flush=True)
+end, i = time.monotonic() + 60, 0
+while time.monotonic() < end:
+    os.pwrite(fd, os.urandom(4096), (i * 7_340_033) % (size - 4096))
+    i += 1
+"""
+
+
+def test_a_file_written_while_it_is_added_is_refused_not_stored_mixed(tmp_path):
+    """Another process rewrites a weights file during `cas add`: storing it would keep a mix of old and new bytes
+    under a hash of that mix, exit 0; it is refused in one line and nothing is stored."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(96 << 20))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(model / "weights.bin")], stdout=subprocess.PIPE,
+                              cwd=REPO)  # fmt: skip
+    try:
+        assert writer.stdout.readline() == b"ready\n"
+        proc = cas_cli("add", str(model), "m:v1", home=tmp_path / "cas", check=False)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{model / 'weights.bin'} changed while it was read; store it again once nothing writes to it" in (
+        proc.stderr
+    )
+    assert Cache(tmp_path / "cas").list() == [] and list((tmp_path / "cas" / "tmp").iterdir()) == []

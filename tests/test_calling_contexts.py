@@ -318,16 +318,21 @@ def test_an_interrupted_blocking_call_in_a_running_loop_stops_its_pull(tmp_path,
     asyncio.run, whose handler only cancels the task at its next await."""
     url, _ = server
     published(tmp_path, minilm, "minilm:v1", url)
-    slow = proxy(url, delay=3.0)  # the pull is still waiting for its ranges when the interrupt comes, however loaded
+    # The pull is still waiting for its first range when the interrupt comes, however loaded the machine (with
+    # 3 s and three requests seen first, a suite beside a soak saw the pull finish before the interrupt).
+    slow = proxy(url, delay=5.0)
     cache = Cache(tmp_path / "host")
 
     def interrupt_soon() -> None:
-        wait_until(lambda: stats(slow)["pack_requests"] >= 3, what="the pull to start")
+        wait_until(lambda: stats(slow)["pack_requests"] >= 1, what="the pull to start")
         os.kill(os.getpid(), signal.SIGINT)
 
     async def cell():
         return cache.pull("minilm:v1", slow)
 
+    # Python's own handler, as ipykernel installs it: a suite started in the background (nohup, `&`) inherits
+    # SIGINT ignored, and the interrupt would never come.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_soon, daemon=True).start()
     loop = asyncio.new_event_loop()
     try:
@@ -335,6 +340,7 @@ def test_an_interrupted_blocking_call_in_a_running_loop_stops_its_pull(tmp_path,
             loop.run_until_complete(cell())
     finally:
         loop.close()
+        signal.signal(signal.SIGINT, previous)
     assert not [t for t in threading.enumerate() if t.name == "cas-loop"]
     assert cache.list() == [] and cache.verify().ok
     assert cache.pull("minilm:v1", url).info.tag == "minilm:v1"

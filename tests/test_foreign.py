@@ -198,6 +198,76 @@ def test_import_hf_errors_are_one_line_saying_what_to_do(hub, minilm, tmp_path):
     assert not (tmp_path / "cas" / "refs").exists() or not any((tmp_path / "cas" / "refs").iterdir())
 
 
+def _hostile_hub(tmp_path: Path) -> tuple[Path, Path]:
+    """A hub cache of org/tiny whose main snapshot is whole, and a secret file outside it."""
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    folder = write_hf_repo(tmp_path / "hub", "org/tiny", {MAIN: {"config.json": b"{}", "w.safetensors": b"w" * 99}},
+                           {"main": MAIN})  # fmt: skip
+    return folder, secret
+
+
+HOSTILE_ENTRIES = {
+    "absolute link": lambda snap, secret: os.symlink(secret, snap / "evil.txt"),
+    "relative link": lambda snap, secret: os.symlink(os.path.relpath(secret, snap), snap / "evil.txt"),
+    "folder link": lambda snap, secret: os.symlink(secret.parent, snap / "extra"),
+    "link to a fifo": lambda snap, secret: (os.mkfifo(secret.parent / "fifo"),
+                                            os.symlink(secret.parent / "fifo", snap / "evil.txt")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", list(HOSTILE_ENTRIES))
+def test_import_hf_reads_only_files_inside_the_store(tmp_path, entry):
+    """A snapshot entry leading out of the repo's blobs (to the system's password file, a folder, a fifo that
+    never ends) is refused in one line naming it, and nothing is stored or left behind."""
+    folder, secret = _hostile_hub(tmp_path)
+    snap = folder / "snapshots" / MAIN
+    HOSTILE_ENTRIES[entry](snap, secret)
+    home = tmp_path / "cas"
+    proc = cas_cli("import-hf", "org/tiny", home=home, env=hf_env(tmp_path / "hub"), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cas: error: org/tiny revision {MAIN[:12]} in the Hugging Face cache: ")
+    assert ("extra is a link to a folder" if entry == "folder link" else "evil.txt ") in proc.stderr, proc.stderr
+    assert Cache(home).list() == []
+    assert [p for p in (home / "tmp").rglob("*") if p.is_file()] == [] if (home / "tmp").exists() else True
+
+
+@pytest.mark.parametrize("whose", ["its own", "another repo's"])
+def test_a_ref_file_that_is_not_text_is_named_in_one_line(tmp_path, whose):
+    """huggingface_hub's scanner reads every repo's refs as text and raised UnicodeDecodeError, a traceback,
+    at the first that was not (found by the fuzzer)."""
+    folder, _ = _hostile_hub(tmp_path)
+    if whose == "its own":
+        ref = folder / "refs" / "main"
+    else:
+        other = write_hf_repo(tmp_path / "hub", "org/other", {MAIN: {"config.json": b"{}"}}, {"main": MAIN})
+        ref = other / "refs" / "main"
+    ref.write_bytes(b"\x87\xff" + MAIN.encode())
+    home = tmp_path / "cas"
+    proc = cas_cli("import-hf", "org/tiny", home=home, env=hf_env(tmp_path / "hub"), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{ref} in the Hugging Face cache is not text" in proc.stderr, proc.stderr
+    assert Cache(home).list() == []
+
+
+def test_import_hf_refuses_a_blob_that_is_not_what_its_name_says(tmp_path):
+    """A blob's name is the sha256 of an LFS file, git's blob id of the rest: a forged or damaged one is found
+    before anything is stored."""
+    folder, _ = _hostile_hub(tmp_path)
+    for name, forged in (("w.safetensors", b"x" * 99), ("config.json", b'{"a": 1}')):
+        blob = next(p for p in (folder / "blobs").iterdir() if p.name == blob_name(name, b"w" * 99 if "w." in name
+                                                                                    else b"{}"))  # fmt: skip
+        kept = blob.read_bytes()
+        blob.write_bytes(forged)
+        proc = cas_cli("import-hf", "org/tiny", home=tmp_path / "cas", env=hf_env(tmp_path / "hub"), check=False)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"{name}: its blob {blob.name} holds other bytes" in proc.stderr, proc.stderr
+        assert Cache(tmp_path / "cas").list() == []
+        blob.write_bytes(kept)
+    cas_cli("import-hf", "org/tiny", home=tmp_path / "cas", env=hf_env(tmp_path / "hub"))  # whole again: imported
+
+
 # -- BentoML ----------------------------------------------------------------------
 
 # Run in a child with its own BENTOML_HOME: BentoML reads it once, when first imported.
@@ -284,3 +354,34 @@ def test_a_damaged_or_hostile_model_yaml_is_one_line_and_never_run(bento_store, 
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"cas: error: BentoML model {saved['tag']}: its model.yaml is not valid YAML (")
     assert not marker.exists() and Cache(tmp_path / "cas").list() == []
+
+
+def test_a_model_yaml_bentoml_cannot_read_as_a_record_is_one_line(bento_store, tmp_path):
+    """Valid YAML that is not a model record (a field misspelt) made BentoML raise cattrs' ClassValidationError,
+    printed as a traceback (found by the fuzzer)."""
+    home, saved = bento_store
+    store = tmp_path / "bentoml"
+    shutil.copytree(home, store)
+    yaml_file = store / Path(saved["path"]).relative_to(home) / "model.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("metadata:", "mgtadata:"))
+    proc = cas_cli("import-bento", saved["tag"], home=tmp_path / "cas", env=bento_env(store), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cas: error: BentoML model {saved['tag']}: BentoML cannot read its model.yaml ("), (
+        proc.stderr
+    )
+    assert "save the model again with BentoML" in proc.stderr and Cache(tmp_path / "cas").list() == []
+
+
+def test_import_bento_reads_only_files_inside_the_model(bento_store, tmp_path):
+    """A link in a BentoML model folder that leads out of it is refused in one line; nothing is stored."""
+    home, saved = bento_store
+    store = tmp_path / "bentoml"
+    shutil.copytree(home, store, symlinks=True)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0\n")
+    model_dir = store / Path(saved["path"]).relative_to(home)
+    os.symlink(secret, model_dir / "1_Pooling" / "evil.json")
+    proc = cas_cli("import-bento", saved["tag"], home=tmp_path / "cas", env=bento_env(store), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"1_Pooling/evil.json leads outside the store (to {secret}); refused" in proc.stderr, proc.stderr
+    assert Cache(tmp_path / "cas").list() == []

@@ -4,6 +4,7 @@ whatever the parent does next, and an ``atexit`` handler resolves or gets a CasE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -183,3 +184,109 @@ def test_children_forked_all_along_a_resolution_each_get_the_whole_model(tmp_pat
     reports = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(reports) == 12, out.stdout + out.stderr
     assert all(r == expected(synthetic) for r in reports), [r for r in reports if r != expected(synthetic)][:3]
+
+
+AT_THE_LOCK = textwrap.dedent("""
+    import fcntl, hashlib, json, os, sys, threading, time
+    import descriptor
+    from cas import Cache
+
+    home, remote, out = sys.argv[1:4]
+    opening = threading.Event()
+    flock = fcntl.flock
+
+    def widened(fd, op):  # the instant between opening the resolve lock's file and locking it, made 0.5 s long
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith("resolve-") and not opening.is_set():
+            opening.set()
+            time.sleep(0.5)
+        return flock(fd, op)
+
+    fcntl.flock = widened
+
+    class Service:
+        model = descriptor.Model("encoder:v1", cache=Cache(home), remote=remote)
+
+    threading.Thread(target=Service.model.resolve, daemon=True).start()
+    opening.wait()
+    parent = os.getpid()
+    pid = os.fork()  # while the thread holds the lock file open, not yet locked
+    if pid == 0:
+        while os.getppid() == parent:  # the test kills the parent mid-pull, its lock taken
+            time.sleep(0.05)
+        root = Service().model.path
+        with open(out + ".part", "w") as f:
+            json.dump({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}, f)
+        os.replace(out + ".part", out)  # seen whole by the test, or not at all
+        os._exit(0)
+    print(pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_child_forked_as_its_parent_opens_a_lock_file_does_not_keep_that_lock(tmp_path, synthetic, slow_repo):
+    """A lock file a thread had opened but not yet locked at the fork was shared with the child, which then held
+    the parent's lock after the parent died, and waited on it itself for ten minutes (found by the soak)."""
+    out, home = tmp_path / "child.json", tmp_path / "host"
+    parent = subprocess.Popen([sys.executable, "-c", AT_THE_LOCK, str(home), slow_repo, str(out)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        int(parent.stdout.readline())
+        wait_until((home / "tmp" / "pull").is_dir, timeout=60, what="the parent's pull to start, its lock taken")
+        parent.kill()
+        wait_until(out.exists, timeout=90, what="the forked child to resolve the model")
+    finally:
+        parent.kill()
+        parent.wait()
+    assert json.loads(out.read_text()) == expected(synthetic)
+
+
+AT_AN_IMPORT = textwrap.dedent("""
+    import hashlib, json, os, sys, threading, time
+    import importlib._bootstrap
+    import descriptor
+    from cas import Cache
+
+    home, remote, out = sys.argv[1:4]
+    held = []  # kept alive past the fork, as something in the thread kept botocore's lock alive in the soak
+
+    def importing():  # a thread of the app has taken aiohttp's import lock and is still finding the module
+        held.append(importlib._bootstrap._ModuleLockManager("aiohttp"))
+        held[0].__enter__()
+        time.sleep(600)
+
+    threading.Thread(target=importing, daemon=True).start()
+    while not held:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    pid = os.fork()
+    if pid == 0:  # pulls over HTTP: imports aiohttp, whose import lock is held by a thread that is not here
+        class Service:
+            model = descriptor.Model("encoder:v1", cache=Cache(home), remote=remote)
+
+        root = Service().model.path
+        with open(out + ".part", "w") as f:
+            json.dump({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}, f)
+        os.replace(out + ".part", out)
+        os._exit(0)
+    print(pid, flush=True)
+    os.waitpid(pid, 0)
+""")
+
+
+def test_a_child_forked_while_a_thread_begins_an_import_imports_it_itself(tmp_path, synthetic, slow_repo):
+    """A module whose import lock another thread held at the fork, still finding the module (so not yet in
+    ``sys.modules``), stayed locked in the child for ever: the child's first import of it waited on a thread
+    that was not there (found by the soak: forked services pulling from S3, their parent killed, stuck importing
+    botocore.docs.docstring, 3 of 40 in a stress of it)."""
+    out = tmp_path / "child.json"
+    parent = subprocess.Popen([sys.executable, "-c", AT_AN_IMPORT, str(tmp_path / "host"), slow_repo, str(out)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = int(parent.stdout.readline())
+    try:
+        wait_until(out.exists, timeout=90, what="the forked child to resolve the model")
+    finally:
+        for pid in (child, parent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait()
+    assert json.loads(out.read_text()) == expected(synthetic)

@@ -31,6 +31,8 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--token-file", metavar="FILE",
                     help="bearer token for writes (default: $CAS_TOKEN; none: read-only)")  # fmt: skip
     sp.add_argument("--read-token", action="store_true", help="require the token for reads too")
+    sp.add_argument("--max-connections-per-client", type=int, metavar="N",
+                    help="connections one address may hold at once; more are answered 503 (256)")  # fmt: skip
 
 
 def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
@@ -77,6 +79,7 @@ def _estimate(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from ..connlimits import PER_CLIENT
     from ..server import serve
 
     token = os.environ.get("CAS_TOKEN") or None
@@ -84,4 +87,8 @@ def _serve(args: argparse.Namespace) -> None:
         token = Path(args.token_file).read_text().strip() or None
     if args.read_token and not token:
         raise InvalidInput("--read-token needs a token: --token-file FILE or CAS_TOKEN")
-    serve(Path(args.dir), host=args.host, port=args.port, token=token, read_token=args.read_token)
+    per_client = PER_CLIENT if args.max_connections_per_client is None else args.max_connections_per_client
+    if per_client < 1:
+        raise InvalidInput("--max-connections-per-client must be 1 or more")
+    serve(Path(args.dir), host=args.host, port=args.port, token=token, read_token=args.read_token,
+          per_client=per_client)  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from .. import ref, tags
 from ..errors import CasError, InvalidInput, InvalidManifest, InvalidTag, NotFound
 from ..local.cache import LocalCache
 from ..ref import ModelInfo
+from . import view
 
 if TYPE_CHECKING:
     from bentoml import Model
@@ -43,9 +43,9 @@ def import_bento(cache: LocalCache, tag: str, name: str | None = None) -> ModelI
     created = model.info.creation_time.timestamp()
     import tempfile  # here: every cas command loads this module, and tempfile costs them 3 ms
 
-    with tempfile.TemporaryDirectory(prefix="cas-bento-") as view:
-        link_files(Path(model.path), Path(view))
-        return cache.add(view, target_tag(model, name), labels=labels, metadata=metadata, created=created)
+    with tempfile.TemporaryDirectory(prefix="cas-bento-") as tmp:
+        link_files(Path(model.path), Path(tmp))
+        return cache.add(tmp, target_tag(model, name), labels=labels, metadata=metadata, created=created)
 
 
 def find_model(tag: str) -> Model:
@@ -63,13 +63,14 @@ def find_model(tag: str) -> Model:
         raise InvalidTag(f"invalid BentoML tag {tag!r}: {e}") from None
     except bentoml.exceptions.BentoMLException as e:
         raise CasError(f"BentoML could not read model {tag}: {e}") from None
-    except Exception as e:
-        if type(e).__module__.partition(".")[0] != "yaml":
-            raise
+    except Exception as e:  # noqa: BLE001 - BentoML reading a damaged or forged record: whatever it raises
         first = str(e).strip().partition("\n")[0]
-        raise InvalidManifest(f"BentoML model {tag}: its {RECORD} is not valid YAML ({first}); BentoML reads it "
-                              "with yaml.safe_load, so a tag such as !!python/object is refused, never run; "
-                              "save the model again with BentoML") from None  # fmt: skip
+        if type(e).__module__.partition(".")[0] == "yaml":
+            raise InvalidManifest(f"BentoML model {tag}: its {RECORD} is not valid YAML ({first}); BentoML reads "
+                                  "it with yaml.safe_load, so a tag such as !!python/object is refused, never run; "
+                                  "save the model again with BentoML") from None  # fmt: skip
+        raise InvalidManifest(f"BentoML model {tag}: BentoML cannot read its {RECORD} ({type(e).__name__}: "
+                              f"{first}); save the model again with BentoML") from None  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -114,11 +115,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def link_files(model_dir: Path, view: Path) -> None:
-    """Fill ``view`` with symlinks to the model's entries but its record: ``add`` follows them and copies the
-    bytes, so the store is read once and never linked from the cache."""
-    entries = [e for e in sorted(os.listdir(model_dir)) if e != RECORD]
-    if not entries:
+def link_files(model_dir: Path, into: Path) -> None:
+    """Fill ``into`` with links to the model's files but its record, each checked to lie inside the model
+    (``view``): ``add`` follows them and copies the bytes, so the store is read once and never linked from
+    the cache."""
+    what = f"BentoML model {model_dir.parent.name}:{model_dir.name}"
+    if not view.build(model_dir, [model_dir], into, what, leave_out=frozenset({RECORD})):
         raise InvalidInput(f"{model_dir} holds no files besides BentoML's {RECORD}; there is nothing to store")
-    for entry in entries:
-        os.symlink(model_dir / entry, view / entry)

@@ -10,15 +10,18 @@ The hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
 It is read with ``huggingface_hub.scan_cache_dir`` where huggingface_hub is
 installed, so what counts as a cached repo, revision or damage is its own
 answer; without it, a small reader of the layout above finds the same
-revisions and refs.  The snapshot's symlinks are followed and the real bytes
-copied.  Nothing here touches the network: a repo or revision that is not
+revisions and refs.  The snapshot's symlinks are followed only into the
+repo's own ``blobs/`` (``view``), each blob's bytes must hash to its name,
+and the real bytes are copied.  Nothing here touches the network: a repo or revision that is not
 cached is an error saying which download command to run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,6 +29,7 @@ from .. import tags
 from ..errors import InvalidInput, NotFound
 from ..local.cache import LocalCache
 from ..ref import ModelInfo
+from . import view
 
 if TYPE_CHECKING:
     from huggingface_hub import HFCacheInfo
@@ -74,7 +78,30 @@ def import_hf(
     labels = {"hf_repo": repo.repo_id, "hf_revision": rev.commit}
     if repo.repo_type != "model":
         labels["hf_repo_type"] = repo.repo_type
-    return cache.add(rev.path, tag_for(repo, rev, tag), labels=labels)
+    import tempfile  # here: every cas command loads this module, and tempfile costs them 3 ms
+
+    what = f"{repo.repo_id} revision {rev.commit[:VERSION_LEN]} in the Hugging Face cache"
+    with tempfile.TemporaryDirectory(prefix="cas-hf-") as tmp:
+        files = view.build(rev.path, [repo.path / "blobs", rev.path], Path(tmp), what)
+        for rel, blob in files:
+            check_blob_name(blob, f"{what}: {rel}")
+        return cache.add(tmp, tag_for(repo, rev, tag), labels=labels)
+
+
+def check_blob_name(blob: Path, what: str) -> None:
+    """A blob's name is the digest of its bytes (sha256 for LFS files, git's blob id for the rest): a blob
+    that is not what its name says was damaged or forged, and is refused.  Read ahead of ``add``, which
+    then finds the bytes in the page cache."""
+    name = blob.name
+    if blob.parent.name != "blobs" or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", name):
+        return  # a file kept in the snapshot itself (no blob store) names nothing
+    h = hashlib.sha256() if len(name) == 64 else hashlib.sha1(b"blob %d\0" % blob.stat().st_size)
+    with open(blob, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != name:
+        raise InvalidInput(f"{what}: its blob {name} holds other bytes (they hash to {h.hexdigest()}); "
+                           "the cache is damaged or was tampered with: download it again")  # fmt: skip
 
 
 def locate(source: str | os.PathLike[str], revision: str | None, repo_type: str,
@@ -140,7 +167,26 @@ def find_repo(hub: Path, repo_id: str, repo_type: str) -> Repo:
         import huggingface_hub
     except ImportError:
         return _read_repo(hub, repo_id, repo_type)
-    return _scanned_repo(huggingface_hub.scan_cache_dir(hub), hub, repo_id, repo_type)
+    try:
+        scan = huggingface_hub.scan_cache_dir(hub)
+    except UnicodeDecodeError:  # the scanner reads every repo's refs as text, and stops at the first that is not
+        raise _not_text(next(_undecodable_refs(hub), hub / "*" / "refs")) from None
+    return _scanned_repo(scan, hub, repo_id, repo_type)
+
+
+def _undecodable_refs(hub: Path) -> Iterator[Path]:
+    """The ref files of the cache that are not UTF-8 text (a ref names a commit: 40 hex digits)."""
+    for ref in hub.glob("*/refs/**/*"):
+        if ref.is_file() and not ref.is_symlink():
+            try:
+                ref.read_bytes().decode()
+            except UnicodeDecodeError:
+                yield ref
+
+
+def _not_text(ref: Path) -> InvalidInput:
+    return InvalidInput(f"{ref} in the Hugging Face cache is not text (a ref names a commit): the cache is "
+                        "damaged; remove that file, or download the repo again")  # fmt: skip
 
 
 def _scanned_repo(scan: HFCacheInfo, hub: Path, repo_id: str, repo_type: str) -> Repo:
@@ -167,7 +213,11 @@ def _read_repo(hub: Path, repo_id: str, repo_type: str) -> Repo:
     refs: dict[str, set[str]] = {}
     for ref in (folder / "refs").glob("**/*"):
         if ref.is_file():
-            refs.setdefault(ref.read_text().strip(), set()).add(ref.relative_to(folder / "refs").as_posix())
+            try:
+                commit = ref.read_bytes().decode().strip()
+            except UnicodeDecodeError:
+                raise _not_text(ref) from None
+            refs.setdefault(commit, set()).add(ref.relative_to(folder / "refs").as_posix())
     revisions = [Revision(p.name, p, frozenset(refs.get(p.name, ())), p.stat().st_mtime)
                  for p in (folder / "snapshots").iterdir() if p.is_dir()]  # fmt: skip
     return Repo(repo_id, repo_type, folder, revisions)

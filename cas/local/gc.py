@@ -74,6 +74,7 @@ class Collector:
         self.removed: list[str] = []
         self.evicted: list[ModelInfo] = []
         self.kept: list[Kept] = []
+        self.considered: set[str] = set()  # roots evicted or kept so far
 
     def run(self, max_size: int | None, keep: Collection[str], wait: bool = True) -> GcReport:
         """Collect; ``keep``: roots never evicted; ``wait=False`` raises CacheBusy at once when another
@@ -89,12 +90,29 @@ class Collector:
                 freed += self._evict(inv, roots, last, before - freed - max_size, keep)
             after = before - freed
             if not self.dry_run:
-                self._settle(inv, last)
-                after = disk_usage(self.objects.root)  # measured: what df sees now
+                after, more = self._settle_within(inv, roots, last, max_size, keep)
+                freed += more
+        if max_size is not None and after <= max_size:
+            self.kept.clear()  # the budget is met: what stayed on the way needs no word
         if max_size is not None and after > max_size and not self.kept:
             why = f"its chunk index, lock files and folders take {format_size(after)} once every model that can come"
             self.kept.append(Kept(ITSELF, why + " back is evicted: a smaller budget cannot be met"))
         return GcReport(self.removed, self.evicted, freed, before, after, max_size, self.kept, self.dry_run)
+
+    def _settle_within(self, inv: Inventory, roots: dict[str, list[ModelInfo]], last: dict[str, float],
+                       max_size: int | None, keep: Collection[str]) -> tuple[int, int]:  # fmt: skip
+        """Settle, then measure what df sees; while that is over the budget, evict more (an eviction can free
+        less than its estimate: what a killed gc left, say).  Returns (bytes measured, bytes freed here)."""
+        self._settle(inv, last)
+        after, freed = disk_usage(self.objects.root), 0
+        while max_size is not None and after > max_size:
+            more = self._evict(inv, roots, last, after - max_size, keep)
+            if not more:
+                break
+            freed += more
+            self._settle(inv, last)
+            after = disk_usage(self.objects.root)
+        return after, freed
 
     def _remove_leftovers(self, inv: Inventory) -> int:
         """Remove what no ref needs; returns the bytes on disk it held."""
@@ -126,8 +144,10 @@ class Collector:
         freed = 0
         for root in sorted(roots, key=lambda r: (last[r], max(recency(i) for i in roots[r]))):
             if freed >= excess:
-                self.kept.clear()  # the budget is met: what stayed on the way needs no word
                 break
+            if root in self.considered:  # evicted or kept by an earlier round of this run
+                continue
+            self.considered.add(root)
             infos = roots[root]
             kept = self._why_kept(inv, root, keep)
             if not kept:

@@ -26,7 +26,7 @@ from blake3 import blake3
 from ..chunking import chunk_bytes, chunk_stream
 from ..digest import chunk_id
 from ..errors import InvalidInput
-from ..fsutil import start_writeback
+from ..fsutil import pwrite_all, start_writeback, write_all
 from ..tree import CHUNK_RECORD
 
 PIPELINE_MIN_BYTES = 8 << 20
@@ -62,19 +62,27 @@ def digest_file(
             raise InvalidInput(f"{src_path} is not a regular file (it changed while it was stored); try again")
         dst = -1 if copy_to is None else os.open(copy_to, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            size = os.fstat(src).st_size
-            if size < PIPELINE_MIN_BYTES:
-                d = _digest_small(src, dst, size)
+            before = os.fstat(src)
+            if before.st_size < PIPELINE_MIN_BYTES:
+                d = _digest_small(src, dst, before.st_size)
                 if progress:
                     progress(d.size)
             else:
                 d = _digest_large(src, dst, progress, durable)
+            _unchanged(src_path, before, os.fstat(src), d.size)
             return d
         finally:
             if dst >= 0:
                 os.close(dst)
     finally:
         os.close(src)
+
+
+def _unchanged(path: str | os.PathLike, before: os.stat_result, after: os.stat_result, read: int) -> None:
+    """A file written while it was read would be stored as a mix of old and new bytes: refuse it (a write
+    moves the modification time; the link count a concurrent hardlink changes is no reason to)."""
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or read != after.st_size:
+        raise InvalidInput(f"{path} changed while it was read; store it again once nothing writes to it")
 
 
 def _digest_small(src: int, dst: int, size: int) -> Digested:
@@ -87,10 +95,7 @@ def _digest_small(src: int, dst: int, size: int) -> Digested:
         if len(parts) > 1:
             data = b"".join(parts)
     if dst >= 0:
-        view = memoryview(data)
-        done = 0
-        while done < len(data):
-            done += os.write(dst, view[done:])
+        write_all(dst, data)
     records = b"".join([CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_bytes(data)])
     return Digested(blake3(data).digest(), len(data), records)
 
@@ -150,10 +155,7 @@ class _Copier:
 
 def _copy_block(src: int, dst: int, offset: int) -> int:
     data = os.pread(src, 1 << 20, offset)
-    view = memoryview(data)
-    done = 0
-    while done < len(data):
-        done += os.pwrite(dst, view[done:], offset + done)
+    pwrite_all(dst, data, offset)
     return len(data)
 
 

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ..errors import CacheBusy
+from ..forking import LOCK_FILES
 from ..fsutil import make_dirs, open_shared
 
 try:
@@ -106,18 +107,19 @@ async def alocked(path: Path, *, shared: bool = False, timeout: float = DEFAULT_
 
 def _try_lock(path: Path, shared: bool) -> IO[Any] | None:
     """The open lock file, locked (None: none is needed, see above); BlockingIOError while another process
-    holds it."""
-    fd = _open(path)
-    if fd is None:
-        return None
-    handle = os.fdopen(fd, "rb", buffering=0)  # kept open while the lock is held
-    try:
-        _lock_now(handle, shared)
-    except BaseException:
-        handle.close()
-        raise
-    _held[handle] = get_ident()
-    return handle
+    holds it.  A fork waits until it is registered or closed: nothing in here waits on another process."""
+    with LOCK_FILES:
+        fd = _open(path)
+        if fd is None:
+            return None
+        handle = os.fdopen(fd, "rb", buffering=0)  # kept open while the lock is held
+        try:
+            _lock_now(handle, shared)
+        except BaseException:
+            handle.close()
+            raise
+        _held[handle] = get_ident()
+        return handle
 
 
 def _open(path: Path) -> int | None:
@@ -153,15 +155,16 @@ def _lock_now(handle: IO[Any], shared: bool) -> None:
 def _unlock(handle: IO[Any] | None) -> None:
     if handle is None:  # a read-only filesystem: nothing was locked
         return
-    if _held.pop(handle, None) is None:  # closed after a fork: the lock was another thread's, in the parent
-        return
-    if fcntl is not None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    else:
-        import portalocker
+    with LOCK_FILES:
+        if _held.pop(handle, None) is None:  # closed after a fork: the lock was another thread's, in the parent
+            return
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        else:
+            import portalocker
 
-        portalocker.unlock(handle)
-    handle.close()
+            portalocker.unlock(handle)
+        handle.close()
 
 
 def _after_fork_in_child() -> None:
@@ -174,8 +177,7 @@ def _after_fork_in_child() -> None:
             handle.close()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+LOCK_FILES.in_child(_after_fork_in_child)
 
 
 def _check_deadline(path: Path, deadline: float, timeout: float) -> None:

@@ -4,7 +4,9 @@ Every ref must name a tree that exists and hashes to its name, with a
 locator that places every chunk of the tree inside a pack that exists and
 has an index, and every index its pack.  A pack without an index is what an
 interrupted push leaves (packs go up before their indexes): an orphan, not
-damage.  The
+damage.  A ref found wrong is looked at again before it is reported: a
+prune or ``rm --remote`` running beside the check may have repacked its
+chunks into packs listed after ours, or removed it.  The
 deep check also reads each pack (streamed in windows: memory is one
 window) and proves its name, its size and every chunk in it.  Nothing is repaired:
 a repository is shared, and what is wrong with it is for its owner to fix
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from .. import codec
 from ..digest import file_hasher
-from ..errors import CasError, CorruptObject, RepoError
+from ..errors import CasError, CorruptObject, NotFound, RepoError
 from ..ref import ModelInfo
-from .format import IndexEntry, decode_index, pack_key
+from ..tree import FileEntry
+from .format import IndexEntry, Location, decode_index, pack_key
 from .repository import Repository, remote_url, run_with_repository
 
 WINDOW = 16 << 20  # bytes of a pack read at a time by the deep check
@@ -55,20 +59,38 @@ class _Check:
 
     async def run(self) -> RepoReport:
         versions = await self.repo.versions()
-        try:
-            packs, indexed = await self.repo.packs()
-        except RepoError:  # a static server lists nothing: check the packs the refs reach
-            packs = indexed = await self._reachable(versions)
+        packs, indexed = await self._listing(versions)
         sizes = await self._indexes(packs, indexed)
         orphans = [f"packs/{p}: a pack without an index" for p in sorted(packs - indexed)]
         for info in versions:
-            await self._check_ref(info, sizes)
+            found = await self._ref_problems(info, sizes)
+            self.problems += await self._recheck(info, sizes) if found else []
         return RepoReport(len(versions), len(sizes), self.problems, orphans)
+
+    async def _listing(self, versions: list[ModelInfo]) -> tuple[set[str], set[str]]:
+        """The packs here and those with an index."""
+        try:
+            return await self.repo.packs()
+        except RepoError:  # a static server lists nothing: check the packs the refs reach
+            reached = await self._reachable(versions)
+            return reached, reached
+
+    async def _recheck(self, info: ModelInfo, sizes: dict[str, int]) -> list[str]:
+        """A ref's problems after a second look: while the check ran, ``rm --remote`` may have removed the
+        ref, or a prune repacked its chunks into packs our listing predates.  Only what is still wrong counts."""
+        try:
+            info = await self.repo.ref(info.tag)
+        except NotFound:
+            return []
+        packs, indexed = await self._listing([info])
+        new = (packs & indexed) - sizes.keys()
+        sizes.update(await self._indexes(new, new))
+        return await self._ref_problems(info, sizes)
 
     async def _reachable(self, versions: list[ModelInfo]) -> set[str]:
         found: set[str] = set()
         for info in versions:
-            with contextlib.suppress(CasError):  # a missing locator is reported by _check_ref
+            with contextlib.suppress(CasError):  # a missing locator is reported by _ref_problems
                 found |= {loc.pack_id for loc in (await self.repo.locator(info.root)).values()}
         return found
 
@@ -81,42 +103,47 @@ class _Check:
                 continue
             try:
                 size, entries = decode_index(await self.repo.pack_index(pack_id))
+            except NotFound:
+                continue  # pruned since the listing: a ref that needs it is looked at again
             except CasError as e:
                 self.problems.append(f"packs/{pack_id}.idx: {e}")
                 continue
+            if self.deep and not await self._check_pack(pack_id, size, entries):
+                continue
             sizes[pack_id] = size
-            if self.deep:
-                await self._check_pack(pack_id, size, entries)
-                self.placed[pack_id] = {e.offset: (e.chunk_id, e.length) for e in entries}
+            self.placed[pack_id] = {e.offset: (e.chunk_id, e.length) for e in entries}
         return sizes
 
-    async def _check_ref(self, info: ModelInfo, sizes: dict[str, int]) -> None:
-        """A ref's tree and locator are there, and place every chunk inside an indexed pack."""
+    async def _ref_problems(self, info: ModelInfo, sizes: dict[str, int]) -> list[str]:
+        """What is wrong with a ref: its tree and locator must be there and place every chunk in an indexed pack."""
         try:
             tree, _ = await self.repo.tree(info)
             locations = await self.repo.locator(info.root)
         except CorruptObject as e:  # names the ref already
-            self.problems.append(str(e))
-            return
+            return [str(e)]
         except CasError as e:
-            self.problems.append(f"{info.tag}: {e}")
-            return
-        for f in tree.files:
-            for cid, _ in f.chunk_list():
-                loc = locations.get(cid)
-                if loc is None:
-                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} has no location")
-                elif loc.pack_id not in sizes:
-                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} is in a missing pack {loc.pack_id}")
-                elif loc.offset + loc.length > sizes[loc.pack_id]:
-                    self.problems.append(f"{info.tag}: {f.path}: chunk {cid.hex()} lies past the end of its pack")
-                elif self.deep and self.placed[loc.pack_id].get(loc.offset) != (cid, loc.length):
-                    self.problems.append(f"{info.tag}: {f.path}: the locator places chunk {cid.hex()} at bytes "
-                                         f"{loc.offset}+{loc.length} of pack {loc.pack_id}, which hold another chunk "
-                                         "or none")  # fmt: skip
+            return [f"{info.tag}: {e}"]
+        return [p for f in tree.files for p in self._file_problems(info.tag, f, locations, sizes)]
 
-    async def _check_pack(self, pack_id: str, size: int, entries: list[IndexEntry]) -> None:
-        """Stream a pack in windows: prove its name and every chunk in it, holding one window (and a chunk)."""
+    def _file_problems(self, tag: str, f: FileEntry, locations: dict[bytes, Location],
+                       sizes: dict[str, int]) -> Iterator[str]:  # fmt: skip
+        for cid, _ in f.chunk_list():
+            loc = locations.get(cid)
+            if loc is None:
+                yield f"{tag}: {f.path}: chunk {cid.hex()} has no location"
+            elif loc.pack_id not in sizes:
+                yield f"{tag}: {f.path}: chunk {cid.hex()} is in a missing pack {loc.pack_id}"
+            elif loc.offset + loc.length > sizes[loc.pack_id]:
+                yield f"{tag}: {f.path}: chunk {cid.hex()} lies past the end of its pack"
+            elif self.deep and self.placed[loc.pack_id].get(loc.offset) != (cid, loc.length):
+                yield (
+                    f"{tag}: {f.path}: the locator places chunk {cid.hex()} at bytes {loc.offset}+{loc.length} "
+                    f"of pack {loc.pack_id}, which hold another chunk or none"
+                )
+
+    async def _check_pack(self, pack_id: str, size: int, entries: list[IndexEntry]) -> bool:
+        """Stream a pack in windows: prove its name and every chunk in it, holding one window (and a chunk).
+        False if the pack is gone (pruned since the listing)."""
         key = pack_key(pack_id)
         hasher = file_hasher(threads=False)
         todo = deque(sorted(entries, key=lambda e: e.offset))
@@ -124,9 +151,11 @@ class _Check:
         for start in range(0, size, WINDOW):
             try:
                 data = await self.repo.read(pack_id, start, min(size, start + WINDOW))
+            except NotFound:
+                return False
             except CasError as e:
                 self.problems.append(f"{key}: {e}")
-                return
+                return True
             hasher.update(data)
             held += data
             self._decode_complete(key, todo, memoryview(held), held_from, start + len(data))
@@ -136,6 +165,7 @@ class _Check:
             self.problems.append(f"{key}: chunk {todo[0].chunk_id.hex()} lies past the {size} bytes its index declares")
         if hasher.digest().hex() != pack_id:
             self.problems.append(f"{key}: its bytes do not hash to its name")
+        return True
 
     def _decode_complete(self, key: str, todo: deque[IndexEntry], view: memoryview, held_from: int, end: int) -> None:
         """Decode and verify every chunk that now lies whole in ``view`` (the pack from ``held_from`` to ``end``)."""

@@ -135,4 +135,5 @@ def locked_folder(root: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)  # not only closed: a child forked meanwhile shares the lock
         os.close(fd)

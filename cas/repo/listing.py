@@ -5,7 +5,12 @@ A static web server or a CDN answers GETs and nothing else, so what
 every push updates (by compare-and-set, so racing pushes lose nothing):
 
     index/names               [1, [name, ...]]                    sorted, unique
-    index/versions/<name>     [1, [[version, created], ...]]      sorted by version, unique
+    index/versions/<name>     [1, [[version, time], ...]]         sorted by version, unique
+
+A version's time in its listing orders the versions for ``name:latest``: its
+creation time, or just after the newest time listed when its publisher's
+clock says earlier.  So the repository's own order of pushes (each one a
+compare-and-set of the listing) decides ``latest``, not a host's clock.
 
 A push adds its version to the listing *before* it creates the ref, so a
 listing always names every ref (a version whose ref does not exist yet, or
@@ -24,12 +29,15 @@ from collections.abc import Iterable
 
 import msgpack
 
-from ..errors import InvalidManifest, InvalidTag
+from ..errors import InvalidInput, InvalidManifest, InvalidTag
 from ..ref import valid_time
 from ..tags import validate_name, validate_version
 from .format import FORMAT
 
-MAX_ENTRIES = 1 << 20  # names in a repository, versions of a name
+# Names in a repository, versions of a name: past it a listing is refused at its header, within seconds (a
+# million-entry listing made `list --remote` run for minutes in gigabytes); a push past it fails.
+MAX_ENTRIES = 100_000
+ORDER_STEP = 0.001  # seconds a version is listed after the newest listed before it, if its clock says earlier
 
 
 def names_key() -> str:
@@ -72,13 +80,32 @@ def decode_versions(data: bytes) -> dict[str, float]:
 def with_name(data: bytes | None, name: str) -> bytes | None:
     """The names listing with ``name`` added, or None when it is there already (nothing to write)."""
     names = decode_names(data) if data is not None else []
-    return None if name in names else encode_names([*names, name])
+    if name in names:
+        return None
+    _check_room(len(names), f"names, so {name!r} cannot be added")
+    return encode_names([*names, name])
 
 
 def with_version(data: bytes | None, version: str, created: float) -> bytes | None:
-    """A versions listing with ``version`` added, or None when it is there already."""
+    """A versions listing with ``version`` added, or None when it is there already.
+
+    Its time is its creation time, but never before a time listed already: the repository orders its
+    versions (each addition is a compare-and-set of this document), not a publisher's clock, so ``latest``
+    is the version pushed last even when a host whose clock runs ahead pushed the one before."""
     versions = decode_versions(data) if data is not None else {}
-    return None if version in versions else encode_versions({**versions, version: created})
+    if version in versions:
+        return None
+    _check_room(len(versions), f"versions of this name, so {version!r} cannot be added")
+    listed = max(created, max(versions.values(), default=0.0) + ORDER_STEP)
+    if not valid_time(listed):
+        raise InvalidManifest(f"a listing of versions holds a time past the year 5000, so {version!r} cannot be "
+                              "listed after it: the repository is damaged or hostile; remove that version")  # fmt: skip
+    return encode_versions({**versions, version: listed})
+
+
+def _check_room(count: int, what: str) -> None:
+    if count >= MAX_ENTRIES:
+        raise InvalidInput(f"the repository lists {MAX_ENTRIES:,} {what}: remove some first (cas rm --remote)")
 
 
 def without_name(data: bytes | None, name: str) -> bytes | None:
@@ -98,6 +125,10 @@ def _unpack(data: bytes, what: str) -> list:
         doc = msgpack.unpackb(data, raw=False, max_map_len=0, max_ext_len=0, max_bin_len=0, max_str_len=63,
                               max_array_len=MAX_ENTRIES, strict_map_key=True)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - every msgpack failure means "malformed"
+        if "exceeds max_array_len" in str(e):
+            raise InvalidManifest(f"{what} holds more than {MAX_ENTRIES:,} entries, the most a repository lists; "
+                                  "it is damaged or hostile, or its owner must remove versions (cas rm --remote)"
+                                  ) from None  # fmt: skip
         raise InvalidManifest(f"{what} is not valid msgpack ({type(e).__name__})") from None
     if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == FORMAT and isinstance(doc[1], list)):
         raise InvalidManifest(f"{what} is not a format-{FORMAT} listing")

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from .. import privateloop, ref, tags
 from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
-from ..ref import ModelInfo, recency
+from ..ref import ModelInfo
 from ..tree import Tree
 from ..tree import decode as decode_tree
 from . import CONCURRENCY, listing, marks
@@ -49,6 +49,7 @@ from .marks import Marks
 from .stores import open_backend
 
 T = TypeVar("T")
+REFS_AT_ONCE = 1000  # refs read at once when listing versions
 
 
 class Repository:
@@ -99,12 +100,16 @@ class Repository:
                                   "repository") from None  # fmt: skip
 
     async def versions(self, name: str | None = None) -> list[ModelInfo]:
-        """Every version here (of ``name``), newest first; a listed version without a ref is skipped."""
-        out: list[ModelInfo] = []
+        """Every version here (of ``name``), newest first in the repository's order (the one ``latest``
+        follows); a listed version without a ref is skipped."""
+        out: list[tuple[float, str, ModelInfo]] = []
         for n in [name] if name is not None else await self._names():
-            refs = await asyncio.gather(*(self._ref(n, v) for v in await self._listed(n)))
-            out += [r for r in refs if r is not None]
-        return sorted(out, key=recency, reverse=True)
+            listed = await self._listed(n)
+            versions = list(listed)
+            for start in range(0, len(versions), REFS_AT_ONCE):  # memory stays bounded, however long the listing
+                refs = await asyncio.gather(*(self._ref(n, v) for v in versions[start : start + REFS_AT_ONCE]))
+                out += [(listed[r.version], r.version, r) for r in refs if r is not None]
+        return [info for *_, info in sorted(out, key=lambda o: o[:2], reverse=True)]
 
     async def _names(self) -> list[str]:
         try:

@@ -1,4 +1,6 @@
-"""Fuzzing what a repository feeds us: trees, pack indexes, locators, refs and chunk frames.
+"""Fuzzing what a repository, an export file, a server or a foreign store feeds us: trees, pack indexes,
+locators, refs, chunk frames, prune marks, listings of names and versions, listing answers, export files, and
+the metadata of the stores cas imports from (a Hugging Face cache's ref file, a BentoML ``model.yaml``).
 
     python -m tests.reliability.fuzz [--seconds 60] [--seed 0]
 
@@ -11,29 +13,41 @@ past ``PEAK_MB``.  The test suite runs it for a few seconds; run it longer by ha
 from __future__ import annotations
 
 import argparse
+import atexit
+import io
+import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from cas import codec
+from cas import Cache, codec
 from cas import ref as refs
 from cas.chunking import chunk_bytes
 from cas.digest import chunk_id
 from cas.errors import CasError
+from cas.foreign.bento import import_bento
+from cas.foreign.hf import import_hf
 from cas.ref import ModelInfo
+from cas.repo import format as fmt
+from cas.repo import listing, marks
 from cas.repo.format import IndexEntry, Location, decode_index, decode_locator, encode_index, encode_locator
+from cas.repo.http import parse_listing
 from cas.tree import FileEntry, Tree, pack_chunks
 from cas.tree import decode as decode_tree
 from tests.support import synth
 from tests.support.procs import peak_mb
 
+SLOW = ("export file", "hf ref", "bento model.yaml")  # each case writes files: 100x slower than a decoder
 PEAK_MB = 512  # numpy and the decoders take about 60 MB; one object's claim honoured would pass this
 
 
-def _seeds() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
+def seeds() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     data = synth.weights(np.random.default_rng(1), (40_000,)).tobytes()
     chunks = [bytes(c) for c in chunk_bytes(data)]
     ids = [(chunk_id(c), len(c)) for c in chunks]
@@ -47,13 +61,83 @@ def _seeds() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     locator = encode_locator({cid: Location("ab" * 32, e.offset, e.length) for (cid, _), e in zip(ids, entries)})
     info = ModelInfo("m", "v1", "cd" * 32, 1.0, len(data), 2, {"k": "v"}, {"n": 1})
     first, n = encoded[0], ids[0][1]
+    removed = marks.Marks({fmt.tree_key("cd" * 32): 1.0}, {fmt.pack_key("ab" * 32): 2.0}, {"ef" * 32: 3.0})
     return {
+        "prune marks": (marks.encode(removed), marks.decode),
+        "names listing": (listing.encode_names(["a", "b-2", "m"]), listing.decode_names),
+        "versions listing": (listing.encode_versions({"v1": 1.0, "v2": 2.5}), listing.decode_versions),
+        "listing answer": (b"refs/m/v1\nrefs/m/v2\n", lambda b: parse_listing(b, "refs/", "http://fuzz")),
+        "export file": _export_seed(data),
+        "hf ref": _hf_seed(),
+        "bento model.yaml": _bento_seed(),
         "tree": (tree.encode(), decode_tree),
         "pack index": (encode_index(offset, entries), decode_index),
         "locator": (locator, decode_locator),
         "ref": (info.encode(), lambda b: refs.decode(b, name="m", version="v1")),
         "chunk": (first, lambda b: codec.decode(b, n, ids[0][0])),
     }
+
+
+def _export_seed(data: bytes) -> tuple[bytes, Callable[[bytes], object]]:
+    """An export file of a small model, and its import into a scratch cache (removed at exit)."""
+    scratch = _scratch()
+    (scratch / "model").mkdir()
+    (scratch / "model" / "w.bin").write_bytes(data[:50_000])
+    (scratch / "model" / "config.json").write_text("{}")
+    source = Cache(scratch / "source", durable=False)
+    source.add(scratch / "model", "m:v1")
+    out = io.BytesIO()
+    source.export_model("m:v1", out)
+    target = Cache(scratch / "target", durable=False)
+    return out.getvalue(), lambda b: target.import_model(io.BytesIO(b))
+
+
+def _scratch() -> Path:
+    scratch = Path(tempfile.mkdtemp(prefix="cas-fuzz-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    return scratch
+
+
+def _hf_seed() -> tuple[bytes, Callable[[bytes], object]]:
+    """A Hugging Face cache laid out as huggingface_hub lays it out, its ``refs/main`` the input, and an import
+    of ``org/m`` (at main) from it into a scratch cache."""
+    import hashlib
+
+    hub = _scratch() / "hub"
+    repo, data = hub / "models--org--m", b'{"dim": 8}'
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id: a small file's name
+    commit = "a" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / blob).write_bytes(data)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").symlink_to(f"../../blobs/{blob}")
+    (repo / "refs").mkdir()
+    target = Cache(hub.parent / "target", durable=False)
+
+    def decode(b: bytes) -> object:
+        (repo / "refs" / "main").write_bytes(b)
+        return import_hf(target, "org/m", "m:v1", revision="main", hub_cache=hub)
+
+    return commit.encode(), decode
+
+
+def _bento_seed() -> tuple[bytes, Callable[[bytes], object]]:
+    """A BentoML store written by BentoML, its model's ``model.yaml`` the input, and an import of the model
+    into a scratch cache."""
+    scratch = _scratch()
+    os.environ.update(BENTOML_HOME=str(scratch / "bentoml"), BENTOML_DO_NOT_TRACK="True")  # before bentoml loads
+    import bentoml
+
+    with bentoml.models.create("fuzzed", labels={"k": "v"}, metadata={"n": 1}) as m:
+        Path(m.path, "w.bin").write_bytes(b"w" * 100)
+    record = Path(bentoml.models.get("fuzzed:latest").path) / "model.yaml"
+    target = Cache(scratch / "target", durable=False)
+
+    def decode(b: bytes) -> object:
+        record.write_bytes(b)
+        return import_bento(target, "fuzzed:latest", "m:v1")
+
+    return record.read_bytes(), decode
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -82,13 +166,13 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 def run(seconds: float, seed: int = 0) -> int:
     """Fuzz for ``seconds``; returns the cases tried.  Raises on the first decoder that misbehaves."""
     rng = random.Random(seed)
-    seeds = _seeds()
-    names = sorted(seeds)
+    found = seeds()
+    names, slow = sorted(set(found) - set(SLOW)), [n for n in SLOW if n in found]
     deadline = time.monotonic() + seconds
     cases = 0
     while time.monotonic() < deadline:
-        name = names[cases % len(names)]
-        valid, decode = seeds[name]
+        name = slow[cases // 25 % len(slow)] if cases % 25 == 0 else names[cases % len(names)]
+        valid, decode = found[name]
         data = mutate(rng, valid)
         try:
             decode(data)

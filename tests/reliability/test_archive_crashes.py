@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import pytest
 from cas import Cache, CasError
 
 from ..conftest import KILLS, REPO, tree_files, wait_until
-from .test_crashes import CLI, TRIALS, assert_consistent, kill_midway, kill_point, span
+from .test_crashes import CLI, TRIALS, Window, assert_consistent, kill_midway, kill_point, span, wait_for_point
 
 pytestmark = pytest.mark.reliability
 OPERATIONS = ("cas export", "cas export | cas import", "cas import", "cas import (pipe)")
@@ -83,14 +82,9 @@ def assert_imported_whole_or_not_at_all(cache: Cache, model: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def export_span(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> float:
-    """The shorter of two runs: the first reads the blobs from disk, later ones (the trials) from the page
-    cache, and kills aimed past the end of a faster run missed (1 of 3 landed on a loaded machine)."""
-    spans = []
-    for i in range(2):
-        dest = tmp_path_factory.mktemp(f"export-span-{i}") / "big.casx"
-        spans.append(span(cli("export", "big:v1", str(dest)), {**os.environ, "CAS_HOME": str(stored.root)}))
-    return min(spans)
+def export_span(tmp_path_factory: pytest.TempPathFactory, stored: Cache) -> Window:
+    dest = tmp_path_factory.mktemp("export-span") / "big.casx"
+    return span(cli("export", "big:v1", str(dest)), {**os.environ, "CAS_HOME": str(stored.root)})
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -118,8 +112,7 @@ def test_kill_export_writing_to_a_pipe(tmp_path, model, stored, export_span, tri
     importer = subprocess.Popen([sys.executable, "-m", "cas", "--home", str(host.root), "import", "-"], cwd=REPO,
                                 stdin=export.stdout, stderr=subprocess.PIPE, text=True)  # fmt: skip
     export.stdout.close()  # type: ignore[union-attr]
-    time.sleep(kill_point(trial, salt=500) * export_span)
-    KILLS.setdefault("cas export | cas import", []).append(export.poll() is None)
+    KILLS.setdefault("cas export | cas import", []).append(wait_for_point(export, export_span, kill_point(trial, 500)))
     export.send_signal(signal.SIGKILL)
     export.wait()
     _, err = importer.communicate(timeout=120)
@@ -141,7 +134,7 @@ def stored_export(tmp_path: Path, stored: Cache) -> Path:
 
 
 @pytest.fixture(scope="module")
-def import_span(tmp_path_factory: pytest.TempPathFactory, exported: Path) -> float:
+def import_span(tmp_path_factory: pytest.TempPathFactory, exported: Path) -> Window:
     home = tmp_path_factory.mktemp("import-span")
     return span(cli("import", str(exported)), {**os.environ, "CAS_HOME": str(home)})
 

@@ -18,7 +18,7 @@ import pytest
 from cas import Cache, CasError, check_repository, list_remote, prune_remote
 
 from ..conftest import REPO, tree_files
-from .test_crashes import CLI, TRIALS, assert_consistent, kill_midway, kills_landed, span  # noqa: F401 - autouse
+from .test_crashes import CLI, TRIALS, Window, assert_consistent, kill_midway, kills_landed, span  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.reliability
 VERSIONS = 300
@@ -88,7 +88,7 @@ def budget(crowded) -> int:
 
 
 @pytest.fixture(scope="module")
-def gc_budget_span(tmp_path_factory: pytest.TempPathFactory, crowded, budget) -> float:
+def gc_budget_span(tmp_path_factory: pytest.TempPathFactory, crowded, budget) -> Window:
     home = copy_of(crowded, tmp_path_factory.mktemp("gc-budget-span") / "cache")
     return span(cli("gc", "--max-size", str(budget)), {**os.environ, "CAS_HOME": str(home)})
 
@@ -115,14 +115,14 @@ RM = ("m0", "m1")  # two of the three models: every version, their snapshots and
 
 
 @pytest.fixture(scope="module")
-def rm_span(tmp_path_factory: pytest.TempPathFactory, crowded) -> float:
+def rm_span(tmp_path_factory: pytest.TempPathFactory, crowded) -> Window:
     """The shorter of two runs: a removal takes about a second, and one slow measuring run (a cold copy) made
     the kills aimed at the last part of the window land after the removal had ended (3 of 8 landed)."""
     spans = []
     for i in range(2):
         home = copy_of(crowded, tmp_path_factory.mktemp(f"rm-span-{i}") / "cache")
         spans.append(span(cli("rm", *RM), {**os.environ, "CAS_HOME": str(home)}))
-    return min(spans)
+    return min(spans, key=lambda window: window.seconds)
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
@@ -160,7 +160,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, crowded) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rm_remote_span(tmp_path_factory: pytest.TempPathFactory, published) -> float:
+def rm_remote_span(tmp_path_factory: pytest.TempPathFactory, published) -> Window:
     repo = tmp_path_factory.mktemp("rm-remote-span") / "repo"
     subprocess.run(["cp", "-a", str(published), str(repo)], check=True)
     return span(cli("rm", "--remote", f"file://{repo}", *RM), {**os.environ, "CAS_HOME": str(repo.parent / "home")})

@@ -30,7 +30,7 @@ import pytest
 from cas import Cache, check_repository, list_remote, prune_remote, remove_remote
 from tests.support import synth
 
-from ..conftest import KILLS, READY, REPO, start_together, tree_files
+from ..conftest import KILLS, READY, REPO, start_together, stats, tree_files, wait_until
 from .test_crashes import kill_point
 
 pytestmark = pytest.mark.reliability
@@ -270,3 +270,24 @@ def kills_landed():
     yield
     hits = KILLS.get("prune", [])
     assert sum(hits) * 2 >= len(hits), f"only {sum(hits)} of {len(hits)} kills of prune landed while it ran"
+
+
+def test_a_deep_check_beside_a_prune_that_repacks_and_deletes_reports_nothing_wrong(tmp_path, server, token, proxy,
+                                                                                       versions):  # fmt: skip
+    """A check lists refs and packs first and reads them for a while; a prune meanwhile repacks the chunks of a
+    ref it reads later into a pack the listing predates, and deletes a removed ref's tree and pack.  Neither is
+    damage: a ref found wrong is looked at again (the soak's check reported a "missing pack" this way)."""
+    cache, _ = versions
+    url, _ = server
+    for tag in TAGS[:2]:
+        cache.push(tag, url)
+    slow = proxy(url, delay=4.0)  # each pack read of the deep check waits 4 s
+    check = subprocess.Popen([sys.executable, "-m", "cas", "verify", "--remote", slow, "--deep", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    wait_until(lambda: stats(slow)["pack_requests"] >= 1, 60, "the check to read its first pack")
+    remove_remote(["m:v1"], url)
+    assert prune_remote(url).repacked.count == 1  # v2's chunks leave v1's pack for a new one
+    assert prune_remote(url, grace=0).deleted.count >= 3  # v1's tree, locator and old pack
+    out, err = check.communicate(timeout=120)
+    assert stats(slow)["pack_requests"] >= 2 and check.returncode == 0, out + err
+    assert json.loads(out)["problems"] == []

@@ -7,6 +7,7 @@ import http.client
 import random
 import socket
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from cas import Cache, check_repository
 from tests.support.procs import pss_kib
 
-from ..conftest import TOKEN, free_port, published, start, stop, tree_files
+from ..conftest import TOKEN, free_port, published, start, stop, tree_files, wait_until
 
 pytestmark = pytest.mark.reliability
 
@@ -167,3 +168,28 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(served):
         s.close()
     assert len(closed) == len(slow), f"{len(slow) - len(closed)} slow clients still connected"
     assert b"refs/m/v1" in urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()
+
+
+def test_one_address_holding_too_many_connections_is_answered_503_and_others_still_served(tmp_path, synthetic):
+    """A client could open connections until the server ran out of file descriptors: one address now holds at
+    most --max-connections-per-client of them; one more is answered 503 (which pulls retry), and is served
+    once one of its connections closes."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start([sys.executable, "-m", "cas", "serve", str(tmp_path / "repo"), "--port", str(port),
+                    "--max-connections-per-client", "8"], url + "/")  # fmt: skip
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/?list=refs/", timeout=30)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+        assert b"too many connections from your address" in refused.value.read()
+        assert request(port, "GET", "/?list=refs/") == 503
+        held.pop().close()
+        wait_until(lambda: request(port, "GET", "/?list=refs/") == 200, timeout=10, what="a freed slot served")
+        log = server.log_path.read_text()  # type: ignore[attr-defined]
+    finally:
+        for s in held:
+            s.close()
+        stop(server)
+    assert log.count("holds 8 connections, the most one address may") == 1, log  # one line per burst
