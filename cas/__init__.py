@@ -26,6 +26,7 @@ from .errors import (
     NotFound,
     OutOfSpace,
     RepoError,
+    Untrusted,
 )
 from .local.cache import Progress, Staging, default_root
 from .ref import ModelInfo
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from .local.verify import VerifyReport
     from .prune import PruneReport
     from .repo.check import RepoReport
+    from .trust.keys import SigningKey
+    from .trust.policy import TrustPolicy
     from .upload import PushStats
 
 __all__ = [
@@ -67,8 +70,11 @@ __all__ = [
     "PushStats",
     "RepoError",
     "RepoReport",
+    "SigningKey",
     "SpaceReport",
     "Staging",
+    "TrustPolicy",
+    "Untrusted",
     "VerifyReport",
     "add",
     "check_repository",
@@ -96,7 +102,7 @@ __all__ = [
 
 _LAZY = {"ArchiveStats": ".archive", "PruneReport": ".prune", "PullStats": ".download", "PullEstimate": ".download",
          "PushStats": ".upload", "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
-         "SpaceReport": ".local.space"}  # fmt: skip
+         "SpaceReport": ".local.space", "SigningKey": ".trust.keys", "TrustPolicy": ".trust.policy"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 

@@ -10,19 +10,26 @@ or not; the ``a...`` variants are for async code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from . import tags
-from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace
+from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace, Untrusted
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .archive import ArchiveStats, Source
     from .download import PullEstimate, PullStats
+    from .trust.keys import Signer
+    from .trust.policy import TrustPolicy
     from .upload import PushStats
+
+    TrustSpec = str | os.PathLike[str] | TrustPolicy | None
 
 
 class Cache(LocalCache):
@@ -30,26 +37,31 @@ class Cache(LocalCache):
 
     # -- repositories -----------------------------------------------------------
 
-    def push(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
-        """Upload a stored model to a repository (``$CAS_REMOTE`` by default), only what it lacks."""
+    def push(self, tag: str, remote: str | None = None, *, progress: Progress | None = None,
+             sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
+        """Upload a stored model to a repository (``$CAS_REMOTE`` by default), only what it lacks; ``sign``:
+        keys (``cas.SigningKey`` or any signer) that sign it there as its name's newest version."""
         from .upload import push
 
-        return push(self, tag, remote, progress=progress)
+        return push(self, tag, remote, progress=progress, sign=sign)
 
-    async def apush(self, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
+    async def apush(self, tag: str, remote: str | None = None, *, progress: Progress | None = None,
+                    sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
         """``push`` for async code: the upload runs on a loop of its own, so the caller's loop keeps serving."""
         from .upload import apush
 
-        return await apush(self, tag, remote, progress=progress)
+        return await apush(self, tag, remote, progress=progress, sign=sign)
 
     def pull(self, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-             progress: Progress | None = None) -> PullStats:  # fmt: skip
+             progress: Progress | None = None, trust: TrustSpec = None) -> PullStats:  # fmt: skip
         """Fetch a model from a repository (``$CAS_REMOTE`` by default), moving only what no local file holds;
-        ``concurrency`` range requests in flight, ``progress`` called with byte counts."""
+        ``concurrency`` range requests in flight, ``progress`` called with byte counts; ``trust``: the policy
+        that must vouch for it (default: the cache's, else ``$CAS_TRUST``'s)."""
         from .download import pull
 
         with self.writing(tag, f"'cas pull {tag}'"):
-            stats = pull(self, tag, remote, concurrency=concurrency, progress=progress)
+            stats = pull(self, tag, remote, concurrency=concurrency, progress=progress,
+                         trust=self.trust_policy(trust))  # fmt: skip
         self._fit_budget(stats.info)
         return stats
 
@@ -60,13 +72,14 @@ class Cache(LocalCache):
         return estimate(self, tag, remote)
 
     async def apull(self, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-                    progress: Progress | None = None) -> PullStats:  # fmt: skip
+                    progress: Progress | None = None, trust: TrustSpec = None) -> PullStats:  # fmt: skip
         """``pull`` for async code: the pull runs on a loop of its own, so the caller's loop keeps serving;
         cancelling the awaiting task stops it, keeping what it verified for the next pull."""
         from .download import apull
 
         with self.writing(tag, f"'cas pull {tag}'"):
-            stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress)
+            stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress,
+                                trust=self.trust_policy(trust))  # fmt: skip
         import asyncio
 
         await asyncio.to_thread(self._fit_budget, stats.info)
@@ -115,7 +128,13 @@ class Cache(LocalCache):
     # -- resolving: the policy the descriptor and services use -----------------
 
     def resolve(
-        self, tag: str | tags.Tag, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+        self,
+        tag: str | tags.Tag,
+        *,
+        remote: str | None = None,
+        refresh: bool = False,
+        offline: bool | None = None,
+        trust: TrustSpec = None,
     ) -> ModelInfo:
         """The model to use for ``tag``: the local one when there is one (no network), else pulled.
 
@@ -123,22 +142,29 @@ class Cache(LocalCache):
         its newest version first and falls back to the local one, with a warning, when it cannot be reached;
         ``offline`` (default ``$CAS_OFFLINE``) never touches the network.  Processes of this host resolving
         one missing tag at once all end with the same version.  Works from any thread, loop or not.
+        ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version verified under it is used,
+        and a local one that was not is pulled again (its signatures checked; its bytes are here).
         """
         t = tags.parse(tag)
+        policy = self.trust_policy(trust)
         if not refresh:
-            try:
-                return self.get(t)  # the warm path: nothing else is read
-            except NotFound:
-                pass
-        url = self._pull_from(t, remote, refresh, offline)
+            with contextlib.suppress(NotFound):
+                return self._local(t, policy)  # the warm path: nothing else is read
+        url = self._pull_from(t, remote, refresh, offline, policy)
         if not url:
-            return self.get(t)
+            return self.check_trusted(self.get(t), policy)
         from . import privateloop
 
-        return privateloop.run(lambda: self._resolve_remotely(t, url, refresh))
+        return privateloop.run(lambda: self._resolve_remotely(t, url, refresh, policy))
 
     async def aresolve(
-        self, tag: str | tags.Tag, *, remote: str | None = None, refresh: bool = False, offline: bool | None = None
+        self,
+        tag: str | tags.Tag,
+        *,
+        remote: str | None = None,
+        refresh: bool = False,
+        offline: bool | None = None,
+        trust: TrustSpec = None,
     ) -> ModelInfo:
         """``resolve`` for async code: a pull runs on a loop of its own, and the task can be cancelled."""
         import asyncio
@@ -146,17 +172,24 @@ class Cache(LocalCache):
         from . import privateloop
 
         t = tags.parse(tag)
+        policy = self.trust_policy(trust)
         if not refresh:
-            try:
-                return await asyncio.to_thread(self.get, t)
-            except NotFound:
-                pass
-        url = self._pull_from(t, remote, refresh, offline)
+            with contextlib.suppress(NotFound):
+                return await asyncio.to_thread(self._local, t, policy)
+        url = self._pull_from(t, remote, refresh, offline, policy)
         if not url:
-            return await asyncio.to_thread(self.get, t)
-        return await privateloop.run_async(lambda: self._resolve_remotely(t, url, refresh))
+            return await asyncio.to_thread(lambda: self.check_trusted(self.get(t), policy))
+        return await privateloop.run_async(lambda: self._resolve_remotely(t, url, refresh, policy))
 
-    def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None) -> str:
+    def _local(self, t: tags.Tag, policy: TrustPolicy | None) -> ModelInfo:
+        """The local version of ``t``; NotFound also when it is here but the policy does not vouch for it."""
+        info = self.get(t)
+        if policy is not None and not self.trusted.vouches(policy, info):
+            raise NotFound(f"{info.tag} is here but was not verified under {policy.where}")
+        return info
+
+    def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
+                   policy: TrustPolicy | None = None) -> str:  # fmt: skip
         """The repository to pull ``t`` from, or "" to use the local version (a refresh with no repository
         to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""
@@ -167,11 +200,14 @@ class Cache(LocalCache):
             return url
         if refresh:
             return ""
+        with contextlib.suppress(NotFound):
+            self.check_trusted(self.get(t), policy)  # here, but not vouched for: say so rather than "not found"
         if why_offline:
             raise NotFound(f"{self.refs.not_found(str(t))} ({why_offline}, so it was not pulled)")
         raise self.refs.not_found(str(t))
 
-    async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool) -> ModelInfo:
+    async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool,
+                                policy: TrustPolicy | None = None) -> ModelInfo:  # fmt: skip
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
         from .download import pull_here
@@ -181,23 +217,21 @@ class Cache(LocalCache):
             with self.writing(str(t), f"'cas pull {t}'"):
                 async with self.locks.ahold(f"resolve-{t.name}"):
                     if not refresh:
-                        try:
-                            return self.get(t)  # pulled by another process while this one waited
-                        except NotFound:
-                            pass
-                    info = (await pull_here(self, str(t), url)).info
+                        with contextlib.suppress(NotFound):
+                            return self._local(t, policy)  # pulled by another process while this one waited
+                    info = (await pull_here(self, str(t), url, trust=policy)).info
             self._fit_budget(info)
             return info
         except CasError as e:
             if refresh:
-                return self._refresh_failed(t, url, e)
-            if isinstance(e, (NotFound, CacheNotWritable, OutOfSpace)):
+                return self._refresh_failed(t, url, e, policy)
+            if isinstance(e, (NotFound, CacheNotWritable, OutOfSpace, Untrusted)):
                 raise
             raise type(e)(f"could not pull {t} from {url}: {e}") from None
 
-    def _refresh_failed(self, t: tags.Tag, url: str, error: CasError) -> ModelInfo:
+    def _refresh_failed(self, t: tags.Tag, url: str, error: CasError, policy: TrustPolicy | None) -> ModelInfo:
         try:
-            info = self.get(t)
+            info = self._local(t, policy)
         except NotFound:
             raise type(error)(f"could not pull {t} from {url}: {error}") from None
         import warnings

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from . import privateloop
+from . import privateloop, tags
 from .digest import chunk_id
-from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, out_of_space_advice
+from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, Untrusted, out_of_space_advice
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
 from .fsutil import make_dirs
@@ -43,6 +43,8 @@ from .repo.format import Location
 from .repo.repository import Repository, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
 from .tree import FileEntry
+from .trust.client import Verdict
+from .trust.policy import TrustPolicy
 
 
 class PullStats(NamedTuple):
@@ -55,18 +57,20 @@ class PullStats(NamedTuple):
 
 
 def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-         progress: Progress | None = None) -> PullStats:  # fmt: skip
+         progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
     """Fetch ``tag`` from ``remote`` (else ``$CAS_REMOTE``) into the cache and record it; from any thread."""
     url = remote_url(remote)
-    return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
+    return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
+                                             trust=trust))  # fmt: skip
 
 
 async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-                progress: Progress | None = None) -> PullStats:  # fmt: skip
+                progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
     """``pull`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving;
     cancelling the awaiting task stops it once unwound, keeping what it verified for the next pull."""
     url = remote_url(remote)
-    return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress))
+    return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
+                                                         trust=trust))  # fmt: skip
 
 
 class PullEstimate(NamedTuple):
@@ -105,21 +109,29 @@ async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstima
 
 
 async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
-                    progress: Progress | None = None) -> PullStats:  # fmt: skip
-    """``pull`` on the running loop (for code already on a private loop)."""
-    work = lambda repo: _Pull(cache, repo, concurrency, progress).run(tag)  # noqa: E731
+                    progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
+    """``pull`` on the running loop (for code already on a private loop); ``trust``: the policy that must
+    vouch for what is pulled (default: the cache's)."""
+    policy = trust if trust is not None else cache.trust_policy()
+    work = lambda repo: _Pull(cache, repo, concurrency, progress, policy).run(tag)  # noqa: E731
     return await with_repository(work, url, concurrency)
 
 
 class _Pull:
     """One pull into one cache from one repository."""
 
-    def __init__(self, cache: LocalCache, repo: Repository, concurrency: int, progress: Progress | None):
+    def __init__(self, cache: LocalCache, repo: Repository, concurrency: int, progress: Progress | None,
+                 policy: TrustPolicy | None = None):  # fmt: skip
         self.cache, self.repo, self.concurrency, self.progress = cache, repo, concurrency, progress
+        self.policy = policy
 
     async def run(self, tag: str) -> PullStats:
         start = time.perf_counter()
-        info = await self.repo.ref(tag)
+        verdict = await self._verdict(tags.parse(tag)) if self.policy is not None else None
+        info = await self.repo.ref(verdict.tag if verdict else tag)
+        if verdict and info.root != verdict.verified.root:
+            raise Untrusted(f"{info.tag} in {self.repo.url} names tree {info.root[:16]}, but its signature names "
+                            f"{verdict.verified.root[:16]}: refused, nothing was pulled")  # fmt: skip
         tree, encoded = await self.repo.tree(info)
         fetched = reused = 0
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
@@ -128,12 +140,27 @@ class _Pull:
                 missing = [f for f in tree.files if not self.cache.objects.has_blob(f.file_id, f.executable)]
                 if missing:
                     fetched, reused = await self._build_blobs(info, missing)
-                self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
+                stored = self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
+                if verdict:
+                    self._record(verdict, stored)
             except OSError as e:
                 if isinstance(e, CasError) or e.errno not in OUT_OF_SPACE:
                     raise
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
         return PullStats(info, fetched, reused, time.perf_counter() - start)
+
+    async def _verdict(self, tag: tags.Tag) -> Verdict:
+        """What the repository's signatures say ``tag`` is, checked against the policy (one host at a time)."""
+        from .trust.client import verify
+
+        async with self.cache.locks.ahold("trust"):
+            return await verify(self.repo, self.policy, self.cache.trusted, tag)  # type: ignore[arg-type]
+
+    def _record(self, verdict: Verdict, stored: ModelInfo) -> None:
+        if stored.root != verdict.verified.root:
+            raise Untrusted(f"{stored.tag} is already in {self.cache.root} with other content than the signed one; "
+                            f"remove it ('cas rm {stored.tag}') and pull again")  # fmt: skip
+        self.cache.trusted.record(verdict.anchor, verdict.tag, verdict.verified)
 
     def _out_of_space(self, info: ModelInfo, e: OSError) -> OutOfSpace:
         """Free this pull's part files and those of pulls no process runs, so a full disk never wedges the

@@ -35,6 +35,11 @@ class CorruptObject(CasError):
     """Stored bytes do not hash to the name they are stored under."""
 
 
+class Untrusted(CasError):
+    """A model or a trust document is not vouched for by keys the trust policy trusts for it (unsigned,
+    signed by the wrong key, older than what this host has seen, expired, or not matching its signature)."""
+
+
 class RepoError(CasError):
     """A repository could not be read or written."""
 

@@ -47,10 +47,11 @@ from .repo.format import (
     tree_key,
 )
 from .tree import decode as decode_tree
+from .trust.documents import open_envelope
 
 MAX_SMALL_BODY = 256 << 20  # trees, indexes, locators, refs
-LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/", "index/")
-MUTABLE = ("names", "versions", "marks")  # the listings and prune marks; every other kind of object is created once
+LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/", "index/", "trust/")
+MUTABLE = ("names", "versions", "marks", "trust-state")  # listings, prune marks, the signed state; the rest: once
 REPLACEABLE = (*MUTABLE, "locator")  # a repack rewrites locators, under If-Match
 log = logging.getLogger("cas.server")
 
@@ -98,7 +99,7 @@ class _Handlers:
         if check_key(key)[0] in REPLACEABLE:  # small and changing: its ETag is a hash of its bytes, for If-Match
             data = await asyncio.to_thread(path.read_bytes)
             return web.Response(body=data, headers={"Cache-Control": "no-cache", "ETag": _etag(data)})
-        cache_control = "no-cache" if key.startswith("refs/") else "max-age=31536000, immutable"
+        cache_control = "no-cache" if key.startswith(("refs/", "trust/state")) else "max-age=31536000, immutable"
         return web.FileResponse(path, headers={"Cache-Control": cache_control})
 
     async def listing(self, request: web.Request) -> web.Response:
@@ -280,8 +281,14 @@ def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: by
                 raise Rejected(400, f"packs/{pack_id}.idx does not describe its pack: {err}") from None
 
 
+def _check_trust(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+    """A trust document must be an envelope of its kind (its signatures are for readers to count)."""
+    open_envelope(data, key.split("/")[1].removesuffix("s"), key)
+
+
 _CHECKS = {"tree": _check_named, "pack": _check_named, "index": _check_index, "locator": _check_locator,
-           "ref": _check_ref, "names": _check_listing, "versions": _check_listing, "marks": _check_listing}  # fmt: skip
+           "ref": _check_ref, "names": _check_listing, "versions": _check_listing, "marks": _check_listing,
+           "trust-state": _check_trust, "trust-root": _check_trust, "trust-role": _check_trust}  # fmt: skip
 
 
 def _list(root: Path, prefix: str) -> list[str]:

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +31,10 @@ from .ref import ModelInfo
 from .repo.format import IndexEntry, Location, encode_index, locator_key, pack_key, tree_key
 from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
+from .tags import Tag
 from .tree import Tree
+from .trust import publish as trust
+from .trust.keys import Signer
 
 PACK_TARGET = 32 << 20
 ENCODE_BATCH = 256
@@ -44,6 +48,7 @@ class PushStats(NamedTuple):
     bytes_uploaded: int  # encoded pack bytes sent to the repository
     bytes_present: int  # raw bytes of chunks the repository held already
     seconds: float
+    signed_as: tuple[str, ...] = ()  # the roles that signed it (``sign=``)
 
 
 class Chunk(NamedTuple):
@@ -55,20 +60,24 @@ class Chunk(NamedTuple):
     offset: int
 
 
-def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None) -> PushStats:
-    """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread."""
+def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None,
+         sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
+    """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread.
+    ``sign``: keys that sign it (and make it its name's ``latest``) once it is there (see ``cas.trust``)."""
     info = cache.get(tag)
-    return run_with_repository(lambda repo: _push(cache, info, repo, progress), remote_url(remote))
+    return run_with_repository(lambda repo: _push(cache, info, repo, progress, sign), remote_url(remote))
 
 
-async def apush(cache: LocalCache, tag: str, remote: str | None = None, *,
-                progress: Progress | None = None) -> PushStats:  # fmt: skip
+async def apush(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None,
+                sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
     """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
     info, url = cache.get(tag), remote_url(remote)
-    return await privateloop.run_async(lambda: with_repository(lambda repo: _push(cache, info, repo, progress), url))
+    work = lambda repo: _push(cache, info, repo, progress, sign)  # noqa: E731
+    return await privateloop.run_async(lambda: with_repository(work, url))
 
 
-async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None) -> PushStats:
+async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None,
+                sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
     start = time.perf_counter()
     await repo.check_version_free(info)
     tree = cache.tree(info)
@@ -90,9 +99,10 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
         raise AssertionError(f"chunk {missing[0].hex()} was not packed")
     await repo.put_tree(info.root, tree.encode(), locations)
     await repo.put_ref(info)
+    roles = await trust.sign(repo, [(Tag(info.name, info.version), info.root)], list(sign)) if sign else []
     with contextlib.suppress(OSError):  # a cache this user cannot write still pushes; gc then keeps the model
         cache.refs.add_remote(info, public_url(repo.url))  # it can come back from there now: gc may evict it
-    return PushStats(info, writer.uploaded, present, time.perf_counter() - start)
+    return PushStats(info, writer.uploaded, present, time.perf_counter() - start, tuple(roles))
 
 
 async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
+    from cas.trust.policy import TrustPolicy
+
 RESOLVE_ATTEMPTS = 3  # a version removed between resolving and leasing it is resolved again (then pulled)
 _DECLARED: WeakSet[Model] = WeakSet()  # every Model of this process, so a forked child can reset them
 
@@ -152,15 +154,19 @@ class Model:
         cache: Cache | str | os.PathLike[str] | None = None,
         remote: str | None = None,
         refresh: bool = False,
+        trust: str | os.PathLike[str] | TrustPolicy | None = None,
     ):
         """``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not in the cache;
         ``refresh=True`` asks it for its newest version first, falling back to the local one
-        with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network."""
+        with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network.
+        ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version signed by keys
+        it trusts for this name is used (see ``cas.trust``)."""
         self._tag = parse(tag)  # a bad tag fails when the class is defined
         self.tag = str(self._tag)
         self._cache = cache
         self._remote = remote
         self._refresh = refresh
+        self._trust = trust
         self._attr: str | None = None
         self._owner = "?"
         self._reset()
@@ -237,7 +243,7 @@ class Model:
         try:
             cache = self._cache_here()
             for attempt in range(RESOLVE_ATTEMPTS):
-                info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh)
+                info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust)
                 path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
                 if path is not None:
                     break
@@ -251,7 +257,7 @@ class Model:
         try:
             cache = self._cache_here()
             for attempt in range(RESOLVE_ATTEMPTS):
-                info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh)
+                info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust)
                 path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
                 if path is not None:
                     break
@@ -308,10 +314,10 @@ class Model:
 
     def __getstate__(self) -> dict[str, Any]:
         """Travels as its declaration; the receiving process resolves it there, on first access."""
-        return {k: getattr(self, k) for k in ("tag", "_cache", "_remote", "_refresh", "_attr", "_owner")}
+        return {k: getattr(self, k) for k in ("tag", "_cache", "_remote", "_refresh", "_trust", "_attr", "_owner")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_trust": None, **state})
         self._tag = parse(self.tag)
         self._reset()
 

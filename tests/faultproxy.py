@@ -10,7 +10,8 @@ full length, send half, close), ``flip`` (one flipped bit in the body),
 whole pack), ``403`` and ``slowdown`` (an object store's AccessDenied and
 503 SlowDown, as XML).  The fault hits every N-th pack request (``--every 1``: all of
 them, a permanent fault), at most ``--limit`` times.  One fault is not
-about packs: ``bloat`` answers every tree request with 2 GB of zeros, and
+about packs: ``bloat`` answers every tree request with 2 GB of zeros (``bloat-trust``: every trust
+document request), and
 ``garbage`` answers every request with random bytes.
 Requests for anything else pass through untouched.  ``GET /_stats``
 answers with the requests (all of them), pack requests and pack bytes served so far, as JSON.
@@ -50,7 +51,10 @@ def main() -> None:
         stats["requests"] += 1
         if session is None:
             session = aiohttp.ClientSession(auto_decompress=False)
-        if args.fault == "bloat" and "/trees/" in request.path:
+        if (args.fault, "/trees/" in request.path, "/trust/" in request.path) in (
+            ("bloat", True, False),
+            ("bloat-trust", False, True),
+        ):
             return await _endless(request)
         if args.fault == "garbage":  # a hostile server: random bytes, 200, for every request
             return web.Response(body=os.urandom(4096), content_type="application/octet-stream")

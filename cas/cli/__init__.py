@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from ..errors import OUT_OF_SPACE, CasError, out_of_space_advice
-from . import archive, foreign, models, remote, space, sync
+from . import archive, foreign, models, remote, space, sync, trust
 from .output import Command, EscapedStream, printable
 
 
@@ -103,6 +103,7 @@ COMMANDS: list[Callable[[Command], None]] = [
     foreign.commands,
     archive.commands,
     remote.commands,
+    trust.commands,
 ]
 
 

@@ -17,6 +17,8 @@ def commands(cmd: Command) -> None:
     sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
     sp.add_argument("tag")
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    sp.add_argument("--sign", action="append", default=[], metavar="KEY",
+                    help="sign it there with this private key (repeatable; also $CAS_SIGNING_KEY)")  # fmt: skip
     sp.add_argument("--json", action="store_true")
     sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
     sp.add_argument("tag")
@@ -51,8 +53,19 @@ def _push(args: argparse.Namespace) -> None:
     cache = cache_of(args)
     info = cache.get(args.tag)
     with output.progress(info.size, "push") as progress:
-        s = cache.push(args.tag, args.remote, progress=progress)
+        s = cache.push(args.tag, args.remote, progress=progress, sign=_signers(args))
     _report(args, s.info, ("uploaded", s.bytes_uploaded), ("already in the repository", s.bytes_present), s.seconds)
+    if s.signed_as and not args.json:
+        print(f"signed {s.info.tag} as {', '.join(s.signed_as)}")
+
+
+def _signers(args: argparse.Namespace) -> list[object]:
+    """The keys of --sign, and $CAS_SIGNING_KEY's only with --sign or when it is set (a push signs if either)."""
+    if not args.sign and not os.environ.get("CAS_SIGNING_KEY", "").strip():
+        return []
+    from .trust import signers
+
+    return signers(args.sign)  # type: ignore[return-value]
 
 
 def _pull(args: argparse.Namespace) -> None:

@@ -38,10 +38,12 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from typing import Any
 
     from ..tree import FileEntry, Tree
+    from ..trust.policy import TrustPolicy
     from .chunkindex import ChunkIndex
     from .gc import GcReport
     from .sources import Source
     from .space import SpaceReport
+    from .trusted import TrustedState
     from .verify import VerifyReport
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
@@ -75,14 +77,19 @@ class LocalCache:
     """A content-addressed model cache rooted at one directory."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, durable: bool | None = None,
-                 max_size: int | str | None = None):  # fmt: skip
+                 max_size: int | str | None = None,
+                 trust: str | os.PathLike[str] | TrustPolicy | None = None):  # fmt: skip
         """``durable`` (default: true unless ``CAS_DURABLE=0``) fsyncs every blob before it is
         published, so a power loss can never leave a blob whose bytes do not match its name;
         turn it off for throwaway caches, where it roughly halves ``add`` time.  ``max_size``
         (default ``$CAS_MAX_SIZE``; bytes or ``"20G"``) is the budget gc keeps the cache to after
-        each pull, evicting least recently used versions that can be pulled again."""
+        each pull, evicting least recently used versions that can be pulled again.  ``trust`` (default
+        ``$CAS_TRUST``; a policy file or a ``TrustPolicy``): only models signed by keys it trusts are pulled,
+        resolved or materialized (see ``cas.trust``)."""
         self._durable = durable
         self._max_size = max_size
+        self._trust = trust
+        self._policy: tuple[object, TrustPolicy | None] | None = None
         self._chunks: ChunkIndex | None = None
         self._chunks_pid = 0  # the process that opened it
         self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
@@ -90,6 +97,7 @@ class LocalCache:
         self.objects = ObjectStore(self._root)
         self.refs = Refs(self._root, self.locks)
         self.snapshots = Snapshots(self._root, self.objects)
+        self._trusted: TrustedState | None = None
 
     @property
     def root(self) -> Path:
@@ -111,15 +119,47 @@ class LocalCache:
         budget = os.environ.get("CAS_MAX_SIZE", "").strip()
         return parse_size(budget, "CAS_MAX_SIZE") if budget else None
 
+    @property
+    def trusted(self) -> TrustedState:
+        """What this host verified under its trust policies (imported only by hosts that have one)."""
+        if self._trusted is None:
+            from .trusted import TrustedState
+
+            self._trusted = TrustedState(self._root)
+        return self._trusted
+
+    def trust_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None) -> TrustPolicy | None:
+        """The policy in force: ``override``, else the cache's ``trust``, else ``$CAS_TRUST``'s (read once)."""
+        spec = override if override is not None else self._trust
+        if spec is None:
+            spec = os.environ.get("CAS_TRUST", "").strip() or None
+        if spec is None:
+            return None
+        if self._policy is None or self._policy[0] != spec:
+            from ..trust.policy import load
+
+            self._policy = (spec, load(spec))
+        return self._policy[1]
+
+    def check_trusted(self, info: ModelInfo, policy: TrustPolicy | None) -> ModelInfo:
+        """``info`` if ``policy`` allows it (no policy allows all), else ``Untrusted`` saying what to do."""
+        if policy is None or self.trusted.vouches(policy, info):
+            return info
+        from ..errors import Untrusted
+
+        raise Untrusted(f"{info.tag} in {self.root} was not verified under {policy.where} (stored without a "
+                        "signature, or with a key it no longer trusts); pull it from a signed repository")  # fmt: skip
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._root!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         """A cache travels (pickle, cloudpickle) as its root: the open chunk index stays behind."""
-        return {"root": self._root, "durable": self._durable, "max_size": self._max_size}
+        return {"root": self._root, "durable": self._durable, "max_size": self._max_size, "trust": self._trust}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], durable=state["durable"], max_size=state.get("max_size"))  # type: ignore[misc]
+        self.__init__(state["root"], durable=state["durable"], max_size=state.get("max_size"),  # type: ignore[misc]
+                      trust=state.get("trust"))  # fmt: skip
 
     def chunk_index(self) -> ChunkIndex:
         """The on-disk chunk index (sqlite, opened on first use: the warm path never needs it)."""
@@ -385,8 +425,8 @@ class LocalCache:
 
     def materialize(self, tag: str | ModelInfo) -> Path:
         """The model's read-only snapshot directory, built from hardlinks on first use (the warm path: one
-        ``stat``)."""
-        info = tag if isinstance(tag, ModelInfo) else self.get(tag)
+        ``stat``).  A tag is checked against the trust policy; a ``ModelInfo`` is taken as resolved."""
+        info = tag if isinstance(tag, ModelInfo) else self.check_trusted(self.get(tag), self.trust_policy())
         if not self.snapshots.built(info.root):
             self._build(info)
         return self.snapshots.path(info.root)

@@ -4,8 +4,8 @@ Keys are the repository layout's paths (``refs/m/v1``, ``packs/<id>``; see
 ``format``).  A ``ReadBackend`` is enough to pull from (any static web
 server or CDN qualifies); a ``WriteBackend`` can also be pushed to and pruned.
 
-- ``get(key)`` returns the whole object, refusing one past ``MAX_DOC_BYTES``
-  (only documents are read whole); a missing key raises ``NotFound``; any
+- ``get(key, limit=MAX_DOC_BYTES)`` returns the whole object, refusing one past
+  ``limit`` bytes, however much the store sends (only documents are read whole); a missing key raises ``NotFound``; any
   other failure, after the backend's own retries, raises ``RepoError``.
 - ``get_range(key, start, end)`` returns exactly the bytes ``start`` up to
   ``end`` (exclusive), or raises; never more, whatever the server sends.
@@ -40,7 +40,7 @@ from typing import Protocol
 class ReadBackend(Protocol):
     url: str
 
-    async def get(self, key: str) -> bytes: ...
+    async def get(self, key: str, limit: int = ...) -> bytes: ...
     async def get_range(self, key: str, start: int, end: int) -> bytes: ...
     async def list(self, prefix: str) -> list[str]: ...
     async def close(self) -> None: ...

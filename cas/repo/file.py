@@ -47,13 +47,13 @@ class FileBackend:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self._read, key, 0, None)
+    async def get(self, key: str, limit: int = MAX_DOC_BYTES) -> bytes:
+        return await asyncio.to_thread(self._read, key, 0, None, limit)
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         return await asyncio.to_thread(self._read, key, start, end)
 
-    def _read(self, key: str, start: int, end: int | None) -> bytes:
+    def _read(self, key: str, start: int, end: int | None, limit: int = MAX_DOC_BYTES) -> bytes:
         try:
             # O_NONBLOCK: a FIFO planted in the repository must not hang the open
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
@@ -66,11 +66,13 @@ class FileBackend:
             if not stat.S_ISREG(st.st_mode):
                 raise RepoError(f"{self.url}/{key} is not a regular file (a device, pipe or socket, perhaps through a "
                                 "symlink); remove it from the repository")  # fmt: skip
-            if end is None and st.st_size > MAX_DOC_BYTES:
-                raise RepoError(f"{self.url}/{key} is {st.st_size} bytes, more than the {MAX_DOC_BYTES} this object "
+            if end is None and st.st_size > limit:
+                raise RepoError(f"{self.url}/{key} is {st.st_size} bytes, more than the {limit} this object "
                                 "may have; the repository is damaged")  # fmt: skip
             f.seek(start)
-            data = f.read() if end is None else f.read(end - start)
+            data = f.read(limit + 1) if end is None else f.read(end - start)
+        if end is None and len(data) > limit:  # it grew after the check
+            raise RepoError(f"{self.url}/{key} is more than the {limit} bytes this object may have")
         if end is not None and len(data) != end - start:
             raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
         return data

@@ -10,6 +10,9 @@ Layout, the same for every backend::
     index/names               the names of the models here (see ``listing``)
     index/versions/<name>     the versions of one name and their creation times
     prune/marks               what a prune found unreachable, and since when (see ``marks``)
+    trust/root/<n>            signed root documents, every version (see ``cas.trust``)
+    trust/roles/<role>/<n>    a role's signed targets, every version
+    trust/state               the signed state: each role's newest version and hash
 
 Packs exist because object stores and CDNs are slow and costly per request;
 a pull reads one tree, one locator, then merged byte ranges of packs.
@@ -36,6 +39,8 @@ FORMAT = 1
 MAX_PACK_BYTES = 1 << 30
 MAX_DOC_BYTES = 256 << 20
 _HEX = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+_ROLE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 
 # chunk id, offset in pack, encoded length, raw length, codec
 INDEX_RECORD = struct.Struct(">32sQIIB")
@@ -45,6 +50,18 @@ LOCATOR_RECORD = struct.Struct(">32sIQI")
 
 def ref_key(name: str, version: str) -> str:
     return f"refs/{name}/{version}"
+
+
+def trust_root_key(version: int) -> str:
+    return f"trust/root/{version}"
+
+
+def trust_role_key(role: str, version: int) -> str:
+    return f"trust/roles/{role}/{version}"
+
+
+def trust_state_key() -> str:
+    return "trust/state"
 
 
 def tree_key(root: str) -> str:
@@ -81,6 +98,17 @@ def check_key(key: str) -> tuple[str, ...]:
             return ("names",)
         if parts == ["prune", "marks"]:
             return ("marks",)
+        if parts == ["trust", "state"]:
+            return ("trust-state",)
+        if parts[:2] == ["trust", "root"] and len(parts) == 3 and _VERSION.fullmatch(parts[2]):
+            return ("trust-root", parts[2])
+        if (
+            parts[:2] == ["trust", "roles"]
+            and len(parts) == 4
+            and _ROLE.fullmatch(parts[2])
+            and _VERSION.fullmatch(parts[3])
+        ):
+            return ("trust-role", parts[2], parts[3])
         if parts[:2] == ["index", "versions"] and len(parts) == 3:
             return ("versions", validate_name(parts[2]))
         if parts[0] == "packs" and len(parts) == 2:

@@ -139,8 +139,8 @@ class HttpBackend:
             return "the connection was reset"
         return str(e) if isinstance(e, _Transient) else f"{type(e).__name__}: {e}"
 
-    async def get(self, key: str) -> bytes:
-        return (await self._request("GET", key, expect=(200,))).body
+    async def get(self, key: str, limit: int = MAX_DOC_BYTES) -> bytes:
+        return (await self._request("GET", key, expect=(200,), limit=limit)).body
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         # A server that ignores Range sends the whole pack: only the window is kept.

@@ -73,8 +73,8 @@ class S3Backend:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def get(self, key: str) -> bytes:
-        return (await self._read(key, None))[0]
+    async def get(self, key: str, limit: int = MAX_DOC_BYTES) -> bytes:
+        return (await self._read(key, None, limit))[0]
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         body = (await self._read(key, (start, end)))[0]
@@ -82,13 +82,13 @@ class S3Backend:
             raise RepoError(f"{self.url}/{key}: range {start}-{end} returned {len(body)} bytes")
         return body
 
-    async def _read(self, key: str, window: tuple[int, int] | None) -> tuple[bytes, str]:
+    async def _read(self, key: str, window: tuple[int, int] | None, limit: int = MAX_DOC_BYTES) -> tuple[bytes, str]:
         """An object or a window of it, and its ETag; a body cut short is read again, a few times."""
         extra = {"Range": f"bytes={window[0]}-{window[1] - 1}"} if window else {}
         for attempt in range(RETRIES):
             resp = await self._call("GET", key, "get_object", **extra)
             try:
-                return await _body(resp, window, f"{self.url}/{key}"), resp.get("ETag", "")
+                return await _body(resp, window, f"{self.url}/{key}", limit), resp.get("ETag", "")
             except CasError:
                 raise
             except Exception as e:  # noqa: BLE001 - a body cut short, reset or stalled: read it again
@@ -208,10 +208,10 @@ class _ShortBody(Exception):
     """A body that ended before its length: read again."""
 
 
-async def _body(resp: dict[str, Any], window: tuple[int, int] | None, where: str) -> bytes:
+async def _body(resp: dict[str, Any], window: tuple[int, int] | None, where: str, doc_limit: int) -> bytes:
     """The body of a GET, never more than an object may have; of a Range GET a server ignored, only the window."""
     length = resp.get("ContentLength")
-    limit = MAX_DOC_BYTES if window is None else window[1] - window[0]
+    limit = doc_limit if window is None else window[1] - window[0]
     whole = window is not None and "ContentRange" not in resp  # the Range was ignored: the whole object came
     if not whole and isinstance(length, int) and length > limit:
         raise RepoError(f"GET {where}: the store announces {length} bytes, more than the {limit} this object may "

@@ -1,0 +1,154 @@
+"""Verifying a tag against a repository's signed documents, under a host's trust policy.
+
+One pull reads ``trust/state`` (one small request), the role document
+that covers the tag only when its version changed since this host last
+saw it, and new root versions only when the state names a newer root.
+The answer, a ``Verdict``, names the root hash the tag must have: the
+pull then refuses a ref or a tree that does not match it.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import blake3
+
+from ..errors import NotFound, Untrusted
+from ..local.trusted import TrustedState, Verified
+from ..repo.format import trust_role_key, trust_root_key, trust_state_key
+from ..repo.repository import Repository
+from ..tags import Tag
+from .documents import (
+    MAX_BYTES,
+    MAX_ROOT_CHAIN,
+    Root,
+    State,
+    check_fresh,
+    decode_role,
+    decode_root,
+    decode_state,
+    open_envelope,
+    signed_by,
+)
+from .policy import Anchor, TrustPolicy
+
+# tag: the version to pull (latest resolved by the signature, not by the repository's listing)
+Verdict = namedtuple("Verdict", ("anchor", "tag", "verified"))
+
+
+async def verify(repo: Repository, policy: TrustPolicy, state: TrustedState, tag: Tag) -> Verdict:
+    """The version and root hash ``tag`` must have, as signed by keys ``policy`` trusts for it."""
+    anchors = policy.anchors_for(tag)
+    if not anchors:
+        raise Untrusted(f"{policy.where} trusts no one for {tag.name}: it has no anchor whose names match it")
+    failures = []
+    for anchor in anchors:
+        try:
+            return await _Check(repo, anchor, state).run(tag)
+        except Untrusted as e:
+            failures.append(str(e))
+    raise Untrusted(failures[0] if len(failures) == 1 else "; ".join(failures))
+
+
+class _Check:
+    def __init__(self, repo: Repository, anchor: Anchor, state: TrustedState):
+        self.repo, self.anchor, self.state = repo, anchor, state
+
+    async def run(self, tag: Tag) -> Verdict:
+        root = self._trusted_root()
+        state_bytes = await self._get(trust_state_key(), "state")
+        where = f"{self.repo.url}/{trust_state_key()}"
+        env = open_envelope(state_bytes, "state", where)
+        claimed = decode_state(env.payload, where)  # read before its signature is checked: only to find its root
+        if claimed.root_version > root.version:
+            root = await self._newer_root(root, claimed.root_version)
+        elif claimed.root_version < root.version:
+            raise Untrusted(f"{where} names root version {claimed.root_version}, older than the version "
+                            f"{root.version} this host trusts: a rollback; nothing was pulled")  # fmt: skip
+        signed_by(env, root.keys, root.state, where)
+        check_fresh(root.expires, f"root version {root.version} of {self.anchor.name}")
+        self._accept_state(claimed, state_bytes, where)
+        for role_name, grant in root.roles.items():
+            meta = claimed.roles.get(role_name)
+            if not grant.covers(tag) or meta is None:
+                continue
+            role, keys = await self._role(root, role_name, meta)
+            found = role.targets.get(str(tag))
+            if found is None:
+                continue
+            concrete = Tag(tag.name, found.version) if tag.is_latest else tag
+            signed = role.targets.get(str(concrete))
+            if signed is None or signed.root != found.root or not grant.covers(concrete):
+                raise Untrusted(f"{tag} names {concrete}, which {role_name} did not sign with the same root")
+            return Verdict(self.anchor, concrete, Verified(found.root, role_name, tuple(sorted(keys))))
+        raise Untrusted(f"{tag} is not signed in {self.repo.url} by any key that {self.anchor.name} trusts for "
+                        f"{tag.name}; refusing it (sign it with 'cas sign', or pull a signed version)")  # fmt: skip
+
+    def _trusted_root(self) -> Root:
+        data = self.state.read(self.anchor, "root") or self.anchor.root
+        where = f"the trusted root of {self.anchor.name}"
+        env = open_envelope(data, "root", where)
+        root = decode_root(env.payload, where)
+        signed_by(env, root.keys, root.root, where)
+        return root
+
+    async def _newer_root(self, root: Root, version: int) -> Root:
+        """Walk root versions up to ``version``, each signed by the keys of the last and by its own."""
+        if version - root.version > MAX_ROOT_CHAIN:
+            raise Untrusted(f"{self.repo.url} names root version {version}, {MAX_ROOT_CHAIN}+ ahead of this host's")
+        for v in range(root.version + 1, version + 1):
+            data = await self._get(trust_root_key(v), "root")
+            where = f"{self.repo.url}/{trust_root_key(v)}"
+            env = open_envelope(data, "root", where)
+            new = decode_root(env.payload, where)
+            if new.version != v:
+                raise Untrusted(f"{where} says it is version {new.version}")
+            signed_by(env, root.keys, root.root, f"{where} (by the keys of root version {root.version})")
+            signed_by(env, new.keys, new.root, where)
+            self.state.write(self.anchor, "root", data)
+            root = new
+        return root
+
+    def _accept_state(self, state: State, data: bytes, where: str) -> None:
+        """Never older than what this host has seen; expired is stale (a replay, or a frozen repository)."""
+        seen = self.state.read(self.anchor, "state")
+        if seen is not None:
+            old = decode_state(open_envelope(seen, "state", "this host's state").payload, "this host's state")
+            if state.version < old.version:
+                raise Untrusted(f"{where} is version {state.version}, older than the version {old.version} this "
+                                "host has seen: a rollback (or a stale mirror); nothing was pulled")  # fmt: skip
+            if state.version == old.version and data != seen:
+                raise Untrusted(f"{where}: two different states both say they are version {state.version}")
+        check_fresh(state.expires, f"{where} (version {state.version})")
+        if data != seen:
+            self.state.write(self.anchor, "state", data)
+
+    async def _role(self, root: Root, name: str, meta: tuple[int, str]) -> tuple[object, frozenset[str]]:
+        version, digest = meta
+        key = trust_role_key(name, version)
+        where = f"{self.repo.url}/{key}"
+        data = self.state.read(self.anchor, f"roles/{name}")
+        fetched = data is None or blake3.blake3(data).hexdigest() != digest
+        if fetched:
+            data = await self._get(key, "role")
+            if blake3.blake3(data).hexdigest() != digest:
+                raise Untrusted(f"{where} is not the version the signed state names (a mix of two states, or a "
+                                "stale cache in front of the repository); nothing was pulled")  # fmt: skip
+        env = open_envelope(data, "role", where)
+        keys = signed_by(env, root.keys, root.roles[name], where)
+        role = decode_role(env.payload, where)
+        if role.name != name or role.version != version:
+            raise Untrusted(f"{where} says it is {role.name} version {role.version}")
+        check_fresh(role.expires, where)
+        if fetched:
+            self.state.write(self.anchor, f"roles/{name}", data)
+        return role, keys
+
+    async def _get(self, key: str, kind: str) -> bytes:
+        try:
+            return await self.repo.backend.get(key, limit=MAX_BYTES[kind])
+        except NotFound:
+            if kind == "state":
+                raise Untrusted(f"{self.repo.url} has no signatures ({key} is missing), and the trust policy asks for "
+                                "them; nothing was pulled (publish with 'cas push --sign')") from None  # fmt: skip
+            raise Untrusted(f"{self.repo.url}/{key} is missing, though the signed state names it") from None

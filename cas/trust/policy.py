@@ -1,0 +1,120 @@
+"""A host's trust policy: which roots of trust it starts from, and for which model names.
+
+The policy is a JSON file (``CAS_TRUST``, ``Cache(trust=...)``,
+``Model(tag, trust=...)``)::
+
+    {"cas-trust": 1,
+     "anchors": [{"name": "prod", "root": "<base64 of a root document>", "names": ["*"]}]}
+
+``cas trust init --policy FILE`` writes one for the repository it sets up;
+``root_file`` (a path, relative to the policy file) may stand for ``root``.
+An anchor vouches only for the names its ``names`` patterns match; within
+it, the root document says which role (which keys) signs which names.
+The root a policy names is where this host starts: later root versions
+(rotated keys, new roles) are followed from it, each signed by the last.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import os
+from collections import namedtuple
+from pathlib import Path
+
+from ..errors import InvalidInput
+from ..tags import Tag
+
+ENV = "CAS_TRUST"
+MAX_POLICY_BYTES = 4 << 20
+
+
+class Anchor(namedtuple("Anchor", ("name", "root", "names"), defaults=(("*",),))):
+    """A root of trust: the root document this host starts from (bytes), and the names it may vouch for."""
+
+    __slots__ = ()
+    name: str
+    root: bytes
+    names: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """What the host's trusted state for this anchor is kept under (``<cache>/trust/<id>``)."""
+        return hashlib.sha256(self.root).hexdigest()[:32]
+
+    def covers(self, tag: Tag) -> bool:
+        return any(fnmatch.fnmatchcase(str(tag) if ":" in p else tag.name, p) for p in self.names)
+
+
+class TrustPolicy(namedtuple("TrustPolicy", ("anchors", "where"), defaults=("the trust policy",))):
+    """The anchors a host trusts; a model no anchor vouches for is refused."""
+
+    __slots__ = ()
+    anchors: tuple[Anchor, ...]
+    where: str
+
+    def anchors_for(self, tag: Tag) -> list[Anchor]:
+        return [a for a in self.anchors if a.covers(tag)]
+
+    def to_json(self) -> str:
+        anchors = [{"name": a.name, "root": base64.b64encode(a.root).decode(), "names": list(a.names)}
+                   for a in self.anchors]  # fmt: skip
+        return json.dumps({"cas-trust": 1, "anchors": anchors}, indent=2) + "\n"
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrustPolicy:
+        p = Path(path)
+        try:
+            if p.stat().st_size > MAX_POLICY_BYTES:
+                raise InvalidInput(f"the trust policy {p} is larger than {MAX_POLICY_BYTES} bytes")
+            doc = json.loads(p.read_bytes())
+        except OSError as e:
+            raise InvalidInput(f"cannot read the trust policy {p} ({ENV}): {e.strerror}") from None
+        except ValueError as e:
+            raise InvalidInput(f"the trust policy {p} is not JSON: {e}") from None
+        return cls(_anchors(doc, p), f"the trust policy {p}")
+
+
+def load(spec: str | os.PathLike[str] | TrustPolicy | None) -> TrustPolicy | None:
+    """The policy given (a path or a ``TrustPolicy``), else ``$CAS_TRUST``'s, else None (no policy)."""
+    if isinstance(spec, TrustPolicy):
+        return spec
+    if spec is None:
+        spec = os.environ.get(ENV, "").strip() or None
+        if spec is None:
+            return None
+    return TrustPolicy.from_file(spec)
+
+
+def _anchors(doc: object, path: Path) -> tuple[Anchor, ...]:
+    if not isinstance(doc, dict) or doc.get("cas-trust") != 1 or not isinstance(doc.get("anchors"), list):
+        raise InvalidInput(f'the trust policy {path} is not a cas trust policy: {{"cas-trust": 1, "anchors": [...]}}')
+    out = []
+    for i, a in enumerate(doc["anchors"]):
+        where = f"anchor {i + 1} of the trust policy {path}"
+        if not isinstance(a, dict) or not isinstance(a.get("name", ""), str):
+            raise InvalidInput(f"{where} is not an object with a name")
+        names = a.get("names", ["*"])
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise InvalidInput(f"{where}: names is not a list of patterns")
+        out.append(Anchor(a.get("name", ""), _root_bytes(a, path, where), tuple(names)))
+    if not out:
+        raise InvalidInput(f"the trust policy {path} has no anchors: it would refuse every model")
+    return tuple(out)
+
+
+def _root_bytes(a: dict[str, object], path: Path, where: str) -> bytes:
+    if isinstance(a.get("root"), str):
+        try:
+            return base64.b64decode(a["root"], validate=True)  # type: ignore[arg-type]
+        except ValueError:
+            raise InvalidInput(f"{where}: root is not base64") from None
+    if isinstance(a.get("root_file"), str):
+        root_file = path.parent / a["root_file"]  # type: ignore[operator]
+        try:
+            return root_file.read_bytes()
+        except OSError as e:
+            raise InvalidInput(f"{where}: cannot read {root_file}: {e.strerror}") from None
+    raise InvalidInput(f"{where} has neither root (base64) nor root_file")

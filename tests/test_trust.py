@@ -1,0 +1,315 @@
+"""Signed models and a host's trust policy against a hostile repository: TUF's attacks, through real servers.
+
+A publisher sets up signing with the real CLI (``cas trust init``, ``cas
+trust delegate``, ``cas push --sign``); the attacker then writes to the
+repository (a folder nginx serves, ``cas serve``'s folder, the S3
+bucket) as anyone with write access could, and a host with
+``CAS_TRUST`` pulls through the real CLI.  Each attack must end in one
+line, exit code 1, and nothing of the attacker's published in the host's
+cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import blake3
+import pytest
+
+from cas import Cache
+from cas.ref import decode as decode_ref
+from cas.repo.format import trust_role_key, trust_state_key
+from cas.repo.repository import run_with_repository
+from cas.trust import publish
+from cas.trust.documents import Role, RoleMeta, Target, encode_role, encode_state, seal
+from cas.trust.keys import SigningKey, generate
+
+from .conftest import REPO, TOKEN, cas_cli, stats
+
+ROLES = {"team-a": "classifier*", "team-b": "ranker*"}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    for name in ("root", "online", "team-a", "team-b", "team-a-new"):
+        generate(folder / f"{name}.key")
+    return {p.stem: p for p in folder.glob("*.key")}
+
+
+def setup_signing(tmp_path: Path, keys: dict[str, Path], url: str) -> SimpleNamespace:
+    """``url`` set up for signing as a platform team would: a root, an online key, a role per team."""
+    ns = SimpleNamespace(url=url, keys=keys, policy=tmp_path / "policy.json", publisher=tmp_path / "publisher")
+    run("trust", "init", url, "--root", keys["root"], "--online", keys["online"], "--policy", ns.policy, home=ns)
+    for role, names in ROLES.items():
+        run("trust", "delegate", url, role, "--names", names, "--key", f"{keys[role]}.pub", "--sign", keys["root"],
+            "--sign", keys["online"], home=ns)  # fmt: skip
+    return ns
+
+
+def run(*args: object, home: SimpleNamespace, check: bool = True):
+    return cas_cli(*map(str, args), home=home.publisher, check=check, env={**os.environ, "CAS_TOKEN": TOKEN})
+
+
+def publish_model(ns: SimpleNamespace, tmp_path: Path, tag: str, *signers: str) -> str:
+    """Add a small model of its own bytes as ``tag`` and push it, signed by ``signers`` (none: unsigned)."""
+    src = tmp_path / "models" / tag.replace(":", "-")
+    src.mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(os.urandom(200_000))
+    (src / "config.json").write_text(f'{{"tag": "{tag}"}}')
+    run("add", src, tag, home=ns)
+    sign = [a for s in signers for a in ("--sign", ns.keys[s])]
+    run("push", tag, "--remote", ns.url, *sign, home=ns)
+    return Cache(ns.publisher).get(tag).root
+
+
+def host_pull(ns: SimpleNamespace, home: Path, tag: str, url: str | None = None, **env: str):
+    environ = {**os.environ, "CAS_TRUST": str(ns.policy), **env}
+    return cas_cli("pull", tag, "--remote", url or ns.url, home=home, check=False, env=environ)
+
+
+def assert_refused(proc, *words: str, home: Path, root: str | None = None) -> None:
+    """One line, exit 1, naming what went wrong; the attacker's model is not in the host's cache."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cas: error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    if root is not None and home.exists():
+        assert root not in {i.root for i in Cache(home).list()}
+        assert not (home / "trees" / root[:2] / root).exists()
+
+
+def pulled(home: Path, tag: str) -> str:
+    return Cache(home).get(tag).root
+
+
+# -- the repository: a folder nginx serves, cas serve, S3 --------------------------------------------------------
+
+
+@pytest.fixture(params=["nginx", "cas serve", "s3"])
+def repository(request, tmp_path, nginx, server, s3) -> SimpleNamespace:
+    """Where the publisher writes, where hosts read, and what an attacker with write access writes to."""
+    if request.param == "nginx":
+        folder = tmp_path / "served"
+        folder.mkdir()
+        return SimpleNamespace(write=f"file://{folder}", read=nginx(folder))
+    if request.param == "cas serve":
+        return SimpleNamespace(write=server[0], read=server[0])
+    return SimpleNamespace(write=s3, read=s3)
+
+
+def test_a_model_no_trusted_key_signed_is_refused_and_latest_is_the_signed_one(tmp_path, keys, repository):
+    """Arbitrary model: whoever can write the repository pushes their own classifier:v2, unsigned. A host with a
+    policy refuses it by name, and its ``latest`` stays the signed v1 though the listing says v2."""
+    ns = setup_signing(tmp_path, keys, repository.write)
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    evil = publish_model(ns, tmp_path, "classifier:v2")  # write access, no key
+    host = tmp_path / "host"
+    assert_refused(host_pull(ns, host, "classifier:v2", repository.read), "classifier:v2", "not signed",
+                   home=host, root=evil)  # fmt: skip
+    assert host_pull(ns, host, "classifier:latest", repository.read).returncode == 0
+    assert pulled(host, "classifier:latest") == v1
+    # without a policy the same host would have taken the attacker's
+    plain = cas_cli("pull", "classifier:latest", "--remote", repository.read, home=tmp_path / "plain")
+    assert plain.returncode == 0 and pulled(tmp_path / "plain", "classifier:latest") == evil
+
+
+def test_a_repository_without_signatures_is_refused(tmp_path, keys, nginx):
+    ns = setup_signing(tmp_path, keys, f"file://{tmp_path / 'signed'}")
+    unsigned = tmp_path / "unsigned"
+    ns.url = f"file://{unsigned}"
+    root = publish_model(ns, tmp_path, "classifier:v1")
+    host = tmp_path / "host"
+    assert_refused(host_pull(ns, host, "classifier:v1", nginx(unsigned)), "has no signatures", home=host, root=root)
+
+
+def test_the_descriptor_with_a_policy_resolves_only_what_is_signed(tmp_path, keys, server):
+    ns = setup_signing(tmp_path, keys, server[0])
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    publish_model(ns, tmp_path, "classifier:v2")
+    code = f"""
+import descriptor
+class Service:
+    model = descriptor.Model("classifier:latest", trust={str(ns.policy)!r})
+    other = descriptor.Model("classifier:v2", trust={str(ns.policy)!r})
+print(Service().model.root)
+try:
+    Service().other
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+    env = {**os.environ, "CAS_HOME": str(tmp_path / "host"), "CAS_REMOTE": server[0]}
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    first, second = out.stdout.strip().splitlines()
+    assert first == v1
+    assert second.startswith("Untrusted Service.other: ") and "not signed" in second
+
+
+# -- key not trusted for this name -------------------------------------------------------------------------------
+
+
+def forge_role(url: str, role: str, targets: dict[str, Target], signers: list[SigningKey], online: Path) -> None:
+    """What a holder of ``signers`` and of the online key can publish: a new version of ``role``'s document
+    with ``targets`` added, and a state naming it."""
+
+    async def work(repo):
+        _, state = await publish.current(repo)
+        old = await publish.role(repo, state, role) if role in state.roles else None
+        version = (old.version if old else 0) + 1
+        doc = Role(role, version, int(time.time()) + 3600, {**(old.targets if old else {}), **targets})
+        data = seal("role", encode_role(doc), signers)
+        await repo.backend.create(trust_role_key(role, version), data)
+        roles = {**state.roles, role: RoleMeta(version, blake3.blake3(data).hexdigest())}
+        new_state = state.but(version=state.version + 1, expires=int(time.time()) + 3600, roles=roles)
+        signed = seal("state", encode_state(new_state), [SigningKey.from_file(online)])
+        await repo.backend.update(trust_state_key(), lambda _: signed)
+
+    run_with_repository(work, url)
+
+
+def test_a_role_cannot_sign_names_it_was_not_given_nor_another_role(tmp_path, keys, nginx):
+    """Team B holds its key and the online key, and signs classifier:v2 (team A's name) in its own role, then
+    rewrites team A's document signed with its own key: both refused."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    evil = publish_model(ns, tmp_path, "classifier:v2")
+    team_b = SigningKey.from_file(keys["team-b"])
+    forge_role(
+        ns.url,
+        "team-b",
+        {"classifier:v2": Target(evil), "classifier:latest": Target(evil, "v2")},
+        [team_b],
+        keys["online"],
+    )
+    host, url = tmp_path / "host", nginx(folder)
+    assert_refused(host_pull(ns, host, "classifier:v2", url), "not signed", home=host, root=evil)
+    forge_role(ns.url, "team-a", {"classifier:v2": Target(evil), "classifier:latest": Target(evil, "v2")}, [team_b],
+               keys["online"])  # fmt: skip
+    assert_refused(host_pull(ns, host, "classifier:latest", url), "team-a", "signed by 0 of the keys", home=host,
+                   root=evil)  # fmt: skip
+
+
+# -- rollback, freeze, mix-and-match, mirrors ---------------------------------------------------------------------
+
+
+def test_an_older_signed_state_is_refused_once_a_newer_one_was_seen(tmp_path, keys, server):
+    """Rollback: the repository puts back the state of when v1 was latest; a host that saw v2 refuses it."""
+    url, folder = server
+    ns = setup_signing(tmp_path, keys, url)
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    old_state = (folder / trust_state_key()).read_bytes()
+    v2 = publish_model(ns, tmp_path, "classifier:v2", "team-a", "online")
+    host = tmp_path / "host"
+    assert host_pull(ns, host, "classifier:latest").returncode == 0 and pulled(host, "classifier:latest") == v2
+    (folder / trust_state_key()).write_bytes(old_state)  # the attacker writes the folder cas serve serves
+    assert_refused(host_pull(ns, host, "classifier:latest"), "older than the version", "rollback", home=host)
+    assert_refused(host_pull(ns, host, "classifier:v1"), "rollback", home=host)
+
+
+def test_a_stale_mirror_in_front_of_an_honest_origin_is_refused(tmp_path, keys, server, nginx):
+    """A mirror (nginx over a copy taken before v2) after the host pulled v2 from the origin: refused, though
+    every document it serves is validly signed."""
+    url, folder = server
+    ns = setup_signing(tmp_path, keys, url)
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    shutil.copytree(folder, tmp_path / "mirror")
+    publish_model(ns, tmp_path, "classifier:v2", "team-a", "online")
+    host = tmp_path / "host"
+    assert host_pull(ns, host, "classifier:v2").returncode == 0
+    mirror = nginx(tmp_path / "mirror")
+    assert_refused(host_pull(ns, host, "classifier:latest", mirror), "rollback", home=host)
+
+
+def test_a_state_past_its_expiry_is_refused_until_the_publisher_refreshes_it(tmp_path, keys, nginx):
+    """Indefinite freeze: a validly signed state replayed past its expiry is refused; a refresh lets pulls on."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    root = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    run("trust", "refresh", ns.url, "--days", "0.00002", "--sign", keys["online"], home=ns)  # 1.7 s
+    time.sleep(2.5)
+    host, url = tmp_path / "host", nginx(folder)
+    assert_refused(host_pull(ns, host, "classifier:v1", url), "expired", "cas trust refresh", home=host, root=root)
+    run("trust", "refresh", ns.url, "--sign", keys["online"], home=ns)
+    assert host_pull(ns, host, "classifier:v1", url).returncode == 0 and pulled(host, "classifier:v1") == root
+
+
+def test_mixing_a_signed_ref_with_another_tree_or_two_states_documents_is_refused(tmp_path, keys, nginx):
+    """Mix-and-match: the ref of v1 rewritten to name v2's tree; then team A's newest document replaced by an
+    older one that the state does not name."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    v2 = publish_model(ns, tmp_path, "classifier:v2")  # unsigned: its tree is there to borrow
+    ref_v2 = decode_ref((folder / "refs/classifier/v2").read_bytes())
+    forged = ref_v2._replace(version="v1")
+    ref_file = folder / "refs/classifier/v1"
+    ref_file.chmod(0o644)
+    ref_file.write_bytes(forged.encode())
+    host, url = tmp_path / "host", nginx(folder)
+    assert_refused(host_pull(ns, host, "classifier:v1", url), "signature names", v1[:16], home=host, root=v2)
+    run("sign", "classifier:v2", "--remote", ns.url, "--sign", keys["team-a"], "--sign", keys["online"], home=ns)
+    newest, older = folder / trust_role_key("team-a", 2), folder / trust_role_key("team-a", 1)
+    newest.chmod(0o644)
+    newest.write_bytes(older.read_bytes())
+    assert_refused(host_pull(ns, host, "classifier:v2", url), "not the version the signed state names", home=host,
+                   root=v2)  # fmt: skip
+
+
+def test_endless_trust_documents_are_cut_off(tmp_path, keys, server, proxy):
+    """Endless data: a proxy answers every trust document with 2 GB of zeros; the pull stops at the bound."""
+    ns = setup_signing(tmp_path, keys, server[0])
+    root = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    hostile = proxy(server[0], "bloat-trust")
+    host = tmp_path / "host"
+    assert_refused(host_pull(ns, host, "classifier:v1", hostile), "more than the", home=host, root=root)
+    assert stats(hostile)["requests"] <= 3
+
+
+# -- key compromise -----------------------------------------------------------------------------------------------
+
+
+def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, keys, server, token):
+    """Team A's key leaks: the root owner gives team-a a new key.  At its next pull the host follows the new
+    root: the old key's signatures stop counting, on new pulls and on what it verified before."""
+    ns = setup_signing(tmp_path, keys, server[0])
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    host = tmp_path / "host"
+    env = {**os.environ, "CAS_TRUST": str(ns.policy)}
+    assert host_pull(ns, host, "classifier:v1").returncode == 0
+    assert cas_cli("materialize", "classifier:v1", home=host, env=env).returncode == 0
+    run("trust", "delegate", ns.url, "team-a", "--names", "classifier*", "--key", f"{keys['team-a-new']}.pub",
+        "--sign", keys["root"], "--sign", keys["online"], home=ns)  # fmt: skip
+    evil = publish_model(ns, tmp_path, "classifier:v3")
+    stolen = SigningKey.from_file(keys["team-a"])
+    forge_role(ns.url, "team-a", {"classifier:v3": Target(evil), "classifier:latest": Target(evil, "v3")}, [stolen],
+               keys["online"])  # fmt: skip
+    assert_refused(host_pull(ns, host, "classifier:v3"), "signed by 0 of the keys", home=host, root=evil)
+    old = cas_cli("materialize", "classifier:v1", home=host, check=False, env=env)
+    assert old.returncode == 1 and "was not verified under" in old.stderr  # by the leaked key: not any more
+    run("sign", "classifier:v1", "--remote", ns.url, "--sign", keys["team-a-new"], "--sign", keys["online"], home=ns)
+    assert host_pull(ns, host, "classifier:v1").returncode == 0
+    assert cas_cli("materialize", "classifier:v1", home=host, env=env).returncode == 0
+    assert pulled(host, "classifier:v1") == v1
+
+
+def test_a_verified_model_resolves_offline_and_the_warm_path_reads_no_repository(tmp_path, keys, server):
+    ns = setup_signing(tmp_path, keys, server[0])
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    host = tmp_path / "host"
+    assert host_pull(ns, host, "classifier:v1").returncode == 0
+    cache = Cache(host, trust=ns.policy)
+    assert cache.resolve("classifier:v1", remote="http://127.0.0.1:9", offline=True).root == v1
+    unsigned = Cache(host)
+    unsigned.add(tmp_path / "models" / "classifier-v1", "classifier:v9")
+    with pytest.raises(Exception, match="was not verified under"):
+        cache.resolve("classifier:v9", offline=True)
