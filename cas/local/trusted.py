@@ -2,11 +2,12 @@
 
 Under ``<cache>/trust/<anchor id>/``: ``root``, ``state`` and ``roles/<role>``
 are the newest documents this host accepted (a repository, mirror or CDN
-serving older ones is refused: see ``cas.trust.client``), and
-``verified/<name>/<version>`` records the root hash, role and keys a model
-was verified with.  The warm path reads only that record and the trusted
-root, so a policy (or a root that revoked a key) applies to models already
-here without touching the network.
+serving older ones is refused: see ``cas.trust.client``); ``grants`` is
+what the accepted root lets each role sign, and ``verified/<name>/<version>``
+the root hash, role and keys a model was verified with.  Both are lines
+of text: the warm path reads those two small files and decodes no signed
+document, so a policy (or a root that revoked a key) applies to models
+already here without touching the network, at about the cost of a stat.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ import os
 from collections import namedtuple
 from pathlib import Path
 
-import msgpack
-
-from ..errors import Untrusted
-from ..fsutil import atomic_write
 from ..ref import ModelInfo
 from ..tags import Tag
-from ..trust.documents import Root, decode_root, open_envelope
-from ..trust.policy import Anchor, TrustPolicy
+from ..trust.policy import Anchor, TrustPolicy, covers
 
 Verified = namedtuple("Verified", ("root", "role", "keys"))  # the tree root the signature named, its role, keys
+Granted = namedtuple("Granted", ("threshold", "keys", "names"))  # what the accepted root lets a role sign
 
 
 class TrustedState:
@@ -32,7 +29,7 @@ class TrustedState:
 
     def __init__(self, cache_root: str | os.PathLike[str]):
         self.root = Path(cache_root) / "trust"
-        self._roots: dict[str, tuple[float, Root]] = {}
+        self._grants: dict[str, tuple[float, dict[str, Granted]]] = {}
 
     def read(self, anchor: Anchor, name: str) -> bytes | None:
         try:
@@ -41,36 +38,49 @@ class TrustedState:
             return None
 
     def write(self, anchor: Anchor, name: str, data: bytes) -> None:
+        from ..fsutil import atomic_write
+
         atomic_write(self.root / anchor.id / name, data, self.root / ".tmp")
 
+    def accept_root(self, anchor: Anchor, roles: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]],
+                    data: bytes | None = None) -> None:  # fmt: skip
+        """Record a root this host now trusts (its document, when it came from a repository) and its grants."""
+        if data is not None:
+            self.write(anchor, "root", data)
+        lines = [f"{role}\t{t}\t{','.join(keys)}\t{chr(31).join(names)}\n" for role, (t, keys, names) in roles.items()]
+        self.write(anchor, "grants", "".join(lines).encode())
+
+    def has_grants(self, anchor: Anchor) -> bool:
+        return (self.root / anchor.id / "grants").is_file()
+
     def record(self, anchor: Anchor, tag: Tag, verified: Verified) -> None:
-        data = msgpack.packb([verified.root, verified.role, list(verified.keys)])
-        self.write(anchor, f"verified/{tag.name}/{tag.version}", data)
+        text = f"{verified.root}\n{verified.role}\n{','.join(verified.keys)}\n"
+        self.write(anchor, f"verified/{tag.name}/{tag.version}", text.encode())
 
     def verified(self, anchor: Anchor, info: ModelInfo) -> Verified | None:
         data = self.read(anchor, f"verified/{info.name}/{info.version}")
-        if data is None:
-            return None
-        try:
-            root, role, keys = msgpack.unpackb(data)
-            return Verified(root, role, tuple(keys))
-        except (ValueError, TypeError):
-            return None  # a damaged record: verified again on the next pull
+        lines = data.decode(errors="replace").split("\n") if data is not None else []
+        if len(lines) != 4:
+            return None  # none, or damaged: verified again on the next pull
+        return Verified(lines[0], lines[1], tuple(k for k in lines[2].split(",") if k))
 
-    def trusted_root(self, anchor: Anchor) -> Root:
-        """The newest root this host accepted for ``anchor`` (its own copy, checked when it was accepted)."""
-        path = self.root / anchor.id / "root"
+    def grants(self, anchor: Anchor) -> dict[str, Granted]:
+        """What the newest root this host accepted for ``anchor`` lets each role sign."""
+        path = self.root / anchor.id / "grants"
         try:
             mtime = path.stat().st_mtime
-            data = path.read_bytes()
         except FileNotFoundError:
-            mtime, data = 0.0, anchor.root
-        cached = self._roots.get(anchor.id)
+            return {}
+        cached = self._grants.get(anchor.id)
         if cached and cached[0] == mtime:
             return cached[1]
-        root = decode_root(open_envelope(data, "root", f"the trusted root of {anchor.name}").payload, anchor.name)
-        self._roots[anchor.id] = (mtime, root)
-        return root
+        out = {}
+        for line in path.read_text(errors="replace").splitlines():
+            fields = line.split("\t")
+            if len(fields) == 4 and fields[1].isdigit():
+                out[fields[0]] = Granted(int(fields[1]), tuple(fields[2].split(",")), tuple(fields[3].split(chr(31))))
+        self._grants[anchor.id] = (mtime, out)
+        return out
 
     def vouches(self, policy: TrustPolicy, info: ModelInfo) -> bool:
         """Whether a stored model was verified under ``policy`` by keys its anchor's root still trusts for it."""
@@ -79,10 +89,7 @@ class TrustedState:
             v = self.verified(anchor, info)
             if v is None or v.root != info.root:
                 continue
-            try:
-                grant = self.trusted_root(anchor).roles.get(v.role)
-            except Untrusted:
-                continue
-            if grant and grant.covers(tag) and len(set(v.keys) & set(grant.keys)) >= grant.threshold:
+            grant = self.grants(anchor).get(v.role)
+            if grant and covers(grant.names, tag) and len(set(v.keys) & set(grant.keys)) >= grant.threshold:
                 return True
         return False

@@ -50,6 +50,10 @@ async def verify(repo: Repository, policy: TrustPolicy, state: TrustedState, tag
     raise Untrusted(failures[0] if len(failures) == 1 else "; ".join(failures))
 
 
+def _grants(root: Root) -> dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]]:
+    return {name: (g.threshold, tuple(g.keys), tuple(g.names)) for name, g in root.roles.items()}
+
+
 class _Check:
     def __init__(self, repo: Repository, anchor: Anchor, state: TrustedState):
         self.repo, self.anchor, self.state = repo, anchor, state
@@ -66,6 +70,8 @@ class _Check:
             raise Untrusted(f"{where} names root version {claimed.root_version}, older than the version "
                             f"{root.version} this host trusts: a rollback; nothing was pulled")  # fmt: skip
         signed_by(env, root.keys, root.state, where)
+        if not self.state.has_grants(self.anchor):
+            self.state.accept_root(self.anchor, _grants(root))
         check_fresh(root.expires, f"root version {root.version} of {self.anchor.name}")
         self._accept_state(claimed, state_bytes, where)
         for role_name, grant in root.roles.items():
@@ -105,7 +111,7 @@ class _Check:
                 raise Untrusted(f"{where} says it is version {new.version}")
             signed_by(env, root.keys, root.root, f"{where} (by the keys of root version {root.version})")
             signed_by(env, new.keys, new.root, where)
-            self.state.write(self.anchor, "root", data)
+            self.state.accept_root(self.anchor, _grants(new), data)
             root = new
         return root
 

@@ -21,7 +21,6 @@ are counted against a root this host already trusts.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import time
 from collections import namedtuple
@@ -32,6 +31,7 @@ import msgpack
 from ..errors import InvalidManifest, Untrusted
 from ..tags import Tag
 from .keys import Signer, keyid
+from .policy import covers
 
 FORMAT = 1
 KINDS = ("root", "role", "state")
@@ -56,8 +56,7 @@ class Grant(namedtuple("Grant", ("keys", "threshold", "names"), defaults=((),)))
     names: tuple[str, ...]
 
     def covers(self, tag: Tag) -> bool:
-        """A pattern with a ``:`` matches the whole tag (``classifier:v*``), one without matches the name."""
-        return any(fnmatch.fnmatchcase(str(tag) if ":" in p else tag.name, p) for p in self.names)
+        return covers(self.names, tag)
 
 
 # keys: keyid -> raw public key; roles: name -> Grant, in order (the first role covering a tag is asked first)
