@@ -7,6 +7,7 @@ a host's policy from ``$CAS_TRUST`` (see ``cas.trust.policy``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP)
     sp.add_argument("--no-latest", action="store_true", help="do not make them their names' latest")
     sp = cmd("trust", None, "set up and change who may sign what in a repository")  # type: ignore[arg-type]
+    sp.set_defaults(func=lambda _: sp.print_help(sys.stderr) or 2)  # an action is needed
     sub = sp.add_subparsers(metavar="ACTION")
     _trust_commands(lambda name, func, help: _sub(sub, name, func, help))
 
