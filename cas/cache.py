@@ -145,17 +145,13 @@ class Cache(LocalCache):
         ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version verified under it is used,
         and a local one that was not is pulled again (its signatures checked; its bytes are here).
         """
-        t = tags.parse(tag)
-        policy = self.trust_policy(trust)
-        if not refresh:
-            with contextlib.suppress(NotFound):
-                return self._local(t, policy)  # the warm path: nothing else is read
-        url = self._pull_from(t, remote, refresh, offline, policy)
-        if not url:
-            return self.check_trusted(self.get(t), policy)
+        t, policy = tags.parse(tag), self.trust_policy(trust)
+        found = self._here_or_where(t, remote, refresh, offline, policy)  # the warm path: nothing else is read
+        if isinstance(found, ModelInfo):
+            return found
         from . import privateloop
 
-        return privateloop.run(lambda: self._resolve_remotely(t, url, refresh, policy))
+        return privateloop.run(lambda: self._resolve_remotely(t, found, refresh, policy))
 
     async def aresolve(
         self,
@@ -171,15 +167,20 @@ class Cache(LocalCache):
 
         from . import privateloop
 
-        t = tags.parse(tag)
-        policy = self.trust_policy(trust)
+        t, policy = tags.parse(tag), self.trust_policy(trust)
+        found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, policy)
+        if isinstance(found, ModelInfo):
+            return found
+        return await privateloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy))
+
+    def _here_or_where(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
+                       policy: TrustPolicy | None) -> ModelInfo | str:  # fmt: skip
+        """The local version to use, or the URL of the repository to pull ``t`` from."""
         if not refresh:
             with contextlib.suppress(NotFound):
-                return await asyncio.to_thread(self._local, t, policy)
+                return self._local(t, policy)
         url = self._pull_from(t, remote, refresh, offline, policy)
-        if not url:
-            return await asyncio.to_thread(lambda: self.check_trusted(self.get(t), policy))
-        return await privateloop.run_async(lambda: self._resolve_remotely(t, url, refresh, policy))
+        return url or self.check_trusted(self.get(t), policy)
 
     def _local(self, t: tags.Tag, policy: TrustPolicy | None) -> ModelInfo:
         """The local version of ``t``; NotFound also when it is here but the policy does not vouch for it."""
@@ -189,7 +190,7 @@ class Cache(LocalCache):
         return info
 
     def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
-                   policy: TrustPolicy | None = None) -> str:  # fmt: skip
+                   policy: TrustPolicy | None) -> str:  # fmt: skip
         """The repository to pull ``t`` from, or "" to use the local version (a refresh with no repository
         to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""
@@ -207,7 +208,7 @@ class Cache(LocalCache):
         raise self.refs.not_found(str(t))
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool,
-                                policy: TrustPolicy | None = None) -> ModelInfo:  # fmt: skip
+                                policy: TrustPolicy | None) -> ModelInfo:  # fmt: skip
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
         from .download import pull_here

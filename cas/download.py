@@ -43,7 +43,7 @@ from .repo.format import Location
 from .repo.repository import Repository, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
 from .tree import FileEntry
-from .trust.client import Verdict
+from .trust.client import Verdict, verify
 from .trust.policy import TrustPolicy
 
 
@@ -111,9 +111,8 @@ async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstima
 async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
                     progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
     """``pull`` on the running loop (for code already on a private loop); ``trust``: the policy that must
-    vouch for what is pulled (default: the cache's)."""
-    policy = trust if trust is not None else cache.trust_policy()
-    work = lambda repo: _Pull(cache, repo, concurrency, progress, policy).run(tag)  # noqa: E731
+    vouch for what is pulled, as the caller resolved it (``Cache.trust_policy``), None for none."""
+    work = lambda repo: _Pull(cache, repo, concurrency, progress, trust).run(tag)  # noqa: E731
     return await with_repository(work, url, concurrency)
 
 
@@ -127,7 +126,7 @@ class _Pull:
 
     async def run(self, tag: str) -> PullStats:
         start = time.perf_counter()
-        verdict = await self._verdict(tags.parse(tag)) if self.policy is not None else None
+        verdict = await self._verdict(self.policy, tags.parse(tag)) if self.policy is not None else None
         info = await self.repo.ref(verdict.tag if verdict else tag)
         if verdict and info.root != verdict.verified.root:
             raise Untrusted(f"{info.tag} in {self.repo.url} names tree {info.root[:16]}, but its signature names "
@@ -149,12 +148,10 @@ class _Pull:
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
         return PullStats(info, fetched, reused, time.perf_counter() - start)
 
-    async def _verdict(self, tag: tags.Tag) -> Verdict:
+    async def _verdict(self, policy: TrustPolicy, tag: tags.Tag) -> Verdict:
         """What the repository's signatures say ``tag`` is, checked against the policy (one host at a time)."""
-        from .trust.client import verify
-
         async with self.cache.locks.ahold("trust"):
-            return await verify(self.repo, self.policy, self.cache.trusted, tag)  # type: ignore[arg-type]
+            return await verify(self.repo, policy, self.cache.trusted, tag)
 
     def _record(self, verdict: Verdict, stored: ModelInfo) -> None:
         if stored.root != verdict.verified.root:

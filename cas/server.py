@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -281,14 +282,18 @@ def _check_index(root: Path, key: str, parts: list[str], data: bytes, digest: by
                 raise Rejected(400, f"packs/{pack_id}.idx does not describe its pack: {err}") from None
 
 
-def _check_trust(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+def _trust_check(kind: str) -> Callable[[Path, str, list[str], bytes, bytes], None]:
     """A trust document must be an envelope of its kind (its signatures are for readers to count)."""
-    open_envelope(data, key.split("/")[1].removesuffix("s"), key)
+
+    def check(root: Path, key: str, parts: list[str], data: bytes, digest: bytes) -> None:
+        open_envelope(data, kind, key)
+
+    return check
 
 
 _CHECKS = {"tree": _check_named, "pack": _check_named, "index": _check_index, "locator": _check_locator,
            "ref": _check_ref, "names": _check_listing, "versions": _check_listing, "marks": _check_listing,
-           "trust-state": _check_trust, "trust-root": _check_trust, "trust-role": _check_trust}  # fmt: skip
+           **{f"trust-{kind}": _trust_check(kind) for kind in ("state", "root", "role")}}  # fmt: skip
 
 
 def _list(root: Path, prefix: str) -> list[str]:

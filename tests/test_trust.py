@@ -359,7 +359,7 @@ def test_a_verified_model_resolves_offline_and_the_warm_path_reads_no_repository
     assert cache.resolve("classifier:v1", remote="http://127.0.0.1:9", offline=True).root == v1
     unsigned = Cache(host)
     unsigned.add(tmp_path / "models" / "classifier-v1", "classifier:v9")
-    with pytest.raises(Exception, match="was not verified under"):
+    with pytest.raises(cas.Untrusted, match="was not verified under"):
         cache.resolve("classifier:v9", offline=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidInput
@@ -30,20 +31,19 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP)
     sp.add_argument("--no-latest", action="store_true", help="do not make them their names' latest")
-    sp = cmd("trust", None, "set up and change who may sign what in a repository")  # type: ignore[arg-type]
-    sp.set_defaults(func=lambda _: sp.print_help(sys.stderr) or 2)  # an action is needed
+    sp = cmd("trust", lambda _: sp.print_help(sys.stderr) or 2, "set up and change who may sign what in a repository")
     sub = sp.add_subparsers(metavar="ACTION")
-    _trust_commands(lambda name, func, help: _sub(sub, name, func, help))
+
+    def action(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("url", metavar="URL", help="the repository")
+        return p
+
+    _trust_commands(action)
 
 
-def _sub(sub: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
-    sp = sub.add_parser(name, help=help, description=help)
-    sp.set_defaults(func=func)
-    sp.add_argument("url", metavar="URL", help="the repository")
-    return sp
-
-
-def _trust_commands(cmd) -> None:
+def _trust_commands(cmd: Command) -> None:
     sp = cmd("init", _init, "set up signing in a repository and write the policy hosts will trust it by")
     sp.add_argument("--root", action="append", required=True, metavar="KEY", help="a root key (private; offline)")
     sp.add_argument("--root-threshold", type=int, default=1, metavar="N")

@@ -16,6 +16,7 @@ import os
 from collections import namedtuple
 from pathlib import Path
 
+from ..errors import Untrusted
 from ..ref import ModelInfo
 from ..tags import Tag
 from ..trust.policy import Anchor, TrustPolicy, covers
@@ -81,6 +82,14 @@ class TrustedState:
                 out[fields[0]] = Granted(int(fields[1]), tuple(fields[2].split(",")), tuple(fields[3].split(chr(31))))
         self._grants[anchor.id] = (mtime, out)
         return out
+
+    def check(self, policy: TrustPolicy, info: ModelInfo) -> ModelInfo:
+        """``info`` if ``policy`` vouches for it, else ``Untrusted`` saying what to do."""
+        if self.vouches(policy, info):
+            return info
+        raise Untrusted(f"{info.tag} in {self.root.parent} was not verified under {policy.where} (stored "
+                        "without a signature, or with a key it no longer trusts); pull it from a signed "
+                        "repository")  # fmt: skip
 
     def vouches(self, policy: TrustPolicy, info: ModelInfo) -> bool:
         """Whether a stored model was verified under ``policy`` by keys its anchor's root still trusts for it."""

@@ -9,7 +9,7 @@ one, and two publishers racing both land, one after the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import blake3
 
@@ -175,7 +175,7 @@ async def _current(repo: Repository) -> tuple[Root, State, bytes]:
         state.but(root_version=version), state_bytes  # fmt: skip
 
 
-async def _new_root(repo: Repository, change, signers: list[Signer]) -> Root:
+async def _new_root(repo: Repository, change: Callable[[Root], Root], signers: list[Signer]) -> Root:
     for _ in range(RETRIES):
         old, state, state_bytes = await _current(repo)
         new = change(old).but(version=old.version + 1, expires=_later(ROOT_DAYS))
@@ -241,7 +241,7 @@ def _pick(signers: Iterable[Signer], grant: Grant, what: str) -> list[Signer]:
         ids = ", ".join(k[:12] for k in grant.keys)
         raise InvalidInput(f"signing {what} needs {grant.threshold} of the keys {ids}; "
                            f"{len(chosen)} given (--sign KEY, or $CAS_SIGNING_KEY)")  # fmt: skip
-    return list(chosen.values())[: max(grant.threshold, len(chosen))]
+    return list(chosen.values())
 
 
 def _check_grant(grant: Grant, what: str) -> None:
