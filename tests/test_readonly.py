@@ -59,6 +59,7 @@ def filled(tmp_path) -> tuple[Path, Path, str]:
         d.chmod(0o755)  # nobody reads the model and the repository, and writes to tmp_path/out
     (tmp_path / "out").mkdir(mode=0o777)
     (tmp_path / "out").chmod(0o777)
+    cache.chunk_index().close()  # now, not whenever this process collects it: closing checkpoints the index
     return cache.root, model, url
 
 
