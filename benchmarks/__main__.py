@@ -22,12 +22,39 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import archive, codecs, dedup, fanout, ingest, latency, lifecycle, pull, racing, report, scale, soak
+from benchmarks import (
+    archive,
+    codecs,
+    dedup,
+    fanout,
+    ingest,
+    latency,
+    lifecycle,
+    pull,
+    racing,
+    report,
+    scale,
+    soak,
+    trust,
+)
 from benchmarks.harness import RESULTS, reset
 from tests.support import synth
 from tests.support.synth import minilm_path
 
-SCENARIOS = ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout", "archive", "lifecycle", "soak")
+SCENARIOS = (
+    "latency",
+    "ingest",
+    "pull",
+    "dedup",
+    "codec",
+    "scale",
+    "racing",
+    "fanout",
+    "archive",
+    "lifecycle",
+    "trust",
+    "soak",
+)
 # The soak is no measurement but a bounded run of half an hour against invariants: only ``--only soak`` runs it.
 DEFAULT = tuple(s for s in SCENARIOS if s != "soak")
 
@@ -71,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "fanout": lambda: fanout.run(work, args.quick),
             "lifecycle": lambda: lifecycle.run(work, args.quick),
             "archive": lambda: archive.run(work, minilm, big(), args.quick),
+            "trust": lambda: trust.run(work, minilm, args.quick),
             "soak": lambda: soak.run(work, args.quick, args.minutes),
         }
         for name in chosen:

@@ -64,6 +64,11 @@ def wall_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, 
     return elapsed, rss, cpu
 
 
+def met(ok: bool) -> str:
+    """How a goal's cell reads in the report."""
+    return "met" if ok else "not met"
+
+
 def reset(home: Path) -> None:
     """Remove a directory tree the benchmarks made, read-only snapshots included."""
     if home.exists():

@@ -12,7 +12,8 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, lifecycle, soak
+from benchmarks import archive, fanout, ingest, lifecycle, soak, trust
+from benchmarks.harness import met
 
 
 def machine() -> dict:
@@ -53,10 +54,6 @@ def _goal(ratio: float, limit: float, at_most: bool) -> str:
     return f"{'≤' if at_most else '≥'} {limit}x: {'met' if met else 'not met'}"
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "not met"
-
-
 def _span(s: dict, fmt: str = "{:.2f}") -> str:
     """median (min-max) of a ``harness.summary``."""
     return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
@@ -73,12 +70,12 @@ def goal_rows(g: dict) -> list[tuple[str, str, str, str, str]]:
         cpu, speed = d["cpu_ratio"], d["speed_ratio"]
         rows.append((f"`cas pull` {dtype} {mb:.0f} MB: CPU s per GB, whole process tree",
                      _span(d["cas_cpu_per_gb"]), f"raw download to disk {_span(d['raw_cpu_per_gb'])}",
-                     f"{_span(cpu)}x", f"≤ 1.5x: {_met(cpu['median'] <= 1.5)}"))  # fmt: skip
+                     f"{_span(cpu)}x", f"≤ 1.5x: {met(cpu['median'] <= 1.5)}"))  # fmt: skip
         rows.append((f"`cas pull` {dtype} {mb:.0f} MB: throughput, no fsync", _rate(mb, d["cas_s"]),
                      f"raw download to disk {_rate(mb, d['raw_s'])}", f"{_span(speed)}x",
-                     f"≥ 0.8x: {_met(speed['median'] >= 0.8)}"))  # fmt: skip
+                     f"≥ 0.8x: {met(speed['median'] >= 0.8)}"))  # fmt: skip
         rows.append((f"`cas pull` {dtype} peak memory (process tree)", f"{d['peak_rss_mb']:.0f} MB", "-", "-",
-                     f"< 500 MB: {_met(d['peak_rss_mb'] < 500)}"))  # fmt: skip
+                     f"< 500 MB: {met(d['peak_rss_mb'] < 500)}"))  # fmt: skip
     sf = g.get("small_files")
     if sf:
         mb = sf["model_bytes"] / 1e6
@@ -90,7 +87,7 @@ def goal_rows(g: dict) -> list[tuple[str, str, str, str, str]]:
             rows.append((f"`cas pull` {sf['files']:,} small files ({mb:.0f} MB), {label}",
                          _rate(mb, sf[prefix + "cas_s"]), f"{base} {_rate(mb, sf[prefix + 'raw_s'])}",
                          f"{_span(speed)}x",
-                         f"≥ 0.5x: {_met(speed['median'] >= 0.5)}"))  # fmt: skip
+                         f"≥ 0.5x: {met(speed['median'] >= 0.5)}"))  # fmt: skip
     return rows
 
 
@@ -174,11 +171,13 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += fanout.headline_rows(r["fanout"])
     if r.get("archive"):
         rows += archive.headline_rows(r["archive"])
+    if r.get("trust"):
+        rows += trust.headline_rows(r["trust"])
     if r.get("soak"):
         s = r["soak"]
         rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
                      f"{sum(s['kills_landed'].values())} kills landed, {sum(s['faults_injected'].values())} faults",
-                     "-", f"0: {_met(s['failures'] == 0)}"))  # fmt: skip
+                     "-", f"0: {met(s['failures'] == 0)}"))  # fmt: skip
     return rows
 
 
@@ -332,6 +331,8 @@ def sections(r: dict) -> list[str]:
         out.append(lifecycle.section(r["lifecycle"]))
     if r.get("archive"):
         out.append(archive.section(r["archive"]))
+    if r.get("trust"):
+        out.append(trust.section(r["trust"]))
     if r.get("soak"):
         out.append(soak.section(r["soak"]))
     return out
