@@ -1,12 +1,15 @@
 """Export files: one model (ref, tree and chunks) as a single stream, to carry between hosts with no repository
 in reach (``cas export m:v1 - | ssh host cas import -``).
 
-Format, version 1 (integers big-endian)::
+Format, version 2 (integers big-endian)::
 
     magic       8 bytes   b"\\x89CASX\\r\\n\\x1a" (PNG-style: mangled line endings or a text file are refused)
-    version     1 byte    1
+    version     1 byte    2 (1: the same without the signatures record; still read)
     ref         uint32 length, then the ref record (``ref``, no remotes)
     tree        uint32 length, then the encoded tree (``tree``); it hashes to the ref's root
+    signatures  uint32 length, then the signed trust documents the exporting host verified the model with
+                (``cas.trust.bundle``; length 0: none); a host with a trust policy verifies them before
+                anything is written, as it would a repository's
     chunks      for each distinct blob (file id, executable) in tree order, each of its chunks in file order:
                 uint32 length, then the chunk encoded by ``codec`` as in repository packs
     end         4 bytes b"CEND", then BLAKE3 of every byte before it (32 bytes); nothing may follow
@@ -33,22 +36,28 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, NamedTuple, TypeVar
 
 from blake3 import blake3
 
 from . import codec, ref
 from .digest import chunk_id, file_hasher
-from .errors import CorruptObject, InvalidInput, InvalidManifest, NotFound
+from .errors import CorruptObject, InvalidInput, InvalidManifest, NotFound, Untrusted
 from .fsutil import make_dirs, remove_tree, temp_name
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .tree import MAX_TREE_BYTES, FileEntry, Tree, decode
 
+if TYPE_CHECKING:
+    from .trust.client import Verdict
+    from .trust.policy import TrustPolicy
+
 MAGIC = b"\x89CASX\r\n\x1a"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # the format versions import reads
 END = b"CEND"
 LENGTH = struct.Struct(">I")
+MAX_SIGNATURES_BYTES = 64 << 20  # the signatures record (cas.trust.bundle bounds each document within it)
 WINDOW = 64  # chunks encoded or decoded ahead of the writer: at most ~2 x 64 x 256 KiB in memory
 BUFFER = 1 << 20  # bytes buffered when reading or writing an export file
 
@@ -132,6 +141,7 @@ def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progres
             sink.write(MAGIC + bytes([VERSION]))
             sink.record(info.encode())
             sink.record(tree.encode())
+            sink.record(_signatures(cache, info))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 for length, encoded in ordered(pool, _encode, _chunks(cache, files)):
                     sink.write(LENGTH.pack(len(encoded)))
@@ -140,6 +150,16 @@ def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progres
                         progress(length)
             sink.end()
     return ArchiveStats(info, sink.count, 0, time.perf_counter() - start)
+
+
+def _signatures(cache: LocalCache, info: ModelInfo) -> bytes:
+    """The trust documents this host verified ``info`` with (none when it never did)."""
+    held = cache.trusted.held_for(info)
+    if not held:
+        return b""
+    from .trust import bundle
+
+    return bundle.encode(bundle.gather(held))
 
 
 class _Chunk(NamedTuple):
@@ -201,7 +221,7 @@ class _Reader:
     """The import stream: exact reads that refuse a short one, every byte hashed for the end check."""
 
     def __init__(self, f: IO[bytes], name: str):
-        self.f, self.name, self.hash, self.count = f, name, blake3(), 0
+        self.f, self.name, self.hash, self.count, self.version = f, name, blake3(), 0, VERSION
 
     def damaged(self, what: str) -> CorruptObject:
         return CorruptObject(f"{self.name} is not a whole cas export file: {what}; nothing was stored: export the "
@@ -215,10 +235,11 @@ class _Reader:
         if head[: len(MAGIC)] != MAGIC:
             raise InvalidInput(f"{self.name} is not a cas export file (it does not start with the export header); "
                                "give a file written by 'cas export'")  # fmt: skip
-        if len(head) <= len(MAGIC) or head[len(MAGIC)] != VERSION:
+        if len(head) <= len(MAGIC) or head[len(MAGIC)] not in READS:
             version = head[len(MAGIC)] if len(head) > len(MAGIC) else "none"
-            raise InvalidInput(f"{self.name} is a cas export file of format {version}; this cas reads format "
-                               f"{VERSION}: import it with the cas that exported it")  # fmt: skip
+            raise InvalidInput(f"{self.name} is a cas export file of format {version}; this cas reads formats "
+                               f"{READS[0]} to {READS[-1]}: import it with the cas that exported it")  # fmt: skip
+        self.version = head[len(MAGIC)]
         self.hash.update(head)
         self.count += len(head)
 
@@ -253,28 +274,56 @@ class _Reader:
         self.count += len(marker)
 
 
-def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = None,
+                 trust: TrustPolicy | None = None) -> ArchiveStats:  # fmt: skip
     """Store the model of an export file (a path, ``-`` for stdin, or a binary file object), every chunk
     verified; files the cache holds already are reused.  A tag that exists with the same content is left
-    as it is."""
+    as it is.  ``trust``: the policy the file's signatures must satisfy, checked before anything is written."""
     start = time.perf_counter()
     with _source(src) as (f, name):
         reader = _Reader(f, name)
         info, tree, encoded = _head(reader)
+        signatures = reader.record(MAX_SIGNATURES_BYTES, "the signatures") if reader.version >= 2 else b""
+        verdict = _verdict(cache, trust, signatures, info, name) if trust is not None else None
         if _already_here(cache, info):
-            return ArchiveStats(info, reader.count, info.size, time.perf_counter() - start)
-        with cache.locks.hold("objects", shared=True):  # gc must not remove a blob this import counts on
-            work = cache.objects.tmp / temp_name("import-")
-            make_dirs(work)
-            try:
-                assembled, reused = _assemble(cache, reader, tree, work, progress)
-                reader.end()
-                # those stored already stay in the work folder, removed with it
-                cache.objects.store_blobs([(str(p), e.file_id, e.executable) for p, e in assembled], cache.durable)
-                stored = cache.commit(info, tree, encoded)
-            finally:
-                remove_tree(work)
+            stored, reused = info, info.size
+        else:
+            stored, reused = _store(cache, reader, info, tree, encoded, progress)
+        if verdict is not None:
+            cache.trusted.record(verdict.anchor, verdict.tag, verdict.verified)
     return ArchiveStats(stored, reader.count, reused, time.perf_counter() - start)
+
+
+def _store(cache: LocalCache, reader: _Reader, info: ModelInfo, tree: Tree, encoded: bytes,
+           progress: Progress | None) -> tuple[ModelInfo, int]:  # fmt: skip
+    """The model's blobs, tree and ref, written bottom-up once every chunk and the end check passed."""
+    with cache.locks.hold("objects", shared=True):  # gc must not remove a blob this import counts on
+        work = cache.objects.tmp / temp_name("import-")
+        make_dirs(work)
+        try:
+            assembled, reused = _assemble(cache, reader, tree, work, progress)
+            reader.end()
+            # those stored already stay in the work folder, removed with it
+            cache.objects.store_blobs([(str(p), e.file_id, e.executable) for p, e in assembled], cache.durable)
+            return cache.commit(info, tree, encoded), reused
+        finally:
+            remove_tree(work)
+
+
+def _verdict(cache: LocalCache, policy: TrustPolicy, signatures: bytes, info: ModelInfo, name: str) -> Verdict:
+    """What the file's signatures say the model is, under ``policy``: ``Untrusted`` unless they vouch for
+    exactly this version and tree."""
+    from . import privateloop, tags
+    from .trust import bundle
+    from .trust.client import verify
+
+    source = bundle.Bundle(bundle.decode(signatures, name), name)
+    with cache.locks.hold("trust"):
+        verdict = privateloop.run(lambda: verify(source, policy, cache.trusted, tags.Tag(info.name, info.version)))
+    if verdict.verified.root != info.root:
+        raise Untrusted(f"{name} carries {info.tag} with tree {info.root[:16]}, but its signature names "
+                        f"{verdict.verified.root[:16]}: refused, nothing was stored")  # fmt: skip
+    return verdict
 
 
 @contextlib.contextmanager

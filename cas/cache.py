@@ -117,13 +117,14 @@ class Cache(LocalCache):
 
         return export_model(self, tag, dest, progress=progress)
 
-    def import_model(self, src: Source, *, progress: Progress | None = None) -> ArchiveStats:
+    def import_model(self, src: Source, *, progress: Progress | None = None, trust: TrustSpec = None) -> ArchiveStats:
         """Store the model of an export file (a path, ``-`` for stdin, or a binary file object), every chunk
-        verified; files already here are reused, and nothing is stored unless all of it checks out."""
+        verified; files already here are reused, and nothing is stored unless all of it checks out.
+        ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): the file's signatures must satisfy it."""
         from .archive import import_model
 
         with self.writing("the import", "'cas import'"):
-            return import_model(self, src, progress=progress)
+            return import_model(self, src, progress=progress, trust=self.trust_policy(trust))
 
     # -- resolving: the policy the descriptor and services use -----------------
 

@@ -168,10 +168,13 @@ def test_memory_stays_bounded_for_a_file_far_larger_than_the_bound(tmp_path):
 # -- damaged and hostile export files ------------------------------------------------
 
 
-def write_export(ref: bytes, tree: bytes, chunks: list[bytes]) -> bytes:
-    """An export file from its parts, written from the format as documented (not with cas's writer)."""
-    body = MAGIC + bytes([VERSION])
-    for doc in (ref, tree, *chunks):
+def write_export(
+    ref: bytes, tree: bytes, chunks: list[bytes], signatures: bytes = b"", version: int = VERSION
+) -> bytes:
+    """An export file from its parts, written from the format as documented (not with cas's writer); format 1
+    has no signatures record."""
+    body = MAGIC + bytes([version])
+    for doc in (ref, tree, *([signatures] if version >= 2 else []), *chunks):
         body += struct.pack(">I", len(doc)) + doc
     return body + END + blake3(body).digest()
 
@@ -225,6 +228,15 @@ def test_cas_writes_the_documented_format(honest):
     assert data == write_export(src.get("m:v1").encode(), src.tree("m:v1").encode(), chunks_of(src))
 
 
+def test_a_file_of_format_1_still_imports(tmp_path, honest):
+    """Format 1 (before the signatures record) is still read: files written by an older cas stay importable."""
+    _, src = honest
+    old = write_export(src.get("m:v1").encode(), src.tree("m:v1").encode(), chunks_of(src), version=1)
+    dest = Cache(tmp_path / "dest")
+    assert dest.import_model(io.BytesIO(old)).info.root == src.get("m:v1").root
+    assert tree_files(dest.materialize("m:v1")) == tree_files(src.materialize("m:v1"))
+
+
 @pytest.mark.parametrize("cut", [0, 5, 12, 40, 300, "middle", -37, -1])
 def test_a_truncated_file_is_refused(tmp_path, honest, cut):
     data, _ = honest
@@ -235,7 +247,7 @@ def test_a_truncated_file_is_refused(tmp_path, honest, cut):
 def test_a_flipped_byte_in_a_chunk_is_refused(tmp_path, honest):
     data, src = honest
     tree = src.tree("m:v1").encode()
-    first_chunk = len(MAGIC) + 1 + 4 + len(src.get("m:v1").encode()) + 4 + len(tree) + 4
+    first_chunk = len(MAGIC) + 1 + 4 + len(src.get("m:v1").encode()) + 4 + len(tree) + 4 + 4  # no signatures
     bad = bytearray(data)
     bad[first_chunk + 100] ^= 0x01
     assert_refused(tmp_path, bytes(bad), r"chunk 0 of .* is damaged .*export the model again")
@@ -257,7 +269,7 @@ def test_wrong_magic_another_version_and_trailing_bytes_are_refused(tmp_path, ho
     data, _ = honest
     assert_refused(tmp_path, b"PK\x03\x04" + data[4:], r"is not a cas export file .* 'cas export'")
     assert_refused(
-        tmp_path, data[: len(MAGIC)] + b"\x07" + data[len(MAGIC) + 1 :], r"of format 7; this cas reads format 1"
+        tmp_path, data[: len(MAGIC)] + b"\x07" + data[len(MAGIC) + 1 :], r"of format 7; this cas reads formats 1 to 2"
     )
     assert_refused(tmp_path, data + b"x", r"bytes follow its end marker")
 

@@ -12,8 +12,10 @@ cache.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 
 import cas
 from cas import Cache
+from cas.archive import END, MAGIC
 from cas.ref import decode as decode_ref
 from cas.repo.format import trust_role_key, trust_state_key
 from cas.repo.repository import run_with_repository
@@ -378,3 +381,94 @@ def test_prune_and_removals_keep_every_trust_document(tmp_path, keys, server, to
     assert {p: p.read_bytes() for p in (folder / "trust").rglob("*") if p.is_file()} == before
     host = tmp_path / "host"
     assert host_pull(ns, host, "classifier:latest").returncode == 0 and pulled(host, "classifier:latest") == v1
+
+
+# -- export files: signatures travel with the model ---------------------------------------------------------------
+
+
+def export_parts(data: bytes) -> list[bytes]:
+    """The records of an export file of format 2 (ref, tree, signatures, chunks), as its docstring lays it out."""
+    at, parts = len(MAGIC) + 1, []
+    while data[at : at + 4] != END or at + 4 + 32 != len(data):
+        (n,) = struct.unpack(">I", data[at : at + 4])
+        parts.append(data[at + 4 : at + 4 + n])
+        at += 4 + n
+    return parts
+
+
+def export_file(parts: list[bytes]) -> bytes:
+    """What anyone can write: the records framed and the end check recomputed (it proves nothing)."""
+    body = MAGIC + bytes([2]) + b"".join(struct.pack(">I", len(p)) + p for p in parts)
+    return body + END + blake3.blake3(body).digest()
+
+
+def test_an_export_file_carries_its_signatures_and_an_air_gapped_import_checks_them(tmp_path, keys, server):
+    """A host that verified classifier:v1 exports it; an air-gapped host with the policy imports it and may run
+    it.  A file exported by a host without a policy, or one whose model was swapped under v1's signatures,
+    is refused in one line with nothing stored."""
+    ns = setup_signing(tmp_path, keys, server[0])
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    v2 = publish_model(ns, tmp_path, "classifier:v2")  # the attacker's, unsigned
+    connected, gapped = tmp_path / "connected", tmp_path / "gapped"
+    assert host_pull(ns, connected, "classifier:v1").returncode == 0
+    signed = tmp_path / "v1.casx"
+    assert cas_cli("export", "classifier:v1", signed, home=connected).returncode == 0
+    env = {**os.environ, "CAS_TRUST": str(ns.policy)}
+    assert cas_cli("import", signed, home=gapped, env=env).returncode == 0
+    assert cas_cli("materialize", "classifier:v1", home=gapped, env=env).returncode == 0
+    assert pulled(gapped, "classifier:v1") == v1
+
+    plain = tmp_path / "plain"
+    assert cas_cli("pull", "classifier:v2", "--remote", server[0], home=plain).returncode == 0
+    unsigned = tmp_path / "v2.casx"
+    assert cas_cli("export", "classifier:v2", unsigned, home=plain).returncode == 0
+    refused = cas_cli("import", unsigned, home=gapped, check=False, env=env)
+    assert_refused(refused, "carries no signatures", home=gapped, root=v2)
+
+    ref, tree, none, *chunks = export_parts(unsigned.read_bytes())
+    assert none == b""
+    swapped = decode_ref(ref)._replace(version="v1").encode()  # v2's tree, under v1's name and signatures
+    _, _, v1_signatures, *_ = export_parts(signed.read_bytes())
+    forged = tmp_path / "forged.casx"
+    forged.write_bytes(export_file([swapped, tree, v1_signatures, *chunks]))
+    fresh = tmp_path / "fresh"
+    assert_refused(cas_cli("import", forged, home=fresh, check=False, env=env), "signature names", v1[:16],
+                   home=fresh, root=v2)  # fmt: skip
+    assert cas_cli("import", forged, home=tmp_path / "trusting").returncode == 0  # without a policy: as before
+
+
+# -- the report: who signed what -----------------------------------------------------------------------------------
+
+
+def test_verify_remote_signatures_says_who_signed_each_version_and_where_latest_was_moved(tmp_path, keys, nginx):
+    """Without a policy the report trusts the repository's first root and names the role of each version, the
+    unsigned one, and the listing's latest that is not the signed latest; with CAS_TRUST it checks under it."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    publish_model(ns, tmp_path, "ranker:v1", "team-b", "online")
+    time.sleep(0.01)
+    publish_model(ns, tmp_path, "classifier:v2")  # the attacker's: newest in the listing, unsigned
+    url, home = nginx(folder), tmp_path / "auditor"
+    out = cas_cli("verify", "--remote", url, "--signatures", home=home, check=False)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("signed: classifier:v1 by team-a (") for line in lines), out.stdout
+    assert any(line.startswith("signed: ranker:v1 by team-b (") for line in lines), out.stdout
+    assert any(line.startswith("UNSIGNED: classifier:v2: ") and "not signed" in line for line in lines), out.stdout
+    assert "LATEST: classifier: the listing's newest is v2, its signed latest is v1" in lines
+    assert lines[-1].startswith("NOT ALL SIGNED: 2 of 3 versions signed, checked against the repository's own root")
+    assert not (home / "trust").exists()  # trusted on first use in a scratch state, nothing kept
+    env = {**os.environ, "CAS_TRUST": str(ns.policy)}
+    out = cas_cli("verify", "--remote", url, "--signatures", "--json", home=home, check=False, env=env)
+    doc = json.loads(out.stdout)["signatures"]
+    assert doc["under"] == f"the trust policy {ns.policy}" and not doc["ok"]
+    assert {v["tag"]: bool(v["problem"]) for v in doc["versions"]} == {
+        "classifier:v1": False, "ranker:v1": False, "classifier:v2": True}  # fmt: skip
+    unsigned = tmp_path / "unsigned"
+    ns.url = f"file://{unsigned}"
+    publish_model(ns, tmp_path, "other:v1")
+    out = cas_cli("verify", "--remote", nginx(unsigned), "--signatures", home=home, check=False)
+    assert out.returncode == 1 and "UNSIGNED: other:v1: unsigned" in out.stdout
+    assert out.stdout.splitlines()[-1] == "NOT ALL SIGNED: 0 of 1 versions signed, checked against nothing: the " \
+        "repository has no signatures"  # fmt: skip

@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
 
 from . import output
 from .output import Command, cache_of, print_json, size, table
+
+if TYPE_CHECKING:
+    from ..trust.audit import SignatureReport
 
 
 def commands(cmd: Command) -> None:
@@ -37,6 +41,8 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--no-repair", action="store_true", help="only report")
     sp.add_argument("--remote", metavar="URL", help="check this repository instead of the cache (never repairs)")
     sp.add_argument("--deep", action="store_true", help="with --remote: also read every pack and check its chunks")
+    sp.add_argument("--signatures", action="store_true",
+                    help="with --remote: also say who signed each version (under $CAS_TRUST, if set)")  # fmt: skip
     sp.add_argument("--json", action="store_true")
 
 
@@ -150,9 +156,15 @@ def _verify_remote(args: argparse.Namespace) -> int:
     from ..repo.check import check_repository
 
     report = check_repository(args.remote, deep=args.deep)
+    signed = _signatures(args) if args.signatures else None
     if args.json:
-        print_json({"ok": report.ok, "refs": report.refs, "packs": report.packs, "problems": report.problems,
-                    "orphans": report.orphans})  # fmt: skip
+        doc = {"ok": report.ok, "refs": report.refs, "packs": report.packs, "problems": report.problems,
+               "orphans": report.orphans}  # fmt: skip
+        if signed is not None:
+            versions = [{"tag": f.tag, "role": f.role, "keys": list(f.keys), "problem": f.problem}
+                        for f in signed.findings]  # fmt: skip
+            doc["signatures"] = {"ok": signed.ok, "under": signed.under, "latest": signed.latest, "versions": versions}
+        print_json(doc)
     else:
         for line in report.problems:
             print(f"damaged: {line}")
@@ -160,4 +172,25 @@ def _verify_remote(args: argparse.Namespace) -> int:
             print(f"orphaned: {line}")
         state = "ok" if report.ok else "DAMAGED"
         print(f"{state}: checked {report.refs} models and {report.packs} packs{' (deep)' if args.deep else ''}")
-    return 0 if report.ok else 1
+        if signed is not None:
+            _print_signatures(signed)
+    return 0 if report.ok and (signed is None or signed.ok) else 1
+
+
+def _signatures(args: argparse.Namespace) -> SignatureReport:
+    from ..trust.audit import signature_report
+
+    return signature_report(cache_of(args), args.remote)
+
+
+def _print_signatures(report: SignatureReport) -> None:
+    for f in report.findings:
+        if f.problem:
+            print(f"UNSIGNED: {f.tag}: {f.problem}")
+        else:
+            print(f"signed: {f.tag} by {f.role} ({', '.join(k[:16] for k in f.keys)})")
+    for line in report.latest:
+        print(f"LATEST: {line}")
+    signed = sum(not f.problem for f in report.findings)
+    state = "ok" if report.ok else "NOT ALL SIGNED"
+    print(f"{state}: {signed} of {len(report.findings)} versions signed, checked against {report.under}")

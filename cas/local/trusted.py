@@ -1,8 +1,9 @@
 """What this host has verified: each anchor's newest trusted documents, and by which keys each model was verified.
 
-Under ``<cache>/trust/<anchor id>/``: ``root``, ``state`` and ``roles/<role>``
-are the newest documents this host accepted (a repository, mirror or CDN
-serving older ones is refused: see ``cas.trust.client``); ``grants`` is
+Under ``<cache>/trust/<anchor id>/``: ``roots/<n>`` every root version this
+host accepted, and ``state`` and ``roles/<role>`` the newest documents (a
+repository, mirror or CDN serving older ones is refused: see
+``cas.trust.client``; an export file carries them, ``held_for``); ``grants`` is
 what the accepted root lets each role sign, and ``verified/<name>/<version>``
 the root hash, role and keys a model was verified with.  Both are lines
 of text: the warm path reads those two small files and decodes no signed
@@ -43,27 +44,41 @@ class TrustedState:
 
         atomic_write(self.root / anchor.id / name, data, self.root / ".tmp")
 
-    def accept_root(self, anchor: Anchor, roles: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]],
-                    data: bytes | None = None) -> None:  # fmt: skip
-        """Record a root this host now trusts (its document, when it came from a repository) and its grants."""
-        if data is not None:
-            self.write(anchor, "root", data)
+    def accept_root(self, anchor: Anchor, version: int,
+                    roles: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]], data: bytes) -> None:  # fmt: skip
+        """Record a root this host now trusts: its document, and what it lets each role sign."""
+        self.write(anchor, f"roots/{version}", data)
         lines = [f"{role}\t{t}\t{','.join(keys)}\t{chr(31).join(names)}\n" for role, (t, keys, names) in roles.items()]
         self.write(anchor, "grants", "".join(lines).encode())
 
     def has_grants(self, anchor: Anchor) -> bool:
         return (self.root / anchor.id / "grants").is_file()
 
+    def newest_root(self, anchor: Anchor) -> bytes | None:
+        """The newest root version this host accepted for ``anchor`` (None: none yet, start from the anchor's)."""
+        versions = [int(n) for n in _names(self.root / anchor.id / "roots") if n.isdigit()]
+        return self.read(anchor, f"roots/{max(versions)}") if versions else None
+
+    def held_for(self, info: ModelInfo) -> dict[str, bytes]:
+        """The documents of the first anchor that verified ``info``, by their names here (``roots/<n>``,
+        ``state``, ``roles/<role>``): what an export file carries so another host can verify it in turn."""
+        for anchor_id in sorted(n for n in _names(self.root) if not n.startswith(".")):
+            here = self.root / anchor_id
+            v = _verified(here / "verified" / info.name / info.version)
+            if v is None or v.root != info.root or not (here / "state").is_file():
+                continue
+            found = {"state": (here / "state").read_bytes()}
+            for kind in ("roots", "roles"):
+                found |= {f"{kind}/{n}": (here / kind / n).read_bytes() for n in _names(here / kind)}
+            return found
+        return {}
+
     def record(self, anchor: Anchor, tag: Tag, verified: Verified) -> None:
         text = f"{verified.root}\n{verified.role}\n{','.join(verified.keys)}\n"
         self.write(anchor, f"verified/{tag.name}/{tag.version}", text.encode())
 
     def verified(self, anchor: Anchor, info: ModelInfo) -> Verified | None:
-        data = self.read(anchor, f"verified/{info.name}/{info.version}")
-        lines = data.decode(errors="replace").split("\n") if data is not None else []
-        if len(lines) != 4:
-            return None  # none, or damaged: verified again on the next pull
-        return Verified(lines[0], lines[1], tuple(k for k in lines[2].split(",") if k))
+        return _verified(self.root / anchor.id / "verified" / info.name / info.version)
 
     def grants(self, anchor: Anchor) -> dict[str, Granted]:
         """What the newest root this host accepted for ``anchor`` lets each role sign."""
@@ -102,3 +117,20 @@ class TrustedState:
             if grant and covers(grant.names, tag) and len(set(v.keys) & set(grant.keys)) >= grant.threshold:
                 return True
         return False
+
+
+def _verified(path: Path) -> Verified | None:
+    try:
+        lines = path.read_bytes().decode(errors="replace").split("\n")
+    except FileNotFoundError:
+        return None
+    if len(lines) != 4:
+        return None  # damaged: verified again on the next pull
+    return Verified(lines[0], lines[1], tuple(k for k in lines[2].split(",") if k))
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

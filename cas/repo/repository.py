@@ -88,6 +88,10 @@ class Repository:
         except NotFound:
             return None
 
+    async def document(self, key: str, limit: int) -> bytes:
+        """A document's bytes as stored, refused past ``limit`` bytes (the signed trust documents)."""
+        return await self.backend.get(key, limit=limit)
+
     async def _document(self, key: str, decode: Callable[[bytes], T]) -> T:
         """A document of the repository, decoded; one that does not decode names the repository and the key."""
         return self._decoded(key, await self.backend.get(key), decode)

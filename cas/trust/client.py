@@ -10,13 +10,13 @@ pull then refuses a ref or a tree that does not match it.
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import Protocol
 
 import blake3
 
 from ..errors import NotFound, Untrusted
 from ..local.trusted import TrustedState, Verified
 from ..repo.format import trust_role_key, trust_root_key, trust_state_key
-from ..repo.repository import Repository
 from ..tags import Tag
 from .documents import (
     MAX_BYTES,
@@ -36,7 +36,16 @@ from .policy import Anchor, TrustPolicy
 Verdict = namedtuple("Verdict", ("anchor", "tag", "verified"))
 
 
-async def verify(repo: Repository, policy: TrustPolicy, state: TrustedState, tag: Tag) -> Verdict:
+class Documents(Protocol):
+    """Where signed documents come from: a repository (``Repository``), or an export file (``cas.trust.bundle``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def document(self, key: str, limit: int) -> bytes: ...
+
+
+async def verify(repo: Documents, policy: TrustPolicy, state: TrustedState, tag: Tag) -> Verdict:
     """The version and root hash ``tag`` must have, as signed by keys ``policy`` trusts for it."""
     anchors = policy.anchors_for(tag)
     if not anchors:
@@ -55,11 +64,11 @@ def _grants(root: Root) -> dict[str, tuple[int, tuple[str, ...], tuple[str, ...]
 
 
 class _Check:
-    def __init__(self, repo: Repository, anchor: Anchor, state: TrustedState):
+    def __init__(self, repo: Documents, anchor: Anchor, state: TrustedState):
         self.repo, self.anchor, self.state = repo, anchor, state
 
     async def run(self, tag: Tag) -> Verdict:
-        root = self._trusted_root()
+        root, root_bytes = self._trusted_root()
         state_bytes = await self._get(trust_state_key(), "state")
         where = f"{self.repo.url}/{trust_state_key()}"
         env = open_envelope(state_bytes, "state", where)
@@ -71,7 +80,7 @@ class _Check:
                             f"{root.version} this host trusts: a rollback; nothing was pulled")  # fmt: skip
         signed_by(env, root.keys, root.state, where)
         if not self.state.has_grants(self.anchor):
-            self.state.accept_root(self.anchor, _grants(root))
+            self.state.accept_root(self.anchor, root.version, _grants(root), root_bytes)
         check_fresh(root.expires, f"root version {root.version} of {self.anchor.name}")
         self._accept_state(claimed, state_bytes, where)
         for role_name, grant in root.roles.items():
@@ -90,13 +99,13 @@ class _Check:
         raise Untrusted(f"{tag} is not signed in {self.repo.url} by any key that {self.anchor.name} trusts for "
                         f"{tag.name}; refusing it (sign it with 'cas sign', or pull a signed version)")  # fmt: skip
 
-    def _trusted_root(self) -> Root:
-        data = self.state.read(self.anchor, "root") or self.anchor.root
+    def _trusted_root(self) -> tuple[Root, bytes]:
+        data = self.state.newest_root(self.anchor) or self.anchor.root
         where = f"the trusted root of {self.anchor.name}"
         env = open_envelope(data, "root", where)
         root = decode_root(env.payload, where)
         signed_by(env, root.keys, root.root, where)
-        return root
+        return root, data
 
     async def _newer_root(self, root: Root, version: int) -> Root:
         """Walk root versions up to ``version``, each signed by the keys of the last and by its own."""
@@ -111,7 +120,7 @@ class _Check:
                 raise Untrusted(f"{where} says it is version {new.version}")
             signed_by(env, root.keys, root.root, f"{where} (by the keys of root version {root.version})")
             signed_by(env, new.keys, new.root, where)
-            self.state.accept_root(self.anchor, _grants(new), data)
+            self.state.accept_root(self.anchor, v, _grants(new), data)
             root = new
         return root
 
@@ -152,7 +161,7 @@ class _Check:
 
     async def _get(self, key: str, kind: str) -> bytes:
         try:
-            return await self.repo.backend.get(key, limit=MAX_BYTES[kind])
+            return await self.repo.document(key, MAX_BYTES[kind])
         except NotFound:
             if kind == "state":
                 raise Untrusted(f"{self.repo.url} has no signatures ({key} is missing), and the trust policy asks for "
