@@ -126,8 +126,7 @@ class _Pull:
 
     async def run(self, tag: str) -> PullStats:
         start = time.perf_counter()
-        verdict = await self._verdict(self.policy, tags.parse(tag)) if self.policy is not None else None
-        info = await self.repo.ref(verdict.tag if verdict else tag)
+        verdict, info = await self._verdict_and_ref(tags.parse(tag))
         if verdict and info.root != verdict.verified.root:
             raise Untrusted(f"{info.tag} in {self.repo.url} names tree {info.root[:16]}, but its signature names "
                             f"{verdict.verified.root[:16]}: refused, nothing was pulled")  # fmt: skip
@@ -147,6 +146,16 @@ class _Pull:
                     raise
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
         return PullStats(info, fetched, reused, time.perf_counter() - start)
+
+    async def _verdict_and_ref(self, tag: tags.Tag) -> tuple[Verdict | None, ModelInfo]:
+        """The ref to pull and, under a policy, what the signatures say it must be; a named version's ref is
+        read while its signatures are checked (a ``latest`` is the version they name, so it waits for them)."""
+        if self.policy is None:
+            return None, await self.repo.ref(tag)
+        if tag.is_latest:
+            verdict = await self._verdict(self.policy, tag)
+            return verdict, await self.repo.ref(verdict.tag)
+        return tuple(await asyncio.gather(self._verdict(self.policy, tag), self.repo.ref(tag)))  # type: ignore[return-value]
 
     async def _verdict(self, policy: TrustPolicy, tag: tags.Tag) -> Verdict:
         """What the repository's signatures say ``tag`` is, checked against the policy (one host at a time)."""

@@ -235,18 +235,26 @@ def open_shared(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> 
     return fd
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically, replacing what was there; durable when it returns."""
-    make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, replacing what was there; durable when it returns, unless
+    ``durable`` is False (a copy of what can be fetched again: a power loss may lose it, never tear it)."""
+    if durable:
+        make_durable_dirs(path.parent)  # first: a folder made here (a repository's root) is made durably
+    else:
+        make_dirs(path.parent)
     tmp = tmp_dir / temp_name("w")
     make_dirs(tmp_dir)
     try:
         with open(tmp, "xb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        move_into_place(tmp, path)
+        if durable:
+            move_into_place(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ a host's policy from ``$CAS_TRUST`` (see ``cas.trust.policy``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,10 +16,10 @@ from pathlib import Path
 from ..errors import InvalidInput
 from ..repo.repository import remote_url, run_with_repository
 from ..tags import Tag, parse
-from ..trust import publish
+from ..trust import modelsigning
 from ..trust.keys import SigningKey, from_environment, generate, keyid, load_public
 from ..trust.policy import Anchor, TrustPolicy
-from .output import Command, print_json
+from .output import Command, cache_of, print_json
 
 SIGN_HELP = "a private key that signs (repeatable; also $CAS_SIGNING_KEY)"
 
@@ -41,6 +42,7 @@ def commands(cmd: Command) -> None:
         return p
 
     _trust_commands(action)
+    _model_signing_commands(cmd)
 
 
 def _trust_commands(cmd: Command) -> None:
@@ -67,10 +69,32 @@ def _trust_commands(cmd: Command) -> None:
     sp.add_argument("--online", action="append", default=[], metavar="KEY", help="a new online key")
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP)
     sp = cmd("refresh", _refresh, "sign the state again with a later expiry (run it more often than --days)")
-    sp.add_argument("--days", type=float, default=publish.STATE_DAYS, help=f"validity ({publish.STATE_DAYS})")
+    sp.add_argument("--days", type=float, metavar="DAYS", help="validity (default: a publish's, a week)")
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP + ": online")
     sp = cmd("show", _show, "who may sign what, and what is signed")
     sp.add_argument("--json", action="store_true")
+
+
+def _model_signing_commands(cmd: Command) -> None:
+    methods = "key (an EC private key, PEM), certificate (--key, --certificate, --chain) or sigstore (keyless: " \
+              "$SIGSTORE_IDENTITY_TOKEN, CI credentials or a browser; needs Sigstore's servers)"  # fmt: skip
+    sp = cmd("model-sign", _model_sign, "write an OpenSSF model-signing signature of a stored model (model_signing "
+             "verifies it on any copy of its files, without cas)")  # fmt: skip
+    sp.add_argument("tag", metavar="TAG")
+    sp.add_argument("--output", "-o", required=True, metavar="FILE", help="where to write it (a sigstore bundle)")
+    sp.add_argument("--method", choices=modelsigning.METHODS, default="key", help=methods)
+    sp.add_argument("--key", metavar="PEM", help="the elliptic-curve private key that signs (key, certificate)")
+    sp.add_argument("--certificate", metavar="PEM", help="the key's signing certificate (certificate)")
+    sp.add_argument("--chain", action="append", default=[], metavar="PEM", help="its chain up to a root (repeatable)")
+    sp = cmd("model-verify", _model_verify, "check a stored model against an OpenSSF model-signing signature")
+    sp.add_argument("tag", metavar="TAG")
+    sp.add_argument("--signature", required=True, metavar="FILE", help="the signature (a sigstore bundle)")
+    sp.add_argument("--method", choices=modelsigning.METHODS, default="key", help="how it was signed (key)")
+    sp.add_argument("--key", metavar="PEM", help="the signer's elliptic-curve public key (key)")
+    sp.add_argument("--chain", action="append", default=[], metavar="PEM",
+                    help="certificates up to a trusted root (certificate; default: the system's)")  # fmt: skip
+    sp.add_argument("--identity", help="the signer's identity: an email, a CI workflow URL (sigstore)")
+    sp.add_argument("--issuer", metavar="URL", help="the identity's OIDC issuer (sigstore)")
 
 
 def signers(paths: list[str]) -> list[SigningKey]:
@@ -86,6 +110,8 @@ def _keygen(args: argparse.Namespace) -> None:
 
 
 def _init(args: argparse.Namespace) -> None:
+    from ..trust import publish  # not at the top: every cas command would pay its import (18 ms)
+
     url = remote_url(args.url)
     root_keys = [SigningKey.from_file(p) for p in args.root]
     online_keys = [SigningKey.from_file(p) for p in args.online]
@@ -99,6 +125,8 @@ def _init(args: argparse.Namespace) -> None:
 
 
 def _delegate(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     keys = [load_public(p) for p in args.key]
     root = run_with_repository(lambda repo: publish.set_role(repo, args.role, args.names, keys, args.threshold,
                                                              signers(args.sign)), remote_url(args.url))  # fmt: skip
@@ -109,12 +137,16 @@ def _delegate(args: argparse.Namespace) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     root = run_with_repository(lambda repo: publish.remove_role(repo, args.role, signers(args.sign)),
                                remote_url(args.url))  # fmt: skip
     print(f"role {args.role} removed (root version {root.version}): hosts stop trusting it at their next pull")
 
 
 def _rotate(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     if not args.root and not args.online:
         raise InvalidInput("give the new keys: --root KEY and/or --online KEY")
     root = run_with_repository(lambda repo: publish.set_keys(
@@ -124,12 +156,16 @@ def _rotate(args: argparse.Namespace) -> None:
 
 
 def _refresh(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     state = run_with_repository(lambda repo: publish.refresh(repo, signers(args.sign), args.days),
                                 remote_url(args.url))  # fmt: skip
     print(f"state version {state.version}, valid until {_when(state.expires)}")
 
 
 def _sign(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     wanted = [parse(t) for t in args.tags]
     keys = signers(args.sign)
 
@@ -143,6 +179,8 @@ def _sign(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    from ..trust import publish
+
     async def work(repo) -> tuple[object, object, dict[str, object]]:
         root, state = await publish.current(repo)
         return root, state, {n: await publish.role(repo, state, n) for n in state.roles}
@@ -163,6 +201,20 @@ def _show(args: argparse.Namespace) -> None:
     for name, r in doc["roles"].items():
         print(f"  {name}: {', '.join(r['names'])}; {r['threshold']} of {', '.join(k[:16] for k in r['keys'])}; "
               f"{len(r['signed'])} tags signed")  # fmt: skip
+
+
+def _model_sign(args: argparse.Namespace) -> None:
+    out = modelsigning.sign(cache_of(args), args.tag, args.output, method=args.method, key=args.key,
+                            certificate=args.certificate, chain=args.chain,
+                            identity_token=os.environ.get("SIGSTORE_IDENTITY_TOKEN"))  # fmt: skip
+    print(f"signed {args.tag} ({args.method}): {out}; model_signing verifies it on 'cas materialize {args.tag}' "
+          "or any copy of its files")  # fmt: skip
+
+
+def _model_verify(args: argparse.Namespace) -> None:
+    path = modelsigning.verify(cache_of(args), args.tag, args.signature, method=args.method, key=args.key,
+                               chain=args.chain, identity=args.identity, issuer=args.issuer)  # fmt: skip
+    print(f"{args.tag} verifies against {args.signature}: every file of {path} is what was signed")
 
 
 def _when(t: int) -> str:

@@ -125,7 +125,7 @@ class LocalCache:
         if self._trusted is None:
             from .trusted import TrustedState
 
-            self._trusted = TrustedState(self._root)
+            self._trusted = TrustedState(self._root, self.durable)
         return self._trusted
 
     def trust_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None) -> TrustPolicy | None:

@@ -29,8 +29,8 @@ Granted = namedtuple("Granted", ("threshold", "keys", "names"))  # what the acce
 class TrustedState:
     """One cache's trusted documents and verification records, per anchor."""
 
-    def __init__(self, cache_root: str | os.PathLike[str]):
-        self.root = Path(cache_root) / "trust"
+    def __init__(self, cache_root: str | os.PathLike[str], durable: bool = True):
+        self.root, self.durable = Path(cache_root) / "trust", durable
         self._grants: dict[str, tuple[float, dict[str, Granted]]] = {}
 
     def read(self, anchor: Anchor, name: str) -> bytes | None:
@@ -39,10 +39,12 @@ class TrustedState:
         except FileNotFoundError:
             return None
 
-    def write(self, anchor: Anchor, name: str, data: bytes) -> None:
+    def write(self, anchor: Anchor, name: str, data: bytes, *, durable: bool = False) -> None:
+        """Documents are kept without fsync, as python-tuf's client keeps its metadata: a power loss may make
+        this host forget the newest state it saw (it then accepts no older one than before), never tear one."""
         from ..fsutil import atomic_write
 
-        atomic_write(self.root / anchor.id / name, data, self.root / ".tmp")
+        atomic_write(self.root / anchor.id / name, data, self.root / ".tmp", durable=durable)
 
     def accept_root(self, anchor: Anchor, version: int,
                     roles: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]], data: bytes) -> None:  # fmt: skip
@@ -75,7 +77,8 @@ class TrustedState:
 
     def record(self, anchor: Anchor, tag: Tag, verified: Verified) -> None:
         text = f"{verified.root}\n{verified.role}\n{','.join(verified.keys)}\n"
-        self.write(anchor, f"verified/{tag.name}/{tag.version}", text.encode())
+        # durable with the ref it vouches for: an offline host must not lose it to a power cut
+        self.write(anchor, f"verified/{tag.name}/{tag.version}", text.encode(), durable=self.durable)
 
     def verified(self, anchor: Anchor, info: ModelInfo) -> Verified | None:
         return _verified(self.root / anchor.id / "verified" / info.name / info.version)

@@ -9,6 +9,7 @@ pull then refuses a ref or a tree that does not match it.
 
 from __future__ import annotations
 
+import asyncio
 from collections import namedtuple
 from typing import Protocol
 
@@ -68,19 +69,20 @@ class _Check:
         self.repo, self.anchor, self.state = repo, anchor, state
 
     async def run(self, tag: Tag) -> Verdict:
-        root, root_bytes = self._trusted_root()
-        state_bytes = await self._get(trust_state_key(), "state")
+        # the trusted root is read, and cryptography imported to check it, while the state is on its way
+        state_bytes, (root, root_bytes) = await asyncio.gather(self._get(trust_state_key(), "state"),
+                                                               asyncio.to_thread(self._trusted_root))  # fmt: skip
         where = f"{self.repo.url}/{trust_state_key()}"
         env = open_envelope(state_bytes, "state", where)
         claimed = decode_state(env.payload, where)  # read before its signature is checked: only to find its root
+        if not self.state.has_grants(self.anchor):  # first use: start from the anchor's root (kept for exports)
+            self.state.accept_root(self.anchor, root.version, _grants(root), root_bytes)
         if claimed.root_version > root.version:
             root = await self._newer_root(root, claimed.root_version)
         elif claimed.root_version < root.version:
             raise Untrusted(f"{where} names root version {claimed.root_version}, older than the version "
                             f"{root.version} this host trusts: a rollback; nothing was pulled")  # fmt: skip
         signed_by(env, root.keys, root.state, where)
-        if not self.state.has_grants(self.anchor):
-            self.state.accept_root(self.anchor, root.version, _grants(root), root_bytes)
         check_fresh(root.expires, f"root version {root.version} of {self.anchor.name}")
         self._accept_state(claimed, state_bytes, where)
         for role_name, grant in root.roles.items():

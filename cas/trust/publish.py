@@ -128,11 +128,12 @@ async def sign(repo: Repository, signed: Iterable[tuple[Tag, str]], signers: lis
     raise Untrusted(f"{repo.url}: the signed state kept changing while signing; try again")
 
 
-async def refresh(repo: Repository, signers: list[Signer], days: float = STATE_DAYS) -> State:
-    """A new state version with a later expiry (run it more often than ``days``: hosts refuse a stale one)."""
+async def refresh(repo: Repository, signers: list[Signer], days: float | None = None) -> State:
+    """A new state version valid for ``days`` (a publish's ``STATE_DAYS`` if None); run it more often than that:
+    hosts refuse a stale state."""
     for _ in range(RETRIES):
         root, state, state_bytes = await _current(repo)
-        new = state.but(version=state.version + 1, expires=_later(days))
+        new = state.but(version=state.version + 1, expires=_later(STATE_DAYS if days is None else days))
         try:
             await _replace_state(repo, state_bytes, _seal_state(root, new, signers))
             return new
