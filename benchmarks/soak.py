@@ -640,7 +640,7 @@ class Soak:
                  "rm --remote": 1, "prune": 0.5, "gc": 1, "verify": 0.3}, budget=24 << 20,
                  publishes={n: s3 for n in S3_NAMES}),
             Host("box-1", shared, box, {serve: self.proxies[0], s3: s3}, {"pull": 2, "service": 3, "gc": 1,
-                 "rm": 0.5, "import": 1, "verify": 0.3}, budget=32 << 20, shared_cache=True),
+                 "rm": 0.5, "export": 0.5, "import": 1, "verify": 0.3}, budget=32 << 20, shared_cache=True),
             Host("box-2", shared, box, {serve: self.proxies[0], s3: s3}, {"pull": 2, "service": 3, "gc": 1,
                  "rm": 0.5, "import": 0.5}, budget=32 << 20, shared_cache=True, wrapper=self.pid_namespace()),
         ]  # fmt: skip
