@@ -353,6 +353,19 @@ def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, ke
     assert pulled(host, "classifier:v1") == v1
 
 
+def test_a_role_document_checked_under_an_old_root_is_checked_again_under_the_new_one(tmp_path, keys, server):
+    """A host checks a role's signatures once, not at every pull.  When the root takes team A's key away and the
+    state still pins the role document that key signed, the host must check that document again, and refuse."""
+    ns = setup_signing(tmp_path, keys, server[0], cli=True)
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    v2 = publish_model(ns, tmp_path, "classifier:v2", "team-a", "online")
+    host = tmp_path / "host"
+    assert host_pull(ns, host, "classifier:v1").returncode == 0  # the role document naming v1 and v2 is checked
+    run("trust", "delegate", ns.url, "team-a", "--names", "classifier*", "--key", f"{keys['team-a-new']}.pub",
+        "--sign", keys["root"], "--sign", keys["online"], home=ns)  # fmt: skip
+    assert_refused(host_pull(ns, host, "classifier:v2"), "signed by 0 of the keys", home=host, root=v2)
+
+
 def test_a_verified_model_resolves_offline_and_the_warm_path_reads_no_repository(tmp_path, keys, server):
     ns = setup_signing(tmp_path, keys, server[0])
     v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")

@@ -3,7 +3,10 @@
 Under ``<cache>/trust/<anchor id>/``: ``roots/<n>`` every root version this
 host accepted, and ``state`` and ``roles/<role>`` the newest documents (a
 repository, mirror or CDN serving older ones is refused: see
-``cas.trust.client``; an export file carries them, ``held_for``); ``grants`` is
+``cas.trust.client``; an export file carries them, ``held_for``), each
+signature checked once: a pull that gets the same state checks none, and
+``signers/<role>`` says which keys of the newest root signed that role's
+document.  ``grants`` is
 what the accepted root lets each role sign, and ``verified/<name>/<version>``
 the root hash, role and keys a model was verified with.  Both are lines
 of text: the warm path reads those two small files and decodes no signed
@@ -48,10 +51,26 @@ class TrustedState:
 
     def accept_root(self, anchor: Anchor, version: int,
                     roles: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]], data: bytes) -> None:  # fmt: skip
-        """Record a root this host now trusts: its document, and what it lets each role sign."""
+        """Record a root this host now trusts: its document, and what it lets each role sign.  Which keys signed
+        each role document was checked under the root before: it is forgotten, to be checked again."""
         self.write(anchor, f"roots/{version}", data)
+        for name in _names(self.root / anchor.id / "signers"):
+            (self.root / anchor.id / "signers" / name).unlink(missing_ok=True)
         lines = [f"{role}\t{t}\t{','.join(keys)}\t{chr(31).join(names)}\n" for role, (t, keys, names) in roles.items()]
         self.write(anchor, "grants", "".join(lines).encode())
+
+    def checked_role(self, anchor: Anchor, role: str, digest: str, keys: frozenset[str]) -> None:
+        """Which of the newest root's keys signed the role document of hash ``digest`` (just checked)."""
+        text = f"{digest}\n{','.join(sorted(keys))}\n".encode()
+        if self.read(anchor, f"signers/{role}") != text:
+            self.write(anchor, f"signers/{role}", text)
+
+    def role_signers(self, anchor: Anchor, role: str, digest: str) -> frozenset[str] | None:
+        """The keys ``checked_role`` recorded for that document under the newest root; None if not checked."""
+        lines = (self.read(anchor, f"signers/{role}") or b"").decode(errors="replace").split("\n")
+        if len(lines) != 3 or lines[0] != digest:
+            return None
+        return frozenset(k for k in lines[1].split(",") if k)
 
     def has_grants(self, anchor: Anchor) -> bool:
         return (self.root / anchor.id / "grants").is_file()

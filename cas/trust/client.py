@@ -82,9 +82,11 @@ class _Check:
         elif claimed.root_version < root.version:
             raise Untrusted(f"{where} names root version {claimed.root_version}, older than the version "
                             f"{root.version} this host trusts: a rollback; nothing was pulled")  # fmt: skip
-        signed_by(env, root.keys, root.state, where)
+        seen = self.state.read(self.anchor, "state")
+        if state_bytes != seen:  # the state this host accepted last was checked then: the usual pull checks none
+            signed_by(env, root.keys, root.state, where)
         check_fresh(root.expires, f"root version {root.version} of {self.anchor.name}")
-        self._accept_state(claimed, state_bytes, where)
+        self._accept_state(claimed, state_bytes, seen, where)
         for role_name, grant in root.roles.items():
             meta = claimed.roles.get(role_name)
             if not grant.covers(tag) or meta is None:
@@ -102,11 +104,14 @@ class _Check:
                         f"{tag.name}; refusing it (sign it with 'cas sign', or pull a signed version)")  # fmt: skip
 
     def _trusted_root(self) -> tuple[Root, bytes]:
-        data = self.state.newest_root(self.anchor) or self.anchor.root
+        """The newest root this host accepted (its signatures were checked then), else the policy's."""
+        stored = self.state.newest_root(self.anchor)
+        data = stored or self.anchor.root
         where = f"the trusted root of {self.anchor.name}"
         env = open_envelope(data, "root", where)
         root = decode_root(env.payload, where)
-        signed_by(env, root.keys, root.root, where)
+        if stored is None:
+            signed_by(env, root.keys, root.root, where)
         return root, data
 
     async def _newer_root(self, root: Root, version: int) -> Root:
@@ -126,9 +131,8 @@ class _Check:
             root = new
         return root
 
-    def _accept_state(self, state: State, data: bytes, where: str) -> None:
+    def _accept_state(self, state: State, data: bytes, seen: bytes | None, where: str) -> None:
         """Never older than what this host has seen; expired is stale (a replay, or a frozen repository)."""
-        seen = self.state.read(self.anchor, "state")
         if seen is not None:
             old = decode_state(open_envelope(seen, "state", "this host's state").payload, "this host's state")
             if state.version < old.version:
@@ -152,13 +156,16 @@ class _Check:
                 raise Untrusted(f"{where} is not the version the signed state names (a mix of two states, or a "
                                 "stale cache in front of the repository); nothing was pulled")  # fmt: skip
         env = open_envelope(data, "role", where)
-        keys = signed_by(env, root.keys, root.roles[name], where)
+        keys = None if fetched else self.state.role_signers(self.anchor, name, digest)
+        if keys is None:  # checked once per document and root: a new root forgets what the old one checked
+            keys = signed_by(env, root.keys, root.roles[name], where)
         role = decode_role(env.payload, where)
         if role.name != name or role.version != version:
             raise Untrusted(f"{where} says it is {role.name} version {role.version}")
         check_fresh(role.expires, where)
         if fetched:
             self.state.write(self.anchor, f"roles/{name}", data)
+        self.state.checked_role(self.anchor, name, digest, keys)
         return role, keys
 
     async def _get(self, key: str, kind: str) -> bytes:

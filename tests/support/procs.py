@@ -56,7 +56,7 @@ def stop(proc: subprocess.Popen) -> None:
     """SIGTERM (a clean shutdown), then SIGKILL if it lingers; drops the log."""
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
