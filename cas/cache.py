@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .archive import ArchiveStats, Source
     from .download import PullEstimate, PullStats
+    from .local.trusted import KnownPolicy
     from .trust.keys import Signer
     from .trust.policy import TrustPolicy
     from .upload import PushStats
@@ -146,12 +147,13 @@ class Cache(LocalCache):
         ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version verified under it is used,
         and a local one that was not is pulled again (its signatures checked; its bytes are here).
         """
-        t, policy = tags.parse(tag), self.trust_policy(trust)
-        found = self._here_or_where(t, remote, refresh, offline, policy)  # the warm path: nothing else is read
+        t, known = tags.parse(tag), self.known_policy(trust)
+        found = self._here_or_where(t, remote, refresh, offline, known)  # the warm path: nothing else is read
         if isinstance(found, ModelInfo):
             return found
         from . import privateloop
 
+        policy = self.trust_policy(trust)
         return privateloop.run(lambda: self._resolve_remotely(t, found, refresh, policy))
 
     async def aresolve(
@@ -168,14 +170,15 @@ class Cache(LocalCache):
 
         from . import privateloop
 
-        t, policy = tags.parse(tag), self.trust_policy(trust)
-        found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, policy)
+        t, known = tags.parse(tag), self.known_policy(trust)
+        found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, known)
         if isinstance(found, ModelInfo):
             return found
+        policy = self.trust_policy(trust)
         return await privateloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy))
 
     def _here_or_where(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
-                       policy: TrustPolicy | None) -> ModelInfo | str:  # fmt: skip
+                       policy: TrustPolicy | KnownPolicy | None) -> ModelInfo | str:  # fmt: skip
         """The local version to use, or the URL of the repository to pull ``t`` from."""
         if not refresh:
             with contextlib.suppress(NotFound):
@@ -183,7 +186,7 @@ class Cache(LocalCache):
         url = self._pull_from(t, remote, refresh, offline, policy)
         return url or self.check_trusted(self.get(t), policy)
 
-    def _local(self, t: tags.Tag, policy: TrustPolicy | None) -> ModelInfo:
+    def _local(self, t: tags.Tag, policy: TrustPolicy | KnownPolicy | None) -> ModelInfo:
         """The local version of ``t``; NotFound also when it is here but the policy does not vouch for it."""
         info = self.get(t)
         if policy is not None and not self.trusted.vouches(policy, info):
@@ -191,7 +194,7 @@ class Cache(LocalCache):
         return info
 
     def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
-                   policy: TrustPolicy | None) -> str:  # fmt: skip
+                   policy: TrustPolicy | KnownPolicy | None) -> str:  # fmt: skip
         """The repository to pull ``t`` from, or "" to use the local version (a refresh with no repository
         to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""

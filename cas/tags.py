@@ -7,6 +7,7 @@ Versions made by cas are time-sortable so the newest version is the largest.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from collections import namedtuple
@@ -110,3 +111,9 @@ def _b32(value: int, width: int) -> str:
         value, r = divmod(value, 32)
         out.append(_B32[r])
     return "".join(reversed(out))
+
+
+def covers(patterns: tuple[str, ...], tag: Tag) -> bool:
+    """Whether a trust pattern matches ``tag``: one with a ``:`` the whole tag (``classifier:v*``), one without
+    the name (``classifier*``)."""
+    return any(fnmatch.fnmatchcase(str(tag) if ":" in p else tag.name, p) for p in patterns)

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -377,6 +378,31 @@ def test_a_verified_model_resolves_offline_and_the_warm_path_reads_no_repository
     unsigned.add(tmp_path / "models" / "classifier-v1", "classifier:v9")
     with pytest.raises(cas.Untrusted, match="was not verified under"):
         cache.resolve("classifier:v9", offline=True)
+
+
+SERVICE = "import descriptor\nclass S:\n    m = descriptor.Model('classifier:v1')\nprint(S().m.path)"
+
+
+def test_a_changed_policy_file_applies_on_the_warm_path_at_once(tmp_path, keys, server):
+    """The warm path reads a policy's anchors as this host kept them, keyed by the file's identity: narrowing the
+    policy must apply to the next service at once, offline."""
+    ns = setup_signing(tmp_path, keys, server[0])
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    host = tmp_path / "host"
+    assert host_pull(ns, host, "classifier:v1").returncode == 0
+    env = {**os.environ, "CAS_HOME": str(host), "CAS_TRUST": str(ns.policy), "CAS_OFFLINE": "1"}
+
+    def service() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", SERVICE], env=env, capture_output=True, text=True, cwd=REPO)
+
+    for _ in range(2):  # the first reads the policy file, the second what the host kept of it
+        assert service().returncode == 0
+    policy = TrustPolicy.from_file(ns.policy)
+    ns.policy.write_text(TrustPolicy(tuple(a._replace(names=("ranker*",)) for a in policy.anchors)).to_json())
+    refused = service()
+    assert refused.returncode == 1 and "was not verified under" in refused.stderr, refused.stderr
+    ns.policy.write_text(policy.to_json())
+    assert service().returncode == 0
 
 
 def test_prune_and_removals_keep_every_trust_document(tmp_path, keys, server, token):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .gc import GcReport
     from .sources import Source
     from .space import SpaceReport
-    from .trusted import TrustedState
+    from .trusted import KnownPolicy, TrustedState
     from .verify import VerifyReport
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
@@ -130,9 +130,7 @@ class LocalCache:
 
     def trust_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None) -> TrustPolicy | None:
         """The policy in force: ``override``, else the cache's ``trust``, else ``$CAS_TRUST``'s (read once)."""
-        spec = override if override is not None else self._trust
-        if spec is None:
-            spec = os.environ.get("CAS_TRUST", "").strip() or None
+        spec = self._trust_spec(override)
         if spec is None:
             return None
         if self._policy is None or self._policy[0] != spec:
@@ -141,7 +139,30 @@ class LocalCache:
             self._policy = (spec, load(spec))
         return self._policy[1]
 
-    def check_trusted(self, info: ModelInfo, policy: TrustPolicy | None) -> ModelInfo:
+    def known_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None
+                     ) -> TrustPolicy | KnownPolicy | None:  # fmt: skip
+        """The policy in force as a warm path needs it: a file's anchors kept under this cache since it last
+        read that file (no JSON parsed, no root hashed), else the whole policy."""
+        spec = self._trust_spec(override)
+        if not isinstance(spec, (str, os.PathLike)):
+            return self.trust_policy(override)
+        from .trusted import policy_key
+
+        try:
+            key = policy_key(spec)
+        except OSError:
+            return self.trust_policy(override)  # says what is wrong with it
+        known = self.trusted.known_policy(key, f"the trust policy {spec}")
+        if known is None:
+            known = self.trust_policy(override)
+            self.trusted.remember_policy(key, known)  # type: ignore[arg-type]
+        return known
+
+    def _trust_spec(self, override: str | os.PathLike[str] | TrustPolicy | None) -> object:
+        spec = override if override is not None else self._trust
+        return spec if spec is not None else (os.environ.get("CAS_TRUST", "").strip() or None)
+
+    def check_trusted(self, info: ModelInfo, policy: TrustPolicy | KnownPolicy | None) -> ModelInfo:
         """``info`` if ``policy`` allows it (no policy allows all), else ``Untrusted`` saying what to do."""
         return info if policy is None else self.trusted.check(policy, info)
 

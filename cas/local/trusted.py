@@ -16,17 +16,46 @@ already here without touching the network, at about the cost of a stat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import namedtuple
 from pathlib import Path
 
 from ..errors import Untrusted
 from ..ref import ModelInfo
-from ..tags import Tag
-from ..trust.policy import Anchor, TrustPolicy, covers
+from ..tags import Tag, covers
+
+TYPE_CHECKING = False  # typing costs 2 ms to import: this module is on the warm path of a host with a policy
+if TYPE_CHECKING:
+    from ..trust.policy import Anchor, TrustPolicy
 
 Verified = namedtuple("Verified", ("root", "role", "keys"))  # the tree root the signature named, its role, keys
 Granted = namedtuple("Granted", ("threshold", "keys", "names"))  # what the accepted root lets a role sign
+
+
+class KnownAnchor:
+    """An anchor as a warm path needs it: where this host keeps its trusted state, and the names it vouches for."""
+
+    __slots__ = ("id", "names")
+
+    def __init__(self, anchor_id: str, names: tuple[str, ...]):
+        self.id, self.names = anchor_id, names
+
+    def covers(self, tag: Tag) -> bool:
+        return covers(self.names, tag)
+
+
+class KnownPolicy:
+    """A policy's anchors without their roots (``TrustedState.known_policy``): enough to say whether a model
+    here was verified under it, without parsing the policy's JSON nor hashing its roots."""
+
+    __slots__ = ("anchors", "where")
+
+    def __init__(self, anchors: tuple[KnownAnchor, ...], where: str):
+        self.anchors, self.where = anchors, where
+
+    def anchors_for(self, tag: Tag) -> list[KnownAnchor]:
+        return [a for a in self.anchors if a.covers(tag)]
 
 
 class TrustedState:
@@ -72,6 +101,28 @@ class TrustedState:
             return None
         return frozenset(k for k in lines[1].split(",") if k)
 
+    def known_policy(self, key: str, where: str) -> KnownPolicy | None:
+        """The anchors of the policy file whose ``file_key`` is ``key``, as this host kept them when it last read
+        that very file (``remember_policy``): a warm path then neither parses JSON nor hashes a root."""
+        try:
+            lines = (self.root / "policies" / key).read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        anchors = [line.split("\t") for line in lines]
+        if not anchors or any(len(a) < 2 for a in anchors):
+            return None
+        return KnownPolicy(tuple(KnownAnchor(a[0], tuple(a[1:])) for a in anchors), where)
+
+    def remember_policy(self, key: str, policy: TrustPolicy) -> None:
+        """Keep ``policy``'s anchors (ids and names) for ``known_policy``; best effort (a read-only cache)."""
+        if any(set(n) & {"\t", "\n", "\r"} for a in policy.anchors for n in a.names):
+            return  # no tag has these: such a pattern never matches, and the file is read whole each time
+        text = "".join("\t".join((a.id, *a.names)) + "\n" for a in policy.anchors)
+        from ..fsutil import atomic_write
+
+        with contextlib.suppress(OSError):
+            atomic_write(self.root / "policies" / key, text.encode(), self.root / ".tmp", durable=False)
+
     def has_grants(self, anchor: Anchor) -> bool:
         return (self.root / anchor.id / "grants").is_file()
 
@@ -99,10 +150,10 @@ class TrustedState:
         # durable with the ref it vouches for: an offline host must not lose it to a power cut
         self.write(anchor, f"verified/{tag.name}/{tag.version}", text.encode(), durable=self.durable)
 
-    def verified(self, anchor: Anchor, info: ModelInfo) -> Verified | None:
+    def verified(self, anchor: Anchor | KnownAnchor, info: ModelInfo) -> Verified | None:
         return _verified(self.root / anchor.id / "verified" / info.name / info.version)
 
-    def grants(self, anchor: Anchor) -> dict[str, Granted]:
+    def grants(self, anchor: Anchor | KnownAnchor) -> dict[str, Granted]:
         """What the newest root this host accepted for ``anchor`` lets each role sign."""
         path = self.root / anchor.id / "grants"
         try:
@@ -120,7 +171,7 @@ class TrustedState:
         self._grants[anchor.id] = (mtime, out)
         return out
 
-    def check(self, policy: TrustPolicy, info: ModelInfo) -> ModelInfo:
+    def check(self, policy: TrustPolicy | KnownPolicy, info: ModelInfo) -> ModelInfo:
         """``info`` if ``policy`` vouches for it, else ``Untrusted`` saying what to do."""
         if self.vouches(policy, info):
             return info
@@ -128,7 +179,7 @@ class TrustedState:
                         "without a signature, or with a key it no longer trusts); pull it from a signed "
                         "repository")  # fmt: skip
 
-    def vouches(self, policy: TrustPolicy, info: ModelInfo) -> bool:
+    def vouches(self, policy: TrustPolicy | KnownPolicy, info: ModelInfo) -> bool:
         """Whether a stored model was verified under ``policy`` by keys its anchor's root still trusts for it."""
         tag = Tag(info.name, info.version)
         for anchor in policy.anchors_for(tag):
@@ -139,6 +190,13 @@ class TrustedState:
             if grant and covers(grant.names, tag) and len(set(v.keys) & set(grant.keys)) >= grant.threshold:
                 return True
         return False
+
+
+def policy_key(path: str | os.PathLike[str]) -> str:
+    """A policy file's identity (device, inode, size, modification time): taken before the file is read, a
+    file changed since gets another key, so a kept summary is never of another content than its key's."""
+    st = os.stat(path)
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
 def _verified(path: Path) -> Verified | None:

@@ -29,9 +29,8 @@ from typing import Any
 import msgpack
 
 from ..errors import InvalidManifest, Untrusted
-from ..tags import Tag
+from ..tags import Tag, covers
 from .keys import Signer, keyid
-from .policy import covers
 
 FORMAT = 1
 KINDS = ("root", "role", "state")

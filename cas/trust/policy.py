@@ -16,15 +16,12 @@ The root a policy names is where this host starts: later root versions
 
 from __future__ import annotations
 
-import binascii  # base64's own engine: the base64 module would cost a warm path 2 ms to import
-import fnmatch
-import json
 import os
 from collections import namedtuple
 from pathlib import Path
 
 from ..errors import InvalidInput
-from ..tags import Tag
+from ..tags import Tag, covers
 
 ENV = "CAS_TRUST"
 MAX_POLICY_BYTES = 4 << 20
@@ -49,11 +46,6 @@ class Anchor(namedtuple("Anchor", ("name", "root", "names"), defaults=(("*",),))
         return covers(self.names, tag)
 
 
-def covers(patterns: tuple[str, ...], tag: Tag) -> bool:
-    """A pattern with a ``:`` matches the whole tag (``classifier:v*``), one without matches the name."""
-    return any(fnmatch.fnmatchcase(str(tag) if ":" in p else tag.name, p) for p in patterns)
-
-
 class TrustPolicy(namedtuple("TrustPolicy", ("anchors", "where"), defaults=("the trust policy",))):
     """The anchors a host trusts; a model no anchor vouches for is refused."""
 
@@ -65,12 +57,17 @@ class TrustPolicy(namedtuple("TrustPolicy", ("anchors", "where"), defaults=("the
         return [a for a in self.anchors if a.covers(tag)]
 
     def to_json(self) -> str:
+        import binascii
+        import json
+
         anchors = [{"name": a.name, "root": binascii.b2a_base64(a.root, newline=False).decode(), "names": list(a.names)}
                    for a in self.anchors]  # fmt: skip
         return json.dumps({"cas-trust": 1, "anchors": anchors}, indent=2) + "\n"
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrustPolicy:
+        import json  # here, not above: a warm path reads a policy's anchors as this host kept them (KnownPolicy)
+
         p = Path(path)
         try:
             if p.stat().st_size > MAX_POLICY_BYTES:
@@ -112,6 +109,8 @@ def _anchors(doc: object, path: Path) -> tuple[Anchor, ...]:
 
 
 def _root_bytes(a: dict[str, object], path: Path, where: str) -> bytes:
+    import binascii  # base64's own engine: the base64 module costs 2 ms to import
+
     text = a.get("root")
     if isinstance(text, str):
         try:
