@@ -39,8 +39,8 @@ from benchmarks import (
     trust,
 )
 from benchmarks.harness import RESULTS, reset
-from tests.support.procs import REPO
 from tests.support import synth
+from tests.support.procs import REPO
 from tests.support.synth import minilm_path
 
 SCENARIOS = (
