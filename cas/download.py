@@ -42,7 +42,7 @@ from .repo import CONCURRENCY
 from .repo.format import Location
 from .repo.repository import Repository, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
-from .tree import FileEntry
+from .tree import FileEntry, Tree
 from .trust.client import Verdict, verify
 from .trust.policy import TrustPolicy
 
@@ -126,11 +126,7 @@ class _Pull:
 
     async def run(self, tag: str) -> PullStats:
         start = time.perf_counter()
-        verdict, info = await self._verdict_and_ref(tags.parse(tag))
-        if verdict and info.root != verdict.verified.root:
-            raise Untrusted(f"{info.tag} in {self.repo.url} names tree {info.root[:16]}, but its signature names "
-                            f"{verdict.verified.root[:16]}: refused, nothing was pulled")  # fmt: skip
-        tree, encoded = await self.repo.tree(info)
+        verdict, info, tree, encoded = await self._verdict_and_tree(tags.parse(tag))
         fetched = reused = 0
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
@@ -147,15 +143,34 @@ class _Pull:
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
         return PullStats(info, fetched, reused, time.perf_counter() - start)
 
-    async def _verdict_and_ref(self, tag: tags.Tag) -> tuple[Verdict | None, ModelInfo]:
-        """The ref to pull and, under a policy, what the signatures say it must be; a named version's ref is
-        read while its signatures are checked (a ``latest`` is the version they name, so it waits for them)."""
+    async def _verdict_and_tree(self, tag: tags.Tag) -> tuple[Verdict | None, ModelInfo, Tree, bytes]:
+        """The ref and tree to pull and, under a policy, what the signatures say they must be.  A named version's
+        ref and tree are read while its signatures are checked, and used only if these name the same root (a
+        ``latest`` is the version the signatures name, so it waits for them)."""
         if self.policy is None:
-            return None, await self.repo.ref(tag)
+            return None, *(await self._ref_and_tree(tag))
         if tag.is_latest:
             verdict = await self._verdict(self.policy, tag)
-            return verdict, await self.repo.ref(verdict.tag)
-        return tuple(await asyncio.gather(self._verdict(self.policy, tag), self.repo.ref(tag)))  # type: ignore[return-value]
+            return self._signed(verdict, *(await self._ref_and_tree(verdict.tag)))
+        read = asyncio.ensure_future(self._ref_and_tree(tag))
+        try:
+            verdict = await self._verdict(self.policy, tag)  # its refusal first: it says more than the tree's
+        except BaseException:
+            read.cancel()
+            await asyncio.gather(read, return_exceptions=True)
+            raise
+        return self._signed(verdict, *(await read))
+
+    async def _ref_and_tree(self, tag: tags.Tag) -> tuple[ModelInfo, Tree, bytes]:
+        info = await self.repo.ref(tag)
+        return info, *(await self.repo.tree(info))
+
+    def _signed(self, verdict: Verdict, info: ModelInfo, tree: Tree, encoded: bytes
+                ) -> tuple[Verdict, ModelInfo, Tree, bytes]:  # fmt: skip
+        if info.root != verdict.verified.root:
+            raise Untrusted(f"{info.tag} in {self.repo.url} names tree {info.root[:16]}, but its signature names "
+                            f"{verdict.verified.root[:16]}: refused, nothing was pulled")  # fmt: skip
+        return verdict, info, tree, encoded
 
     async def _verdict(self, policy: TrustPolicy, tag: tags.Tag) -> Verdict:
         """What the repository's signatures say ``tag`` is, checked against the policy (one host at a time)."""

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import blake3
 
-from ..errors import NotFound, Untrusted
+from ..errors import CasError, NotFound, Untrusted
 from ..local.trusted import TrustedState, Verified
 from ..repo.format import trust_role_key, trust_root_key, trust_state_key
 from ..tags import Tag
@@ -67,11 +67,31 @@ def _grants(root: Root) -> dict[str, tuple[int, tuple[str, ...], tuple[str, ...]
 class _Check:
     def __init__(self, repo: Documents, anchor: Anchor, state: TrustedState):
         self.repo, self.anchor, self.state = repo, anchor, state
+        self._ahead: dict[int, asyncio.Future[bytes]] = {}  # root documents asked for before they are needed
 
     async def run(self, tag: Tag) -> Verdict:
-        # the trusted root is read, and cryptography imported to check it, while the state is on its way
-        state_bytes, (root, root_bytes) = await asyncio.gather(self._get(trust_state_key(), "state"),
-                                                               asyncio.to_thread(self._trusted_root))  # fmt: skip
+        # the trusted root is read (and on first use cryptography imported to check it) while the state is on its
+        # way; on first use the root after the policy's is asked for too: publishers who delegate names make one
+        self._ahead = self._first_use_root_ahead()
+        try:
+            state_bytes, (root, root_bytes) = await asyncio.gather(self._get(trust_state_key(), "state"),
+                                                                   asyncio.to_thread(self._trusted_root))  # fmt: skip
+            return await self._check(tag, state_bytes, root, root_bytes)
+        finally:
+            for task in self._ahead.values():
+                task.cancel()
+            await asyncio.gather(*self._ahead.values(), return_exceptions=True)
+
+    def _first_use_root_ahead(self) -> dict[int, asyncio.Future[bytes]]:
+        if self.state.has_grants(self.anchor):
+            return {}
+        try:  # read unchecked, only to know which version comes next; _trusted_root checks it
+            version = decode_root(open_envelope(self.anchor.root, "root", "").payload, "").version + 1
+        except CasError:
+            return {}
+        return {version: asyncio.ensure_future(self._get(trust_root_key(version), "root"))}
+
+    async def _check(self, tag: Tag, state_bytes: bytes, root: Root, root_bytes: bytes) -> Verdict:
         where = f"{self.repo.url}/{trust_state_key()}"
         env = open_envelope(state_bytes, "state", where)
         claimed = decode_state(env.payload, where)  # read before its signature is checked: only to find its root
@@ -119,7 +139,8 @@ class _Check:
         if version - root.version > MAX_ROOT_CHAIN:
             raise Untrusted(f"{self.repo.url} names root version {version}, {MAX_ROOT_CHAIN}+ ahead of this host's")
         for v in range(root.version + 1, version + 1):
-            data = await self._get(trust_root_key(v), "root")
+            ahead = self._ahead.pop(v, None)
+            data = await (ahead or self._get(trust_root_key(v), "root"))
             where = f"{self.repo.url}/{trust_root_key(v)}"
             env = open_envelope(data, "root", where)
             new = decode_root(env.payload, where)
