@@ -188,7 +188,7 @@ def run_json_args(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def run(work: Path, model: Path, quick: bool) -> dict:
-    runs = 5 if quick else 21
+    runs = 3 if quick else 21
     home = work / "lat-home"
     cache = Cache(home)
     cache.add(model, "bench:v1")

@@ -60,7 +60,7 @@ def run(work: Path, minilm: Path, quick: bool) -> dict:
         out = {"pull": {n: _pulls(work, url, policy, tag, runs) for n, tag in (("minilm", "minilm:v1"),
                                                                               ("1mb", "m1:v1"))},
                "later_pull": _later_pulls(work, url, policy, runs),
-               "requests": _requests(work, url, policy), "warm": _warm(work, url, policy, 5 if quick else 21),
+               "requests": _requests(work, url, policy), "warm": _warm(work, url, policy, 3 if quick else 21),
                "push": _pushes(work, url, publisher, small, runs)}  # fmt: skip
         out["model_bytes"] = publisher.get("minilm:v1").size
         return out

@@ -3,7 +3,7 @@
 Each test kills one operation with SIGKILL at a seeded point of its run,
 measured on this machine by one run left alone in bytes read and written
 (in seconds for the runs that move few bytes)
-(``CAS_RELIABILITY_TRIALS`` trials each: 3 by default, 50 in the full run),
+(``CAS_RELIABILITY_TRIALS`` trials each: 2 by default, 50 in the full run),
 and counts the kills that landed while it ran (at least half must).  With
 ``CAS_RELIABILITY_KILLS=N`` a trial kills the operation, then each re-run
 of it from what the last one left, N times in all.  It then
@@ -30,7 +30,7 @@ from cas import Cache, check_repository
 
 from ..conftest import KILLS, REPO, processes, tree_files, wait_until
 
-TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
+TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "2"))
 KILLS_PER_TRIAL = int(os.environ.get("CAS_RELIABILITY_KILLS", "1"))  # successive kills of one operation a trial
 
 pytestmark = pytest.mark.reliability

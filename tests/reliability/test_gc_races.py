@@ -26,7 +26,7 @@ from .test_crashes import CLI, Window, kill_midway, kills_landed, span  # noqa: 
 
 pytestmark = pytest.mark.reliability
 
-TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
+TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "2"))
 
 SERVICE = """
 import hashlib, json, sys, descriptor

@@ -2,7 +2,7 @@
 visible is half there, the leftovers are only what ``verify`` and gc clean up, and the next run completes.
 
 A visible snapshot is one a service could be handed without building it: each one left must hold every file
-of its version, byte for byte.  ``CAS_RELIABILITY_TRIALS`` trials each (3 by default, 50 in the full run).
+of its version, byte for byte.  ``CAS_RELIABILITY_TRIALS`` trials each (2 by default, 50 in the full run).
 """
 
 from __future__ import annotations

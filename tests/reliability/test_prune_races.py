@@ -34,7 +34,7 @@ from ..conftest import KILLS, READY, REPO, start_together, stats, tree_files, wa
 from .test_crashes import kill_point
 
 pytestmark = pytest.mark.reliability
-TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
+TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "2"))
 TAGS = [f"m:v{i}" for i in range(1, 7)]
 
 PRUNER = f"""

@@ -44,7 +44,7 @@ def test_16_processes_first_accessing_a_cold_model_fetch_each_chunk_once(tmp_pat
     assert stats(counting)["pack_bytes"] == packed
 
 
-TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "3"))
+TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "2"))
 PUSH = f"import sys; from cas import Cache; c = Cache(sys.argv[1]); {READY}; c.push(sys.argv[2], sys.argv[3])"
 
 
