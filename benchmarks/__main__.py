@@ -6,7 +6,8 @@ Builds its data (synthetic safetensors, the packaged MiniLM model), runs
 each scenario against its baseline in the same run, and writes
 ``benchmarks/results/report.md``, ``results.json`` (every figure) and PNG
 plots; the latest full run's are committed, quick runs go to
-``benchmarks/results/quick/``.  ``--quick`` shrinks sizes and repetitions
+``benchmarks/results/quick/``.  ``--only`` reruns some scenarios and keeps
+the others' figures from the last report of the same mode.  ``--quick`` shrinks sizes and repetitions
 to finish in about two minutes; CI runs it as a smoke test and never
 asserts a time.
 """
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     for package in ("cas", "descriptor"):
         compileall.compile_dir(REPO / package, quiet=2)
     work = Path(tempfile.mkdtemp(prefix="cas-bench-"))
-    results: dict = {"machine": report.machine(), "mode": "quick" if args.quick else "full"}
+    mode = "quick" if args.quick else "full"
+    results = earlier_results(out_dir / "results.json", mode, chosen) if args.only != ",".join(DEFAULT) else {}
+    results.update({"machine": report.machine(), "mode": mode, **({"rerun": chosen} if results else {})})
     try:
         minilm = minilm_path() if set(chosen) - {"soak"} else None
 
@@ -132,6 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed scenarios: {', '.join(results['failed'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def earlier_results(path: Path, mode: str, chosen: list[str]) -> dict:
+    """What a run of some scenarios keeps of the last report of its mode: every other scenario's figures, so
+    ``--only trust`` updates one section instead of leaving a report of one."""
+    try:
+        earlier = json.loads(path.read_text(), object_hook=_int_keys)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict) or earlier.get("mode") != mode:
+        return {}
+    failed = {k: v for k, v in earlier.get("failed", {}).items() if k not in chosen}
+    kept = {k: v for k, v in earlier.items() if k in SCENARIOS and k not in chosen}
+    return {**kept, **({"failed": failed} if failed else {})}
+
+
+def _int_keys(d: dict) -> dict:
+    """JSON made the scenarios' integer keys (concurrency levels, counts, sizes) strings: back to integers."""
+    return {int(k) if k.isdigit() else k: v for k, v in d.items()}
 
 
 if __name__ == "__main__":

@@ -370,7 +370,8 @@ def moved(before: dict[str, float], r: dict, limit: float = 0.2) -> list[str]:
 def render(r: dict, mode: str, seconds: float, before: dict[str, float] | None = None) -> str:
     """The report; ``before``: the previous report's headline ratios, to say which moved more than 20%."""
     m = r["machine"]
-    head = (f"# cas benchmarks\n\nMode: {mode}, {seconds:.0f} s. Machine: {m['cpus']} CPUs ({m['cpu']}), "
+    rerun = f" for {', '.join(r['rerun'])}, the rest as the run before" if r.get("rerun") else ""
+    head = (f"# cas benchmarks\n\nMode: {mode}, {seconds:.0f} s{rerun}. Machine: {m['cpus']} CPUs ({m['cpu']}), "
             f"{m['memory_gb']} GB, Python {m['python']}, {m['platform']}. Reproduce: `python -m benchmarks"
             f"{' --quick' if mode == 'quick' else ''}`. Every ratio is against a baseline measured in the same run; "
             "timings are medians of several runs (min / median / max where shown).\n\n## Headline\n\n")  # fmt: skip

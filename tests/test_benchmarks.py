@@ -32,6 +32,12 @@ def test_quick_benchmarks_write_a_report_with_every_scenario(tmp_path):
     assert racing["counts"]
     assert racing["pack_bytes_one_pull"] == racing["pack_bytes_pushed"]  # one service fetches the packs once
     assert all(v["pack_bytes"] == racing["pack_bytes_one_pull"] for v in racing["counts"].values())
+    again = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "codec", "--out", str(tmp_path)],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "results.json").read_text())
+    assert rerun["rerun"] == ["codec"] and rerun["racing"] == racing  # one scenario rerun, the others kept
+    assert "## 7. Concurrency" in (tmp_path / "report.md").read_text()
 
 
 def test_unknown_scenarios_are_refused(tmp_path):
