@@ -4,8 +4,10 @@ By stage, for the files whose blobs are missing:
 
 1. plan: each becomes a part file in ``tmp/pull/<root>`` (``Assembly``); what an
    interrupted pull verified there is kept;
-2. copy local: chunks any local blob holds (the chunk index) are copied,
-   re-hashed first;
+2. copy local: chunks any local blob holds (the chunk index) are copied by
+   the kernel, runs of neighbours at once, never through this process; the
+   whole-file hash of step 4 proves them, and a file it refuses is
+   assembled again from the repository alone;
 3. fetch: the rest, as merged ranges of packs (``ranges``), here and in
    worker processes (``fetch``), every chunk decoded and verified;
 4. verify and publish: each file is hashed whole as it fills
@@ -20,13 +22,12 @@ import contextlib
 import os
 import stat
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from . import privateloop, tags
-from .digest import chunk_id
 from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, Untrusted, out_of_space_advice
 from .fetch import fetch, worker_count
 from .fetchworker import Workers
@@ -36,7 +37,7 @@ from .local.cache import LocalCache, Progress
 from .local.space import format_size
 from .parts import FLUSH_MIN_BYTES, LOG_MIN_BYTES, Parts, new_part, read_done
 from .prefixhash import PrefixHasher
-from .ranges import Range, Target, plan
+from .ranges import Range, Target, copy_runs, plan
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 from .repo.format import Location
@@ -193,7 +194,14 @@ class _Pull:
                           f"{out_of_space_advice(e, self.cache.root)}")  # fmt: skip
 
     async def _build_blobs(self, info: ModelInfo, files: list[FileEntry]) -> tuple[int, int]:
-        """The blobs of ``files``, assembled and published: returns the bytes fetched and reused."""
+        """The blobs of ``files``, assembled and published: returns the bytes fetched and reused.  A file that
+        local copies made wrong is assembled again from the repository alone (the pull still succeeds)."""
+        try:
+            return await self._assemble(info, files, local=True)
+        except LocalCopyRefused:
+            return await self._assemble(info, files, local=False)
+
+    async def _assemble(self, info: ModelInfo, files: list[FileEntry], *, local: bool) -> tuple[int, int]:
         count = worker_count(sum(f.size for f in files))
         workers = await Workers.start(count) if count else None  # their imports overlap the planning below
         try:
@@ -201,7 +209,7 @@ class _Pull:
             work = self.cache.objects.pull_work / info.root  # a pull of another model sharing a file builds its own
             make_dirs(work)
             assembly = Assembly(work, files)
-            reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress)
+            reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress) if local else 0
             ranges = assembly.ranges(locations, f"{info.tag}: the locator in {self.repo.url}")
             worth = workers if worker_count(sum(r.end - r.start for r in ranges)) else None  # local files held most
             fetched = await self._fetch(info.tag, assembly, ranges, worth)
@@ -243,6 +251,45 @@ def ranges_for(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], loc
     return plan(wanted, raw_len, locations)
 
 
+class LocalCopyRefused(Exception):
+    """A file assembled with bytes copied from local blobs failed its hash: a blob of this cache no longer
+    holds what the chunk index says (changed through a hardlink, or damaged on disk)."""
+
+
+class _Sources:
+    """Local blobs open for copying, the last ``KEEP`` used; a blob gone since the chunk index named it is
+    forgotten there (its chunks are fetched instead)."""
+
+    KEEP = 16
+
+    def __init__(self, cache: LocalCache):
+        self.cache = cache
+        self.fds: OrderedDict[tuple[bytes, bool], int] = OrderedDict()
+        self.gone: set[tuple[bytes, bool]] = set()
+
+    def open(self, blob: tuple[bytes, bool]) -> int | None:
+        if blob in self.fds:
+            self.fds.move_to_end(blob)
+            return self.fds[blob]
+        if blob in self.gone:
+            return None
+        try:
+            fd = os.open(self.cache.objects.blob_path(*blob), os.O_RDONLY)
+        except FileNotFoundError:
+            self.cache.chunk_index().forget_file(blob[0])
+            self.gone.add(blob)
+            return None
+        self.fds[blob] = fd
+        if len(self.fds) > self.KEEP:
+            os.close(self.fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
 class Assembly:
     """The part files one pull assembles: the tree entry each becomes, its chunks in order, and for every
     chunk still wanted, where its bytes go (a chunk verified by an interrupted pull is not wanted again)."""
@@ -255,6 +302,7 @@ class Assembly:
         self.raw_len: dict[bytes, int] = {}
         # Part files of one chunk: their whole-file hash is that chunk's id, verified as it is decoded.
         self.single: dict[str, bytes] = {}
+        self.copied: set[str] = set()  # part files holding bytes copied from local blobs
         folder = str(work)
         present = set(os.listdir(folder))  # what an interrupted pull left: one listing, not a stat per file
         for f in files:
@@ -287,28 +335,30 @@ class Assembly:
         return read_done(part) if stat.S_ISREG(st.st_mode) and st.st_size == size else None
 
     def copy_local(self, cache: LocalCache, progress: Progress | None) -> int:
-        """Copy every wanted chunk a local blob holds (re-hashed first), no longer wanted; returns the bytes reused."""
-        seeds = cache.chunk_index().find(list(self.wanted))
+        """Copy every wanted chunk a local blob holds, no longer wanted; returns the bytes reused.  Nothing is
+        hashed here: the part file's whole-file hash checks these bytes with the rest (``check``)."""
+        runs = copy_runs(self.wanted, cache.chunk_index().find(list(self.wanted)))
         reused = 0
-        parts = Parts()
+        parts, sources = Parts(), _Sources(cache)
         try:
-            for cid, seed in seeds.items():
-                try:
-                    with open(cache.objects.blob_path(seed.file_id, seed.executable), "rb") as f:
-                        data = os.pread(f.fileno(), seed.length, seed.offset)
-                except FileNotFoundError:
-                    cache.chunk_index().forget_file(seed.file_id)
+            for run in runs:
+                src = sources.open(run.blob)
+                if src is None:
                     continue
-                if len(data) != self.raw_len[cid] or chunk_id(data) != cid:
-                    continue
-                targets = self.wanted.pop(cid)
-                parts.write(targets, data)
-                parts.mark(targets)
-                reused += len(data)
+                parts.copy(src, run.blob_offset, run.length, run.part, run.offset)
+                for cid, target in run.chunks:
+                    self.wanted[cid].remove(target)
+                    if not self.wanted[cid]:
+                        del self.wanted[cid]
+                parts.mark([t for _, t in run.chunks])
+                self.copied.add(run.part)
+                self.single.pop(run.part, None)  # its bytes were not decoded here: the file is hashed
+                reused += run.length
                 if progress:
-                    progress(len(data))
+                    progress(run.length)
         finally:
             parts.close()
+            sources.close()
         return reused
 
     def large_parts(self) -> list[str]:
@@ -324,14 +374,19 @@ class Assembly:
         return ranges_for(self.wanted, self.raw_len, locations, where)
 
     def check(self, digests: dict[str, bytes], tag: str, url: str) -> None:
-        """Every part file hashes to its file id, or the pull stores nothing (a bad part is discarded)."""
-        for part, f in self.entries.items():
-            if digests[part] != f.file_id:
-                Path(part).unlink()
-                Path(part + ".done").unlink(missing_ok=True)
-                raise CorruptObject(f"{tag}: {f.path} assembled from verified chunks does not hash to its file id; "
-                                    "the partial file was discarded: pull again, and if this repeats the tree in "
-                                    f"{url} is inconsistent")  # fmt: skip
+        """Every part file hashes to its file id, or the pull stores nothing: each bad part is discarded, and
+        if bytes copied from local blobs may be why, ``LocalCopyRefused`` says to assemble it again."""
+        bad = [part for part, f in self.entries.items() if digests[part] != f.file_id]
+        for part in bad:
+            Path(part).unlink()
+            Path(part + ".done").unlink(missing_ok=True)
+        if bad and all(part in self.copied for part in bad):
+            raise LocalCopyRefused(self.entries[bad[0]].path)
+        if bad:
+            path = self.entries[next(p for p in bad if p not in self.copied)].path
+            raise CorruptObject(f"{tag}: {path} assembled from verified chunks does not hash to its file id; "
+                                "the partial file was discarded: pull again, and if this repeats the tree in "
+                                f"{url} is inconsistent")  # fmt: skip
 
     def publish(self, cache: LocalCache) -> None:
         """Every part file becomes its blob, all flushed together in a durable cache (for many files one

@@ -86,6 +86,35 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
+def copy_range(src: int, dst: int, length: int, src_offset: int, dst_offset: int) -> None:
+    """Copy ``length`` bytes from ``src`` to ``dst`` by the kernel (``copy_file_range``: no byte passes
+    through this process, and filesystems that share extents share them); by ``pread``/``pwrite`` where the
+    kernel cannot.  A source shorter than asked leaves the rest unwritten (a hole the caller's hash finds)."""
+    while length > 0:
+        try:
+            done = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+        except (AttributeError, OSError) as e:  # not Linux, or across filesystems, or one that cannot
+            if isinstance(e, OSError) and e.errno not in _NO_KERNEL_COPY:
+                raise
+            done = 0
+        if done == 0:
+            _copy_by_reading(src, dst, length, src_offset, dst_offset)
+            return
+        length, src_offset, dst_offset = length - done, src_offset + done, dst_offset + done
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _copy_by_reading(src: int, dst: int, length: int, src_offset: int, dst_offset: int) -> None:
+    while length > 0:
+        data = os.pread(src, min(length, 8 << 20), src_offset)
+        if not data:
+            return
+        pwrite_all(dst, data, dst_offset)
+        length, src_offset, dst_offset = length - len(data), src_offset + len(data), dst_offset + len(data)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` (see ``pwrite_all``; for an ``O_APPEND`` log)."""
     view = memoryview(data)

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 
-from .fsutil import open_shared, pwrite_all, write_all
+from .fsutil import copy_range, open_shared, pwrite_all, write_all
 from .ranges import Target
 
 FLUSH_EVERY = 0.5  # seconds between write-behind flushes of large part files
@@ -77,6 +77,11 @@ class Parts:
         for t in targets:
             with self._use(t.part) as entry:
                 pwrite_all(entry[0], data, t.offset)
+
+    def copy(self, src: int, src_offset: int, length: int, part: str, offset: int) -> None:
+        """Copy ``length`` bytes of the file open as ``src`` into ``part`` by the kernel (``copy_range``)."""
+        with self._use(part) as entry:
+            copy_range(src, entry[0], length, src_offset, offset)
 
     def mark(self, targets: list[Target]) -> None:
         by_part: dict[str, list[str]] = defaultdict(list)

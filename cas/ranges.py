@@ -1,18 +1,24 @@
-"""Which byte ranges of which packs a pull requests (pure): wanted chunks merged into ranges.
+"""Which byte ranges a pull moves (pure): of packs it requests, and of local blobs it copies.
 
 Neighbouring chunks of one pack closer than ``MAX_GAP`` share a request of
 at most ``MAX_SPAN`` bytes: few requests (object stores and CDNs are slow
 and costly per request), and memory bounded by requests in flight times
 ``MAX_SPAN``.  Ranges are ordered by where their first chunk goes, so files
 complete, and are hashed, one after another.
+
+Chunks a local blob holds are copied instead, neighbours that lie back to
+back in both files as one run (``copy_runs``): a fine-tune's unchanged
+tensors sit where they sat, so a changed file is a few long copies.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
+from .local.chunkindex import Seed
 from .repo.format import Location, iter_ranges
 
 MAX_SPAN = 4 << 20  # bytes per range request: bounds memory to concurrency * MAX_SPAN
@@ -64,6 +70,33 @@ def plan(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations
             i = j
     ranges.sort(key=lambda r: min(r.pieces[0].targets))  # in file order: files complete, and hash, one by one
     return ranges
+
+
+@dataclass
+class CopyRun:
+    """Bytes one local blob holds back to back, to be copied into one part file, and the chunks they are."""
+
+    blob: tuple[bytes, bool]  # file id, executable
+    blob_offset: int
+    part: str
+    offset: int  # in the part file
+    length: int
+    chunks: list[tuple[bytes, Target]]
+
+
+def copy_runs(wanted: dict[bytes, list[Target]], seeds: dict[bytes, Seed]) -> list[CopyRun]:
+    """Every wanted place of a chunk some local blob holds, merged into runs contiguous in both files."""
+    places = sorted((t, seed, cid) for cid, seed in seeds.items() for t in wanted.get(cid, ()))
+    runs: list[CopyRun] = []
+    for target, seed, cid in places:
+        blob, last = (seed.file_id, seed.executable), runs[-1] if runs else None
+        if (last is not None and last.part == target.part and last.offset + last.length == target.offset
+                and last.blob == blob and last.blob_offset + last.length == seed.offset):  # fmt: skip
+            last.length += seed.length
+            last.chunks.append((cid, target))
+        else:
+            runs.append(CopyRun(blob, seed.offset, target.part, target.offset, seed.length, [(cid, target)]))
+    return runs
 
 
 class Backlog:

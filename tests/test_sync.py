@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from .conftest import (
     TOKEN,
     cas_cli,
     free_port,
+    missing,
     published,
     start,
     stats,
@@ -44,6 +46,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
         "grown": synth.write_model_dir(d / "grown", base, metadata={"comment": "x" * 500}),
     }
     out["changed_bytes"] = sum(a.nbytes for (_, a), (_, b) in zip(base, tuned) if a.tobytes() != b.tobytes())
+    out["tuned_size"] = sum(p.stat().st_size for p in out["tuned"].rglob("*") if p.is_file())
     return out
 
 
@@ -100,6 +103,50 @@ def test_delta_pull_of_a_fine_tune_fetches_little_more_than_the_change(tmp_path,
     # raw bytes not copied from local files were fetched: a chunk boundary around each changed tensor costs a little
     assert delta.bytes_reused >= size - 1.5 * changed
     assert tree_files(host.materialize("m:tuned")) == tree_files(variants["tuned"])
+
+
+def test_a_delta_pull_copies_what_it_reuses_in_the_kernel_in_a_few_long_runs(tmp_path, variants):
+    """The reused bytes of a changed file move by copy_file_range, unchanged neighbours as one call, and
+    no local blob is read into the process (the file's hash reads what it must from the part file)."""
+    if shutil.which("strace") is None:
+        missing("strace (apt-get install strace; bash dev test does it as root)")
+    repo, host, trace = f"file://{tmp_path / 'repo'}", tmp_path / "host", tmp_path / "pull.trace"
+    src = Cache(tmp_path / "src")
+    for tag, model in (("m:base", variants["base"]), ("m:tuned", variants["tuned"])):
+        src.add(model, tag)
+        src.push(tag, repo)
+    Cache(host).pull("m:base", repo)
+    chunks = max(len(list(f.chunk_list())) for f in Cache(host).tree("m:base").files)
+    cmd = ["strace", "-f", "-y", "-qq", "-e", "trace=copy_file_range,pread64,read", "-o", str(trace),
+           sys.executable, "-m", "cas", "--home", str(host), "pull", "m:tuned", "--remote", repo]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    calls = trace.read_text().splitlines()
+    copies = [line for line in calls if "copy_file_range(" in line and "/blobs/" in line]
+    copied = sum(int(line.rsplit("= ", 1)[1]) for line in copies)
+    assert copied >= variants["tuned_size"] - 1.5 * variants["changed_bytes"]
+    assert 0 < len(copies) < chunks / 4  # runs of neighbours, not a call per chunk
+    assert not [line for line in calls if "/blobs/" in line and ("pread64(" in line or " read(" in line)]
+    assert tree_files(Cache(host).materialize("m:tuned")) == tree_files(variants["tuned"])
+
+
+def test_a_blob_changed_through_its_hardlink_is_not_copied_into_a_pull(tmp_path, variants):
+    """Written through a materialized file (root ignores its read-only mode), a blob no longer holds what
+    the chunk index says: the pull that would copy from it assembles that file from the repository."""
+    repo = f"file://{tmp_path / 'repo'}"
+    src = Cache(tmp_path / "src")
+    for tag, model in (("m:base", variants["base"]), ("m:tuned", variants["tuned"])):
+        src.add(model, tag)
+        src.push(tag, repo)
+    host = Cache(tmp_path / "host")
+    host.pull("m:base", repo)
+    weights = host.materialize("m:base") / "model.safetensors"
+    os.chmod(weights, 0o644)
+    with open(weights, "r+b") as f:  # the same inode as the blob
+        f.seek(weights.stat().st_size // 2)
+        f.write(os.urandom(1 << 20))
+    host.pull("m:tuned", repo)
+    assert tree_files(host.materialize("m:tuned")) == tree_files(variants["tuned"])
+    assert not host.verify().ok  # the damaged blob is still there for verify to report and repair
 
 
 def test_a_grown_header_still_deduplicates(tmp_path, variants):
