@@ -32,6 +32,7 @@ from benchmarks import (
     ingest,
     latency,
     lifecycle,
+    peers,
     pull,
     racing,
     report,
@@ -56,6 +57,7 @@ SCENARIOS = (
     "archive",
     "lifecycle",
     "trust",
+    "peers",
     "soak",
 )
 # The soak is no measurement but a bounded run of half an hour against invariants: only ``--only soak`` runs it.
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "lifecycle": lambda: lifecycle.run(work, args.quick),
             "archive": lambda: archive.run(work, minilm, big(), args.quick),
             "trust": lambda: trust.run(work, minilm, args.quick),
+            "peers": lambda: peers.run(work, args.quick),
             "soak": lambda: soak.run(work, args.quick, args.minutes),
         }
         for name in chosen:

@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, lifecycle, soak, trust
+from benchmarks import archive, fanout, ingest, lifecycle, peers, soak, trust
 from benchmarks.harness import met
 
 
@@ -173,6 +173,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += archive.headline_rows(r["archive"])
     if r.get("trust"):
         rows += trust.headline_rows(r["trust"])
+    if r.get("peers"):
+        rows += peers.headline_rows(r["peers"])
     if r.get("soak"):
         s = r["soak"]
         rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
@@ -333,6 +335,8 @@ def sections(r: dict) -> list[str]:
         out.append(archive.section(r["archive"]))
     if r.get("trust"):
         out.append(trust.section(r["trust"]))
+    if r.get("peers"):
+        out.append(peers.section(r["peers"]))
     if r.get("soak"):
         out.append(soak.section(r["soak"]))
     return out

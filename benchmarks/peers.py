@@ -1,0 +1,296 @@
+"""Scenario 13, peers: cas against DVC, restic and casync on the same bytes, each with a folder repository.
+
+Shapes (issue 22): v1, a safetensors model of three fp16 shards and one fp32 file (1.06 GB; quick 101 MB);
+v2, a fine-tune of it with about 8% of its bytes changed; an incompressible model of random bytes (a
+quarter of v1's size); 10,000 small files of 1-64 KiB (quick 500).  Every step is a whole process run as
+a user runs it, with each tool's defaults, the tools interleaved run by run; min / median / max.
+
+- cas: ``cas add`` then ``cas push --remote file://...``; a fresh host's ``cas materialize --remote``
+  (pull and materialize); that host's ``cas materialize`` of v2; a cached version materialized again
+  after its snapshot was removed.
+- DVC: ``dvc add`` then ``dvc push`` to a local remote; a fresh workspace's ``dvc pull`` (fetch and
+  checkout); its ``dvc pull`` of v2's ``.dvc`` file; ``dvc checkout`` after the files were removed.
+- restic (``backup`` stores into the repository directly) and casync (``make``) have no separate push:
+  their one step is timed as the push, and as ingest; ``restore`` / ``extract`` (casync seeded with the
+  v1 it extracted) as the pulls.  restic 0.14 restores whole files, with no seed.
+
+Baselines, the same files in the same run: ``cp -r && sync`` into a folder and ``tar | zstd -1 -T0``
+(the push goals), ``zstd -d | tar -x`` of that archive (the cold pull's CPU goal).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness import met, reset, summary, wall_cpu
+from benchmarks.pull import small_files
+from tests.support import synth
+
+PUSH_GOAL, PUSH_CPU_GOAL, RANDOM_PUSH_GOAL, DELTA_GOAL, COLD_GOAL, COLD_CPU_GOAL = 0.5, 1.2, 0.8, 1.0, 0.8, 1.5
+MEMORY_GOAL_MB = 200
+CAS = [sys.executable, "-m", "cas"]
+DVC = str(Path(sys.executable).parent / "dvc")
+TOOLS = ("cas", "dvc", "restic", "casync")
+STEPS = {"ingest": "ingest v1", "push": "push v1", "push_v2": "push v2 (the increment)",
+         "push_random": "push random bytes", "cold": "cold pull + checkout of v1", "delta": "a host with v1 gets v2",
+         "again": "materialize a cached version again", "small": "ingest 10,000 small files"}  # fmt: skip
+
+Step = tuple[float, float, int]  # wall seconds, CPU seconds of the process tree, peak RSS (KiB) of its largest
+
+
+def shapes(root: Path, quick: bool) -> dict[str, Path]:
+    """v1 and its fine-tune v2, random bytes, and many small files, written under ``root``."""
+    quarter = (24 if quick else 253) << 20
+    out = {name: root / name for name in ("v1", "v2", "random")}
+    for d in out.values():
+        d.mkdir(parents=True)
+    for i, dtype in enumerate(("F16", "F16", "F16", "F32")):  # three fp16 shards and one fp32 file
+        name = f"model-{i + 1:05d}-of-00003.safetensors" if dtype == "F16" else "head.safetensors"
+        tensors = synth.model_tensors(60 + i, quarter, dtype)
+        synth.write_safetensors(out["v1"] / name, tensors)
+        synth.write_safetensors(out["v2"] / name, synth.fine_tune(tensors, 0.08, seed=70 + i))
+    for d in (out["v1"], out["v2"]):
+        (d / "config.json").write_text('{"kind": "synthetic", "shards": 3}')
+    rng = np.random.default_rng(5)
+    with open(out["random"] / "model.bin", "wb") as f:
+        for _ in range(quarter >> 20):
+            f.write(rng.bytes(1 << 20))
+    out["small"] = small_files(root / "small", 500 if quick else 10_000)
+    return out
+
+
+def run(work: Path, quick: bool) -> dict:
+    data = shapes(work / "peers-data", quick)
+    flows: dict[str, Callable[[Path, dict[str, Path]], dict]] = {"baseline": baseline_flow, "cas": cas_flow,
+                                                                  "dvc": dvc_flow, "restic": restic_flow,
+                                                                  "casync": casync_flow}  # fmt: skip
+    chosen = {t: f for t, f in flows.items() if t == "baseline" or installed(t)}
+    steps: dict[str, dict[str, list[Step]]] = {t: {} for t in chosen}
+    repository: dict[str, dict[str, int]] = {}
+    try:
+        for _ in range(1 if quick else 3):
+            for tool, flow in chosen.items():  # interleaved: each run's load falls on every tool alike
+                where = work / "peers-run"
+                where.mkdir()
+                try:
+                    got = flow(where, data)
+                finally:
+                    reset(where)
+                repository[tool] = got.pop("bytes", {})
+                for step, measured in got.items():
+                    steps[tool].setdefault(step, []).append(measured)
+        model_bytes = {name: tree_bytes(path) for name, path in data.items()}
+    finally:
+        reset(work / "peers-data")
+    return {"model_bytes": model_bytes, "repository": repository, "missing": [t for t in TOOLS if t not in chosen],
+            "steps": {tool: {step: _summary(v) for step, v in by.items()} for tool, by in steps.items()}}  # fmt: skip
+
+
+def installed(tool: str) -> bool:
+    return Path(DVC).exists() if tool == "dvc" else tool == "cas" or shutil.which(tool) is not None
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (a repository, a model), as ``du --apparent-size`` counts them."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> Step:
+    elapsed, rss, cpu = wall_cpu(cmd, env)
+    return elapsed, cpu, rss
+
+
+def sh(command: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Step:
+    """One shell command line, whole process tree: wall, CPU, peak RSS."""
+    line = f"cd {shlex.quote(str(cwd))} && {command}" if cwd else command
+    return measure(["sh", "-c", line], env)
+
+
+def baseline_flow(where: Path, data: dict[str, Path]) -> dict:
+    q = {k: shlex.quote(str(v)) for k, v in data.items()}
+    out = shlex.quote(str(where / "v1.tar.zst"))
+    return {
+        "cp": sh(f"cp -r {q['v1']} {where / 'cp-v1'} && sync"),
+        "cp_random": sh(f"cp -r {q['random']} {where / 'cp-random'} && sync"),
+        "tar_zstd": sh(f"tar -cf - -C {q['v1']} . | zstd -q -1 -T0 -o {out} && sync"),
+        "unzstd_tar": sh(f"mkdir {where / 'x'} && zstd -q -d -c {out} | tar -xf - -C {where / 'x'} && sync"),
+    }
+
+
+def cas_flow(where: Path, data: dict[str, Path]) -> dict:
+    repo, pub, host = f"file://{where / 'repo'}", where / "pub", where / "host"
+
+    def cas(home: Path, *args: str) -> Step:
+        return measure([*CAS, "--home", str(home), *args])
+
+    out = {"ingest": cas(pub, "add", str(data["v1"]), "m:v1"), "push": cas(pub, "push", "m:v1", "--remote", repo)}
+    v1_bytes = tree_bytes(where / "repo")
+    cas(pub, "add", str(data["v2"]), "m:v2")
+    out["push_v2"] = cas(pub, "push", "m:v2", "--remote", repo)
+    v2_bytes = tree_bytes(where / "repo") - v1_bytes
+    cas(pub, "add", str(data["random"]), "r:v1")
+    out["push_random"] = cas(pub, "push", "r:v1", "--remote", repo)
+    out["cold"] = cas(host, "materialize", "m:v1", "--remote", repo)
+    out["delta"] = cas(host, "materialize", "m:v2", "--remote", repo)
+    reset(host / "snapshots")
+    out["again"] = cas(host, "materialize", "m:v1")
+    out["small"] = cas(where / "small", "add", str(data["small"]), "s:v1")
+    return {**out, "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
+
+
+def dvc_flow(where: Path, data: dict[str, Path]) -> dict:
+    repo, ws, host = where / "repo", where / "ws", where / "host"
+    env = {**_env(), "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(cwd: Path, args: str) -> Step:
+        return sh(f"{shlex.quote(DVC)} {args}", cwd, env)
+
+    for d in (ws, host, where / "small"):
+        _dvc_workspace(d, repo, env)
+    shutil.copytree(data["v1"], ws / "model")
+    out = {"ingest": dvc(ws, "add -q model"), "push": dvc(ws, "push -q")}
+    v1_bytes = tree_bytes(repo)
+    shutil.copy(ws / "model.dvc", where / "v1.dvc")
+    reset(ws / "model")
+    shutil.copytree(data["v2"], ws / "model")
+    dvc(ws, "add -q model")
+    out["push_v2"] = dvc(ws, "push -q")
+    v2_bytes = tree_bytes(repo) - v1_bytes
+    shutil.copytree(data["random"], ws / "random")
+    dvc(ws, "add -q random")
+    out["push_random"] = dvc(ws, "push -q random.dvc")
+    shutil.copy(where / "v1.dvc", host / "model.dvc")
+    out["cold"] = dvc(host, "pull -q")
+    shutil.copy(ws / "model.dvc", host / "model.dvc")
+    out["delta"] = dvc(host, "pull -q")
+    reset(host / "model")
+    out["again"] = dvc(host, "checkout -q")
+    shutil.copytree(data["small"], where / "small" / "small")
+    out["small"] = dvc(where / "small", "add -q small")
+    return {**out, "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
+
+
+def _dvc_workspace(path: Path, remote: Path, env: dict[str, str]) -> None:
+    path.mkdir()
+    for args in ("init -q --no-scm", f"remote add -q -d store {shlex.quote(str(remote))}"):
+        sh(f"{shlex.quote(DVC)} {args}", path, env)
+
+
+def restic_flow(where: Path, data: dict[str, Path]) -> dict:
+    env = {**_env(), "RESTIC_REPOSITORY": str(where / "repo"), "RESTIC_PASSWORD": "bench",  # protects nothing
+           "RESTIC_CACHE_DIR": str(where / "cache")}  # fmt: skip
+
+    def restic(args: str) -> Step:
+        return sh(f"restic -q {args}", None, env)
+
+    restic("init")
+    out = {"push": restic(f"backup --tag v1 {shlex.quote(str(data['v1']))}")}
+    v1_bytes = tree_bytes(where / "repo")
+    out["push_v2"] = restic(f"backup --tag v2 {shlex.quote(str(data['v2']))}")
+    v2_bytes = tree_bytes(where / "repo") - v1_bytes
+    out["push_random"] = restic(f"backup --tag random {shlex.quote(str(data['random']))}")
+    out["cold"] = restic(f"restore latest --tag v1 --target {where / 'host-v1'}")
+    out["delta"] = restic(f"restore latest --tag v2 --target {where / 'host-v2'}")
+    out["small"] = restic(f"backup --tag small {shlex.quote(str(data['small']))}")
+    return {**out, "ingest": out["push"], "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
+
+
+def casync_flow(where: Path, data: dict[str, Path]) -> dict:
+    store = f"--store={where / 'store'}"
+
+    def casync(args: str) -> Step:
+        return sh(f"casync {store} {args}", None, _env())
+
+    out = {"push": casync(f"make {where / 'v1.caidx'} {shlex.quote(str(data['v1']))}")}
+    v1_bytes = tree_bytes(where / "store")
+    out["push_v2"] = casync(f"make {where / 'v2.caidx'} {shlex.quote(str(data['v2']))}")
+    v2_bytes = tree_bytes(where / "store") - v1_bytes
+    out["push_random"] = casync(f"make {where / 'r.caidx'} {shlex.quote(str(data['random']))}")
+    out["cold"] = casync(f"extract {where / 'v1.caidx'} {where / 'host-v1'}")
+    out["delta"] = casync(f"extract --seed={where / 'host-v1'} {where / 'v2.caidx'} {where / 'host-v2'}")
+    out["small"] = casync(f"make {where / 's.caidx'} {shlex.quote(str(data['small']))}")
+    return {**out, "ingest": out["push"], "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def _summary(measured: list[Step]) -> dict:
+    return {"s": summary([m[0] for m in measured]), "cpu_s": summary([m[1] for m in measured]),
+            "rss_mb": max(m[2] for m in measured) / 1024}  # fmt: skip
+
+
+def headline_rows(p: dict) -> list[tuple[str, str, str, str, str]]:
+    """The goals of issue 22, each against its baseline or DVC measured in the same run."""
+    st, base, gb = p["steps"], p["steps"]["baseline"], p["model_bytes"]["v1"] / 1e9
+    cas, dvc = st["cas"], st.get("dvc")
+    rows = []
+
+    def row(measure: str, ours: dict, theirs: dict, label: str, goal: float) -> None:
+        ratio = theirs["s"]["median"] / ours["s"]["median"]
+        rows.append((measure, _spread(ours["s"]), f"{label} {_spread(theirs['s'])}", f"{ratio:.2f}x",
+                     f"≥ {goal}x: {met(ratio >= goal)}"))  # fmt: skip
+
+    row(f"peers: `cas push` v1 ({_gb(gb)}) to a folder", cas["push"], base["cp"], "`cp -r && sync`", PUSH_GOAL)
+    cpu, tar_cpu = cas["push"]["cpu_s"]["median"] / gb, base["tar_zstd"]["cpu_s"]["median"] / gb
+    rows.append(("peers: `cas push` v1, CPU seconds per GB", f"{cpu:.2f}", f"`tar | zstd -1` {tar_cpu:.2f}",
+                 f"{cpu / tar_cpu:.2f}x", f"≤ {PUSH_CPU_GOAL}x: {met(cpu <= PUSH_CPU_GOAL * tar_cpu)}"))  # fmt: skip
+    row("peers: `cas push` of random bytes", cas["push_random"], base["cp_random"], "`cp -r && sync`", RANDOM_PUSH_GOAL)
+    if dvc:
+        row("peers: a host with v1 gets v2", cas["delta"], dvc["delta"], "`dvc pull`", DELTA_GOAL)
+        row("peers: cold pull + materialize", cas["cold"], dvc["cold"], "`dvc pull`", COLD_GOAL)
+    cold_cpu, raw_cpu = cas["cold"]["cpu_s"]["median"], base["unzstd_tar"]["cpu_s"]["median"]
+    rows.append(("peers: cold pull + materialize, CPU seconds", f"{cold_cpu:.2f}",
+                 f"`zstd -d | tar -x` {raw_cpu:.2f}", f"{cold_cpu / raw_cpu:.2f}x",
+                 f"≤ {COLD_CPU_GOAL}x: {met(cold_cpu <= COLD_CPU_GOAL * raw_cpu)}"))  # fmt: skip
+    peak = max(cas[s]["rss_mb"] for s in ("push", "cold", "delta"))
+    rows.append(("peers: push and pull peak memory (largest process)", f"{peak:.0f} MB", "-", "-",
+                 f"< {MEMORY_GOAL_MB} MB: {met(peak < MEMORY_GOAL_MB)}"))  # fmt: skip
+    return rows
+
+
+def section(p: dict) -> str:
+    """Every step of every tool, and the repository bytes."""
+    tools = [t for t in TOOLS if t in p["steps"]]
+    head = "| step | " + " | ".join(tools) + " |\n|---|" + "---|" * len(tools)
+    lines = [head]
+    for step, label in STEPS.items():
+        cells = [_spread(p["steps"][t][step]["s"]) if step in p["steps"][t] else "-" for t in tools]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for version in ("v1", "v2"):
+        cells = [_mb(p["repository"][t][version]) for t in tools]
+        lines.append(
+            f"| repository bytes, {version}{' increment' if version == 'v2' else ''} | " + " | ".join(cells) + " |"
+        )
+    base = p["steps"]["baseline"]
+    named = (("cp", "`cp -r && sync` v1"), ("tar_zstd", "`tar | zstd -1 -T0` v1"),
+             ("cp_random", "`cp -r && sync` random"), ("unzstd_tar", "`zstd -d | tar -x` v1"))  # fmt: skip
+    baselines = ", ".join(f"{label} {_spread(base[k]['s'])} ({base[k]['cpu_s']['median']:.2f} CPU-s)"
+                          for k, label in named)  # fmt: skip
+    sizes = ", ".join(f"{k} {_mb(v)}" for k, v in p["model_bytes"].items())
+    missing = f" Not installed, so not run: {', '.join(p['missing'])}." if p["missing"] else ""
+    doc = __doc__.split("\n\n", 1)[1].strip()
+    return (
+        f"## 13. Peers\n\n{doc}\n\nShapes: {sizes}. Baselines: {baselines}.{missing}\n\n"
+        "Seconds, whole process (min / median / max):\n\n" + "\n".join(lines)
+    )
+
+
+def _spread(s: dict) -> str:
+    return f"{s['median']:.2f} s ({s['min']:.2f}-{s['max']:.2f})" if s["n"] > 1 else f"{s['median']:.2f} s"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB"
+
+
+def _gb(n: float) -> str:
+    return f"{n:.2f} GB"
