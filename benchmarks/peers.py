@@ -7,7 +7,8 @@ a user runs it, with each tool's defaults, the tools interleaved run by run; min
 
 - cas: ``cas add`` then ``cas push --remote file://...``; a fresh host's ``cas materialize --remote``
   (pull and materialize); that host's ``cas materialize`` of v2; a cached version materialized again
-  after its snapshot was removed.
+  after its snapshot was removed.  Durable as it comes (every file flushed before it returns), and with
+  ``CAS_DURABLE=0`` (flushed by the kernel later, as the peers leave what they write).
 - DVC: ``dvc add`` then ``dvc push`` to a local remote; a fresh workspace's ``dvc pull`` (fetch and
   checkout); its ``dvc pull`` of v2's ``.dvc`` file; ``dvc checkout`` after the files were removed.
 - restic (``backup`` stores into the repository directly) and casync (``make``) have no separate push:
@@ -37,7 +38,7 @@ PUSH_GOAL, PUSH_CPU_GOAL, RANDOM_PUSH_GOAL, DELTA_GOAL, COLD_GOAL, COLD_CPU_GOAL
 MEMORY_GOAL_MB = 200
 CAS = [sys.executable, "-m", "cas"]
 DVC = str(Path(sys.executable).parent / "dvc")
-TOOLS = ("cas", "dvc", "restic", "casync")
+TOOLS = ("cas", "cas, no fsync", "dvc", "restic", "casync")
 STEPS = {"ingest": "ingest v1", "push": "push v1", "push_v2": "push v2 (the increment)",
          "push_random": "push random bytes", "cold": "cold pull + checkout of v1", "delta": "a host with v1 gets v2",
          "again": "materialize a cached version again", "small": "ingest 10,000 small files"}  # fmt: skip
@@ -68,9 +69,9 @@ def shapes(root: Path, quick: bool) -> dict[str, Path]:
 
 def run(work: Path, quick: bool) -> dict:
     data = shapes(work / "peers-data", quick)
-    flows: dict[str, Callable[[Path, dict[str, Path]], dict]] = {"baseline": baseline_flow, "cas": cas_flow,
-                                                                  "dvc": dvc_flow, "restic": restic_flow,
-                                                                  "casync": casync_flow}  # fmt: skip
+    flows: dict[str, Callable[[Path, dict[str, Path]], dict]] = {
+        "baseline": baseline_flow, "cas": cas_flow, "cas, no fsync": lambda w, d: cas_flow(w, d, durable=False),
+        "dvc": dvc_flow, "restic": restic_flow, "casync": casync_flow}  # fmt: skip
     chosen = {t: f for t, f in flows.items() if t == "baseline" or installed(t)}
     steps: dict[str, dict[str, list[Step]]] = {t: {} for t in chosen}
     repository: dict[str, dict[str, int]] = {}
@@ -94,7 +95,7 @@ def run(work: Path, quick: bool) -> dict:
 
 
 def installed(tool: str) -> bool:
-    return Path(DVC).exists() if tool == "dvc" else tool == "cas" or shutil.which(tool) is not None
+    return Path(DVC).exists() if tool == "dvc" else tool.startswith("cas") or shutil.which(tool) is not None
 
 
 def tree_bytes(path: Path) -> int:
@@ -124,11 +125,14 @@ def baseline_flow(where: Path, data: dict[str, Path]) -> dict:
     }
 
 
-def cas_flow(where: Path, data: dict[str, Path]) -> dict:
+def cas_flow(where: Path, data: dict[str, Path], *, durable: bool = True) -> dict:
+    """cas as it comes (durable: every file it stores is flushed before it returns), or with ``CAS_DURABLE=0``
+    (flushed by the kernel later, as DVC, restic and casync leave them)."""
     repo, pub, host = f"file://{where / 'repo'}", where / "pub", where / "host"
+    env = {**_env(), "CAS_DURABLE": "1" if durable else "0"}
 
     def cas(home: Path, *args: str) -> Step:
-        return measure([*CAS, "--home", str(home), *args])
+        return measure([*CAS, "--home", str(home), *args], env)
 
     out = {"ingest": cas(pub, "add", str(data["v1"]), "m:v1"), "push": cas(pub, "push", "m:v1", "--remote", repo)}
     v1_bytes = tree_bytes(where / "repo")
@@ -244,9 +248,12 @@ def headline_rows(p: dict) -> list[tuple[str, str, str, str, str]]:
     rows.append(("peers: `cas push` v1, CPU seconds per GB", f"{cpu:.2f}", f"`tar | zstd -1` {tar_cpu:.2f}",
                  f"{cpu / tar_cpu:.2f}x", f"≤ {PUSH_CPU_GOAL}x: {met(cpu <= PUSH_CPU_GOAL * tar_cpu)}"))  # fmt: skip
     row("peers: `cas push` of random bytes", cas["push_random"], base["cp_random"], "`cp -r && sync`", RANDOM_PUSH_GOAL)
-    if dvc:
-        row("peers: a host with v1 gets v2", cas["delta"], dvc["delta"], "`dvc pull`", DELTA_GOAL)
-        row("peers: cold pull + materialize", cas["cold"], dvc["cold"], "`dvc pull`", COLD_GOAL)
+    if dvc:  # like for like: neither flushes what it writes; then cas as it comes, durable
+        fast = st.get("cas, no fsync", cas)
+        row("peers: a host with v1 gets v2, no fsync", fast["delta"], dvc["delta"], "`dvc pull`", DELTA_GOAL)
+        row("peers: cold pull + materialize, no fsync", fast["cold"], dvc["cold"], "`dvc pull`", COLD_GOAL)
+        row("peers: a host with v1 gets v2, durable", cas["delta"], dvc["delta"], "`dvc pull`", DELTA_GOAL)
+        row("peers: cold pull + materialize, durable", cas["cold"], dvc["cold"], "`dvc pull`", COLD_GOAL)
     cold_cpu, raw_cpu = cas["cold"]["cpu_s"]["median"], base["unzstd_tar"]["cpu_s"]["median"]
     rows.append(("peers: cold pull + materialize, CPU seconds", f"{cold_cpu:.2f}",
                  f"`zstd -d | tar -x` {raw_cpu:.2f}", f"{cold_cpu / raw_cpu:.2f}x",

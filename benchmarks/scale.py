@@ -57,8 +57,8 @@ def _steps(model: Path, work: Path, url: str) -> dict:
 
 
 def run(work: Path, quick: bool) -> dict:
-    sizes_mb = [64, 256] if quick else [100, 1000, 10000]
-    counts = [1, 1000] if quick else [1, 100, 1000, 10000]
+    sizes_mb = [64] if quick else [100, 1000, 10000]
+    counts = [1000] if quick else [1, 100, 1000, 10000]
     out: dict = {"size": {}, "files": {}}
     for label, sweep in (("size", sizes_mb), ("files", counts)):
         for n in sweep:
