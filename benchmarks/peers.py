@@ -245,7 +245,7 @@ def headline_rows(p: dict) -> list[tuple[str, str, str, str, str]]:
 
     row(f"peers: `cas push` v1 ({_gb(gb)}) to a folder", cas["push"], base["cp"], "`cp -r && sync`", PUSH_GOAL)
     cpu, tar_cpu = cas["push"]["cpu_s"]["median"] / gb, base["tar_zstd"]["cpu_s"]["median"] / gb
-    rows.append(("peers: `cas push` v1, CPU seconds per GB", f"{cpu:.2f}", f"`tar | zstd -1` {tar_cpu:.2f}",
+    rows.append(("peers: `cas push` v1, CPU seconds per GB", f"{cpu:.2f}", f"`tar \\| zstd -1` {tar_cpu:.2f}",
                  f"{cpu / tar_cpu:.2f}x", f"≤ {PUSH_CPU_GOAL}x: {met(cpu <= PUSH_CPU_GOAL * tar_cpu)}"))  # fmt: skip
     row("peers: `cas push` of random bytes", cas["push_random"], base["cp_random"], "`cp -r && sync`", RANDOM_PUSH_GOAL)
     if dvc:  # like for like: neither flushes what it writes; then cas as it comes, durable
@@ -256,7 +256,7 @@ def headline_rows(p: dict) -> list[tuple[str, str, str, str, str]]:
         row("peers: cold pull + materialize, durable", cas["cold"], dvc["cold"], "`dvc pull`", COLD_GOAL)
     cold_cpu, raw_cpu = cas["cold"]["cpu_s"]["median"], base["unzstd_tar"]["cpu_s"]["median"]
     rows.append(("peers: cold pull + materialize, CPU seconds", f"{cold_cpu:.2f}",
-                 f"`zstd -d | tar -x` {raw_cpu:.2f}", f"{cold_cpu / raw_cpu:.2f}x",
+                 f"`zstd -d \\| tar -x` {raw_cpu:.2f}", f"{cold_cpu / raw_cpu:.2f}x",
                  f"≤ {COLD_CPU_GOAL}x: {met(cold_cpu <= COLD_CPU_GOAL * raw_cpu)}"))  # fmt: skip
     peak = max(cas[s]["rss_mb"] for s in ("push", "cold", "delta"))
     rows.append(("peers: push and pull peak memory (largest process)", f"{peak:.0f} MB", "-", "-",
