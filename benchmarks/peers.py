@@ -129,7 +129,7 @@ def cas_flow(where: Path, data: dict[str, Path], *, durable: bool = True) -> dic
     """cas as it comes (durable: every file it stores is flushed before it returns), or with ``CAS_DURABLE=0``
     (flushed by the kernel later, as DVC, restic and casync leave them)."""
     repo, pub, host = f"file://{where / 'repo'}", where / "pub", where / "host"
-    env = {**_env(), "CAS_DURABLE": "1" if durable else "0"}
+    env = {**dict(os.environ), "CAS_DURABLE": "1" if durable else "0"}
 
     def cas(home: Path, *args: str) -> Step:
         return measure([*CAS, "--home", str(home), *args], env)
@@ -151,7 +151,7 @@ def cas_flow(where: Path, data: dict[str, Path], *, durable: bool = True) -> dic
 
 def dvc_flow(where: Path, data: dict[str, Path]) -> dict:
     repo, ws, host = where / "repo", where / "ws", where / "host"
-    env = {**_env(), "DVC_NO_ANALYTICS": "1"}
+    env = {**dict(os.environ), "DVC_NO_ANALYTICS": "1"}
 
     def dvc(cwd: Path, args: str) -> Step:
         return sh(f"{shlex.quote(DVC)} {args}", cwd, env)
@@ -188,7 +188,7 @@ def _dvc_workspace(path: Path, remote: Path, env: dict[str, str]) -> None:
 
 
 def restic_flow(where: Path, data: dict[str, Path]) -> dict:
-    env = {**_env(), "RESTIC_REPOSITORY": str(where / "repo"), "RESTIC_PASSWORD": "bench",  # protects nothing
+    env = {**dict(os.environ), "RESTIC_REPOSITORY": str(where / "repo"), "RESTIC_PASSWORD": "bench",  # protects nothing
            "RESTIC_CACHE_DIR": str(where / "cache")}  # fmt: skip
 
     def restic(args: str) -> Step:
@@ -210,7 +210,7 @@ def casync_flow(where: Path, data: dict[str, Path]) -> dict:
     store = f"--store={where / 'store'}"
 
     def casync(args: str) -> Step:
-        return sh(f"casync {store} {args}", None, _env())
+        return sh(f"casync {store} {args}", None, dict(os.environ))
 
     out = {"push": casync(f"make {where / 'v1.caidx'} {shlex.quote(str(data['v1']))}")}
     v1_bytes = tree_bytes(where / "store")
@@ -221,10 +221,6 @@ def casync_flow(where: Path, data: dict[str, Path]) -> dict:
     out["delta"] = casync(f"extract --seed={where / 'host-v1'} {where / 'v2.caidx'} {where / 'host-v2'}")
     out["small"] = casync(f"make {where / 's.caidx'} {shlex.quote(str(data['small']))}")
     return {**out, "ingest": out["push"], "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ)
 
 
 def _summary(measured: list[Step]) -> dict:
