@@ -3,12 +3,15 @@
 Shapes (issue 22): v1, a safetensors model of three fp16 shards and one fp32 file (1.06 GB; quick 101 MB);
 v2, a fine-tune of it with about 8% of its bytes changed; an incompressible model of random bytes (a
 quarter of v1's size); 10,000 small files of 1-64 KiB (quick 500).  Every step is a whole process run as
-a user runs it, with each tool's defaults, the tools interleaved run by run; min / median / max.
+a user runs it, with each tool's defaults, after a ``sync``, the tools interleaved run by run; min /
+median / max.
 
 - cas: ``cas add`` then ``cas push --remote file://...``; a fresh host's ``cas materialize --remote``
   (pull and materialize); that host's ``cas materialize`` of v2; a cached version materialized again
-  after its snapshot was removed.  Durable as it comes (every file flushed before it returns), and with
-  ``CAS_DURABLE=0`` (flushed by the kernel later, as the peers leave what they write).
+  after its snapshot was removed; v1 pushed once more, to another folder, on one core
+  (``CAS_PUSH_PROCESSES=0``), to show what the push worker on each further core adds.  Durable as it
+  comes (every file flushed before it returns), and with ``CAS_DURABLE=0`` (flushed by the kernel later,
+  as the peers leave what they write).
 - DVC: ``dvc add`` then ``dvc push`` to a local remote; a fresh workspace's ``dvc pull`` (fetch and
   checkout); its ``dvc pull`` of v2's ``.dvc`` file; ``dvc checkout`` after the files were removed.
 - restic (``backup`` stores into the repository directly) and casync (``make``) have no separate push:
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +43,8 @@ MEMORY_GOAL_MB = 200
 CAS = [sys.executable, "-m", "cas"]
 DVC = str(Path(sys.executable).parent / "dvc")
 TOOLS = ("cas", "cas, no fsync", "dvc", "restic", "casync")
-STEPS = {"ingest": "ingest v1", "push": "push v1", "push_v2": "push v2 (the increment)",
+STEPS = {"ingest": "ingest v1", "push": "push v1", "push_one": "push v1 on one core (`CAS_PUSH_PROCESSES=0`)",
+         "push_v2": "push v2 (the increment)",
          "push_random": "push random bytes", "cold": "cold pull + checkout of v1", "delta": "a host with v1 gets v2",
          "again": "materialize a cached version again", "small": "ingest 10,000 small files"}  # fmt: skip
 
@@ -91,6 +96,7 @@ def run(work: Path, quick: bool) -> dict:
     finally:
         reset(work / "peers-data")
     return {"model_bytes": model_bytes, "repository": repository, "missing": [t for t in TOOLS if t not in chosen],
+            "cores": len(os.sched_getaffinity(0)),
             "steps": {tool: {step: _summary(v) for step, v in by.items()} for tool, by in steps.items()}}  # fmt: skip
 
 
@@ -104,6 +110,8 @@ def tree_bytes(path: Path) -> int:
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> Step:
+    """One command, after a ``sync``: what the step before left to write back does not slow this one."""
+    subprocess.run(["sync"], check=True)
     elapsed, rss, cpu = wall_cpu(cmd, env)
     return elapsed, cpu, rss
 
@@ -136,6 +144,9 @@ def cas_flow(where: Path, data: dict[str, Path], *, durable: bool = True) -> dic
 
     out = {"ingest": cas(pub, "add", str(data["v1"]), "m:v1"), "push": cas(pub, "push", "m:v1", "--remote", repo)}
     v1_bytes = tree_bytes(where / "repo")
+    env["CAS_PUSH_PROCESSES"] = "0"  # the same push on one core: what each further core adds
+    out["push_one"] = cas(pub, "push", "m:v1", "--remote", f"file://{where / 'repo-one'}")
+    del env["CAS_PUSH_PROCESSES"]
     cas(pub, "add", str(data["v2"]), "m:v2")
     out["push_v2"] = cas(pub, "push", "m:v2", "--remote", repo)
     v2_bytes = tree_bytes(where / "repo") - v1_bytes
@@ -194,32 +205,40 @@ def restic_flow(where: Path, data: dict[str, Path]) -> dict:
     def restic(args: str) -> Step:
         return sh(f"restic -q {args}", None, env)
 
+    def restore(name: str, _seed: Path | None) -> Step:  # restic 0.14 takes no seed
+        return restic(f"restore latest --tag {name} --target {where / name}")
+
     restic("init")
-    out = {"push": restic(f"backup --tag v1 {shlex.quote(str(data['v1']))}")}
-    v1_bytes = tree_bytes(where / "repo")
-    out["push_v2"] = restic(f"backup --tag v2 {shlex.quote(str(data['v2']))}")
-    v2_bytes = tree_bytes(where / "repo") - v1_bytes
-    out["push_random"] = restic(f"backup --tag random {shlex.quote(str(data['random']))}")
-    out["cold"] = restic(f"restore latest --tag v1 --target {where / 'host-v1'}")
-    out["delta"] = restic(f"restore latest --tag v2 --target {where / 'host-v2'}")
-    out["small"] = restic(f"backup --tag small {shlex.quote(str(data['small']))}")
-    return {**out, "ingest": out["push"], "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
+    return store_and_restore(where, where / "repo", data,
+                             lambda name, path: restic(f"backup --tag {name} {shlex.quote(str(path))}"),
+                             restore)  # fmt: skip
 
 
 def casync_flow(where: Path, data: dict[str, Path]) -> dict:
-    store = f"--store={where / 'store'}"
-
     def casync(args: str) -> Step:
-        return sh(f"casync {store} {args}", None, dict(os.environ))
+        return sh(f"casync --store={where / 'store'} {args}", None, dict(os.environ))
 
-    out = {"push": casync(f"make {where / 'v1.caidx'} {shlex.quote(str(data['v1']))}")}
-    v1_bytes = tree_bytes(where / "store")
-    out["push_v2"] = casync(f"make {where / 'v2.caidx'} {shlex.quote(str(data['v2']))}")
-    v2_bytes = tree_bytes(where / "store") - v1_bytes
-    out["push_random"] = casync(f"make {where / 'r.caidx'} {shlex.quote(str(data['random']))}")
-    out["cold"] = casync(f"extract {where / 'v1.caidx'} {where / 'host-v1'}")
-    out["delta"] = casync(f"extract --seed={where / 'host-v1'} {where / 'v2.caidx'} {where / 'host-v2'}")
-    out["small"] = casync(f"make {where / 's.caidx'} {shlex.quote(str(data['small']))}")
+    def extract(name: str, seed: Path | None) -> Step:
+        seeded = f"--seed={seed} " if seed else ""
+        return casync(f"extract {seeded}{where / name}.caidx {where / name}")
+
+    return store_and_restore(where, where / "store", data,
+                             lambda name, path: casync(f"make {where / name}.caidx {shlex.quote(str(path))}"),
+                             extract)  # fmt: skip
+
+
+def store_and_restore(where: Path, repo: Path, data: dict[str, Path], store: Callable[[str, Path], Step],
+                      restore: Callable[[str, Path | None], Step]) -> dict:  # fmt: skip
+    """restic's and casync's flow: one command stores into the repository (timed as the push, and as ingest),
+    another restores (given the version restored before, as a seed where the tool takes one)."""
+    out = {"push": store("v1", data["v1"])}
+    v1_bytes = tree_bytes(repo)
+    out["push_v2"] = store("v2", data["v2"])
+    v2_bytes = tree_bytes(repo) - v1_bytes
+    out["push_random"] = store("random", data["random"])
+    out["cold"] = restore("v1", None)
+    out["delta"] = restore("v2", where / "v1")
+    out["small"] = store("small", data["small"])
     return {**out, "ingest": out["push"], "bytes": {"v1": v1_bytes, "v2": v2_bytes}}
 
 
@@ -279,12 +298,20 @@ def section(p: dict) -> str:
     baselines = ", ".join(f"{label} {_spread(base[k]['s'])} ({base[k]['cpu_s']['median']:.2f} CPU-s)"
                           for k, label in named)  # fmt: skip
     sizes = ", ".join(f"{k} {_mb(v)}" for k, v in p["model_bytes"].items())
+    cores = "; ".join(_per_core(p, step, label) for step, label in (("push_one", "one core"),
+                                                                   ("push", f"{p['cores']} cores")))  # fmt: skip
     missing = f" Not installed, so not run: {', '.join(p['missing'])}." if p["missing"] else ""
     doc = __doc__.split("\n\n", 1)[1].strip()
     return (
         f"## 13. Peers\n\n{doc}\n\nShapes: {sizes}. Baselines: {baselines}.{missing}\n\n"
+        f"`cas push` of v1 (durable), per GB: {cores}.\n\n"
         "Seconds, whole process (min / median / max):\n\n" + "\n".join(lines)
     )
+
+
+def _per_core(p: dict, step: str, label: str) -> str:
+    gb, m = p["model_bytes"]["v1"] / 1e9, p["steps"]["cas"][step]
+    return f"{label} {gb / m['s']['median']:.2f} GB/s, {m['cpu_s']['median'] / gb:.2f} CPU-s"
 
 
 def _spread(s: dict) -> str:

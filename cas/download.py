@@ -30,7 +30,6 @@ from typing import NamedTuple
 from . import privateloop, tags
 from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, Untrusted, out_of_space_advice
 from .fetch import fetch, worker_count
-from .fetchworker import Workers
 from .fsutil import make_dirs
 from .local import interrupted
 from .local.cache import LocalCache, Progress
@@ -46,6 +45,7 @@ from .repo.stores import public_url
 from .tree import FileEntry, Tree
 from .trust.client import Verdict, verify
 from .trust.policy import TrustPolicy
+from .workerprocs import Workers
 
 
 class PullStats(NamedTuple):
@@ -203,7 +203,8 @@ class _Pull:
 
     async def _assemble(self, info: ModelInfo, files: list[FileEntry], *, local: bool) -> tuple[int, int]:
         count = worker_count(sum(f.size for f in files))
-        workers = await Workers.start(count) if count else None  # their imports overlap the planning below
+        # their imports overlap the planning below
+        workers = await Workers.start("cas.fetchworker", count) if count else None
         try:
             locations = await self.repo.locator(info.root)
             work = self.cache.objects.pull_work / info.root  # a pull of another model sharing a file builds its own

@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .errors import CasError
 from .fetcher import Fetcher
-from .fetchworker import Start, Workers, feed
+from .fetchworker import Start, feed
 from .parts import FlushBehind, Parts
 from .ranges import Backlog, Range
 from .repo.repository import Repository
+from .workerprocs import Workers, count_from_env, spare_cores
 
 # Below this, a worker process costs more than it saves: at 537 MB (fp16, fp32) a worker added 0.3
 # CPU-seconds (its interpreter, imports, pipe) to 1.5 and did not shorten the pull on two cores.
@@ -32,16 +32,10 @@ def worker_count(size: int) -> int:
 
     ``CAS_PULL_PROCESSES`` is obeyed whatever the size (tests rely on it to run workers on small models).
     """
-    configured = os.environ.get("CAS_PULL_PROCESSES")
-    if configured:
-        try:
-            return max(0, min(int(configured), MAX_WORKERS))
-        except ValueError:
-            raise CasError(f"CAS_PULL_PROCESSES={configured!r} is not a number; unset it or give a count") from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if size < WORKERS_MIN_BYTES:
-        return 0
-    return min(cores - 1, MAX_WORKERS)
+    configured = count_from_env("CAS_PULL_PROCESSES", MAX_WORKERS)
+    if configured is not None:
+        return configured
+    return min(spare_cores(), MAX_WORKERS) if size >= WORKERS_MIN_BYTES else 0
 
 
 async def fetch(

@@ -10,8 +10,8 @@ worker).  The protocol, msgpack values on the worker's stdin and stdout:
     pull -> worker   Start(tag, url, slots), then Work(rid, range) as slots free up, then END
     worker -> pull   Done(rid, fetched) for each range; or Failed(kind, message, errno), and it exits
 
-The token travels in the environment, never in argv.  A worker whose stdin
-closes without END (the pull died) exits at once and writes nothing more.
+A worker whose stdin closes without END (the pull died) exits at once and
+writes nothing more (see ``cas.workerprocs`` for what the workers share).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ import asyncio
 import contextlib
 import os
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import msgpack
 
-from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
+from .errors import CasError, RepoError
 from .fetcher import Fetcher
 from .fsutil import write_all
 from .parts import Parts
 from .ranges import Backlog, Piece, Range, Target
 from .repo.repository import Repository, token
 from .repo.stores import open_backend
+from .workerprocs import Failed, fail_and_exit, raised
 
 
 class Start(NamedTuple):
@@ -50,20 +50,8 @@ class Done(NamedTuple):
     fetched: int
 
 
-class Failed(NamedTuple):
-    kind: str  # the class of the error, raised again as such in the pull
-    message: str
-    errno: int
-
-
 END = ("end",)
 Message = Start | Work | Done | Failed | tuple[str]
-
-# Errors cross the pipe by class name and are raised again under the same class, so callers and
-# the CLI see what they would see from an in-process pull.
-_ERRORS: dict[str, type[Exception]] = {c.__name__: c for c in (CasError, CorruptObject, InvalidManifest, NotFound,
-                                                               RepoError)}  # fmt: skip
-
 
 _KINDS: dict[str, type] = {"start": Start, "done": Done, "failed": Failed}
 _NAMES = {kind: name for name, kind in _KINDS.items()}
@@ -90,51 +78,6 @@ def decode(obj: list) -> Message:
         return Work(rid, Range(pack_id, start, end, [Piece(o, n, c, raw, [Target(*t) for t in ts])
                                                      for o, n, c, raw, ts in pieces]))  # fmt: skip
     return _KINDS[kind](*rest)
-
-
-def failure(e: BaseException) -> Failed:
-    if isinstance(e, OSError) and not isinstance(e, CasError):
-        return Failed("OSError", e.strerror or str(e), e.errno or 0)
-    kind = type(e).__name__ if type(e).__name__ in _ERRORS else "CasError"
-    return Failed(kind, str(e) if isinstance(e, CasError) else f"{type(e).__name__}: {e}", 0)
-
-
-def raised(f: Failed) -> Exception:
-    return OSError(f.errno, f.message) if f.kind == "OSError" else _ERRORS.get(f.kind, CasError)(f.message)
-
-
-class Workers:
-    """Fetch worker processes, started before the pull has planned its ranges so their imports overlap it."""
-
-    def __init__(self, procs: list[asyncio.subprocess.Process]):
-        self.procs = procs
-
-    @classmethod
-    async def start(cls, count: int) -> Workers:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_package_root(), os.environ.get("PYTHONPATH", "")])}
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy (byte planes) needs no BLAS threads spinning here
-        env.pop("CAS_TOKEN", None)
-        if token():
-            env["CAS_TOKEN"] = token()  # type: ignore[assignment]
-        pipe = asyncio.subprocess.PIPE
-        workers = cls([])
-        try:
-            for _ in range(count):
-                proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cas.fetchworker", stdin=pipe,
-                                                            stdout=pipe, env=env)  # fmt: skip
-                workers.procs.append(proc)
-        except BaseException:
-            await workers.close()
-            raise
-        return workers
-
-    async def close(self) -> None:
-        """Stop every worker still running (after a failure; after success they have exited)."""
-        for p in self.procs:
-            if p.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
-                await p.wait()
 
 
 async def feed(proc: asyncio.subprocess.Process, start: Start, backlog: Backlog) -> None:
@@ -192,7 +135,7 @@ async def _serve() -> None:
                     fetcher = Fetcher(msg.tag, Repository(backend), parts, 2)
                 elif isinstance(msg, Work):
                     if fetcher is None:
-                        _fail(CasError("the pull sent a range before its Start message"))
+                        fail_and_exit(CasError("the pull sent a range before its Start message"))
                     task = asyncio.ensure_future(_run(fetcher, msg))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -211,18 +154,8 @@ async def _run(fetcher: Fetcher, work: Work) -> None:
     try:
         got = await fetcher.run(work.range)
     except BaseException as e:  # noqa: BLE001 - any failure ends this worker, reported to the pull
-        _fail(e)
+        fail_and_exit(e)
     write_all(1, encode(Done(work.rid, got)))
-
-
-def _fail(e: BaseException) -> None:
-    """Tell the pull what failed, and exit at once: nothing more is written into its files."""
-    write_all(1, encode(failure(e)))
-    os._exit(1)
-
-
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
 
 
 if __name__ == "__main__":

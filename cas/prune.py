@@ -18,7 +18,7 @@ itself (``prune/marks``, see ``repo.marks``):
 
 Packs whose dead bytes pass ``--max-unused`` (10% by default, restic's
 threshold) are repacked: their live chunks are copied into new packs
-(``push.PackWriter``), each locator using them is rewritten by
+(``packing.PackWriter``), each locator using them is rewritten by
 compare-and-set to point at the copies, and the old pack, unreachable now,
 is marked like any other.  A pull that read the old locator keeps reading
 the old pack, which stays for the grace period.
@@ -75,6 +75,7 @@ from typing import NamedTuple
 
 from . import codec, tags
 from .errors import CasError, InvalidInput, NotFound, RepoError
+from .packing import PackWriter
 from .ref import ModelInfo
 from .repo.format import (
     IndexEntry,
@@ -93,7 +94,6 @@ from .repo.marks import Marks
 from .repo.marks import decode as decode_marks
 from .repo.marks import encode as encode_marks
 from .repo.repository import Repository, remote_url, run_with_repository
-from .upload import PackWriter
 
 GRACE = 86_400.0  # a day, in seconds
 MAX_UNUSED = 0.10  # a pack with more dead bytes than this fraction is repacked

@@ -186,10 +186,12 @@ def proxy():
     """Start fault-injecting proxies in front of a server: proxy(upstream, fault, every=1, delay=0) -> url."""
     procs = []
 
-    def make(upstream: str, fault: str = "none", every: int = 1, delay: float = 0.0, limit: int = 0) -> str:
+    def make(upstream: str, fault: str = "none", every: int = 1, delay: float = 0.0, limit: int = 0,
+             put_delay: float = 0.0) -> str:  # fmt: skip
         port = free_port()
         cmd = [sys.executable, str(REPO / "tests" / "faultproxy.py"), upstream, str(port), "--fault", fault,
-               "--every", str(every), "--delay", str(delay), "--limit", str(limit)]  # fmt: skip
+               "--every", str(every), "--delay", str(delay), "--limit", str(limit),
+               "--put-delay", str(put_delay)]  # fmt: skip
         procs.append(start(cmd, f"http://127.0.0.1:{port}/_stats"))
         return f"http://127.0.0.1:{port}"
 

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--limit", type=int, default=0, help="at most this many faults (0: no limit)")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before each pack response")
+    ap.add_argument("--put-delay", type=float, default=0.0, help="seconds before each pack upload is passed on")
     args = ap.parse_args()
     stats = {"requests": 0, "pack_requests": 0, "pack_bytes": 0, "faults": 0}
     session: aiohttp.ClientSession | None = None
@@ -74,6 +75,8 @@ def main() -> None:
                 headers.pop("Range", None)
                 headers.pop("range", None)
         body_in = await request.read()
+        if args.put_delay and request.method == "PUT" and "/packs/" in request.path:
+            await asyncio.sleep(args.put_delay)
         async with session.request(
             request.method, args.upstream + request.path_qs, headers=headers, data=body_in or None
         ) as up:

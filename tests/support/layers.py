@@ -27,8 +27,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "cas.trust.policy")),
     ("local cache", ("cas.local",)),
     ("repository", ("cas.repo",)),
-    ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.fetcher", "cas.fetchworker", "cas.fetch",
-              "cas.download", "cas.upload", "cas.prune", "cas.archive", "cas.trust")),
+    ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.workerprocs", "cas.fetcher", "cas.fetchworker",
+              "cas.fetch", "cas.download", "cas.packing", "cas.pushworker", "cas.upload", "cas.prune", "cas.archive",
+              "cas.trust")),
     ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.connlimits", "cas.__main__", "cas",
                     "descriptor")),
 ]  # fmt: skip
