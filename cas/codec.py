@@ -168,6 +168,12 @@ def encode(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice | Non
     caller encoding many chunks of one tensor decides once for several).
     Compression that saves less than ``MIN_SAVING`` is dropped for raw.
     """
+    return b"".join(encode_parts(data, level=level, choice=choice))
+
+
+def encode_parts(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice | None = None) -> list:
+    """``encode``'s result in the parts it is made of (the codec byte first), for a writer that joins them
+    anyway: a pack builder copies each once, into its pack."""
     cctx = _cctx(level)
     raw = bytes(data)
     if len(raw) <= 4 * SAMPLE:
@@ -175,12 +181,12 @@ def encode(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice | Non
     else:
         best_codec, squeeze = choice or choose(raw, level=level)
         if best_codec == RAW:
-            return bytes([RAW]) + raw
+            return [bytes([RAW]), raw]
         best = ([cctx[0].compress(raw)] if best_codec == ZSTD
                 else _encode_planes(cctx[1], raw, _WORD[best_codec], list(squeeze))[0])  # fmt: skip
     if _size(best) > len(raw) * (1 - MIN_SAVING):
-        return bytes([RAW]) + raw
-    return b"".join([bytes([best_codec]), *best])
+        return [bytes([RAW]), raw]
+    return [bytes([best_codec]), *best]
 
 
 def _smallest(cctx: tuple, raw: bytes) -> tuple[int, list, list[bool]]:
