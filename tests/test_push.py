@@ -38,6 +38,17 @@ def test_worker_processes_and_this_one_upload_the_same_packs(tmp_path, minilm, s
     assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
 
 
+def test_push_workers_upload_to_s3_with_the_credentials_of_the_environment(tmp_path, minilm, s3, monkeypatch):
+    src = Cache(tmp_path / "src")
+    src.add(minilm, "minilm:v1")
+    monkeypatch.setenv("CAS_PUSH_PROCESSES", "2")
+    pushed = src.push("minilm:v1", s3)
+    host = Cache(tmp_path / "host")
+    assert host.pull("minilm:v1", s3).bytes_fetched == pushed.bytes_uploaded
+    assert tree_files(host.materialize("minilm:v1")) == tree_files(minilm)
+    assert host.verify().ok
+
+
 def test_a_bad_worker_count_is_a_clear_error(tmp_path, synthetic, monkeypatch):
     src = Cache(tmp_path / "src")
     src.add(synthetic, "m:v1")
