@@ -18,6 +18,7 @@ import pytest
 from cas import Cache, PushStats
 from tests.support import synth
 from tests.support.procs import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
+from tests.support.registry import registry_binary, start_registry
 from tests.support.servers import S3_CREDENTIALS, make_bucket, nginx_binary, start_nginx, start_s3
 from tests.support.synth import minilm_path
 
@@ -207,6 +208,29 @@ def stats(proxy_url: str) -> dict:
 @pytest.fixture
 def token(monkeypatch):
     monkeypatch.setenv("CAS_TOKEN", TOKEN)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """Start the CNCF distribution registry: registry(auth="none"|"basic"|"token") -> (base URL, token service)."""
+    if registry_binary() is None:
+        missing("docker-registry (apt-get install docker-registry; bash dev test does it as root)")
+    require("bcrypt")  # the htpasswd file
+    require("jwt")  # the token service's tokens
+    started = []
+
+    def make(auth: str = "none"):
+        work = tmp_path / f"registry-{len(started)}"
+        work.mkdir()
+        proc, url, tokens = start_registry(work, auth)
+        started.append((proc, tokens))
+        return url, tokens
+
+    yield make
+    for proc, tokens in started:
+        stop(proc)
+        if tokens:
+            tokens.close()
 
 
 @pytest.fixture

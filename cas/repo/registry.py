@@ -1,0 +1,385 @@
+"""The OCI distribution API (``/v2/``) as a registry client speaks it: the transport of ``oci://`` repositories.
+
+Blobs are addressed by their sha256 digest and read whole or by ``Range``
+(a registry may redirect a blob read to its storage: the redirect is
+followed, and the credentials stay with the registry); they are uploaded
+in one ``PUT`` after a ``POST`` opens the upload, or in ``PATCH`` pieces
+when large, or mounted from another repository of the same registry.
+Manifests are JSON documents stored under a digest or a tag.
+
+Authentication is what ``docker`` and ``oras`` do: a request answered 401
+is sent again with what the ``WWW-Authenticate`` challenge asks for, Basic
+credentials or a Bearer token from the registry's token service (asked
+with the credentials, or anonymously).  Credentials come from
+``CAS_REGISTRY_USERNAME`` / ``CAS_REGISTRY_PASSWORD``, else from
+``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``): its ``auths``,
+or the credential helper it names.  Nothing a registry sends is trusted: a
+manifest is read up to ``MAX_MANIFEST_BYTES``, a blob up to the limit asked,
+a range exactly, a tag listing to ``MAX_TAGS``, each request retried like
+the HTTP backend's and bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlencode, urljoin
+
+import aiohttp
+
+from ..errors import NotFound, RepoError
+from . import CONCURRENCY
+
+RETRIES = 5
+BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
+STALL = 30.0  # seconds without a byte before a read counts as stalled
+MAX_MANIFEST_BYTES = 4 << 20  # what the distribution registry itself accepts
+MAX_TAGS = 1_000_000
+TAGS_PAGE = 1000  # tags asked per page of a listing
+PIECE = 64 << 20  # uploads larger than this go in PATCH pieces of this size
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+HELPER_TIMEOUT = 30  # seconds a credential helper may take
+
+
+class Credentials(NamedTuple):
+    username: str
+    password: str
+
+
+class Blob(NamedTuple):
+    digest: str  # sha256:<hex>
+    size: int
+
+
+def digest_of(data: bytes | bytearray) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def credentials_for(host: str) -> Credentials | None:
+    """The credentials for ``host``: the environment's, else docker's config (``auths`` or its helpers)."""
+    user, password = os.environ.get("CAS_REGISTRY_USERNAME"), os.environ.get("CAS_REGISTRY_PASSWORD")
+    if user and password:
+        return Credentials(user, password)
+    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        doc = json.loads(config.read_bytes()[:MAX_MANIFEST_BYTES])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    entry = (doc.get("auths") or {}).get(host) if isinstance(doc.get("auths"), dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("auth"), str):
+        user, _, password = base64.b64decode(entry["auth"] + "==").decode("utf-8", "replace").partition(":")
+        return Credentials(user, password) if user else None
+    helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
+    helper = helpers.get(host) or doc.get("credsStore")
+    return _from_helper(str(helper), host) if isinstance(helper, str) and helper else None
+
+
+def _from_helper(helper: str, host: str) -> Credentials | None:
+    """``docker-credential-<helper> get``, as docker asks it; a helper that fails gives no credentials."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
+        return None
+    try:
+        out = subprocess.run([f"docker-credential-{helper}", "get"], input=host.encode(), capture_output=True,
+                             timeout=HELPER_TIMEOUT, check=True).stdout  # fmt: skip
+        got = json.loads(out[:MAX_MANIFEST_BYTES])
+        return Credentials(str(got["Username"]), str(got["Secret"]))
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
+def challenge(header: str) -> tuple[str, dict[str, str]]:
+    """A ``WWW-Authenticate`` header's scheme and parameters (``Bearer realm="...",scope="a:b:pull,push"``)."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
+
+
+class _Transient(Exception):
+    """A failure worth another attempt: connection error, timeout, 5xx, 429, short body."""
+
+
+class Registry:
+    """One registry (``base`` is ``https://HOST[:PORT]``, or ``http://`` for a local one), one pooled session."""
+
+    def __init__(self, base: str, *, credentials: Credentials | None = None, concurrency: int = CONCURRENCY):
+        self.base = base.rstrip("/")
+        self._credentials = credentials
+        self._limit = concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: dict[str, str] = {}  # scope (or "" for Basic) -> Authorization header value
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # blobs
+
+    async def blob_size(self, repo: str, digest: str) -> int | None:
+        """The size of a blob the repository holds, or None."""
+        try:
+            answer = await self._send("HEAD", f"/v2/{repo}/blobs/{digest}", repo, expect=(200,))
+        except NotFound:
+            return None
+        return int(answer.headers.get("Content-Length") or 0)
+
+    async def get_blob(self, repo: str, digest: str, limit: int) -> bytes:
+        """A whole blob, refused past ``limit`` bytes, checked against its digest."""
+        answer = await self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, expect=(200,), limit=limit)
+        if digest_of(answer.body) != digest:
+            raise RepoError(f"{self.base}: blob {digest} of {repo} does not hash to its digest")
+        return answer.body
+
+    async def get_range(self, repo: str, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` up to ``end`` of a blob, exactly: a server ignoring Range is read that far only."""
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        answer = await self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, expect=(200, 206), headers=headers,
+                                  window=(start, end))  # fmt: skip
+        return answer.body
+
+    async def put_blob(self, repo: str, data: bytes | bytearray) -> Blob:
+        """Upload a blob (a no-op when the repository has it): one PUT, or PATCH pieces past ``PIECE``."""
+        blob = Blob(digest_of(data), len(data))
+        if await self.blob_size(repo, blob.digest) == blob.size:
+            return blob
+        opened = await self._send("POST", f"/v2/{repo}/blobs/uploads/", repo, expect=(202,), push=True)
+        where = self._location(opened)
+        pieces = [(start, min(start + PIECE, len(data))) for start in range(0, len(data), PIECE)] or [(0, 0)]
+        for start, end in pieces[:-1]:
+            headers = {"Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"}
+            answer = await self._send("PATCH", where, repo, expect=(202,), data=bytes(data[start:end]),
+                                      headers=headers, push=True)  # fmt: skip
+            where = self._location(answer)
+        start, end = pieces[-1]
+        sep = "&" if "?" in where else "?"
+        await self._send("PUT", f"{where}{sep}{urlencode({'digest': blob.digest})}", repo, expect=(201,),
+                         data=bytes(data[start:end]), headers={"Content-Type": "application/octet-stream"},
+                         push=True)  # fmt: skip
+        return blob
+
+    async def mount(self, repo: str, digest: str, source: str) -> bool:
+        """Link a blob of ``source`` into ``repo`` without sending it; False when the registry would not."""
+        query = urlencode({"mount": digest, "from": source})
+        answer = await self._send("POST", f"/v2/{repo}/blobs/uploads/?{query}", repo, expect=(201, 202), push=True,
+                                  scopes=(f"repository:{source}:pull",))  # fmt: skip
+        if answer.status == 202:  # an upload was opened instead: close it
+            await self._send("DELETE", self._location(answer), repo, expect=(204, 404), push=True)
+        return answer.status == 201
+
+    # manifests and tags
+
+    async def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
+        """A manifest by tag or digest, and its digest (checked when asked by digest)."""
+        headers = {"Accept": MANIFEST}
+        answer = await self._send("GET", f"/v2/{repo}/manifests/{reference}", repo, expect=(200,), headers=headers,
+                                  limit=MAX_MANIFEST_BYTES)  # fmt: skip
+        digest = digest_of(answer.body)
+        if reference.startswith("sha256:") and digest != reference:
+            raise RepoError(f"{self.base}: manifest {reference} of {repo} does not hash to its digest")
+        return answer.body, digest
+
+    async def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str = MANIFEST) -> str:
+        """Store a manifest under a tag (or its digest); returns its digest."""
+        await self._send("PUT", f"/v2/{repo}/manifests/{reference}", repo, expect=(201,), data=body,
+                         headers={"Content-Type": media_type}, push=True)  # fmt: skip
+        return digest_of(body)
+
+    async def delete_manifest(self, repo: str, digest: str) -> None:
+        """Remove a manifest (and every tag on it); one already gone is fine."""
+        try:
+            await self._send("DELETE", f"/v2/{repo}/manifests/{digest}", repo, expect=(202,), push=True,
+                             scopes=(f"repository:{repo}:delete",))  # fmt: skip
+        except NotFound:
+            pass
+
+    async def tags(self, repo: str) -> list[str]:
+        """Every tag of ``repo``, following the registry's pages; an unknown repository has none."""
+        found: list[str] = []
+        path: str | None = f"/v2/{repo}/tags/list?n={TAGS_PAGE}"
+        while path is not None:
+            try:
+                answer = await self._send("GET", path, repo, expect=(200,), limit=MAX_MANIFEST_BYTES)
+            except NotFound:
+                return found
+            page = _json(answer.body, f"{self.base}: the tag list of {repo}")
+            tags = page.get("tags") or []
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise RepoError(f"{self.base}: the tag list of {repo} is not a list of names")
+            found += tags
+            if len(found) > MAX_TAGS:
+                raise RepoError(f"{self.base}: {repo} lists more than {MAX_TAGS} tags; refused")
+            path = _next_page(answer.headers.get("Link"))
+        return found
+
+    # the transport
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            stall = float(os.environ.get("CAS_STALL_TIMEOUT") or STALL)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=stall),
+            )
+        return self._session
+
+    def _location(self, answer: _Answer) -> str:
+        where = answer.headers.get("Location")
+        if not where:
+            raise RepoError(f"{self.base}: an upload was opened without a Location to send it to")
+        return where if where.startswith("/") else _same_host(self.base, where)
+
+    async def _send(self, method: str, path: str, repo: str, *, expect: tuple[int, ...], push: bool = False,
+                    scopes: tuple[str, ...] = (), limit: int = 0, window: tuple[int, int] | None = None,
+                    **kw) -> _Answer:  # fmt: skip
+        """One request, authenticated as the registry asks and retried; the body read up to ``limit``."""
+        scope = " ".join((f"repository:{repo}:{'pull,push' if push else 'pull'}", *scopes))
+        url = urljoin(self.base + "/", path)
+        extra = kw.pop("headers", None) or {}
+        challenged = False
+        attempt = 0
+        while True:
+            headers = {**extra, **self._authorization(scope)}
+            try:
+                async with self._client().request(method, url, headers=headers, **kw) as resp:
+                    if resp.status == 401 and not challenged:  # once per request: then the refusal stands
+                        challenged = True
+                        await self._authenticate(resp.headers.get("WWW-Authenticate", ""), scope)
+                        continue
+                    return await self._answer(method, url, resp, expect, limit, window)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
+                attempt += 1
+                if attempt == RETRIES:
+                    raise RepoError(f"{method} {_shown(url)} failed {RETRIES} times, last: {e or type(e).__name__}") \
+                        from None  # fmt: skip
+                await asyncio.sleep(BACKOFF * 2**attempt * (0.5 + random.random()))
+
+    async def _answer(self, method: str, url: str, resp: aiohttp.ClientResponse, expect: tuple[int, ...],
+                      limit: int, window: tuple[int, int] | None) -> _Answer:  # fmt: skip
+        if resp.status == 404:
+            raise NotFound(f"{_shown(url)} is not in the registry")
+        if resp.status in (401, 403):
+            who = "these credentials" if self._credentials else "anonymous access"
+            raise RepoError(f"{method} {_shown(url)}: {resp.status} {resp.reason} for {who}; set "
+                            "CAS_REGISTRY_USERNAME and CAS_REGISTRY_PASSWORD or log in with docker login")  # fmt: skip
+        if resp.status >= 500 or resp.status == 429:
+            raise _Transient(f"{resp.status} {resp.reason}")
+        if resp.status not in expect:
+            raise RepoError(f"{method} {_shown(url)}: unexpected {resp.status} {resp.reason}")
+        if window is not None:
+            return _Answer(resp.status, await _read_window(resp, *window, partial=resp.status == 206), resp.headers)
+        if method in ("HEAD", "DELETE", "PUT", "POST", "PATCH"):
+            return _Answer(resp.status, b"", resp.headers)
+        return _Answer(resp.status, await _read_at_most(resp, limit, url), resp.headers)
+
+    def _authorization(self, scope: str) -> dict[str, str]:
+        value = self._auth.get(scope) or self._auth.get("")
+        return {"Authorization": value} if value else {}
+
+    async def _authenticate(self, header: str, scope: str) -> None:
+        """Answer a 401's challenge: Basic credentials, or a Bearer token from the realm it names."""
+        scheme, params = challenge(header)
+        if scheme == "basic" and self._credentials:
+            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+            self._auth[""] = "Basic " + base64.b64encode(pair).decode()
+        elif scheme == "bearer" and params.get("realm"):
+            self._auth[scope] = "Bearer " + await self._token(params, scope)
+
+    async def _token(self, params: dict[str, str], scope: str) -> str:
+        """A token from the registry's token service for ``scope`` (the challenge's own scope is asked too)."""
+        query = [("service", params["service"])] if params.get("service") else []
+        query += [("scope", s) for s in dict.fromkeys([*scope.split(" "), *params.get("scope", "").split(" ")]) if s]
+        headers = {}
+        if self._credentials:
+            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        url = f"{params['realm']}?{urlencode(query)}"
+        try:
+            async with self._client().get(url, headers=headers) as resp:
+                if resp.status != 200:
+                    raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} answered "
+                                    f"{resp.status} {resp.reason}; check CAS_REGISTRY_USERNAME and "
+                                    "CAS_REGISTRY_PASSWORD or docker login")  # fmt: skip
+                doc = _json(await _read_at_most(resp, MAX_MANIFEST_BYTES, url), "the token service's answer")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} failed: {e}") from None
+        token = doc.get("token") or doc.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} sent no token")
+        return token
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise RepoError(f"{_shown(url)}: {declared} bytes, past the {limit} allowed; refused")
+    body = await resp.content.read(limit + 1)
+    if len(body) > limit:
+        raise RepoError(f"{_shown(url)}: more than the {limit} bytes allowed; refused")
+    if declared is not None and len(body) < declared:
+        raise _Transient(f"short body: {len(body)} of {declared} bytes")
+    return body
+
+
+async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int, *, partial: bool) -> bytes:
+    """Exactly ``start`` up to ``end``: from a 206, its body; from a 200 (Range ignored), read that far only."""
+    if partial:
+        body = await resp.content.read(end - start + 1)
+        if len(body) != end - start:
+            raise _Transient(f"a range of {end - start} bytes came as {len(body)}")
+        return body
+    skipped = 0
+    try:
+        while skipped < start:
+            got = await resp.content.read(min(1 << 20, start - skipped))
+            if not got:
+                raise _Transient("the blob ended before the range")
+            skipped += len(got)
+        return await resp.content.readexactly(end - start)
+    except asyncio.IncompleteReadError:
+        raise _Transient("the blob ended inside the range") from None
+
+
+def _json(body: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise RepoError(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise RepoError(f"{what} is not a JSON object")
+    return doc
+
+
+def _next_page(link: str | None) -> str | None:
+    """The next page of a listing, from an RFC 5988 ``Link: </v2/...>; rel="next"`` header (same registry)."""
+    found = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link or "")
+    if not found or not found.group(1).startswith("/v2/"):
+        return None
+    return found.group(1)
+
+
+def _same_host(base: str, url: str) -> str:
+    """An absolute upload location must stay on the registry: credentials are sent there."""
+    if not url.startswith(base + "/"):
+        raise RepoError(f"{base}: an upload location points to another host ({_shown(url)}); refused")
+    return url
+
+
+def _shown(url: str) -> str:
+    """A URL as printed: its query (upload states, signatures) left out, control characters escaped."""
+    return url.split("?", 1)[0].encode("unicode_escape").decode("ascii")
