@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from cas import Cache, check_repository, list_remote, prune_remote, remove_remot
 from tests.support import synth
 
 from ..conftest import KILLS, READY, REPO, start_together, stats, tree_files, wait_until
-from .test_crashes import kill_point
+from .test_crashes import Window, kill_point, span, wait_for_point
 
 pytestmark = pytest.mark.reliability
 TRIALS = int(os.environ.get("CAS_RELIABILITY_TRIALS", "2"))
@@ -225,13 +224,11 @@ cas.prune.prune(sys.argv[1], grace=0)
 
 
 @pytest.fixture(scope="module")
-def prune_span(tmp_path_factory: pytest.TempPathFactory, versions) -> float:
-    """Seconds a deleting, repacking run takes here, measured on a run left alone: the window kills aim at."""
+def prune_window(tmp_path_factory: pytest.TempPathFactory, versions) -> Window:
+    """What a deleting, repacking run does here, measured on a run left alone: the window kills aim at (by its
+    bytes where it moves enough: aimed at seconds, kills missed when the trials ran faster than this run)."""
     url = prepared(tmp_path_factory.mktemp("prune-span") / "repo", versions)
-    proc = killable(url)
-    start = time.perf_counter()
-    assert proc.wait(timeout=120) == 0
-    return time.perf_counter() - start
+    return span([sys.executable, "-c", KILLED, url], dict(os.environ))
 
 
 def prepared(folder: Path, versions) -> str:
@@ -252,11 +249,10 @@ def killable(url: str) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-def test_kill_prune_midway(tmp_path, versions, prune_span, trial):
+def test_kill_prune_midway(tmp_path, versions, prune_window, trial):
     url = prepared(tmp_path / "repo", versions)
     proc = killable(url)
-    time.sleep(kill_point(trial) * prune_span)
-    KILLS.setdefault("prune", []).append(proc.poll() is None)
+    KILLS.setdefault("prune", []).append(wait_for_point(proc, prune_window, kill_point(trial)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     report = check_repository(url)  # nothing half-visible: every ref left is whole
