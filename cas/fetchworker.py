@@ -17,21 +17,20 @@ writes nothing more (see ``cas.workerprocs`` for what the workers share).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from typing import NamedTuple
 
 import msgpack
 
-from .errors import CasError, RepoError
+from .errors import CasError
 from .fetcher import Fetcher
 from .fsutil import write_all
 from .parts import Parts
 from .ranges import Backlog, Piece, Range, Target
 from .repo.repository import Repository, token
 from .repo.stores import open_backend
-from .workerprocs import Failed, fail_and_exit, raised
+from .workerprocs import Failed, fail_and_exit, replies, send
 
 
 class Start(NamedTuple):
@@ -58,12 +57,10 @@ _NAMES = {kind: name for name, kind in _KINDS.items()}
 
 
 def encode(msg: Message) -> bytes:
-    if msg is END:
-        body: list = ["end"]
-    elif isinstance(msg, Work):
+    if isinstance(msg, Work):
         r = msg.range
         pieces = [[p.offset, p.length, p.chunk_id, p.raw_length, [list(t) for t in p.targets]] for p in r.pieces]
-        body = ["work", msg.rid, r.pack_id, r.start, r.end, pieces]
+        body: list = ["work", msg.rid, r.pack_id, r.start, r.end, pieces]
     else:
         body = [_NAMES[type(msg)], *msg]
     return msgpack.packb(body, use_bin_type=True)
@@ -92,23 +89,13 @@ async def feed(proc: asyncio.subprocess.Process, start: Start, backlog: Backlog)
             rid += 1
             sent[rid] = r
             proc.stdin.write(encode(Work(rid, r)))
-        if backlog.empty() and not proc.stdin.is_closing():
-            proc.stdin.write(encode(END))  # the worker exits after its last range
-            proc.stdin.close()
-        with contextlib.suppress(ConnectionError):  # a worker that died says why on stdout, read below
-            await proc.stdin.drain()
         if not sent:
+            await send(proc)
             break
-        data = await proc.stdout.read(1 << 16)
-        if not data:
-            code = await proc.wait()
-            raise RepoError(f"{start.tag}: a fetch worker (python -m cas.fetchworker) exited with code {code} "
-                            "mid-pull; pull again to resume")  # fmt: skip
-        unpacker.feed(data)
-        for obj in unpacker:
+        died = (f"{start.tag}: a fetch worker (python -m cas.fetchworker) exited with code {{code}} mid-pull; pull "
+                "again to resume")  # fmt: skip
+        for obj in await replies(proc, unpacker, backlog.empty(), died):
             msg = decode(obj)
-            if isinstance(msg, Failed):
-                raise raised(msg)
             assert isinstance(msg, Done)
             backlog.done(sent.pop(msg.rid), msg.fetched)
     await proc.wait()

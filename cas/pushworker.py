@@ -18,7 +18,6 @@ A worker whose stdin closes without ``end`` (the push died) exits at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import sys
@@ -28,13 +27,13 @@ from pathlib import Path
 
 import msgpack
 
-from .errors import CasError, RepoError
+from .errors import CasError
 from .fsutil import write_all
 from .packing import Builder, Chunk, Packed
 from .repo.format import IndexEntry
 from .repo.repository import Repository, token
 from .repo.stores import open_backend
-from .workerprocs import Failed, fail_and_exit, raised
+from .workerprocs import fail_and_exit, replies, send
 
 IN_FLIGHT = 2  # packs sent to a worker at once: it builds the next while it uploads one
 
@@ -54,23 +53,12 @@ async def feed(proc: asyncio.subprocess.Process, url: str, packs: deque[list[Chu
             sent[pid] = packs.popleft()
             chunks = [[c.chunk_id, c.length, str(c.blob), c.offset] for c in sent[pid]]
             proc.stdin.write(_packed(["build", pid, chunks]))
-        if not packs and not proc.stdin.is_closing():
-            proc.stdin.write(_packed(["end"]))
-            proc.stdin.close()
-        with contextlib.suppress(ConnectionError):  # a worker that died says why on stdout, read below
-            await proc.stdin.drain()
         if not sent:
+            await send(proc)
             break
-        data = await proc.stdout.read(1 << 16)
-        if not data:
-            code = await proc.wait()
-            raise RepoError(f"a push worker (python -m cas.pushworker) exited with code {code} mid-push; push again "
-                            "(what was uploaded is reused)")  # fmt: skip
-        unpacker.feed(data)
-        for kind, *rest in unpacker:
-            if kind == "failed":
-                raise raised(Failed(*rest))
-            got, pack_id, size, entries = rest
+        died = ("a push worker (python -m cas.pushworker) exited with code {code} mid-push; push again (what was "
+                "uploaded is reused)")  # fmt: skip
+        for _, got, pack_id, size, entries in await replies(proc, unpacker, not packs, died):
             sent.pop(got)
             done(Packed(pack_id, size, [IndexEntry(*e) for e in entries]))
     await proc.wait()

@@ -51,6 +51,33 @@ def fail_and_exit(e: BaseException) -> None:
     os._exit(1)
 
 
+async def replies(proc: asyncio.subprocess.Process, unpacker: msgpack.Unpacker, last: bool, died: str) -> list:
+    """Send what was written to a worker (and, when ``last``, ``["end"]``: it exits after its work), then read
+    its next answers; a ``["failed", ...]`` is raised here, and a worker gone without one raises ``died``
+    (formatted with its exit ``code``)."""
+    assert proc.stdout is not None
+    await send(proc, last)
+    data = await proc.stdout.read(1 << 16)
+    if not data:
+        raise RepoError(died.format(code=await proc.wait()))
+    unpacker.feed(data)
+    answers = list(unpacker)
+    for kind, *rest in answers:
+        if kind == "failed":
+            raise raised(Failed(*rest))
+    return answers
+
+
+async def send(proc: asyncio.subprocess.Process, last: bool = True) -> None:
+    """Flush what was written to a worker; ``last``: end its work too (it exits once done)."""
+    assert proc.stdin is not None
+    if last and not proc.stdin.is_closing():
+        proc.stdin.write(msgpack.packb(["end"]))
+        proc.stdin.close()
+    with contextlib.suppress(ConnectionError):  # a worker that died says why on stdout, read below
+        await proc.stdin.drain()
+
+
 class Workers:
     """Worker processes (``python -m module``), started early so their imports overlap the parent's planning."""
 
