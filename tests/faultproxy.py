@@ -52,16 +52,20 @@ def main() -> None:
         stats["requests"] += 1
         if session is None:
             session = aiohttp.ClientSession(auto_decompress=False)
-        if (args.fault, "/trees/" in request.path, "/trust/" in request.path) in (
+        is_tree = "/trees/" in request.path or "/manifests/tree-" in request.path  # a folder's, or a registry's
+        if (args.fault, is_tree, "/trust/" in request.path) in (
             ("bloat", True, False),
             ("bloat-trust", False, True),
         ):
             return await _endless(request)
         if args.fault == "garbage":  # a hostile server: random bytes, 200, for every request
             return web.Response(body=os.urandom(4096), content_type="application/octet-stream")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization")}
-        # "/packs/" anywhere: under a bucket and prefix too (an S3 path-style URL)
-        is_pack = "/packs/" in request.path and not request.path.endswith(".idx") and request.method == "GET"
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
+        # "/packs/" anywhere: under a bucket and prefix too (an S3 path-style URL); a registry's blobs read by range
+        is_pack = request.method == "GET" and (
+            ("/packs/" in request.path and not request.path.endswith(".idx"))
+            or ("/blobs/sha256:" in request.path and "range" in {k.lower() for k in request.headers})
+        )
         fault = "none"
         if is_pack:
             stats["pack_requests"] += 1
@@ -96,7 +100,8 @@ def main() -> None:
             body = bytearray(body)
             body[len(body) // 2] ^= 0x10
             body = bytes(body)
-        out_headers = {k: v for k, v in up.headers.items() if k.lower() in ("content-range", "content-type")}
+        kept = ("content-range", "content-type", "docker-content-digest", "www-authenticate", "link")
+        out_headers = {k: v for k, v in up.headers.items() if k.lower() in kept}
         if fault == "drop":  # the connection closes before any response
             request.transport.close()
             return web.Response(status=500)

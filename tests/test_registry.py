@@ -111,7 +111,7 @@ def test_a_hostile_registry_is_refused_in_one_line(registry, proxy):
     blob = _run(base, None, lambda r: r.put_blob("team/model", b"honest bytes"))
     garbage = proxy(base, "garbage")  # random bytes, 200, for every request
     cases = [(lambda r: r.get_blob("team/model", blob.digest, 1 << 20), "does not hash to its digest"),
-             (lambda r: r.get_blob("team/model", blob.digest, 100), "past the 100 allowed"),
+             (lambda r: r.get_blob("team/model", blob.digest, 100), "more than the 100 allowed"),
              (lambda r: r.tags("team/model"), "is not JSON"),
              (lambda r: r.get_manifest("team/model", blob.digest), "does not hash to its digest")]  # fmt: skip
     for work, said in cases:

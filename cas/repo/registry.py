@@ -188,6 +188,22 @@ class Registry:
             raise RepoError(f"{self.base}: manifest {reference} of {repo} does not hash to its digest")
         return answer.body, digest
 
+    async def manifest_digest(self, repo: str, reference: str) -> str | None:
+        """The digest of the manifest a tag names now, or None when there is none (HEAD, or GET when a registry
+        sends no ``Docker-Content-Digest``)."""
+        try:
+            answer = await self._send("HEAD", f"/v2/{repo}/manifests/{reference}", repo, expect=(200,),
+                                      headers={"Accept": MANIFEST})  # fmt: skip
+        except NotFound:
+            return None
+        digest = answer.headers.get("Docker-Content-Digest", "")
+        if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return digest
+        try:
+            return (await self.get_manifest(repo, reference))[1]
+        except NotFound:
+            return None
+
     async def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str = MANIFEST) -> str:
         """Store a manifest under a tag (or its digest); returns its digest."""
         await self._send("PUT", f"/v2/{repo}/manifests/{reference}", repo, expect=(201,), data=body,
@@ -197,27 +213,41 @@ class Registry:
     async def delete_manifest(self, repo: str, digest: str) -> None:
         """Remove a manifest (and every tag on it); one already gone is fine."""
         try:
-            await self._send("DELETE", f"/v2/{repo}/manifests/{digest}", repo, expect=(202,), push=True,
+            answer = await self._send("DELETE", f"/v2/{repo}/manifests/{digest}", repo, expect=(202, 405), push=True,
                              scopes=(f"repository:{repo}:delete",))  # fmt: skip
         except NotFound:
-            pass
+            return
+        if answer.status == 405:
+            raise RepoError(f"{self.base} does not allow deletes, so {repo} keeps {digest}: enable them in the "
+                            "registry (distribution: storage.delete.enabled: true) and remove again")  # fmt: skip
 
     async def tags(self, repo: str) -> list[str]:
         """Every tag of ``repo``, following the registry's pages; an unknown repository has none."""
+        return await self._pages(f"/v2/{repo}/tags/list?n={TAGS_PAGE}", repo, "tags", f"the tag list of {repo}")
+
+    async def catalog(self) -> list[str] | None:
+        """Every repository of the registry, or None where the catalog is closed (many hosted registries)."""
+        try:
+            return await self._pages(f"/v2/_catalog?n={TAGS_PAGE}", "", "repositories", "the catalog")
+        except (NotFound, RepoError):
+            return None
+
+    async def _pages(self, path: str | None, repo: str, field: str, what: str) -> list[str]:
         found: list[str] = []
-        path: str | None = f"/v2/{repo}/tags/list?n={TAGS_PAGE}"
         while path is not None:
             try:
-                answer = await self._send("GET", path, repo, expect=(200,), limit=MAX_MANIFEST_BYTES)
+                answer = await self._send("GET", path, repo, expect=(200,), limit=MAX_MANIFEST_BYTES,
+                                          scopes=() if repo else ("registry:catalog:*",))  # fmt: skip
             except NotFound:
+                if not repo:
+                    raise
                 return found
-            page = _json(answer.body, f"{self.base}: the tag list of {repo}")
-            tags = page.get("tags") or []
-            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                raise RepoError(f"{self.base}: the tag list of {repo} is not a list of names")
-            found += tags
+            names = _json(answer.body, f"{self.base}: {what}").get(field) or []
+            if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
+                raise RepoError(f"{self.base}: {what} is not a list of names")
+            found += names
             if len(found) > MAX_TAGS:
-                raise RepoError(f"{self.base}: {repo} lists more than {MAX_TAGS} tags; refused")
+                raise RepoError(f"{self.base}: {what} holds more than {MAX_TAGS} names; refused")
             path = _next_page(answer.headers.get("Link"))
         return found
 
@@ -242,7 +272,8 @@ class Registry:
                     scopes: tuple[str, ...] = (), limit: int = 0, window: tuple[int, int] | None = None,
                     **kw) -> _Answer:  # fmt: skip
         """One request, authenticated as the registry asks and retried; the body read up to ``limit``."""
-        scope = " ".join((f"repository:{repo}:{'pull,push' if push else 'pull'}", *scopes))
+        own = [f"repository:{repo}:{'pull,push' if push else 'pull'}"] if repo else []
+        scope = " ".join((*own, *scopes))
         url = urljoin(self.base + "/", path)
         extra = kw.pop("headers", None) or {}
         challenged = False
@@ -327,32 +358,34 @@ class _Answer(NamedTuple):
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > limit:
-        raise RepoError(f"{_shown(url)}: {declared} bytes, past the {limit} allowed; refused")
-    body = await resp.content.read(limit + 1)
+        raise RepoError(f"{_shown(url)}: {declared} bytes, more than the {limit} allowed; refused")
+    body = bytearray()
+    while len(body) <= limit and (block := await resp.content.read(limit + 1 - len(body))):
+        body += block
     if len(body) > limit:
         raise RepoError(f"{_shown(url)}: more than the {limit} bytes allowed; refused")
     if declared is not None and len(body) < declared:
         raise _Transient(f"short body: {len(body)} of {declared} bytes")
-    return body
+    return bytes(body)
 
 
 async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int, *, partial: bool) -> bytes:
     """Exactly ``start`` up to ``end``: from a 206, its body; from a 200 (Range ignored), read that far only."""
-    if partial:
-        body = await resp.content.read(end - start + 1)
-        if len(body) != end - start:
-            raise _Transient(f"a range of {end - start} bytes came as {len(body)}")
-        return body
     skipped = 0
     try:
+        if partial:
+            body = await resp.content.readexactly(end - start)
+            if await resp.content.read(1):
+                raise RepoError(f"a range of {end - start} bytes came with more; refused")
+            return body
         while skipped < start:
             got = await resp.content.read(min(1 << 20, start - skipped))
             if not got:
                 raise _Transient("the blob ended before the range")
             skipped += len(got)
         return await resp.content.readexactly(end - start)
-    except asyncio.IncompleteReadError:
-        raise _Transient("the blob ended inside the range") from None
+    except asyncio.IncompleteReadError as e:
+        raise _Transient(f"a range of {end - start} bytes ended after {len(e.partial)}") from None
 
 
 def _json(body: bytes, what: str) -> dict:

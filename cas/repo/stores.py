@@ -11,13 +11,17 @@ from .backend import WriteBackend
 
 
 def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
-    """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]`` or
-    ``s3://BUCKET[/PREFIX]``."""
+    """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]``,
+    ``s3://BUCKET[/PREFIX]`` or ``oci://HOST[:PORT]/NAMESPACE``."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         from .http import HttpBackend
 
         return HttpBackend(url, token=token, concurrency=concurrency)
+    if parsed.scheme in ("oci", "oci+http", "oci+https"):
+        from .oci import OciBackend
+
+        return OciBackend(url, concurrency=concurrency)
     if parsed.scheme == "s3":
         from .s3 import S3Backend
 
@@ -29,7 +33,7 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCU
     if parsed.scheme == "" and url:
         return FileBackend(Path(url))
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
-                    "s3://BUCKET[/PREFIX]")  # fmt: skip
+                    "s3://BUCKET[/PREFIX] or oci://HOST[:PORT]/NAMESPACE")  # fmt: skip
 
 
 def _absolute_file_path(url: str, host: str, path: str) -> str:
