@@ -180,9 +180,12 @@ def test_a_server_answering_garbage_is_one_line_not_a_traceback(tmp_path, server
 PUSH = f"import sys; from cas.cli import main; {READY}; sys.exit(main(sys.argv[1:]))"
 
 
-@pytest.fixture(params=["file", "cas serve", "s3"])
+@pytest.fixture(params=["file", "cas serve", "s3", "oci"])
 def repository(request, tmp_path) -> tuple[str, dict[str, str]]:
     """A fresh writable repository of each kind, and the environment that writes to it."""
+    if request.param == "oci":
+        base, _ = request.getfixturevalue("registry")()
+        return f"oci://{base.removeprefix('http://')}/team", environment()
     if request.param == "file":
         return f"file://{tmp_path / 'repo'}", environment()
     if request.param == "cas serve":

@@ -1,0 +1,167 @@
+"""``oci://`` repositories end to end, as a user meets them: the real ``cas`` command line and a descriptor
+against Debian's CNCF distribution registry (open, htpasswd, token service), skopeo reading what cas wrote,
+delta pulls counted at a proxy in front of the registry, removal and prune as the registry sees them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cas import Cache, RepoError
+from cas.repo.ocilayout import parse_url
+
+from .conftest import cas_cli, missing, stats, tree_files
+from .support import synth
+from .support.registry import PASSWORD, USER
+from .test_cloud import environment, one_line_error, service
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> dict:
+    """A 24 MB synthetic model and a fine-tune of 10% of its tensors."""
+    d = tmp_path_factory.mktemp("tuned")
+    base = synth.model_tensors(seed=31, total_bytes=24 << 20, layer_bytes=1 << 20)
+    tuned = synth.fine_tune(base, 0.10, seed=32)
+    changed = sum(a.nbytes for (_, a), (_, b) in zip(base, tuned) if a.tobytes() != b.tobytes())
+    return {"base": synth.write_model_dir(d / "base", base), "tuned": synth.write_model_dir(d / "tuned", tuned),
+            "changed": changed}  # fmt: skip
+
+
+def oci_url(base: str, namespace: str = "team") -> str:
+    return f"oci://{base.removeprefix('http://')}/{namespace}"
+
+
+def skopeo(*args: str, creds: bool = False) -> str:
+    tool = shutil.which("skopeo")
+    if tool is None:
+        missing("skopeo (apt-get install skopeo; bash dev test does it as root)")
+    extra = [f"--creds={USER}:{PASSWORD}"] if creds else []
+    return subprocess.run([tool, *args, "--tls-verify=false", *extra], capture_output=True, text=True, check=True,
+                          timeout=120).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize("auth", ["none", "basic", "token"])
+def test_push_pull_list_verify_and_a_descriptor_through_a_registry(tmp_path, minilm, registry, auth):
+    base, tokens = registry(auth)
+    url = oci_url(base)
+    creds = {"CAS_REGISTRY_USERNAME": USER, "CAS_REGISTRY_PASSWORD": PASSWORD} if auth != "none" else {}
+    env = environment(**creds)
+    cas_cli("add", str(minilm), "minilm:v1", home=tmp_path / "src", env=env)
+    pushed = json.loads(cas_cli("push", "minilm:v1", "--remote", url, "--json", home=tmp_path / "src", env=env).stdout)
+    assert pushed["bytes_transferred"] > 0
+    again = json.loads(cas_cli("push", "minilm:v1", "--remote", url, "--json", home=tmp_path / "src", env=env).stdout)
+    assert again["bytes_transferred"] == 0
+    cas_cli("pull", "minilm:latest", "--remote", url, home=tmp_path / "host", env=env)
+    assert tree_files(Cache(tmp_path / "host").materialize("minilm:v1")) == tree_files(minilm)
+    listed = json.loads(cas_cli("list", "--remote", url, "--json", home=tmp_path / "host", env=env).stdout)
+    assert [m["tag"] for m in listed] == ["minilm:v1"]
+    assert cas_cli("verify", "--remote", url, "--deep", home=tmp_path / "host", env=env).stdout.startswith("ok:")
+    resolved = service(tmp_path / "svc", "minilm:latest", url, env)
+    assert resolved["tag"] == "minilm:v1" and tree_files(Path(resolved["path"])) == tree_files(minilm)
+    # the registry's own view, through an independent client: the model is a repository, the version a tag whose
+    # manifest's config is the ref record and whose layers are everything the version needs
+    host = base.removeprefix("http://")
+    assert json.loads(skopeo("list-tags", f"docker://{host}/team/minilm", creds=bool(creds)))["Tags"] == ["v1"]
+    manifest = json.loads(skopeo("inspect", "--raw", f"docker://{host}/team/minilm:v1", creds=bool(creds)))
+    assert manifest["artifactType"] == "application/vnd.cas.model.v1"
+    kinds = [layer["annotations"]["dev.cas.key"].split("/")[0] for layer in manifest["layers"]]
+    assert kinds[:2] == ["trees", "locators"] and kinds[2:] and set(kinds[2:]) == {"packs"}
+    if tokens:
+        assert tokens.requests >= 2
+
+
+def test_a_delta_pull_fetches_little_more_than_the_change_counted_at_the_registry(tmp_path, tuned, registry,
+                                                                                   proxy):  # fmt: skip
+    base, _ = registry()
+    url = oci_url(base)
+    src = Cache(tmp_path / "src")
+    src.add(tuned["base"], "m:base")
+    src.add(tuned["tuned"], "m:tuned")
+    src.push("m:base", url)
+    pushed = src.push("m:tuned", url)
+    assert pushed.bytes_uploaded < 0.2 * pushed.info.size  # the push sent only the new chunks, too
+    front = proxy(base)
+    counted = oci_url(front)
+    host = Cache(tmp_path / "host")
+    host.pull("m:base", counted)
+    before = stats(front)["pack_bytes"]
+    delta = host.pull("m:tuned", counted)
+    moved = stats(front)["pack_bytes"] - before
+    assert moved <= 1.2 * tuned["changed"] and moved <= 0.15 * delta.info.size
+    assert tree_files(host.materialize("m:tuned")) == tree_files(tuned["tuned"])
+
+
+def test_removal_and_prune_leave_the_registry_holding_only_what_refs_reach(tmp_path, tuned, registry):
+    base, _ = registry()
+    url = oci_url(base)
+    host = base.removeprefix("http://")
+    src = Cache(tmp_path / "src")
+    src.add(tuned["base"], "m:base")
+    src.add(tuned["tuned"], "m:tuned")
+    src.push("m:base", url)
+    src.push("m:tuned", url)
+    env = environment()
+    cas_cli("rm", "m:base", "--remote", url, home=tmp_path / "src", env=env)
+    assert json.loads(skopeo("list-tags", f"docker://{host}/team/m"))["Tags"] == ["tuned"]
+    for _ in range(2):  # mark, then delete (and repack what is mostly dead)
+        cas_cli("prune", "--remote", url, "--grace", "0", "--max-unused", "1", home=tmp_path / "src", env=env)
+    pool = set(json.loads(skopeo("list-tags", f"docker://{host}/team/cas/objects"))["Tags"])
+    manifest = json.loads(skopeo("inspect", "--raw", f"docker://{host}/team/m:tuned"))
+    packs = {f"pack-{layer['annotations']['dev.cas.key'].split('/')[1]}" for layer in manifest["layers"]
+             if layer["annotations"]["dev.cas.key"].startswith("packs/")}  # fmt: skip
+    # the version's manifest names exactly the packs the pool still holds: what the registry's GC keeps
+    assert packs == {t for t in pool if t.startswith("pack-")}
+    c = Cache(tmp_path / "host")
+    c.pull("m:tuned", url)
+    assert tree_files(c.materialize("m:tuned")) == tree_files(tuned["tuned"])
+    assert cas_cli("verify", "--remote", url, "--deep", home=tmp_path / "src", env=env).stdout.startswith("ok:")
+
+
+def test_wrong_credentials_are_one_line_and_never_printed(tmp_path, synthetic, registry):
+    base, _ = registry("basic")
+    env = environment(CAS_REGISTRY_USERNAME=USER, CAS_REGISTRY_PASSWORD="not-the-password-5e1")
+    cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "src", env=env)
+    out = cas_cli("push", "m:v1", "--remote", oci_url(base), home=tmp_path / "src", env=env, check=False)
+    line = one_line_error(out)
+    assert "CAS_REGISTRY_USERNAME" in line and "not-the-password-5e1" not in out.stdout + out.stderr
+
+
+def test_a_model_name_the_registry_cannot_hold_is_refused_in_one_line(tmp_path, synthetic, registry):
+    base, _ = registry()
+    env = environment()
+    cas_cli("add", str(synthetic), "a..b:v1", home=tmp_path / "src", env=env)
+    out = cas_cli("push", "a..b:v1", "--remote", oci_url(base), home=tmp_path / "src", env=env, check=False)
+    assert "cannot be a registry repository name" in one_line_error(out)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [("oci://127.0.0.1:5000/team", "http://127.0.0.1:5000"), ("oci://localhost/a/b", "http://localhost"),
+     ("oci://registry.example.com/ml", "https://registry.example.com"),
+     ("oci+http://10.0.0.5:5000/ml", "http://10.0.0.5:5000"), ("oci+https://localhost:5000/ml", "https://localhost:5000")],
+)  # fmt: skip
+def test_plain_http_only_for_this_host_or_when_asked(url, base):
+    assert parse_url(url).base == base
+
+
+@pytest.mark.parametrize("url", ["oci://user:secret@registry.example.com/ml", "oci://registry.example.com/Team",
+                                 "oci://registry.example.com/a..b", "oci:///team"])  # fmt: skip
+def test_a_registry_url_that_cannot_be_used_is_refused_in_one_line(url):
+    with pytest.raises(RepoError) as e:
+        parse_url(url)
+    assert "secret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_registry_answering_garbage_is_one_line_not_a_traceback(tmp_path, synthetic, registry, proxy):
+    base, _ = registry()
+    cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "src")
+    cas_cli("push", "m:v1", "--remote", oci_url(base), home=tmp_path / "src")
+    garbage = oci_url(proxy(base, "garbage"))
+    for command in (["pull", "m:v1"], ["list"], ["verify"]):
+        out = cas_cli(*command, "--remote", garbage, home=tmp_path / "host", check=False)
+        one_line_error(out)
+    assert not (tmp_path / "host" / "refs").exists() or not any((tmp_path / "host" / "refs").rglob("*"))
