@@ -89,12 +89,14 @@ __all__ = [
     "import_bento",
     "import_hf",
     "import_model",
+    "import_oci",
     "list",
     "list_remote",
     "materialize",
     "prune_remote",
     "pull",
     "push",
+    "push_modelpack",
     "remove_remote",
     "resolve",
     "verify",
@@ -160,6 +162,22 @@ def import_hf(source: str | os.PathLike[str], tag: str | None = None, *, revisio
 
     return import_hf(cache or default_cache(), source, tag, revision=revision, repo_type=repo_type,
                      hub_cache=hub_cache)  # fmt: skip
+
+
+def import_oci(reference: str, tag: str | None = None, *, cache: Cache | None = None) -> ModelInfo:
+    """Store a model artifact of an OCI registry (ModelPack, KitOps, files pushed with oras), named as docker
+    names it (``HOST/REPOSITORY:TAG``); see ``cas.foreign.ociartifact``."""
+    from .foreign.ociartifact import import_oci
+
+    return import_oci(cache or default_cache(), reference, tag).info
+
+
+def push_modelpack(tag: str, remote: str, *, cache: Cache | None = None) -> str:
+    """Push a stored version to ``oci://HOST/NAMESPACE`` as a ModelPack artifact that tools without cas read;
+    returns its reference (``HOST/NAMESPACE/NAME:VERSION``)."""
+    from .foreign.ociartifact import push_modelpack
+
+    return push_modelpack(cache or default_cache(), tag, remote).reference
 
 
 def import_bento(tag: str, name: str | None = None, *, cache: Cache | None = None) -> ModelInfo:

@@ -20,6 +20,11 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--repo-type", choices=REPO_TYPES, default="model")
     sp.add_argument("--hub-cache", metavar="DIR", help="the hub cache (default: $HF_HUB_CACHE, else $HF_HOME/hub)")
     sp.add_argument("--json", action="store_true")
+    sp = cmd("import-oci", _import_oci, "store a model artifact of an OCI registry (ModelPack, KitOps, oras files)")
+    sp.add_argument("reference", metavar="REF", help="[oci://]HOST[:PORT]/REPOSITORY[:TAG|@DIGEST], as docker names it")
+    sp.add_argument("tag", nargs="?", metavar="NAME[:VERSION]",
+                    help="default: the repository's last part, the artifact's tag as version")  # fmt: skip
+    sp.add_argument("--json", action="store_true")
     sp = cmd("import-bento", _import_bento, "store a model from the BentoML store at $BENTOML_HOME")
     sp.add_argument("bento_tag", metavar="TAG", help="NAME:VERSION or NAME:latest, as 'bentoml models list' shows")
     sp.add_argument("tag", nargs="?", metavar="NAME[:VERSION]", help="default: BentoML's own name and version")
@@ -31,6 +36,18 @@ def _import_hf(args: argparse.Namespace) -> None:
     info = import_hf(cache_of(args), args.source, args.tag, revision=args.revision, repo_type=args.repo_type,
                      hub_cache=args.hub_cache)  # fmt: skip
     _report(info, args.json, time.perf_counter() - start)
+
+
+def _import_oci(args: argparse.Namespace) -> None:
+    from ..foreign.ociartifact import import_oci
+
+    start = time.perf_counter()
+    got = import_oci(cache_of(args), args.reference, args.tag)
+    if args.json:
+        print_json({**got.info.to_dict(), "bytes_fetched": got.bytes_fetched, "bytes_reused": got.bytes_reused})
+        return
+    _report(got.info, False, time.perf_counter() - start)
+    print(f"fetched {size(got.bytes_fetched)}, reused from local files {size(got.bytes_reused)}")
 
 
 def _import_bento(args: argparse.Namespace) -> None:

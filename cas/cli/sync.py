@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from ..errors import InvalidInput
+from ..local.cache import LocalCache
 from ..ref import ModelInfo
 from ..repo import CONCURRENCY
+from ..repo.repository import remote_url
 from . import output
 from .output import Command, cache_of, print_json, size
 
@@ -19,6 +22,9 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
     sp.add_argument("--sign", action="append", default=[], metavar="KEY",
                     help="sign it there with this private key (repeatable; also $CAS_SIGNING_KEY)")  # fmt: skip
+    sp.add_argument("--format", choices=("cas", "modelpack"), default="cas",
+                    help="modelpack: to an oci:// registry as a ModelPack artifact, one raw layer per file, which "
+                         "tools without cas read (default: cas's chunks and packs)")  # fmt: skip
     sp.add_argument("--json", action="store_true")
     sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
     sp.add_argument("tag")
@@ -51,12 +57,37 @@ def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], k
 
 def _push(args: argparse.Namespace) -> None:
     cache = cache_of(args)
+    if args.format == "modelpack":
+        _push_modelpack(args, cache)
+        return
     info = cache.get(args.tag)
     with output.progress(info.size, "push") as progress:
         s = cache.push(args.tag, args.remote, progress=progress, sign=_signers(args))
     _report(args, s.info, ("uploaded", s.bytes_uploaded), ("already in the repository", s.bytes_present), s.seconds)
     if s.signed_as and not args.json:
         print(f"signed {s.info.tag} as {', '.join(s.signed_as)}")
+
+
+def _push_modelpack(args: argparse.Namespace, cache: LocalCache) -> None:
+    """``push --format modelpack``: a ModelPack artifact in a registry (signed by its cas tree's ref, not here)."""
+    from ..foreign.ociartifact import push_modelpack
+
+    remote = remote_url(args.remote)
+    if not remote.startswith(("oci://", "oci+http://", "oci+https://")):
+        raise InvalidInput(f"--format modelpack pushes to a registry (oci://HOST/NAMESPACE), not {remote}")
+    if args.sign:
+        raise InvalidInput("--sign signs cas-format pushes; push with --format cas to sign, or sign the artifact "
+                           "with the registry's own tooling")  # fmt: skip
+    start = time.perf_counter()
+    pushed = push_modelpack(cache, args.tag, remote)
+    if args.json:
+        print_json({**pushed.info.to_dict(), "reference": pushed.reference, "digest": pushed.digest,
+                    "bytes_uploaded": pushed.bytes_uploaded})  # fmt: skip
+        return
+    print(
+        f"pushed {pushed.info.tag} ({size(pushed.info.size)}) as the ModelPack artifact {pushed.reference} "
+        f"({pushed.digest[:19]}): uploaded {size(pushed.bytes_uploaded)}, {time.perf_counter() - start:.2f}s"
+    )
 
 
 def _signers(args: argparse.Namespace) -> list[object]:

@@ -31,7 +31,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 from urllib.parse import urlencode, urljoin
 
 import aiohttp
@@ -96,6 +96,14 @@ def _from_helper(helper: str, host: str) -> Credentials | None:
         return Credentials(str(got["Username"]), str(got["Secret"]))
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
         return None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -166,6 +174,38 @@ class Registry:
                          data=bytes(data[start:end]), headers={"Content-Type": "application/octet-stream"},
                          push=True)  # fmt: skip
         return blob
+
+    async def put_file(self, repo: str, path: Path) -> tuple[Blob, bool]:
+        """Upload a file as a blob without holding it: hashed first, then sent in ``PIECE``-sized PATCHes.
+        Also says whether it was sent (False: the repository held it)."""
+        blob = Blob(await asyncio.to_thread(_sha256_file, path), path.stat().st_size)
+        if await self.blob_size(repo, blob.digest) == blob.size:
+            return blob, False
+        opened = await self._send("POST", f"/v2/{repo}/blobs/uploads/", repo, expect=(202,), push=True)
+        where = self._location(opened)
+        with path.open("rb") as f:
+            for start in range(0, blob.size, PIECE):
+                piece = await asyncio.to_thread(f.read, PIECE)
+                headers = {"Content-Type": "application/octet-stream",
+                           "Content-Range": f"{start}-{start + len(piece) - 1}"}  # fmt: skip
+                answer = await self._send("PATCH", where, repo, expect=(202,), data=piece, headers=headers, push=True)
+                where = self._location(answer)
+        sep = "&" if "?" in where else "?"
+        await self._send("PUT", f"{where}{sep}{urlencode({'digest': blob.digest})}", repo, expect=(201,),
+                         data=b"", headers={"Content-Type": "application/octet-stream"}, push=True)  # fmt: skip
+        if await self.blob_size(repo, blob.digest) != blob.size:
+            raise RepoError(f"{self.base}: {path.name} was uploaded to {repo} but the registry does not hold it")
+        return blob, True
+
+    async def get_file(self, repo: str, blob: Blob, out: BinaryIO) -> None:
+        """Write a blob to ``out`` in ``PIECE``-sized ranges (each retried alone), checked against its digest."""
+        digest = hashlib.sha256()
+        for start in range(0, blob.size, PIECE):
+            piece = await self.get_range(repo, blob.digest, start, min(start + PIECE, blob.size))
+            digest.update(piece)
+            await asyncio.to_thread(out.write, piece)
+        if "sha256:" + digest.hexdigest() != blob.digest:
+            raise RepoError(f"{self.base}: blob {blob.digest} of {repo} does not hash to its digest")
 
     async def mount(self, repo: str, digest: str, source: str) -> bool:
         """Link a blob of ``source`` into ``repo`` without sending it; False when the registry would not."""
