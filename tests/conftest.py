@@ -61,6 +61,17 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth.write_model_dir(d / "base", synth.model_tensors(seed=1, total_bytes=24 << 20))
 
 
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> dict:
+    """A 24 MB synthetic model and a fine-tune of 10% of its tensors."""
+    d = tmp_path_factory.mktemp("tuned")
+    base = synth.model_tensors(seed=31, total_bytes=24 << 20, layer_bytes=1 << 20)
+    tuned = synth.fine_tune(base, 0.10, seed=32)
+    changed = sum(a.nbytes for (_, a), (_, b) in zip(base, tuned) if a.tobytes() != b.tobytes())
+    return {"base": synth.write_model_dir(d / "base", base), "tuned": synth.write_model_dir(d / "tuned", tuned),
+            "changed": changed}  # fmt: skip
+
+
 def tree_files(root: Path) -> dict[str, bytes]:
     """Every regular file under ``root`` by relative POSIX path, with its bytes."""
     out = {}

@@ -15,20 +15,8 @@ from cas import Cache, RepoError
 from cas.repo.ocilayout import parse_url
 
 from .conftest import cas_cli, missing, stats, tree_files
-from .support import synth
 from .support.registry import PASSWORD, USER
 from .test_cloud import environment, one_line_error, service
-
-
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory) -> dict:
-    """A 24 MB synthetic model and a fine-tune of 10% of its tensors."""
-    d = tmp_path_factory.mktemp("tuned")
-    base = synth.model_tensors(seed=31, total_bytes=24 << 20, layer_bytes=1 << 20)
-    tuned = synth.fine_tune(base, 0.10, seed=32)
-    changed = sum(a.nbytes for (_, a), (_, b) in zip(base, tuned) if a.tobytes() != b.tobytes())
-    return {"base": synth.write_model_dir(d / "base", base), "tuned": synth.write_model_dir(d / "tuned", tuned),
-            "changed": changed}  # fmt: skip
 
 
 def oci_url(base: str, namespace: str = "team") -> str:
