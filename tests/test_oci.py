@@ -4,6 +4,8 @@ delta pulls counted at a proxy in front of the registry, removal and prune as th
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,6 +15,7 @@ import pytest
 
 from cas import Cache, RepoError
 from cas.repo.ocilayout import parse_url
+from cas.repo.stores import open_backend
 
 from .conftest import cas_cli, missing, stats, tree_files
 from .support.registry import PASSWORD, USER
@@ -153,3 +156,41 @@ def test_a_registry_answering_garbage_is_one_line_not_a_traceback(tmp_path, synt
         out = cas_cli(*command, "--remote", garbage, home=tmp_path / "host", check=False)
         one_line_error(out)
     assert not (tmp_path / "host" / "refs").exists() or not any((tmp_path / "host" / "refs").rglob("*"))
+
+
+def test_a_signed_push_shows_its_signature_as_a_referrer_of_the_version(tmp_path, registry):
+    from cas.trust.keys import generate
+
+    from .test_trust import publish_model, setup_signing
+
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    for name in ("root", "online", "team-a", "team-b", "team-a-new"):
+        generate(folder / f"{name}.key")
+    keys = {p.stem: p for p in folder.glob("*.key")}
+    base, _ = registry()
+    url = oci_url(base)
+    ns = setup_signing(tmp_path, keys, url)
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    host = base.removeprefix("http://")
+    manifest = skopeo("inspect", "--raw", f"docker://{host}/team/classifier:v1")
+    digest = "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+    # the registry has no referrers API (distribution 2.8): the fallback index tag lists the signature
+    index = json.loads(skopeo("inspect", "--raw", f"docker://{host}/team/classifier:{digest.replace(':', '-')}"))
+    [entry] = index["manifests"]
+    assert entry["artifactType"] == "application/vnd.cas.signature.v1"
+    referrer = json.loads(skopeo("inspect", "--raw", f"docker://{host}/team/classifier@{entry['digest']}"))
+    assert referrer["subject"]["digest"] == digest
+    key = referrer["layers"][0]["annotations"]["dev.cas.key"]
+    assert key.startswith("trust/roles/team-a/")
+    # the referrer's document is the signed role document the repository holds under that key
+    stored = asyncio.run(_get(url, key))
+    assert referrer["layers"][0]["digest"] == "sha256:" + hashlib.sha256(stored).hexdigest()
+
+
+async def _get(url: str, key: str) -> bytes:
+    backend = open_backend(url)
+    try:
+        return await backend.get(key)
+    finally:
+        await backend.close()

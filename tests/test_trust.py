@@ -133,16 +133,22 @@ def pulled(home: Path, tag: str) -> str:
 # -- the repository: a folder nginx serves, cas serve, S3 --------------------------------------------------------
 
 
-@pytest.fixture(params=["nginx", "cas serve", "s3"])
-def repository(request, tmp_path, nginx, server, s3) -> SimpleNamespace:
+@pytest.fixture(params=["nginx", "cas serve", "s3", "oci"])
+def repository(request, tmp_path) -> SimpleNamespace:
     """Where the publisher writes, where hosts read, and what an attacker with write access writes to."""
+    if request.param == "oci":
+        url = f"oci://{request.getfixturevalue('registry')()[0].removeprefix('http://')}/team"
+        return SimpleNamespace(write=url, read=url)
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3")
+        return SimpleNamespace(write=s3, read=s3)
     if request.param == "nginx":
+        nginx = request.getfixturevalue("nginx")
         folder = tmp_path / "served"
         folder.mkdir()
         return SimpleNamespace(write=f"file://{folder}", read=nginx(folder))
-    if request.param == "cas serve":
-        return SimpleNamespace(write=server[0], read=server[0])
-    return SimpleNamespace(write=s3, read=s3)
+    server = request.getfixturevalue("server")
+    return SimpleNamespace(write=server[0], read=server[0])
 
 
 def test_a_model_no_trusted_key_signed_is_refused_and_latest_is_the_signed_one(tmp_path, keys, repository):

@@ -34,7 +34,7 @@ extra); ``stores.open_backend`` picks one for a URL and imports it only then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ReadBackend(Protocol):
@@ -53,3 +53,11 @@ class WriteBackend(ReadBackend, Protocol):
     async def create(self, key: str, data: bytes) -> bool: ...
     async def update(self, key: str, change: Change) -> None: ...
     async def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class Attaching(Protocol):
+    """A store that shows a version's signatures beside it, where the store's own tooling looks (a registry's
+    referrers): ``attach(ref key, document key, document)``."""
+
+    async def attach(self, ref: str, key: str, data: bytes) -> None: ...

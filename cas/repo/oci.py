@@ -35,7 +35,7 @@ from .backend import Change
 from .format import MAX_DOC_BYTES, check_key, decode_locator, locator_key, pack_key, tree_key
 from .listing import decode_names, names_key
 from .ocilayout import Manifest, Place, place
-from .registry import Blob, Registry, credentials_for
+from .registry import Blob, Registry, credentials_for, digest_of
 
 SETTLE = 0.5  # seconds a contested tag is given before it is read back (CAS_REGISTRY_SETTLE)
 UPDATE_TRIES = 20
@@ -235,6 +235,35 @@ class OciBackend:
         if await self._registry.manifest_digest(where.repository, where.tag) != digest:
             return False
         return True
+
+    async def attach(self, ref_key: str, key: str, data: bytes) -> None:
+        """The signed document ``key`` as a referrer of the version's manifest: by the referrers API where the
+        registry has it, else listed in the ``sha256-<hex>`` index tag, as oras and cosign look for it."""
+        where = place(self._where.namespace, ref_key)
+        body, digest = await self._registry.get_manifest(where.repository, where.tag)
+        document = await self._registry.put_blob(where.repository, data)
+        empty = await self._registry.put_blob(where.repository, layout.EMPTY)
+        referrer = layout.signature_manifest(Blob(digest, len(body)), empty, key, document)
+        if await self._registry.put_referrer(where.repository, referrer):
+            return  # the registry indexes referrers itself
+        index = Place(where.repository, layout.referrers_tag(digest))
+        notes = {layout.KEY: key}
+        for _ in range(UPDATE_TRIES):
+            try:
+                current, read = await self._registry.get_manifest(index.repository, index.tag, layout.INDEX)
+            except NotFound:
+                current, read = None, None
+            new = layout.with_referrer(current, Blob(digest_of(referrer), len(referrer)),
+                                       layout.SIGNATURE_TYPE, notes)  # fmt: skip
+            if new is None:
+                return
+            if await self._registry.manifest_digest(index.repository, index.tag, layout.INDEX) != read:
+                continue
+            written = await self._registry.put_manifest(index.repository, index.tag, new, layout.INDEX)
+            await asyncio.sleep(self._settle)
+            if await self._registry.manifest_digest(index.repository, index.tag, layout.INDEX) == written:
+                return
+        raise RepoError(f"{self.url}: the referrers index of {ref_key} kept changing; sign again")
 
     async def delete(self, key: str) -> None:
         where = place(self._where.namespace, key)

@@ -50,6 +50,9 @@ MEDIA_TYPES = {
     "locator": "application/vnd.cas.locator.v1+msgpack",
 }
 DOCUMENT_TYPE = "application/vnd.cas.document.v1+msgpack"
+SIGNATURE_TYPE = "application/vnd.cas.signature.v1"
+ROLE_TYPE = "application/vnd.cas.trust-role.v1+msgpack"
+INDEX = "application/vnd.oci.image.index.v1+json"
 MAX_LAYERS = 100_000
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
@@ -165,6 +168,30 @@ def version_manifest(key: str, config: Blob, root: str, created: float, layers: 
                   "config": descriptor(config, REF_TYPE),
                   "layers": [descriptor(b, media_type(k), {KEY: k}) for k, b in layers],
                   "annotations": {KEY: key, ROOT: root, CREATED: when}})  # fmt: skip
+
+
+def signature_manifest(subject: Blob, empty: Blob, key: str, document: Blob) -> bytes:
+    """A referrer of a version's manifest holding the signed trust document that covers it."""
+    return _dump({"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": SIGNATURE_TYPE,
+                  "config": descriptor(empty, EMPTY_TYPE), "subject": descriptor(subject, MANIFEST),
+                  "layers": [descriptor(document, ROLE_TYPE, {KEY: key})], "annotations": {KEY: key}})  # fmt: skip
+
+
+def referrers_tag(digest: str) -> str:
+    """The tag of the referrers index for registries without the referrers API (OCI distribution 1.1)."""
+    return digest.replace(":", "-")
+
+
+def with_referrer(index: bytes | None, referrer: Blob, artifact_type: str, notes: dict[str, str]) -> bytes | None:
+    """The fallback referrers index with ``referrer`` added, or None when it lists it already."""
+    doc = json.loads(index) if index else {"schemaVersion": 2, "mediaType": INDEX, "manifests": []}
+    listed = doc.get("manifests") if isinstance(doc, dict) else None
+    if not isinstance(listed, list):
+        raise InvalidManifest("the registry's referrers index is not an OCI index")
+    if any(isinstance(m, dict) and m.get("digest") == referrer.digest for m in listed):
+        return None
+    entry = {**descriptor(referrer, MANIFEST, notes), "artifactType": artifact_type}
+    return _dump({**doc, "manifests": [*listed, entry]})
 
 
 class Manifest(NamedTuple):

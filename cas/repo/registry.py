@@ -218,9 +218,9 @@ class Registry:
 
     # manifests and tags
 
-    async def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
+    async def get_manifest(self, repo: str, reference: str, media_type: str = MANIFEST) -> tuple[bytes, str]:
         """A manifest by tag or digest, and its digest (checked when asked by digest)."""
-        headers = {"Accept": MANIFEST}
+        headers = {"Accept": media_type}
         answer = await self._send("GET", f"/v2/{repo}/manifests/{reference}", repo, expect=(200,), headers=headers,
                                   limit=MAX_MANIFEST_BYTES)  # fmt: skip
         digest = digest_of(answer.body)
@@ -228,19 +228,19 @@ class Registry:
             raise RepoError(f"{self.base}: manifest {reference} of {repo} does not hash to its digest")
         return answer.body, digest
 
-    async def manifest_digest(self, repo: str, reference: str) -> str | None:
+    async def manifest_digest(self, repo: str, reference: str, media_type: str = MANIFEST) -> str | None:
         """The digest of the manifest a tag names now, or None when there is none (HEAD, or GET when a registry
         sends no ``Docker-Content-Digest``)."""
         try:
             answer = await self._send("HEAD", f"/v2/{repo}/manifests/{reference}", repo, expect=(200,),
-                                      headers={"Accept": MANIFEST})  # fmt: skip
+                                      headers={"Accept": media_type})  # fmt: skip
         except NotFound:
             return None
         digest = answer.headers.get("Docker-Content-Digest", "")
         if re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             return digest
         try:
-            return (await self.get_manifest(repo, reference))[1]
+            return (await self.get_manifest(repo, reference, media_type))[1]
         except NotFound:
             return None
 
@@ -249,6 +249,13 @@ class Registry:
         await self._send("PUT", f"/v2/{repo}/manifests/{reference}", repo, expect=(201,), data=body,
                          headers={"Content-Type": media_type}, push=True)  # fmt: skip
         return digest_of(body)
+
+    async def put_referrer(self, repo: str, body: bytes) -> bool:
+        """Store a manifest with a ``subject`` by its digest; True when the registry indexes it as a referrer
+        (it answers ``OCI-Subject``), False when the client must list it in the fallback index."""
+        answer = await self._send("PUT", f"/v2/{repo}/manifests/{digest_of(body)}", repo, expect=(201,), data=body,
+                                  headers={"Content-Type": MANIFEST}, push=True)  # fmt: skip
+        return bool(answer.headers.get("OCI-Subject"))
 
     async def delete_manifest(self, repo: str, digest: str) -> None:
         """Remove a manifest (and every tag on it); one already gone is fine."""

@@ -31,7 +31,7 @@ from ..ref import ModelInfo
 from ..tree import Tree
 from ..tree import decode as decode_tree
 from . import CONCURRENCY, listing, marks
-from .backend import WriteBackend
+from .backend import Attaching, WriteBackend
 from .format import (
     Location,
     check_key,
@@ -187,6 +187,12 @@ class Repository:
         await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
         if not await self.backend.create(ref_key(info.name, info.version), info.encode()):
             await self.check_version_free(info)
+
+    async def attach_signature(self, tag: tags.Tag, key: str, document: bytes) -> None:
+        """Show a signed document beside the version it signs, where the store has such a place (a registry's
+        referrers); the document itself is already stored under ``key``."""
+        if isinstance(self.backend, Attaching):
+            await self.backend.attach(ref_key(tag.name, tag.version), key, document)
 
     # -- removing (rm --remote, and prune's deletions) ---------------------------
 

@@ -117,14 +117,18 @@ async def sign(repo: Repository, signed: Iterable[tuple[Tag, str]], signers: lis
         for tag, tree_root in wanted:
             by_role.setdefault(_role_for(root, tag, signers), []).append((tag, tree_root))
         metas = dict(state.roles)
+        documents = {}
         for name, tags in by_role.items():
-            metas[name] = await _new_role_version(repo, root, state, name, tags, signers, latest)
+            metas[name], documents[name] = await _new_role_version(repo, root, state, name, tags, signers, latest)
         new_state = state.but(version=state.version + 1, expires=_later(STATE_DAYS), roles=metas)
         try:
             await _replace_state(repo, state_bytes, _seal_state(root, new_state, signers))
-            return sorted(by_role)
         except _Moved:
             continue
+        for name, tags in by_role.items():  # where the store can show them beside the version (a registry)
+            for tag, _ in tags:
+                await repo.attach_signature(tag, trust_role_key(name, metas[name].version), documents[name])
+        return sorted(by_role)
     raise Untrusted(f"{repo.url}: the signed state kept changing while signing; try again")
 
 
@@ -194,7 +198,8 @@ async def _new_root(repo: Repository, change: Callable[[Root], Root], signers: l
 
 
 async def _new_role_version(repo: Repository, root: Root, state: State, name: str, tags: list[tuple[Tag, str]],
-                            signers: list[Signer], latest: bool) -> RoleMeta:  # fmt: skip
+                            signers: list[Signer], latest: bool) -> tuple[RoleMeta, bytes]:  # fmt: skip
+    """A new signed version of role ``name`` with ``tags`` among its targets, and its document."""
     old = state.roles.get(name)
     targets = dict((await role(repo, state, name)).targets) if old else {}
     for tag, tree_root in tags:
@@ -206,7 +211,7 @@ async def _new_role_version(repo: Repository, root: Root, state: State, name: st
         data = seal("role", encode_role(Role(name, version, _later(ROLE_DAYS), targets)),
                     _pick(signers, root.roles[name], f"role {name}"))  # fmt: skip
         if await repo.backend.create(trust_role_key(name, version), data):
-            return RoleMeta(version, blake3.blake3(data).hexdigest())
+            return RoleMeta(version, blake3.blake3(data).hexdigest()), data
         version += 1  # left by a signer that lost a race or was killed: never overwritten
 
 
