@@ -35,6 +35,7 @@ from benchmarks import (
     peers,
     pull,
     racing,
+    registry,
     report,
     scale,
     soak,
@@ -58,6 +59,7 @@ SCENARIOS = (
     "lifecycle",
     "trust",
     "peers",
+    "registry",
     "soak",
 )
 # The soak is no measurement but a bounded run of half an hour against invariants: only ``--only soak`` runs it.
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             "archive": lambda: archive.run(work, minilm, big(), args.quick),
             "trust": lambda: trust.run(work, minilm, args.quick),
             "peers": lambda: peers.run(work, args.quick),
+            "registry": lambda: registry.run(work, args.quick),
             "soak": lambda: soak.run(work, args.quick, args.minutes),
         }
         for name in chosen:

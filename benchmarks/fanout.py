@@ -2,8 +2,8 @@
 
 Each host is a cache of its own (a separate ``CAS_HOME``, as N GPU hosts
 would have) on this machine; N = 1, 4, 8, 16 (quick: 1, 2) start together
-at a barrier, from (a) ``cas serve``, (b) nginx serving the same folder and
-(c) an S3-compatible server (moto) holding the same model: once as ``cas
+at a barrier, from (a) ``cas serve``, (b) nginx serving the same folder,
+(c) an S3-compatible server (moto) and (d) the CNCF distribution registry holding the same model: once as ``cas
 pull``, once as N services whose descriptor pulls on first access.
 Reported: the time until all hold the model, the bytes sent over loopback
 (the servers' answers, plus the requests' few bytes; the kernel's own
@@ -27,6 +27,7 @@ from benchmarks.harness import push_as_owner, reset, start_server, summary
 from cas import Cache
 from tests.support import synth
 from tests.support.procs import REPO, descendants, free_port, stop
+from tests.support.registry import start_registry
 from tests.support.servers import S3_CREDENTIALS, make_bucket, start_nginx, start_s3
 
 GATE = 'import sys; print("ready", flush=True); sys.stdin.readline()\n'
@@ -45,14 +46,19 @@ def run(work: Path, quick: bool) -> dict:
     nginx, nginx_url = start_nginx(folder, work / "fan-nginx")
     s3_server, endpoint = start_s3(work / "fan-s3")
     s3_env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+    (work / "fan-registry").mkdir()
+    registry, registry_url, _ = start_registry(work / "fan-registry")
+    oci = f"oci://{registry_url.removeprefix('http://')}/fanout"
     try:
         push_as_owner(src, "m:v1", f"http://127.0.0.1:{port}")
         make_bucket(endpoint, "fanout")
         _push_s3(src, s3_env)
+        src.push("m:v1", oci)
         servers = {
             "cas serve": (f"http://127.0.0.1:{port}", served, {}),
             "nginx": (nginx_url, nginx, {}),
             "S3 (moto)": ("s3://fanout/repo", s3_server, s3_env),
+            "registry (distribution)": (oci, registry, {}),
         }
         out: dict = {"model_bytes": src.get("m:v1").size, "counts": counts, "servers": {}}
         headline = {1, max(counts)}  # measured 3 times (full mode), for the headline's spread
@@ -64,9 +70,9 @@ def run(work: Path, quick: bool) -> dict:
             }  # fmt: skip
         return out
     finally:
-        for proc in (served, nginx, s3_server):
+        for proc in (served, nginx, s3_server, registry):
             stop(proc)
-        for d in (model, work / "fan-src", folder, work / "fan-hosts"):
+        for d in (model, work / "fan-src", folder, work / "fan-hosts", work / "fan-registry"):
             reset(d)
 
 

@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, lifecycle, peers, soak, trust
+from benchmarks import archive, fanout, ingest, lifecycle, peers, registry, soak, trust
 from benchmarks.harness import met
 
 
@@ -175,6 +175,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += trust.headline_rows(r["trust"])
     if r.get("peers"):
         rows += peers.headline_rows(r["peers"])
+    if r.get("registry"):
+        rows += registry.headline_rows(r["registry"])
     if r.get("soak"):
         s = r["soak"]
         rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
@@ -337,6 +339,8 @@ def sections(r: dict) -> list[str]:
         out.append(trust.section(r["trust"]))
     if r.get("peers"):
         out.append(peers.section(r["peers"]))
+    if r.get("registry"):
+        out.append(registry.section(r["registry"]))
     if r.get("soak"):
         out.append(soak.section(r["soak"]))
     return out

@@ -14,7 +14,7 @@ def test_quick_benchmarks_write_a_report_with_every_scenario(tmp_path):
                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    for scenario in ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout"):
+    for scenario in ("latency", "ingest", "pull", "dedup", "codec", "scale", "racing", "fanout", "registry"):
         assert scenario in results, scenario
     report = (tmp_path / "report.md").read_text()
     assert "## Headline" in report and "## 7. Concurrency" in report

@@ -44,7 +44,7 @@ def _import_oci(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     got = import_oci(cache_of(args), args.reference, args.tag)
     if args.json:
-        print_json({**got.info.to_dict(), "bytes_fetched": got.bytes_fetched, "bytes_reused": got.bytes_reused})
+        print_json({**got.info.to_dict(), "bytes_transferred": got.bytes_fetched, "bytes_reused": got.bytes_reused})
         return
     _report(got.info, False, time.perf_counter() - start)
     print(f"fetched {size(got.bytes_fetched)}, reused from local files {size(got.bytes_reused)}")

@@ -82,7 +82,7 @@ def _push_modelpack(args: argparse.Namespace, cache: LocalCache) -> None:
     pushed = push_modelpack(cache, args.tag, remote)
     if args.json:
         print_json({**pushed.info.to_dict(), "reference": pushed.reference, "digest": pushed.digest,
-                    "bytes_uploaded": pushed.bytes_uploaded})  # fmt: skip
+                    "bytes_transferred": pushed.bytes_uploaded})  # fmt: skip
         return
     print(
         f"pushed {pushed.info.tag} ({size(pushed.info.size)}) as the ModelPack artifact {pushed.reference} "
