@@ -55,6 +55,9 @@ def test_a_modelpack_push_is_read_by_skopeo_and_oras_as_the_plain_files(tmp_path
     assert kinds["model.safetensors"] == modelpack.WEIGHT and kinds["config.json"] == modelpack.WEIGHT_CONFIG
     pulled = oras_client(base).pull(target=pushed["reference"], outdir=str(tmp_path / "oras"))
     assert pulled and tree_files(tmp_path / "oras") == tree_files(minilm)
+    # cas's own pull says what the tag holds and how to store it
+    out = cas_cli("pull", "minilm:v1", "--remote", oci_url(base, "ml"), home=tmp_path / "host", check=False)
+    assert "cas import-oci" in one_line_error(out)
 
 
 def _blob(layout: Path, digest: str) -> bytes:

@@ -210,6 +210,10 @@ def read_manifest(body: bytes, key: str) -> Manifest:
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise InvalidManifest(f"the registry's manifest for {key} is not an OCI manifest")
     notes = doc.get("annotations")
+    kind = doc.get("artifactType")
+    if kind not in (MODEL_TYPE, OBJECT_TYPE) and (not isinstance(notes, dict) or KEY not in notes):
+        raise InvalidManifest(f"{key} holds an artifact another tool wrote ({_shown(kind)}), not cas's: store a "
+                              "ModelPack, KitOps or oras artifact with cas import-oci HOST/REPOSITORY:TAG")  # fmt: skip
     if not isinstance(notes, dict) or notes.get(KEY) != key:
         raise InvalidManifest(f"the registry answered {key} with a manifest of {_noted(notes)}; refused")
     layers = doc.get("layers")
@@ -234,6 +238,10 @@ def _blob(entry: object, key: str) -> Blob:
             or not 0 <= size <= MAX_PACK_BYTES:  # fmt: skip
         raise InvalidManifest(f"the registry's manifest for {key} has a descriptor with a bad digest or size")
     return Blob(digest, size)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:100].encode("unicode_escape").decode("ascii")
 
 
 def _noted(notes: object) -> str:
