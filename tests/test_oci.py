@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,9 @@ from cas.repo.ocilayout import parse_url
 from cas.repo.stores import open_backend
 
 from .conftest import cas_cli, missing, stats, tree_files
-from .support.registry import PASSWORD, USER
+from .support.procs import stop
+from .support.registry import PASSWORD, USER, start_registry
+from .support.servers import S3_CREDENTIALS, make_bucket
 from .test_cloud import environment, one_line_error, service
 
 
@@ -194,3 +199,36 @@ async def _get(url: str, key: str) -> bytes:
         return await backend.get(key)
     finally:
         await backend.close()
+
+
+def test_blob_reads_redirected_to_the_registrys_object_store_are_followed(tmp_path, tuned, s3_server):
+    """A registry storing in S3 answers blob reads with a redirect to a signed URL of the store, as large
+    registries do: the pull follows it (and its Range), whole and delta."""
+    bucket = f"registry-{os.urandom(4).hex()}"
+    make_bucket(s3_server, bucket)
+    (tmp_path / "reg").mkdir()
+    proc, base, _ = start_registry(tmp_path / "reg", s3=(s3_server, bucket, S3_CREDENTIALS))
+    try:
+        url = oci_url(base)
+        src = Cache(tmp_path / "src")
+        src.add(tuned["base"], "m:v1")
+        src.add(tuned["tuned"], "m:v2")
+        src.push("m:v1", url)
+        src.push("m:v2", url)
+        manifest = json.loads(skopeo("inspect", "--raw", f"docker://{base.removeprefix('http://')}/team/m:v1"))
+        blob = manifest["layers"][-1]["digest"]
+        with pytest.raises(urllib.error.HTTPError) as answer:  # urllib follows none: the registry's own answer
+            urllib.request.build_opener(_NoRedirect).open(f"{base}/v2/team/m/blobs/{blob}", timeout=30)
+        assert answer.value.code == 307 and answer.value.headers["Location"].startswith(s3_server)
+        host = Cache(tmp_path / "host")
+        host.pull("m:v1", url)
+        delta = host.pull("m:v2", url)
+        assert delta.bytes_fetched < 0.2 * delta.info.size
+        assert tree_files(host.materialize("m:v2")) == tree_files(tuned["tuned"])
+    finally:
+        stop(proc)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidManifest
 from ..ref import ModelInfo
-from ..repo.ocilayout import CREATED, EMPTY_TYPE, MAX_LAYERS, REF_TYPE, ROOT, descriptor
+from ..repo.ocilayout import CREATED, EMPTY_TYPE, MAX_LAYERS, REF_TYPE, ROOT, blob_of, descriptor, load_manifest
 from ..repo.registry import MANIFEST, Blob
 from ..tree import check_path
 
@@ -47,7 +47,6 @@ WEIGHT_SUFFIXES = frozenset(".safetensors .bin .pt .pth .ckpt .gguf .ggml .onnx 
                             ".msgpack .mlmodel .engine .plan .xml .params .joblib .pkl .pickle".split())  # fmt: skip
 _DOC = re.compile(r"(readme|license|licence|notice|copying|changelog)(\..*)?|.*\.(md|rst|pdf)", re.IGNORECASE)
 _TAR = re.compile(r".*\.tar(\+(gzip|zstd))?")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def layer_type(path: str) -> str:
@@ -106,7 +105,7 @@ class Side(NamedTuple):
 
 def read_artifact(body: bytes, where: str) -> Artifact:
     """The files of a ModelPack, KitOps or oras artifact, every path checked; anything else refused."""
-    doc = _load(body, where)
+    doc = load_manifest(body, where)
     kind = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType", "")
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers or len(layers) > MAX_LAYERS:
@@ -125,18 +124,18 @@ def read_artifact(body: bytes, where: str) -> Artifact:
 
 def read_side(body: bytes, where: str, subject: str) -> Side:
     """The ref record and tree blobs of the manifest beside an artifact, checked to name that artifact."""
-    doc = _load(body, where)
+    doc = load_manifest(body, where)
     sub = doc.get("subject")
     if doc.get("artifactType") != SIDE_TYPE or not isinstance(sub, dict) or sub.get("digest") != subject:
         raise InvalidManifest(f"{where} is not the cas tree of {subject}")
     layers = doc.get("layers")
     if not isinstance(layers, list) or len(layers) != 2:
         raise InvalidManifest(f"{where} does not hold a ref record and a tree")
-    return Side(_blob(layers[0], where), _blob(layers[1], where))
+    return Side(_any_blob(layers[0], where), _any_blob(layers[1], where))
 
 
 def _layer(entry: object, where: str) -> Layer:
-    blob = _blob(entry, where)
+    blob = _any_blob(entry, where)
     assert isinstance(entry, dict)
     notes = entry.get("annotations") if isinstance(entry.get("annotations"), dict) else {}
     path = notes.get(FILEPATH) or notes.get(TITLE)
@@ -152,23 +151,8 @@ def _layer(entry: object, where: str) -> Layer:
         raise InvalidManifest(f"{where}: {e}") from None
 
 
-def _blob(entry: object, where: str) -> Blob:
-    if not isinstance(entry, dict):
-        raise InvalidManifest(f"{where} has a descriptor that is not an object")
-    digest, size = entry.get("digest"), entry.get("size")
-    if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)) or type(size) is not int or size < 0:
-        raise InvalidManifest(f"{where} has a descriptor with a bad sha256 digest or size")
-    return Blob(digest, size)
-
-
-def _load(body: bytes, where: str) -> dict:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise InvalidManifest(f"{where} is not a JSON manifest") from None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
-        raise InvalidManifest(f"{where} is not an OCI image manifest (an index or a schema 1 manifest?)")
-    return doc
+def _any_blob(entry: object, where: str) -> Blob:
+    return blob_of(entry, where, max_size=1 << 62)  # a model file may be as large as it is
 
 
 def _shown(text: object) -> str:

@@ -244,17 +244,18 @@ class OciBackend:
         document = await self._registry.put_blob(where.repository, data)
         empty = await self._registry.put_blob(where.repository, layout.EMPTY)
         referrer = layout.signature_manifest(Blob(digest, len(body)), empty, key, document)
-        if await self._registry.put_referrer(where.repository, referrer):
-            return  # the registry indexes referrers itself
-        index = Place(where.repository, layout.referrers_tag(digest))
-        notes = {layout.KEY: key}
+        if not await self._registry.put_referrer(where.repository, referrer):  # no referrers API: the index tag
+            await self._list_referrer(Place(where.repository, layout.referrers_tag(digest)), referrer, key)
+
+    async def _list_referrer(self, index: Place, referrer: bytes, key: str) -> None:
+        """Add a referrer to the fallback index, written over what was read and read back, as documents are."""
+        entry = Blob(digest_of(referrer), len(referrer))
         for _ in range(UPDATE_TRIES):
             try:
                 current, read = await self._registry.get_manifest(index.repository, index.tag, layout.INDEX)
             except NotFound:
                 current, read = None, None
-            new = layout.with_referrer(current, Blob(digest_of(referrer), len(referrer)),
-                                       layout.SIGNATURE_TYPE, notes)  # fmt: skip
+            new = layout.with_referrer(current, entry, layout.SIGNATURE_TYPE, {layout.KEY: key})
             if new is None:
                 return
             if await self._registry.manifest_digest(index.repository, index.tag, layout.INDEX) != read:
@@ -263,7 +264,7 @@ class OciBackend:
             await asyncio.sleep(self._settle)
             if await self._registry.manifest_digest(index.repository, index.tag, layout.INDEX) == written:
                 return
-        raise RepoError(f"{self.url}: the referrers index of {ref_key} kept changing; sign again")
+        raise RepoError(f"{self.url}: the referrers index {index.tag} of {index.repository} kept changing; sign again")
 
     async def delete(self, key: str) -> None:
         where = place(self._where.namespace, key)

@@ -203,12 +203,8 @@ class Manifest(NamedTuple):
 
 def read_manifest(body: bytes, key: str) -> Manifest:
     """A manifest a registry answered for ``key``, checked: well formed, and naming that key."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise InvalidManifest(f"the registry's manifest for {key} is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
-        raise InvalidManifest(f"the registry's manifest for {key} is not an OCI manifest")
+    where = f"the registry's manifest for {key}"
+    doc = load_manifest(body, where)
     notes = doc.get("annotations")
     kind = doc.get("artifactType")
     if kind not in (MODEL_TYPE, OBJECT_TYPE) and (not isinstance(notes, dict) or KEY not in notes):
@@ -221,22 +217,34 @@ def read_manifest(body: bytes, key: str) -> Manifest:
         raise InvalidManifest(f"the registry's manifest for {key} has no list of layers")
     found = {}
     for layer in layers:
-        blob = _blob(layer, key)
+        blob = blob_of(layer, where)
         layer_key = layer.get("annotations", {}).get(KEY) if isinstance(layer.get("annotations"), dict) else None
         if isinstance(layer_key, str):
             check_key(layer_key)
             found[layer_key] = blob
     root = notes.get(ROOT)
-    return Manifest(key, _blob(doc.get("config"), key), found, root if isinstance(root, str) else "")
+    return Manifest(key, blob_of(doc.get("config"), where), found, root if isinstance(root, str) else "")
 
 
-def _blob(entry: object, key: str) -> Blob:
+def load_manifest(body: bytes, where: str) -> dict:
+    """A manifest's JSON object, refused unless it is an OCI image manifest (schema 2)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise InvalidManifest(f"{where} is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise InvalidManifest(f"{where} is not an OCI image manifest (an index or a schema 1 manifest?)")
+    return doc
+
+
+def blob_of(entry: object, where: str, max_size: int = MAX_PACK_BYTES) -> Blob:
+    """A descriptor's digest and size, checked: a sha256 digest and a size from 0 to ``max_size``."""
     if not isinstance(entry, dict):
-        raise InvalidManifest(f"the registry's manifest for {key} has a descriptor that is not an object")
+        raise InvalidManifest(f"{where} has a descriptor that is not an object")
     digest, size = entry.get("digest"), entry.get("size")
     if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)) or type(size) is not int \
-            or not 0 <= size <= MAX_PACK_BYTES:  # fmt: skip
-        raise InvalidManifest(f"the registry's manifest for {key} has a descriptor with a bad digest or size")
+            or not 0 <= size <= max_size:  # fmt: skip
+        raise InvalidManifest(f"{where} has a descriptor with a bad digest or size")
     return Blob(digest, size)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import shutil
 import threading
 import uuid
@@ -24,13 +25,13 @@ def registry_binary() -> str | None:
     return shutil.which("docker-registry") or shutil.which("registry")
 
 
-def start_registry(work: Path, auth: str = "none"):
-    """A registry storing under ``work``; ``auth``: none, basic (htpasswd) or token.  Returns (proc, base URL,
-    token server or None)."""
+def start_registry(work: Path, auth: str = "none", s3: tuple[str, str, dict[str, str]] | None = None):
+    """A registry storing under ``work``, or in an S3 bucket (``s3``: endpoint, bucket, credentials; blob reads
+    are then redirected to the object store, as large registries do); ``auth``: none, basic (htpasswd) or
+    token.  Returns (proc, base URL, token server or None)."""
     port = free_port()
-    lines = ["version: 0.1", "log:", "  level: warn", "storage:", "  filesystem:",
-             f"    rootdirectory: {work / 'data'}", "  delete:", "    enabled: true", "http:",
-             f"  addr: 127.0.0.1:{port}"]  # fmt: skip
+    lines = ["version: 0.1", "log:", "  level: warn", "storage:", *_storage(work, s3), "  delete:",
+             "    enabled: true", "http:", f"  addr: 127.0.0.1:{port}"]  # fmt: skip
     tokens = None
     if auth == "basic":
         import bcrypt
@@ -42,9 +43,20 @@ def start_registry(work: Path, auth: str = "none"):
         lines += ["auth:", "  token:", f"    realm: {tokens.url}/token", f"    service: {SERVICE}",
                   f"    issuer: {ISSUER}", f"    rootcertbundle: {tokens.cert_path}"]  # fmt: skip
     (work / "config.yml").write_text("\n".join(lines) + "\n")
+    # a CA bundle the environment names for AWS (a proxy's) makes the registry's S3 driver refuse plain http
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"} if s3 else None
     proc = start([registry_binary() or "docker-registry", "serve", str(work / "config.yml")],
-                 f"http://127.0.0.1:{port}/v2/")  # fmt: skip
+                 f"http://127.0.0.1:{port}/v2/", env)  # fmt: skip
     return proc, f"http://127.0.0.1:{port}", tokens
+
+
+def _storage(work: Path, s3: tuple[str, str, dict[str, str]] | None) -> list[str]:
+    if s3 is None:
+        return ["  filesystem:", f"    rootdirectory: {work / 'data'}"]
+    endpoint, bucket, creds = s3
+    return ["  s3:", f"    accesskey: {creds['AWS_ACCESS_KEY_ID']}", f"    secretkey: {creds['AWS_SECRET_ACCESS_KEY']}",
+            f"    region: {creds['AWS_REGION']}", f"    regionendpoint: {endpoint}", f"    bucket: {bucket}",
+            "    secure: false", "    v4auth: true", "  redirect:", "    disable: false"]  # fmt: skip
 
 
 class TokenService:
