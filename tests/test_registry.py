@@ -13,7 +13,8 @@ import pytest
 
 from cas import RepoError
 from cas.repo import registry as oci
-from cas.repo.registry import Credentials, Registry
+from cas.repo.registry import Registry
+from cas.repo.registryauth import Credentials, credentials_for
 
 from .conftest import missing
 from .support.registry import PASSWORD, USER
@@ -94,16 +95,16 @@ def test_credentials_come_from_the_environment_or_docker_config(tmp_path, monkey
     host = base.removeprefix("http://")
     monkeypatch.delenv("CAS_REGISTRY_USERNAME", raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
-    assert oci.credentials_for(host) is None
+    assert credentials_for(host) is None
     (tmp_path / "docker").mkdir()
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     (tmp_path / "docker" / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
-    creds = oci.credentials_for(host)
+    creds = credentials_for(host)
     assert creds == Credentials(USER, PASSWORD)
     assert _run(base, creds, lambda r: r.put_blob("team/model", b"data")).size == 4
     monkeypatch.setenv("CAS_REGISTRY_USERNAME", "someone")
     monkeypatch.setenv("CAS_REGISTRY_PASSWORD", "else")
-    assert oci.credentials_for(host) == Credentials("someone", "else")
+    assert credentials_for(host) == Credentials("someone", "else")
 
 
 def test_a_hostile_registry_is_refused_in_one_line(registry, proxy):

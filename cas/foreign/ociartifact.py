@@ -28,7 +28,8 @@ from ..errors import CorruptObject, InvalidInput, InvalidManifest, InvalidTag, N
 from ..local.cache import LocalCache
 from ..ref import ModelInfo
 from ..repo.ocilayout import EMPTY, model_repository, parse_url
-from ..repo.registry import Blob, Registry, credentials_for
+from ..repo.registry import Blob, Registry
+from ..repo.registryauth import credentials_for
 from ..tree import FileEntry, Tree, check_path
 from ..tree import decode as decode_tree
 from . import modelpack

@@ -35,7 +35,8 @@ from .backend import Change
 from .format import MAX_DOC_BYTES, check_key, decode_locator, locator_key, pack_key, tree_key
 from .listing import decode_names, names_key
 from .ocilayout import Manifest, Place, place
-from .registry import Blob, Registry, credentials_for, digest_of
+from .registry import Blob, Registry, digest_of
+from .registryauth import credentials_for
 
 SETTLE = 0.5  # seconds a contested tag is given before it is read back (CAS_REGISTRY_SETTLE)
 UPDATE_TRIES = 20

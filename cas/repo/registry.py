@@ -10,10 +10,8 @@ Manifests are JSON documents stored under a digest or a tag.
 Authentication is what ``docker`` and ``oras`` do: a request answered 401
 is sent again with what the ``WWW-Authenticate`` challenge asks for, Basic
 credentials or a Bearer token from the registry's token service (asked
-with the credentials, or anonymously).  Credentials come from
-``CAS_REGISTRY_USERNAME`` / ``CAS_REGISTRY_PASSWORD``, else from
-``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``): its ``auths``,
-or the credential helper it names.  Nothing a registry sends is trusted: a
+with the credentials, or anonymously); ``registryauth`` finds the
+credentials.  Nothing a registry sends is trusted: a
 manifest is read up to ``MAX_MANIFEST_BYTES``, a blob up to the limit asked,
 a range exactly, a tag listing to ``MAX_TAGS``, each request retried like
 the HTTP backend's and bounded in time.
@@ -28,7 +26,6 @@ import json
 import os
 import random
 import re
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -38,6 +35,7 @@ import aiohttp
 
 from ..errors import NotFound, RepoError
 from . import CONCURRENCY
+from .registryauth import Credentials, challenge
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
@@ -47,12 +45,6 @@ MAX_TAGS = 1_000_000
 TAGS_PAGE = 1000  # tags asked per page of a listing
 PIECE = 64 << 20  # uploads larger than this go in PATCH pieces of this size
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-HELPER_TIMEOUT = 30  # seconds a credential helper may take
-
-
-class Credentials(NamedTuple):
-    username: str
-    password: str
 
 
 class Blob(NamedTuple):
@@ -64,52 +56,12 @@ def digest_of(data: bytes | bytearray) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def credentials_for(host: str) -> Credentials | None:
-    """The credentials for ``host``: the environment's, else docker's config (``auths`` or its helpers)."""
-    user, password = os.environ.get("CAS_REGISTRY_USERNAME"), os.environ.get("CAS_REGISTRY_PASSWORD")
-    if user and password:
-        return Credentials(user, password)
-    config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
-    try:
-        doc = json.loads(config.read_bytes()[:MAX_MANIFEST_BYTES])
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict):
-        return None
-    entry = (doc.get("auths") or {}).get(host) if isinstance(doc.get("auths"), dict) else None
-    if isinstance(entry, dict) and isinstance(entry.get("auth"), str):
-        user, _, password = base64.b64decode(entry["auth"] + "==").decode("utf-8", "replace").partition(":")
-        return Credentials(user, password) if user else None
-    helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
-    helper = helpers.get(host) or doc.get("credsStore")
-    return _from_helper(str(helper), host) if isinstance(helper, str) and helper else None
-
-
-def _from_helper(helper: str, host: str) -> Credentials | None:
-    """``docker-credential-<helper> get``, as docker asks it; a helper that fails gives no credentials."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", helper):
-        return None
-    try:
-        out = subprocess.run([f"docker-credential-{helper}", "get"], input=host.encode(), capture_output=True,
-                             timeout=HELPER_TIMEOUT, check=True).stdout  # fmt: skip
-        got = json.loads(out[:MAX_MANIFEST_BYTES])
-        return Credentials(str(got["Username"]), str(got["Secret"]))
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-def challenge(header: str) -> tuple[str, dict[str, str]]:
-    """A ``WWW-Authenticate`` header's scheme and parameters (``Bearer realm="...",scope="a:b:pull,push"``)."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'([A-Za-z_]+)="([^"]*)"', rest)}
 
 
 class _Transient(Exception):
