@@ -45,7 +45,8 @@ def test_push_pull_list_verify_and_a_descriptor_through_a_registry(tmp_path, min
     base, tokens = registry(auth)
     url = oci_url(base)
     creds = {"CAS_REGISTRY_USERNAME": USER, "CAS_REGISTRY_PASSWORD": PASSWORD} if auth != "none" else {}
-    env = environment(**creds)
+    # a worker process pushes and one fetches: each finds the credentials and answers the registry's challenge
+    env = environment(**creds, CAS_PUSH_PROCESSES="1", CAS_PULL_PROCESSES="1")
     cas_cli("add", str(minilm), "minilm:v1", home=tmp_path / "src", env=env)
     pushed = json.loads(cas_cli("push", "minilm:v1", "--remote", url, "--json", home=tmp_path / "src", env=env).stdout)
     assert pushed["bytes_transferred"] > 0
