@@ -22,9 +22,18 @@ from cas.repo.stores import open_backend
 
 from .conftest import cas_cli, missing, stats, tree_files
 from .support.procs import stop
-from .support.registry import PASSWORD, USER, start_registry
+from .support.registry import PASSWORD, USER, registry_binary, start_registry
 from .support.servers import S3_CREDENTIALS, make_bucket
 from .test_cloud import environment, one_line_error, service
+
+
+def own_registry(work: Path, **config) -> tuple[subprocess.Popen, str]:
+    """A registry configured otherwise than the ``registry`` fixture's (stopped by the caller)."""
+    if registry_binary() is None:
+        missing("docker-registry (apt-get install docker-registry; bash dev test does it as root)")
+    work.mkdir()
+    proc, base, _ = start_registry(work, **config)
+    return proc, base
 
 
 def oci_url(base: str, namespace: str = "team") -> str:
@@ -207,8 +216,7 @@ def test_blob_reads_redirected_to_the_registrys_object_store_are_followed(tmp_pa
     registries do: the pull follows it (and its Range), whole and delta."""
     bucket = f"registry-{os.urandom(4).hex()}"
     make_bucket(s3_server, bucket)
-    (tmp_path / "reg").mkdir()
-    proc, base, _ = start_registry(tmp_path / "reg", s3=(s3_server, bucket, S3_CREDENTIALS))
+    proc, base = own_registry(tmp_path / "reg", s3=(s3_server, bucket, S3_CREDENTIALS))
     try:
         url = oci_url(base)
         src = Cache(tmp_path / "src")
@@ -233,3 +241,17 @@ def test_blob_reads_redirected_to_the_registrys_object_store_are_followed(tmp_pa
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def test_a_registry_that_refuses_deletes_says_how_to_allow_them_and_keeps_the_version(tmp_path, synthetic):
+    proc, base = own_registry(tmp_path / "reg", delete=False)
+    try:
+        url = oci_url(base)
+        cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "src")
+        cas_cli("push", "m:v1", "--remote", url, home=tmp_path / "src")
+        out = cas_cli("rm", "m:v1", "--remote", url, home=tmp_path / "src", check=False)
+        assert "storage.delete.enabled" in one_line_error(out)
+        cas_cli("pull", "m:v1", "--remote", url, home=tmp_path / "host")
+        assert tree_files(Cache(tmp_path / "host").materialize("m:v1")) == tree_files(synthetic)
+    finally:
+        stop(proc)

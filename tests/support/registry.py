@@ -25,13 +25,14 @@ def registry_binary() -> str | None:
     return shutil.which("docker-registry") or shutil.which("registry")
 
 
-def start_registry(work: Path, auth: str = "none", s3: tuple[str, str, dict[str, str]] | None = None):
+def start_registry(work: Path, auth: str = "none", s3: tuple[str, str, dict[str, str]] | None = None,
+                   delete: bool = True):  # fmt: skip
     """A registry storing under ``work``, or in an S3 bucket (``s3``: endpoint, bucket, credentials; blob reads
     are then redirected to the object store, as large registries do); ``auth``: none, basic (htpasswd) or
     token.  Returns (proc, base URL, token server or None)."""
     port = free_port()
     lines = ["version: 0.1", "log:", "  level: warn", "storage:", *_storage(work, s3), "  delete:",
-             "    enabled: true", "http:", f"  addr: 127.0.0.1:{port}"]  # fmt: skip
+             f"    enabled: {str(delete).lower()}", "http:", f"  addr: 127.0.0.1:{port}"]  # fmt: skip
     tokens = None
     if auth == "basic":
         import bcrypt
