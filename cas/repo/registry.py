@@ -64,6 +64,11 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# What a manifest PUT is answered while a racing writer links the same blob into the repository (distribution
+# reads its half-written link file): seen in racing pushes of one model's versions; a moment later it passes.
+_SETTLING = ("(DIGEST_INVALID:", "(MANIFEST_BLOB_UNKNOWN:", "(BLOB_UNKNOWN:")
+
+
 class _Transient(Exception):
     """A failure worth another attempt: connection error, timeout, 5xx, 429, short body."""
 
@@ -304,7 +309,10 @@ class Registry:
         if resp.status >= 500 or resp.status == 429:
             raise _Transient(f"{resp.status} {resp.reason}")
         if resp.status not in expect:
-            raise RepoError(f"{method} {_shown(url)}: unexpected {resp.status} {resp.reason}")
+            said = _said(await resp.content.read(4096))
+            if resp.status == 400 and "/manifests/" in url and any(c in said for c in _SETTLING):
+                raise _Transient(f"{resp.status}{said}")  # another writer is linking the same blob: again
+            raise RepoError(f"{method} {_shown(url)}: unexpected {resp.status} {resp.reason}{said}")
         if window is not None:
             return _Answer(resp.status, await _read_window(resp, *window, partial=resp.status == 206), resp.headers)
         if method in ("HEAD", "DELETE", "PUT", "POST", "PATCH"):
@@ -395,6 +403,15 @@ def _json(body: bytes, what: str) -> dict:
     if not isinstance(doc, dict):
         raise RepoError(f"{what} is not a JSON object")
     return doc
+
+
+def _said(body: bytes) -> str:
+    """What a registry's error body says (``{"errors": [{"code", "message"}]}``), escaped, or nothing."""
+    try:
+        first = json.loads(body)["errors"][0]
+        return f" ({first['code']}: {first['message']})"[:300].encode("unicode_escape").decode("ascii")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
 
 
 def _next_page(link: str | None) -> str | None:
