@@ -129,7 +129,7 @@ def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progres
     """Write ``tag`` as one export file to ``dest``: a path (written under a temporary name and renamed when
     complete), ``-`` for stdout, or a binary file object.  Writes nothing in the cache."""
     start = time.perf_counter()
-    info = cache.get(tag)
+    info = cache.whole(tag, "an export")
     with cache.locks.hold("objects", shared=True):  # gc must not remove a blob while it is read
         tree = cache.tree(info)
         files = blobs_in_order(tree)

@@ -18,6 +18,7 @@ from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace,
 from .local.cache import LocalCache, Progress
 from .ref import ModelInfo
 from .repo import CONCURRENCY
+from .selection import Selection
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .upload import PushStats
 
     TrustSpec = str | os.PathLike[str] | TrustPolicy | None
+    Patterns = Sequence[str] | str | None
+    Seeds = Sequence[str | os.PathLike[str]] | None
 
 
 class Cache(LocalCache):
@@ -54,33 +57,40 @@ class Cache(LocalCache):
         return await apush(self, tag, remote, progress=progress, sign=sign)
 
     def pull(self, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-             progress: Progress | None = None, trust: TrustSpec = None) -> PullStats:  # fmt: skip
+             progress: Progress | None = None, trust: TrustSpec = None, include: Patterns = None,
+             exclude: Patterns = None, seeds: Seeds = None) -> PullStats:  # fmt: skip
         """Fetch a model from a repository (``$CAS_REMOTE`` by default), moving only what no local file holds;
         ``concurrency`` range requests in flight, ``progress`` called with byte counts; ``trust``: the policy
-        that must vouch for it (default: the cache's, else ``$CAS_TRUST``'s)."""
+        that must vouch for it (default: the cache's, else ``$CAS_TRUST``'s); ``include``/``exclude``:
+        gitignore-style patterns choosing the files to pull (the version is then partial here); ``seeds``:
+        folders whose files may hold chunks of it (default ``$CAS_SEEDS``), each chunk verified."""
         from .download import pull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = pull(self, tag, remote, concurrency=concurrency, progress=progress,
-                         trust=self.trust_policy(trust))  # fmt: skip
+                         trust=self.trust_policy(trust), selection=Selection.of(include, exclude),
+                         seeds=_seed_dirs(seeds))  # fmt: skip
         self._fit_budget(stats.info)
         return stats
 
-    def estimate_pull(self, tag: str, remote: str | None = None) -> PullEstimate:
+    def estimate_pull(self, tag: str, remote: str | None = None, *, include: Patterns = None,
+                      exclude: Patterns = None) -> PullEstimate:  # fmt: skip
         """What ``pull`` would fetch and reuse, without fetching (three small documents are read)."""
         from .download import estimate
 
-        return estimate(self, tag, remote)
+        return estimate(self, tag, remote, Selection.of(include, exclude))
 
     async def apull(self, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-                    progress: Progress | None = None, trust: TrustSpec = None) -> PullStats:  # fmt: skip
+                    progress: Progress | None = None, trust: TrustSpec = None, include: Patterns = None,
+                    exclude: Patterns = None, seeds: Seeds = None) -> PullStats:  # fmt: skip
         """``pull`` for async code: the pull runs on a loop of its own, so the caller's loop keeps serving;
         cancelling the awaiting task stops it, keeping what it verified for the next pull."""
         from .download import apull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress,
-                                trust=self.trust_policy(trust))  # fmt: skip
+                                trust=self.trust_policy(trust), selection=Selection.of(include, exclude),
+                                seeds=_seed_dirs(seeds))  # fmt: skip
         import asyncio
 
         await asyncio.to_thread(self._fit_budget, stats.info)
@@ -137,6 +147,8 @@ class Cache(LocalCache):
         refresh: bool = False,
         offline: bool | None = None,
         trust: TrustSpec = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
     ) -> ModelInfo:
         """The model to use for ``tag``: the local one when there is one (no network), else pulled.
 
@@ -146,15 +158,17 @@ class Cache(LocalCache):
         one missing tag at once all end with the same version.  Works from any thread, loop or not.
         ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version verified under it is used,
         and a local one that was not is pulled again (its signatures checked; its bytes are here).
+        ``include``/``exclude``: only the files these gitignore-style patterns select need be here; those
+        missing from a partial local version are pulled for that same version.
         """
-        t, known = tags.parse(tag), self.known_policy(trust)
-        found = self._here_or_where(t, remote, refresh, offline, known)  # the warm path: nothing else is read
+        t, known, sel = tags.parse(tag), self.known_policy(trust), Selection.of(include, exclude)
+        found = self._here_or_where(t, remote, refresh, offline, known, sel)  # the warm path: nothing else is read
         if isinstance(found, ModelInfo):
             return found
         from . import privateloop
 
         policy = self.trust_policy(trust)
-        return privateloop.run(lambda: self._resolve_remotely(t, found, refresh, policy))
+        return privateloop.run(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
 
     async def aresolve(
         self,
@@ -164,37 +178,55 @@ class Cache(LocalCache):
         refresh: bool = False,
         offline: bool | None = None,
         trust: TrustSpec = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
     ) -> ModelInfo:
         """``resolve`` for async code: a pull runs on a loop of its own, and the task can be cancelled."""
         import asyncio
 
         from . import privateloop
 
-        t, known = tags.parse(tag), self.known_policy(trust)
-        found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, known)
+        t, known, sel = tags.parse(tag), self.known_policy(trust), Selection.of(include, exclude)
+        found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, known, sel)
         if isinstance(found, ModelInfo):
             return found
         policy = self.trust_policy(trust)
-        return await privateloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy))
+        return await privateloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
 
     def _here_or_where(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
-                       policy: TrustPolicy | KnownPolicy | None) -> ModelInfo | str:  # fmt: skip
+                       policy: TrustPolicy | KnownPolicy | None, sel: Selection | None) -> ModelInfo | str:  # fmt: skip
         """The local version to use, or the URL of the repository to pull ``t`` from."""
         if not refresh:
             with contextlib.suppress(NotFound):
-                return self._local(t, policy)
-        url = self._pull_from(t, remote, refresh, offline, policy)
-        return url or self.check_trusted(self.get(t), policy)
+                return self._local(t, policy, sel)
+        url = self._pull_from(t, remote, refresh, offline, policy, sel)
+        return url or self._local(t, policy, sel, trusted_only=False)
 
-    def _local(self, t: tags.Tag, policy: TrustPolicy | KnownPolicy | None) -> ModelInfo:
-        """The local version of ``t``; NotFound also when it is here but the policy does not vouch for it."""
+    def _local(self, t: tags.Tag, policy: TrustPolicy | KnownPolicy | None, sel: Selection | None,
+               trusted_only: bool = True) -> ModelInfo:  # fmt: skip
+        """The local version of ``t``; NotFound also when it is here but the policy does not vouch for it, or
+        when it is partial here and lacks files ``sel`` takes."""
         info = self.get(t)
-        if policy is not None and not self.trusted.vouches(policy, info):
+        if not trusted_only:
+            info = self.check_trusted(info, policy)
+        elif policy is not None and not self.trusted.vouches(policy, info):
             raise NotFound(f"{info.tag} is here but was not verified under {policy.where}")
+        if not self.covers(info, sel):
+            asked = f"the files {sel.describe()} selects" if sel is not None else "every file"
+            raise NotFound(f"{info.tag} is partial in the cache at {self.root} and lacks some of {asked}")
         return info
 
+    def _pinned(self, t: tags.Tag) -> tags.Tag:
+        """The version to pull for ``t``: one already partly here (so every selection of a tag resolves to one
+        version), else ``t``."""
+        with contextlib.suppress(NotFound):
+            info = self.get(t)
+            if info.partial:
+                return tags.parse(info.tag)
+        return t
+
     def _pull_from(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
-                   policy: TrustPolicy | KnownPolicy | None) -> str:  # fmt: skip
+                   policy: TrustPolicy | KnownPolicy | None, sel: Selection | None) -> str:  # fmt: skip
         """The repository to pull ``t`` from, or "" to use the local version (a refresh with no repository
         to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""
@@ -206,13 +238,13 @@ class Cache(LocalCache):
         if refresh:
             return ""
         with contextlib.suppress(NotFound):
-            self.check_trusted(self.get(t), policy)  # here, but not vouched for: say so rather than "not found"
+            self._local(t, policy, sel, trusted_only=False)  # here, but not vouched for or partial: say so
         if why_offline:
             raise NotFound(f"{self.refs.not_found(str(t))} ({why_offline}, so it was not pulled)")
         raise self.refs.not_found(str(t))
 
-    async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool,
-                                policy: TrustPolicy | None) -> ModelInfo:  # fmt: skip
+    async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool, policy: TrustPolicy | None,
+                                sel: Selection | None = None) -> ModelInfo:  # fmt: skip
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
         from .download import pull_here
@@ -223,23 +255,30 @@ class Cache(LocalCache):
                 async with self.locks.ahold(f"resolve-{t.name}"):
                     if not refresh:
                         with contextlib.suppress(NotFound):
-                            return self._local(t, policy)  # pulled by another process while this one waited
-                    info = (await pull_here(self, str(t), url, trust=policy)).info
+                            return self._local(t, policy, sel)  # pulled by another process while this one waited
+                    pin = self._pinned(t) if not refresh else t
+                    info = (await pull_here(self, str(pin), url, trust=policy, selection=sel)).info
             self._fit_budget(info)
             return info
         except CasError as e:
             if refresh:
-                return self._refresh_failed(t, url, e, policy)
+                return self._refresh_failed(t, url, e, policy, sel)
             if isinstance(e, (NotFound, CacheNotWritable, OutOfSpace, Untrusted)):
                 raise
             raise type(e)(f"could not pull {t} from {url}: {e}") from None
 
-    def _refresh_failed(self, t: tags.Tag, url: str, error: CasError, policy: TrustPolicy | None) -> ModelInfo:
+    def _refresh_failed(self, t: tags.Tag, url: str, error: CasError, policy: TrustPolicy | None,
+                        sel: Selection | None) -> ModelInfo:  # fmt: skip
         try:
-            info = self._local(t, policy)
+            info = self._local(t, policy, sel)
         except NotFound:
             raise type(error)(f"could not pull {t} from {url}: {error}") from None
         import warnings
 
         warnings.warn(f"cas: could not refresh {t} from {url} ({error}); using {info.tag}", stacklevel=2)
         return info
+
+
+def _seed_dirs(seeds: Seeds) -> list[str] | None:
+    """Seed folders as strings (None: ``$CAS_SEEDS``'s)."""
+    return None if seeds is None else [os.fspath(s) for s in seeds]

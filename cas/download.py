@@ -23,11 +23,12 @@ import os
 import stat
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from . import privateloop, tags
+from . import seeds as seeds_module
 from .errors import OUT_OF_SPACE, CasError, CorruptObject, OutOfSpace, Untrusted, out_of_space_advice
 from .fetch import fetch, worker_count
 from .fsutil import make_dirs
@@ -42,6 +43,7 @@ from .repo import CONCURRENCY
 from .repo.format import Location
 from .repo.repository import Repository, remote_url, run_with_repository, with_repository
 from .repo.stores import public_url
+from .selection import Selection
 from .tree import FileEntry, Tree
 from .trust.client import Verdict, verify
 from .trust.policy import TrustPolicy
@@ -53,25 +55,29 @@ class PullStats(NamedTuple):
 
     info: ModelInfo
     bytes_fetched: int  # encoded bytes read from the repository
-    bytes_reused: int  # raw bytes copied from files already on this host
+    bytes_reused: int  # raw bytes copied from files already on this host (the cache's and seeds')
     seconds: float
+    bytes_seeded: int = 0  # of those, raw bytes taken from seed folders
 
 
 def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-         progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
-    """Fetch ``tag`` from ``remote`` (else ``$CAS_REMOTE``) into the cache and record it; from any thread."""
+         progress: Progress | None = None, trust: TrustPolicy | None = None,
+         selection: Selection | None = None, seeds: Sequence[str] | None = None) -> PullStats:  # fmt: skip
+    """Fetch ``tag`` from ``remote`` (else ``$CAS_REMOTE``) into the cache and record it; from any thread.
+    ``selection``: only the files it takes (the version is then recorded as partial unless all are here)."""
     url = remote_url(remote)
     return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
-                                             trust=trust))  # fmt: skip
+                                             trust=trust, selection=selection, seeds=seeds))  # fmt: skip
 
 
 async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
-                progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
+                progress: Progress | None = None, trust: TrustPolicy | None = None,
+                selection: Selection | None = None, seeds: Sequence[str] | None = None) -> PullStats:  # fmt: skip
     """``pull`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving;
     cancelling the awaiting task stops it once unwound, keeping what it verified for the next pull."""
     url = remote_url(remote)
     return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
-                                                         trust=trust))  # fmt: skip
+                                                         trust=trust, selection=selection, seeds=seeds))  # fmt: skip
 
 
 class PullEstimate(NamedTuple):
@@ -84,15 +90,18 @@ class PullEstimate(NamedTuple):
     bytes_present: int  # raw bytes of the model's files stored here whole already
 
 
-def estimate(cache: LocalCache, tag: str, remote: str | None = None) -> PullEstimate:
-    """What pulling ``tag`` would fetch and reuse; reads three small documents, writes nothing."""
-    return run_with_repository(lambda repo: _estimate(cache, repo, tag), remote_url(remote))
+def estimate(cache: LocalCache, tag: str, remote: str | None = None, selection: Selection | None = None
+             ) -> PullEstimate:  # fmt: skip
+    """What pulling ``tag`` (the files ``selection`` takes) would fetch and reuse; reads three small
+    documents, writes nothing."""
+    return run_with_repository(lambda repo: _estimate(cache, repo, tag, selection), remote_url(remote))
 
 
-async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstimate:
+async def _estimate(cache: LocalCache, repo: Repository, tag: str, selection: Selection | None) -> PullEstimate:
     info = await repo.ref(tag)
     tree, _ = await repo.tree(info)
-    missing = [f for f in tree.files if not cache.objects.has_blob(f.file_id, f.executable)]
+    files = selection.files(tree, info.tag) if selection is not None else tree.files
+    missing = [f for f in files if not cache.objects.has_blob(f.file_id, f.executable)]
     wanted: dict[bytes, list[Target]] = defaultdict(list)
     raw_len: dict[bytes, int] = {}
     for f in missing:
@@ -105,15 +114,18 @@ async def _estimate(cache: LocalCache, repo: Repository, tag: str) -> PullEstima
     reused = sum(raw_len.pop(cid) for cid in local if wanted.pop(cid, None) is not None)
     where = f"{info.tag}: the locator in {repo.url}"
     ranges = ranges_for(wanted, raw_len, await repo.locator(info.root), where) if wanted else []
-    present = sum(f.size for f in tree.files) - sum(f.size for f in missing)
+    present = sum(f.size for f in files) - sum(f.size for f in missing)
     return PullEstimate(info, sum(r.end - r.start for r in ranges), len(ranges), reused, present)
 
 
 async def pull_here(cache: LocalCache, tag: str, url: str, *, concurrency: int = CONCURRENCY,
-                    progress: Progress | None = None, trust: TrustPolicy | None = None) -> PullStats:  # fmt: skip
+                    progress: Progress | None = None, trust: TrustPolicy | None = None,
+                    selection: Selection | None = None, seeds: Sequence[str] | None = None) -> PullStats:  # fmt: skip
     """``pull`` on the running loop (for code already on a private loop); ``trust``: the policy that must
-    vouch for what is pulled, as the caller resolved it (``Cache.trust_policy``), None for none."""
-    work = lambda repo: _Pull(cache, repo, concurrency, progress, trust).run(tag)  # noqa: E731
+    vouch for what is pulled, as the caller resolved it (``Cache.trust_policy``), None for none; ``seeds``:
+    folders whose files may hold chunks (default ``$CAS_SEEDS``)."""
+    dirs = seeds_module.check_dirs(seeds if seeds is not None else seeds_module.from_env())
+    work = lambda repo: _Pull(cache, repo, concurrency, progress, trust, dirs).run(tag, selection)  # noqa: E731
     return await with_repository(work, url, concurrency)
 
 
@@ -121,20 +133,24 @@ class _Pull:
     """One pull into one cache from one repository."""
 
     def __init__(self, cache: LocalCache, repo: Repository, concurrency: int, progress: Progress | None,
-                 policy: TrustPolicy | None = None):  # fmt: skip
+                 policy: TrustPolicy | None = None, seeds: Sequence[str] = ()):  # fmt: skip
         self.cache, self.repo, self.concurrency, self.progress = cache, repo, concurrency, progress
-        self.policy = policy
+        self.policy, self.seeds, self.seeded = policy, seeds, 0
 
-    async def run(self, tag: str) -> PullStats:
+    async def run(self, tag: str, selection: Selection | None = None) -> PullStats:
         start = time.perf_counter()
         verdict, info, tree, encoded = await self._verdict_and_tree(tags.parse(tag))
+        files = selection.files(tree, info.tag) if selection is not None else tree.files
         fetched = reused = 0
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
             try:
-                missing = [f for f in tree.files if not self.cache.objects.has_blob(f.file_id, f.executable)]
+                missing = [f for f in files if not self.cache.objects.has_blob(f.file_id, f.executable)]
                 if missing:
                     fetched, reused = await self._build_blobs(info, missing)
+                partial = selection is not None and not all(self.cache.objects.has_blob(f.file_id, f.executable)
+                                                            for f in tree.files)  # fmt: skip
+                info = info.as_partial(partial)
                 stored = self.cache.commit(info, tree, encoded, remote=public_url(self.repo.url))
                 if verdict:
                     self._record(verdict, stored)
@@ -142,7 +158,7 @@ class _Pull:
                 if isinstance(e, CasError) or e.errno not in OUT_OF_SPACE:
                     raise
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
-        return PullStats(info, fetched, reused, time.perf_counter() - start)
+        return PullStats(info, fetched, reused, time.perf_counter() - start, self.seeded)
 
     async def _verdict_and_tree(self, tag: tags.Tag) -> tuple[Verdict | None, ModelInfo, Tree, bytes]:
         """The ref and tree to pull and, under a policy, what the signatures say they must be.  A named version's
@@ -211,6 +227,9 @@ class _Pull:
             make_dirs(work)
             assembly = Assembly(work, files)
             reused = await asyncio.to_thread(assembly.copy_local, self.cache, self.progress) if local else 0
+            if self.seeds and assembly.wanted:
+                self.seeded = await asyncio.to_thread(assembly.copy_seeds, self.seeds, files, self.progress)
+                reused += self.seeded
             ranges = assembly.ranges(locations, f"{info.tag}: the locator in {self.repo.url}")
             worth = workers if worker_count(sum(r.end - r.start for r in ranges)) else None  # local files held most
             fetched = await self._fetch(info.tag, assembly, ranges, worth)
@@ -361,6 +380,26 @@ class Assembly:
             parts.close()
             sources.close()
         return reused
+
+    def copy_seeds(self, dirs: Sequence[str], files: list[FileEntry], progress: Progress | None) -> int:
+        """Copy every wanted chunk a file in the seed folders holds, each checked against its id as it is
+        read (see ``seeds``); returns the bytes copied."""
+        places = seeds_module.SeedIndex(dirs, files, set(self.wanted)).places
+        parts, copied = Parts(), [0]
+
+        def write(cid: bytes, data: bytes) -> None:
+            targets = self.wanted.pop(cid)
+            parts.write(targets, data)
+            parts.mark(targets)
+            copied[0] += len(data) * len(targets)
+            if progress:
+                progress(len(data) * len(targets))
+
+        try:
+            seeds_module.copy(places, write)
+        finally:
+            parts.close()
+        return copied[0]
 
     def large_parts(self) -> list[str]:
         """The part files worth flushing behind the download (``FLUSH_MIN_BYTES`` and more), largest first."""

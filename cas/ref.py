@@ -27,8 +27,8 @@ MAX_REMOTES = 64
 DIGEST_SIZE = 32  # cas.digest's; not imported from there, which would load blake3 on a service's warm path
 _MAX_DEPTH = 16
 
-_Fields = namedtuple("ModelInfo", ("name", "version", "root", "created", "size", "file_count", "labels", "metadata"),
-                     defaults=({}, {}))  # fmt: skip
+_Fields = namedtuple("ModelInfo", ("name", "version", "root", "created", "size", "file_count", "labels", "metadata",
+                                   "partial"), defaults=({}, {}, False))  # fmt: skip
 
 
 class ModelInfo(_Fields):
@@ -48,9 +48,11 @@ class ModelInfo(_Fields):
     file_count: int
     labels: dict[str, str]  # default {}: never mutated; a fresh dict is passed when set
     metadata: dict[str, Any]
+    partial: bool  # in a local cache: only some files are here (a pull with --include/--exclude)
 
     def __repr__(self) -> str:
-        return f"ModelInfo(tag={self.tag!r}, root={self.root[:12]!r}, size={self.size}, files={self.file_count})"
+        part = ", partial" if self.partial else ""
+        return f"ModelInfo(tag={self.tag!r}, root={self.root[:12]!r}, size={self.size}, files={self.file_count}{part})"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as ``cas list --json`` prints it."""
@@ -64,7 +66,12 @@ class ModelInfo(_Fields):
             "file_count": self.file_count,
             "labels": self.labels,
             "metadata": self.metadata,
+            "partial": self.partial,
         }
+
+    def as_partial(self, partial: bool) -> ModelInfo:
+        """This version, marked as held partly (or wholly) in a local cache."""
+        return self if self.partial == partial else self._replace(partial=partial)
 
     @property
     def tag(self) -> str:
@@ -77,10 +84,12 @@ class ModelInfo(_Fields):
         return _dt.datetime.fromtimestamp(self.created, _dt.timezone.utc)
 
     def encode(self, remotes: list[str] | None = None) -> bytes:
-        """The ref record; ``remotes`` only in a local cache (a repository's refs never carry them)."""
+        """The ref record; ``remotes`` and ``partial`` only in a local cache (a repository's refs never carry them)."""
         import msgpack
 
-        extra = {"remotes": remotes[-MAX_REMOTES:]} if remotes else {}
+        extra: dict[str, Any] = {"remotes": remotes[-MAX_REMOTES:]} if remotes else {}
+        if self.partial:
+            extra["partial"] = True
         return msgpack.packb(
             {
                 **extra,
@@ -103,8 +112,9 @@ def recency(info: ModelInfo) -> tuple[float, str]:
     return (info.created, info.version)
 
 
-def decode(data: bytes, *, name: str | None = None, version: str | None = None) -> ModelInfo:
-    """Decode a ref record, checking its fields and, if given, the tag it was stored under."""
+def decode(data: bytes, *, name: str | None = None, version: str | None = None, local: bool = False) -> ModelInfo:
+    """Decode a ref record, checking its fields and, if given, the tag it was stored under; ``local``: a record
+    of this host's cache, whose ``partial`` mark counts (a repository's document cannot set it)."""
     if len(data) > MAX_REF_BYTES:
         raise InvalidManifest(f"ref record is {len(data)} bytes, more than {MAX_REF_BYTES}")
     doc = _unpack(data)
@@ -120,6 +130,7 @@ def decode(data: bytes, *, name: str | None = None, version: str | None = None) 
             file_count=doc["files"],
             labels=doc["labels"],
             metadata=doc["metadata"],
+            partial=local and doc.get("partial") is True,
         )
     except (KeyError, TypeError, AttributeError) as e:
         raise InvalidManifest(f"ref record lacks a field or has a wrong type ({e})") from None

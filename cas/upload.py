@@ -60,14 +60,14 @@ def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Pr
          sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
     """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread.
     ``sign``: keys that sign it (and make it its name's ``latest``) once it is there (see ``cas.trust``)."""
-    info = cache.get(tag)
+    info = cache.whole(tag, "a push")
     return run_with_repository(lambda repo: _push(cache, info, repo, progress, sign), remote_url(remote))
 
 
 async def apush(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None,
                 sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
     """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
-    info, url = cache.get(tag), remote_url(remote)
+    info, url = cache.whole(tag, "a push"), remote_url(remote)
     work = lambda repo: _push(cache, info, repo, progress, sign)  # noqa: E731
     return await privateloop.run_async(lambda: with_repository(work, url))
 

@@ -27,6 +27,7 @@ from _thread import allocate_lock
 from _weakrefset import WeakSet  # what weakref.WeakSet is; loaded at every start already (abc uses it)
 
 from cas import Cache, CasError, ModelInfo, NotFound, default_cache
+from cas.selection import Selection
 from cas.tags import parse
 
 # Importing this module is part of every service's start: threading, typing, pathlib and cas.tree (blake3)
@@ -155,13 +156,19 @@ class Model:
         remote: str | None = None,
         refresh: bool = False,
         trust: str | os.PathLike[str] | TrustPolicy | None = None,
+        include: list[str] | str | None = None,
+        exclude: list[str] | str | None = None,
     ):
         """``remote`` (default ``$CAS_REMOTE``) is pulled from when the tag is not in the cache;
         ``refresh=True`` asks it for its newest version first, falling back to the local one
         with a warning when it cannot be reached.  ``CAS_OFFLINE=1`` never touches the network.
         ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): only a version signed by keys
-        it trusts for this name is used (see ``cas.trust``)."""
+        it trusts for this name is used (see ``cas.trust``).  ``include``/``exclude``: gitignore-style
+        patterns; the model's directory then holds exactly the files they select, and only those are pulled
+        (two declarations of one tag with different selections resolve to one version)."""
         self._tag = parse(tag)  # a bad tag fails when the class is defined
+        sel = Selection.of(include, exclude)  # so do bad patterns
+        self._include, self._exclude = (list(sel.include), list(sel.exclude)) if sel else ([], [])
         self.tag = str(self._tag)
         self._cache = cache
         self._remote = remote
@@ -243,7 +250,8 @@ class Model:
         try:
             cache = self._cache_here()
             for attempt in range(RESOLVE_ATTEMPTS):
-                info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust)
+                info = cache.resolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust,
+                                     include=self._include, exclude=self._exclude)  # fmt: skip
                 path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
                 if path is not None:
                     break
@@ -257,7 +265,8 @@ class Model:
         try:
             cache = self._cache_here()
             for attempt in range(RESOLVE_ATTEMPTS):
-                info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust)
+                info = await cache.aresolve(self._tag, remote=self._remote, refresh=self._refresh, trust=self._trust,
+                                            include=self._include, exclude=self._exclude)  # fmt: skip
                 path = self._materialize(cache, info, last=attempt == RESOLVE_ATTEMPTS - 1)
                 if path is not None:
                     break
@@ -285,13 +294,12 @@ class Model:
         pending.done()
         return error  # type: ignore[return-value]
 
-    @staticmethod
-    def _materialize(cache: Cache, info: ModelInfo, last: bool) -> Path | None:
+    def _materialize(self, cache: Cache, info: ModelInfo, last: bool) -> Path | None:
         """The snapshot of ``info``, leased; None when a removal (``cas rm``, gc evicting it to fit a budget)
         took the version between resolving and leasing it, so resolving again finds or pulls it anew."""
         cache.lease(info)  # before the snapshot: a removal that finished first is reported, not rebuilt
         try:
-            return cache.materialize(info)
+            return cache.materialize(info, include=self._include, exclude=self._exclude)
         except NotFound:
             if last or cache.refs.exists(info):
                 raise
@@ -314,15 +322,17 @@ class Model:
 
     def __getstate__(self) -> dict[str, Any]:
         """Travels as its declaration; the receiving process resolves it there, on first access."""
-        return {k: getattr(self, k) for k in ("tag", "_cache", "_remote", "_refresh", "_trust", "_attr", "_owner")}
+        return {k: getattr(self, k) for k in ("tag", "_cache", "_remote", "_refresh", "_trust", "_include", "_exclude",
+                                              "_attr", "_owner")}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_trust": None, **state})
+        self.__dict__.update({"_trust": None, "_include": [], "_exclude": [], **state})
         self._tag = parse(self.tag)
         self._reset()
 
     def __repr__(self) -> str:
-        return f"Model({self.tag!r})"
+        sel = "".join(f", {k}={v!r}" for k, v in (("include", self._include), ("exclude", self._exclude)) if v)
+        return f"Model({self.tag!r}{sel})"
 
 
 def _after_fork_in_child() -> None:

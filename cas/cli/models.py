@@ -12,6 +12,8 @@ from . import output
 from .output import Command, cache_of, print_json, size, table
 
 if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..ref import ModelInfo
     from ..trust.audit import SignatureReport
 
 
@@ -32,6 +34,7 @@ def commands(cmd: Command) -> None:
     sp = cmd("materialize", _materialize, "print the model's read-only directory; pulls the model if it is not here")
     sp.add_argument("tag")
     sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
+    output.selection_options(sp)
     sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
     sp.add_argument("--remote", metavar="URL", help="remove the refs from this repository (cas prune deletes the data)")
@@ -68,18 +71,25 @@ def _list(args: argparse.Namespace) -> None:
         infos = list_remote(args.remote, args.name)
     else:
         infos = cache_of(args).list(args.name)
+    here = {} if args.remote else _files_here(cache_of(args), infos)
     if args.json:
-        print_json([i.to_dict() for i in infos])
+        print_json([{**i.to_dict(), **({"files_here": here[i.tag]} if i.tag in here else {})} for i in infos])
         return
-    rows = [[i.tag, size(i.size), str(i.file_count), output.when(i.created), i.root[:12], output.labels(i)]
-            for i in infos]  # fmt: skip
+    rows = [[i.tag, size(i.size), f"{here[i.tag]} of {i.file_count}" if i.tag in here else str(i.file_count),
+             output.when(i.created), i.root[:12], output.labels(i)] for i in infos]  # fmt: skip
     table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
+
+
+def _files_here(cache: Cache, infos: list[ModelInfo]) -> dict[str, int]:
+    """How many files each partial version has here (a whole one has all of them)."""
+    return {i.tag: len(cache.files_here(i, cache.tree(i))) for i in infos if i.partial}
 
 
 def _show(args: argparse.Namespace) -> None:
     cache = cache_of(args)
     info = cache.get(args.tag)
     tree = cache.tree(info)
+    here = {f.path for f in cache.files_here(info, tree)}
     files = [
         {
             "path": f.path,
@@ -87,6 +97,7 @@ def _show(args: argparse.Namespace) -> None:
             "executable": f.executable,
             "file_id": f.file_id.hex(),
             "chunks": f.chunk_count,
+            "here": f.path in here,
         }
         for f in tree.files
     ]
@@ -96,20 +107,26 @@ def _show(args: argparse.Namespace) -> None:
     print(f"tag:      {info.tag}")
     print(f"root:     {info.root}")
     print(f"size:     {size(info.size)} ({info.size} bytes) in {info.file_count} files")
+    if info.partial:
+        held = sum(f.size for f in tree.files if f.path in here)
+        print(f"here:     {len(here)} of {info.file_count} files ({size(held)}): partial, "
+              f"'cas pull {info.tag}' fetches the rest")  # fmt: skip
     print(f"created:  {output.when(info.created)}")
     print(f"labels:   {output.labels(info) or '-'}")
     if info.metadata:
         print(f"metadata: {json.dumps(info.metadata, sort_keys=True)}")
     print()
+    mark = (lambda f: "" if f["here"] else "not here") if info.partial else (lambda f: "")
     table(
-        ["PATH", "SIZE", "CHUNKS", "FILE ID"],
-        [[f["path"], size(f["size"]), str(f["chunks"]), f["file_id"][:16]] for f in files],
+        ["PATH", "SIZE", "CHUNKS", "FILE ID", ""],
+        [[f["path"], size(f["size"]), str(f["chunks"]), f["file_id"][:16], mark(f)] for f in files],
     )
 
 
 def _materialize(args: argparse.Namespace) -> None:
     cache = cache_of(args)
-    print(cache.materialize(cache.resolve(args.tag, remote=args.remote)))
+    info = cache.resolve(args.tag, remote=args.remote, include=args.include, exclude=args.exclude)
+    print(cache.materialize(info, include=args.include, exclude=args.exclude))
 
 
 def _rm(args: argparse.Namespace) -> None:

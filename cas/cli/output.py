@@ -31,6 +31,20 @@ def cache_of(args: argparse.Namespace) -> Cache:
     return Cache(args.home) if args.home else Cache()
 
 
+def selection_options(sp: argparse.ArgumentParser) -> None:
+    """--include/--exclude, the same on every command that takes some of a model's files."""
+    sp.add_argument(
+        "--include",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="only the files these gitignore-style patterns match (e.g. '*.json' model.fp16.safetensors)",
+    )
+    sp.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="PATTERN",
+                    help="leave out the files these patterns match (e.g. 'original/' '*.bin')")  # fmt: skip
+
+
 def pairs(items: list[str], what: str, parse_value: bool) -> dict[str, Any]:
     """``--label K=V`` flags as a dict; values parsed as JSON where they can be (``--metadata``)."""
     out: dict[str, Any] = {}

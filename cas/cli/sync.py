@@ -31,6 +31,14 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
     sp.add_argument("--concurrency", type=int, default=CONCURRENCY, help=f"range requests in flight ({CONCURRENCY})")
     sp.add_argument("--dry-run", action="store_true", help="say what would be fetched and reused; fetch nothing")
+    output.selection_options(sp)
+    sp.add_argument(
+        "--seed",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="reuse chunks of files in this folder (repeatable; also $CAS_SEEDS), each one verified",
+    )
     sp.add_argument("--json", action="store_true")
     sp = cmd("serve", _serve, "serve a repository folder over HTTP")
     sp.add_argument("dir")
@@ -51,7 +59,8 @@ def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], k
         return
     rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
     verb = "pushed" if moved[0] == "uploaded" else "pulled"
-    print(f"{verb} {info.tag} ({size(info.size)}): {moved[0]} {size(moved[1])}, {kept[0]} {size(kept[1])}, "
+    part = f", {info.file_count} files, partial" if info.partial else ""
+    print(f"{verb} {info.tag} ({size(info.size)}{part}): {moved[0]} {size(moved[1])}, {kept[0]} {size(kept[1])}, "
           f"{seconds:.2f}s, {rate:.0f} MB/s")  # fmt: skip
 
 
@@ -104,12 +113,13 @@ def _pull(args: argparse.Namespace) -> None:
         return _estimate(args)
     total = output.PROGRESS_MIN_BYTES if sys.stderr.isatty() else 0
     with output.progress(total, "pull", unknown_total=True) as progress:
-        s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress)
+        s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress,
+                                include=args.include, exclude=args.exclude, seeds=args.seed or None)  # fmt: skip
     _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds)
 
 
 def _estimate(args: argparse.Namespace) -> None:
-    e = cache_of(args).estimate_pull(args.tag, args.remote)
+    e = cache_of(args).estimate_pull(args.tag, args.remote, include=args.include, exclude=args.exclude)
     if args.json:
         print_json({**e.info.to_dict(), "bytes_to_fetch": e.bytes_to_fetch, "requests": e.requests,
                     "bytes_reused": e.bytes_reused, "bytes_present": e.bytes_present})  # fmt: skip

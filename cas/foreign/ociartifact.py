@@ -76,7 +76,7 @@ def parse_reference(text: str) -> Reference:
 
 def push_modelpack(cache: LocalCache, tag: str, url: str) -> Pushed:
     """Push a stored version to ``oci://HOST/NAMESPACE`` as a ModelPack artifact at ``NAMESPACE/NAME:VERSION``."""
-    info = cache.get(tag)
+    info = cache.whole(tag, "a push")
     tree, folder = cache.tree(info), cache.materialize(info)
     where = parse_url(url)
     repository = model_repository(where.namespace, info.name)

@@ -27,6 +27,7 @@ from .. import ref, tags
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
 from ..fsutil import make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
+from ..selection import Selection
 from . import owners
 from .locks import Locks
 from .objects import ObjectStore
@@ -35,7 +36,7 @@ from .snapshots import Snapshots
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
-    from typing import Any
+    from typing import Any, TypeAlias
 
     from ..tree import FileEntry, Tree
     from ..trust.policy import TrustPolicy
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .space import SpaceReport
     from .trusted import KnownPolicy, TrustedState
     from .verify import VerifyReport
+
+    Patterns: TypeAlias = Iterable[str] | str | None  # gitignore-style patterns (``cas.selection``)
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
 
@@ -226,6 +229,17 @@ class LocalCache:
         """The model stored under ``tag``; ``name`` and ``name:latest`` mean the newest version."""
         return self.refs.get(tags.parse(tag))
 
+    def whole(self, tag: str | tags.Tag, doing: str) -> ModelInfo:
+        """The model stored under ``tag``, refused in one line when only some of its files are here
+        (a repository or an export file always holds whole versions)."""
+        info = self.get(tag)
+        if info.partial:
+            here = len(self.files_here(info, self.tree(info)))
+            raise InvalidInput(f"{info.tag} is partial in the cache at {self.root} ({here} of {info.file_count} "
+                               f"files here), and {doing} needs all of them: pull the rest first with "
+                               f"'cas pull {info.tag}'")  # fmt: skip
+        return info
+
     def list(self, name: str | None = None) -> list[ModelInfo]:
         """Stored models, newest first; only versions of ``name`` when given."""
         names = [tags.validate_name(name)] if name is not None else self.refs.names()
@@ -356,8 +370,25 @@ class LocalCache:
         point).  Returns the ref as stored: an existing one with the same content, else ``info``.
         ``remote``: the repository it came from, so gc may evict it (it can be pulled again)."""
         self.objects.store_tree(info.root, encoded)
-        self.chunk_index().add_tree(tree)
+        self.chunk_index().add_files(self.files_here(info, tree))
         return self.refs.create_if_absent(info, remote)
+
+    def files_here(self, info: ModelInfo, tree: Tree) -> list[FileEntry]:
+        """The files of a version this cache holds: all of them, or of a partial version those whose blob is here."""
+        if not info.partial:
+            return list(tree.files)
+        return [f for f in tree.files if self.objects.has_blob(f.file_id, f.executable)]
+
+    def covers(self, info: ModelInfo, selection: Selection | None) -> bool:
+        """Whether the files ``selection`` takes (None: every file) are here; for a partial version that takes
+        its tree and a ``stat`` per file, unless that selection's snapshot is built already."""
+        if not info.partial:
+            return True
+        if selection is not None and self.snapshots.built(info.root, selection.key):
+            return True
+        tree = self.tree(info)
+        files = selection.files(tree, info.tag) if selection is not None else tree.files
+        return all(self.objects.has_blob(f.file_id, f.executable) for f in files)
 
     # -- removing ---------------------------------------------------------------
 
@@ -439,28 +470,47 @@ class LocalCache:
 
     # -- materializing ----------------------------------------------------------
 
-    def materialize(self, tag: str | ModelInfo) -> Path:
+    def materialize(self, tag: str | ModelInfo, *, include: Patterns = None, exclude: Patterns = None) -> Path:
         """The model's read-only snapshot directory, built from hardlinks on first use (the warm path: one
-        ``stat``).  A tag is checked against the trust policy; a ``ModelInfo`` is taken as resolved."""
+        ``stat``); with ``include``/``exclude`` (gitignore-style patterns, see ``cas.selection``) a directory
+        of just the files they select.  A tag is checked against the trust policy; a ``ModelInfo`` is
+        taken as resolved."""
         info = tag if isinstance(tag, ModelInfo) else self.check_trusted(self.get(tag), self.trust_policy())
-        if not self.snapshots.built(info.root):
-            self._build(info)
-        return self.snapshots.path(info.root)
+        sel = Selection.of(include, exclude)
+        key = sel.key if sel is not None else None
+        if not self.snapshots.built(info.root, key):
+            self._build(info, sel)
+        return self.snapshots.path(info.root, key)
 
     def lease(self, info: ModelInfo) -> None:
-        """Keep ``cas rm`` from deleting this model's snapshot while this process lives (see ``leases``).
+        """Keep ``cas rm`` from deleting this model's snapshots while this process lives (see ``leases``).
 
         Taken before ``materialize``: a removal that finished first leaves no ref,
         which ``materialize`` reports instead of rebuilding from what is left."""
         self.snapshots.lease(info.root)
 
-    def _build(self, info: ModelInfo) -> None:
+    def _build(self, info: ModelInfo, sel: Selection | None) -> None:
+        key = sel.key if sel is not None else None
         with self.writing(info.tag, f"'cas materialize {info.tag}'"), self.locks.hold(f"snapshot-{info.root}"), \
                 self.locks.hold("objects", shared=True):  # fmt: skip
-            if not self.snapshots.built(info.root):
+            if not self.snapshots.built(info.root, key):
                 if not self.refs.exists(info):
                     raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
-                self.snapshots.build(info, self.tree(info))
+                tree = self.tree(info)
+                files = sel.files(tree, info.tag) if sel is not None else list(tree.files)
+                self._check_here(info, files, sel)
+                self.snapshots.build(info, files, sel)
+
+    def _check_here(self, info: ModelInfo, files: list[FileEntry], sel: Selection | None) -> None:
+        """A partial version's snapshot needs every file it takes here: else NotFound naming what to pull."""
+        if not self.refs.get(tags.parse(info.tag)).partial:
+            return  # a whole version: a missing blob is damage, which linking reports
+        absent = [f.path for f in files if not self.objects.has_blob(f.file_id, f.executable)]
+        if absent:
+            options = f" {sel.describe()}" if sel is not None else ""
+            raise NotFound(f"{info.tag} is partial in the cache at {self.root}: {len(absent)} of the files asked for "
+                           f"are not here ({', '.join(map(repr, absent[:3]))}{', ...' if len(absent) > 3 else ''}); "
+                           f"pull them with 'cas pull {info.tag}{options}'")  # fmt: skip
 
     # -- verifying --------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from ..forking import SQLITE
 from ..fsutil import make_dirs, open_shared
-from ..tree import Tree
+from ..tree import FileEntry
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
 
@@ -58,11 +58,11 @@ class ChunkIndex:
             " offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID"
         )
 
-    def add_tree(self, tree: Tree) -> None:
-        """Record where every chunk of a stored tree lies (first writer wins)."""
+    def add_files(self, files: Iterable[FileEntry]) -> None:
+        """Record where every chunk of these stored files lies (first writer wins)."""
         with SQLITE, self._db:  # one transaction, not one per row
             self._db.execute("BEGIN IMMEDIATE")  # a writer from the start: no upgrade that SQLite refuses as a deadlock
-            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(tree))
+            self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", _rows(files))
 
     def find(self, chunk_ids: Iterable[bytes]) -> dict[bytes, Seed]:
         """Where each of these chunks lies locally, for those any stored blob holds."""
@@ -115,8 +115,8 @@ def _close_inherited() -> None:
 SQLITE.in_child(_close_inherited)
 
 
-def _rows(tree: Tree):
-    for f in tree.files:
+def _rows(files: Iterable[FileEntry]):
+    for f in files:
         offset = 0
         for cid, length in f.chunk_list():
             yield (cid, f.file_id, int(f.executable), offset, length)

@@ -122,10 +122,10 @@ class Collector:
         seen = {(st.st_dev, st.st_ino) for st in _stats(inv.blob_bytes)}  # live blobs' bytes are not freed
         freed = 0
         for root in found.snapshots:
-            path = self.snapshots.path(root)
-            held = disk_usage(path, seen)
+            paths = [self.snapshots.dir / name for name in self.snapshots.names_of(root)]
+            held = sum(disk_usage(p, seen) for p in paths)
             if (self.dry_run and not self.snapshots.in_use(root)) or (not self.dry_run and self.snapshots.remove(root)):
-                self.removed.append(str(path))
+                self.removed += [str(p) for p in paths]
                 freed += held
         for path in found.paths:
             held = disk_usage(path, seen)

@@ -22,7 +22,7 @@ from .snapshots import STAGING, Snapshots
 
 class Leftovers(NamedTuple):
     paths: list[Path]  # removable now: no ref needs them and no living process writes them
-    snapshots: list[str]  # roots of snapshots no ref names: removable once no process leases them
+    snapshots: list[str]  # roots whose snapshots no ref names: removable once no process leases them
 
 
 def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *, partial_pulls: bool) -> Leftovers:
@@ -32,15 +32,20 @@ def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *
     live_blobs = {objects.blob_of(f) for t in live.values() for f in t.files}
     paths = [p for p in objects.tree_files() if p.name not in live]
     paths += [p for p in objects.blob_files() if p not in live_blobs]
-    orphans = []
+    orphans: list[str] = []
+    named: set[str] = set()  # the selections partial snapshots name
     for p in snapshots.entries():
+        root, _, key = p.name.partition(".")
         if p.name.startswith(STAGING):
             if not owners.alive(lock_dir, p.name):
                 paths.append(p)
         elif p.name.startswith(TRASH):
             paths.append(p)
-        elif p.name not in live:
-            orphans.append(p.name)
+        elif root not in live:
+            orphans += [] if root in orphans else [root]
+        elif key:
+            named.add(key)
+    paths += [p for p in snapshots.selection_files() if p.name not in named and not p.name.startswith(".")]
     tmp = objects.tmp
     for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
         if (p.name == PULL_WORK and partial_pulls) or (p.name != PULL_WORK and not owners.alive(lock_dir, p.name)):

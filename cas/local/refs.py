@@ -56,14 +56,14 @@ class Refs:
             data = _read_small(f"{self._dir}/{tag.name}/{tag.version}")
         except FileNotFoundError:
             raise self.not_found(str(tag)) from None
-        return ref.decode(data, name=tag.name, version=tag.version)
+        return ref.decode(data, name=tag.name, version=tag.version, local=True)
 
     def exists(self, info: ModelInfo) -> bool:
         return os.path.exists(f"{self._dir}/{info.name}/{info.version}")
 
     def latest(self, name: str) -> ModelInfo:
         try:
-            return ref.decode(_read_small(f"{self._dir}/{name}/{LATEST_LINK}"), name=name)
+            return ref.decode(_read_small(f"{self._dir}/{name}/{LATEST_LINK}"), name=name, local=True)
         except (FileNotFoundError, CasError):
             pass
         newest = self.newest(name)
@@ -86,7 +86,9 @@ class Refs:
         out = []
         for version in self._version_names(name):
             try:
-                out.append(ref.decode(_read_small(f"{self._dir}/{name}/{version}"), name=name, version=version))
+                out.append(
+                    ref.decode(_read_small(f"{self._dir}/{name}/{version}"), name=name, version=version, local=True)
+                )
             except FileNotFoundError:
                 continue
         return out
@@ -97,7 +99,7 @@ class Refs:
             for version in sorted(self._version_names(name)):
                 try:
                     yield name, version, ref.decode(Path(self._dir, name, version).read_bytes(), name=name,
-                                                    version=version)  # fmt: skip
+                                                    version=version, local=True)  # fmt: skip
                 except CasError as e:
                     yield name, version, e
 
@@ -108,21 +110,27 @@ class Refs:
             return []
 
     def create_if_absent(self, info: ModelInfo, remote: str | None = None) -> ModelInfo:
-        """Write ``info`` as the ref of its tag unless it exists: the same root returns the existing ref,
-        another root is refused.  Its tree and blobs must be stored already (the ref is the commit point).
+        """Write ``info`` as the ref of its tag unless it exists: the same root returns the existing ref (made
+        whole if ``info`` is whole and it was partial), another root is refused.  Its tree and blobs must be
+        stored already (the ref is the commit point).
         ``remote``: a repository holding this version (it was pulled from there), recorded either way."""
         path = Path(self._dir, info.name, info.version)
         with self.lock(info.name):
             if path.exists():
                 data = path.read_bytes()
-                existing = ref.decode(data, name=info.name, version=info.version)
+                existing = ref.decode(data, name=info.name, version=info.version, local=True)
                 if existing.root != info.root:
                     raise InvalidInput(
                         f"model {info.tag} already exists with other content (root {existing.root[:12]}); "
                         f"store under a new version, or remove it first with 'cas rm {info.tag}'"
                     )
-                if remote is not None:
-                    self._record_remote(path, existing, ref.remotes_of(data), remote)
+                remotes = ref.remotes_of(data)
+                if existing.partial and not info.partial:  # every file is stored now
+                    existing = existing.as_partial(False)
+                    added = [remote] if remote and remote not in remotes else []
+                    self._write(path, existing.encode([*remotes, *added]))
+                elif remote is not None:
+                    self._record_remote(path, existing, remotes, remote)
                 return existing
             newest = self.newest(info.name)
             if newest is None or recency(info) > recency(newest):
@@ -138,7 +146,7 @@ class Refs:
                 data = path.read_bytes()
             except FileNotFoundError:
                 return
-            existing = ref.decode(data, name=info.name, version=info.version)
+            existing = ref.decode(data, name=info.name, version=info.version, local=True)
             if existing.root == info.root:
                 self._record_remote(path, existing, ref.remotes_of(data), remote)
 

@@ -1,12 +1,14 @@
 """Snapshots: a model's files as a read-only directory of hardlinks to its blobs, and the leases on them.
 
     snapshots/<root>/         the files of every model whose tree has that root; directories 0555
+    snapshots/<root>.<key>/   the files of that tree a selection takes (``cas.selection``)
+    selections/<key>          the patterns of that selection, so verify knows what the snapshot must hold
 
 A snapshot is built under a temporary name inside ``snapshots/`` and renamed
 into place when complete: its presence is its completion marker, so the
 warm path is one ``stat`` and a model directory holds nothing but the
-model's files.  A process using a snapshot holds a lease on it (see
-``leases``), and removal leaves a leased snapshot in place.
+model's files.  A process using a snapshot holds a lease on its root (see
+``leases``), and removal leaves the leased root's snapshots in place.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .objects import ObjectStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..tree import Tree
+    from ..selection import Selection
+    from ..tree import FileEntry
 
 PARALLEL_LINKS = 2000  # files from which a snapshot is linked by two threads
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
@@ -39,6 +42,8 @@ def _threads_can_start() -> bool:
 class Snapshots:
     def __init__(self, cache_root: str, objects: ObjectStore):
         self._dir = cache_root + "/snapshots"  # plain strings: the warm path avoids pathlib
+        self._selections = cache_root + "/selections"
+        self._tmp = cache_root + "/tmp"
         self._locks = cache_root + "/locks"
         self._objects = objects
 
@@ -46,25 +51,59 @@ class Snapshots:
     def dir(self) -> Path:
         return Path(self._dir)
 
-    def path(self, root: str) -> Path:
-        """Where the snapshot of a tree lives once built."""
-        return Path(f"{self._dir}/{root}")
+    def path(self, root: str, key: str | None = None) -> Path:
+        """Where the snapshot of a tree (or of the selection named ``key``) lives once built."""
+        return Path(f"{self._dir}/{root}.{key}" if key else f"{self._dir}/{root}")
 
-    def built(self, root: str) -> bool:
+    def built(self, root: str, key: str | None = None) -> bool:
         """Whether the snapshot is there (one ``stat`` on a plain string: the warm path)."""
-        return os.path.isdir(f"{self._dir}/{root}")
+        return os.path.isdir(f"{self._dir}/{root}.{key}" if key else f"{self._dir}/{root}")
+
+    def names_of(self, root: str) -> list[str]:
+        """The snapshots of ``root`` that are built: the whole one and each selection's."""
+        try:
+            return sorted(n for n in os.listdir(self._dir) if n == root or n.startswith(root + "."))
+        except FileNotFoundError:
+            return []
+
+    def selection(self, key: str) -> Selection | None:
+        """The selection a partial snapshot was built for, or None if its record is gone or damaged."""
+        from ..selection import Selection
+
+        try:
+            with open(f"{self._selections}/{key}", "rb") as f:
+                sel = Selection.decode(f.read(1 << 22))
+        except (OSError, CasError):
+            return None
+        return sel if sel.key == key else None
+
+    def selection_files(self) -> list[Path]:
+        """Every selection record (gc removes those no snapshot names)."""
+        d = Path(self._selections)
+        return sorted(d.iterdir()) if d.is_dir() else []
+
+    def _record(self, sel: Selection) -> None:
+        from ..fsutil import atomic_write
+
+        path = Path(self._selections, sel.key)
+        if not path.exists():
+            make_dirs(self._selections)
+            atomic_write(path, sel.encode(), Path(self._tmp))
 
     def lease(self, root: str) -> None:
         """Keep removals from deleting this snapshot while this process lives."""
         leases.hold(self._locks, root)
 
-    def build(self, info: ModelInfo, tree: Tree) -> None:
-        """Build the snapshot of ``tree`` from its blobs; a snapshot another process finished first stands."""
-        snap = f"{self._dir}/{info.root}"
+    def build(self, info: ModelInfo, files: list[FileEntry], sel: Selection | None = None) -> None:
+        """Build the snapshot of ``files`` (the tree's, or those ``sel`` takes) from their blobs; a snapshot
+        another process finished first stands."""
+        snap = os.fspath(self.path(info.root, sel.key if sel else None))
         stage = f"{self._dir}/{temp_name(STAGING)}"
+        if sel is not None:
+            self._record(sel)  # before the snapshot: verify finds no snapshot without its record
         make_dirs(stage)
         try:
-            self._fill(info, tree, stage)
+            self._fill(info, files, stage)
             os.rename(stage, snap)
         except OSError as e:
             remove_tree(stage)
@@ -78,8 +117,8 @@ class Snapshots:
             raise
         fsync_dir(self._dir)
 
-    def _fill(self, info: ModelInfo, tree: Tree, stage: str) -> None:
-        """Link every file of ``tree`` into ``stage``, then make its directories read-only.
+    def _fill(self, info: ModelInfo, files: list[FileEntry], stage: str) -> None:
+        """Link every file of ``files`` into ``stage``, then make its directories read-only.
 
         Per file, one ``link`` on plain strings and nothing else (a model can hold tens of thousands of small
         files): each directory is made once, in tree order, the blob's presence is learnt from the link
@@ -90,7 +129,7 @@ class Snapshots:
         made = {""}
         dirs = [stage]
         pairs = []
-        for f in tree.files:
+        for f in files:
             h = f.file_id.hex()
             parent = f.path.rpartition("/")[0]
             if parent not in made:
@@ -141,20 +180,22 @@ class Snapshots:
             dirs.append(f"{stage}/{d}")
 
     def remove(self, root: str, *, mine_count: bool = False) -> bool:
-        """Remove a snapshot no process has leased; False when one has (its hardlinks keep its bytes).
-        This process's own lease stops it only with ``mine_count`` (gc: a service's gc keeps its own models)."""
+        """Remove the snapshots of a root (whole and partial) unless a process has leased it; False when one has
+        (their hardlinks keep the bytes).  This process's own lease stops it only with ``mine_count`` (gc: a
+        service's gc keeps its own models)."""
         with leases.unused(self._locks, root, mine_count=mine_count) as free:
             if free:  # while no process can take a lease on it
-                self.discard(root)
+                for name in self.names_of(root):
+                    self.discard(name)
             return free
 
-    def discard(self, root: str) -> None:
-        """Remove a snapshot whatever uses it: first renamed aside, one atomic step after which no reader can
-        take it for built, then deleted; a removal killed half way leaves a ``.trash-`` folder for gc and verify,
-        never a snapshot that lacks files."""
+    def discard(self, name: str) -> None:
+        """Remove one snapshot (``root`` or ``root.key``) whatever uses it: first renamed aside, one atomic step
+        after which no reader can take it for built, then deleted; a removal killed half way leaves a
+        ``.trash-`` folder for gc and verify, never a snapshot that lacks files."""
         trash = f"{self._dir}/{temp_name(TRASH)}"
         try:
-            os.rename(f"{self._dir}/{root}", trash)
+            os.rename(f"{self._dir}/{name}", trash)
         except FileNotFoundError:
             return
         remove_tree(Path(trash))

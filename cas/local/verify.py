@@ -18,7 +18,8 @@ from .. import tags
 from ..digest import hash_file
 from ..errors import CasError
 from ..ref import ModelInfo, recency
-from ..tree import Tree
+from ..selection import Selection
+from ..tree import FileEntry, Tree
 from . import interrupted, leftovers
 from .locks import Locks
 from .objects import ObjectStore
@@ -109,6 +110,8 @@ class Verifier:
         for f in tree.files:
             blob = self.objects.blob_of(f)
             known = blob in self.blob_ok
+            if info.partial and not blob.exists():
+                continue  # not pulled here (a selection): nothing is missing
             if not blob.exists():
                 self.blob_ok[blob] = False
                 bad.add(blob)
@@ -126,9 +129,9 @@ class Verifier:
                         blob.unlink()
         return bad
 
-    def _snapshot_problems(self, snap: Path, tree: Tree, bad_blobs: set[Path]) -> list[str]:
+    def _snapshot_problems(self, snap: Path, files: list[FileEntry], bad_blobs: set[Path]) -> list[str]:
         problems = []
-        for f in tree.files:
+        for f in files:
             p, blob = snap / f.path, self.objects.blob_of(f)
             try:
                 st = os.lstat(p)
@@ -143,26 +146,44 @@ class Verifier:
                 continue
             if blob in bad_blobs or hash_file(str(p)) != f.file_id:
                 problems.append(f"{f.path} does not match its file id")
-        expected = {f.path for f in tree.files}
-        for dirpath, _, files in os.walk(snap):
-            for n in files:
+        expected = {f.path for f in files}
+        for dirpath, _, names in os.walk(snap):
+            for n in names:
                 rel = os.path.relpath(os.path.join(dirpath, n), snap).replace(os.sep, "/")
                 if rel not in expected:
-                    problems.append(f"{rel} is not part of the model")
+                    problems.append(f"{rel} is not part of the {'selection' if '.' in snap.name else 'model'}")
         return problems
 
     def _check_snapshot(self, info: ModelInfo, tree: Tree, bad_blobs: set[Path]) -> None:
-        snap = self.snapshots.path(info.root)
-        problems = self._snapshot_problems(snap, tree, bad_blobs) if snap.is_dir() else []
-        if not problems:
-            return
-        msg = f"{info.tag}: snapshot {snap}: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+        """The whole snapshot of ``info`` and each partial one, against the files each must hold."""
+        for name in self.snapshots.names_of(info.root):
+            _, _, key = name.partition(".")
+            sel = self.snapshots.selection(key) if key else None
+            try:
+                files = sel.files(tree, info.tag) if sel else tree.files
+            except CasError:
+                sel = None
+            snap = self.snapshots.dir / name
+            if key and sel is None:
+                problems = ["its selection record is missing or damaged"]
+            else:
+                problems = self._snapshot_problems(snap, files, bad_blobs)
+            if problems:
+                self._repair_snapshot(info, name, files if not key or sel else [], sel, problems, bad_blobs)
+
+    def _repair_snapshot(self, info: ModelInfo, name: str, files: list[FileEntry], sel: Selection | None,
+                         problems: list[str], bad_blobs: set[Path]) -> None:  # fmt: skip
+        msg = f"{info.tag}: snapshot {self.snapshots.dir / name}: " + "; ".join(problems[:5]) + (
+            " ..." if len(problems) > 5 else "")  # fmt: skip
         self.report.tampered.append(msg)
         if not self.repair:
             return
-        self.snapshots.discard(info.root)
-        if not bad_blobs:  # with bad blobs the snapshot is gone so the damage cannot be served; pull again
-            self.snapshots.build(info, tree)  # we hold the objects lock already
+        self.snapshots.discard(name)
+        blobs = [self.objects.blob_of(f) for f in files]
+        if files and not bad_blobs.intersection(blobs) and all(b.exists() for b in blobs):
+            self.snapshots.build(info, files, sel)  # we hold the objects lock already
+            self.report.repaired.append(msg)
+        elif not files:  # a selection nobody can name again: rebuilt from its patterns on next use
             self.report.repaired.append(msg)
 
     def _check_latest_links(self, infos: list[ModelInfo]) -> None:
