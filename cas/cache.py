@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from .archive import ArchiveStats, Source
     from .download import PullEstimate, PullStats
+    from .local.checkout import CheckoutReport
     from .local.trusted import KnownPolicy
     from .trust.keys import Signer
     from .trust.policy import TrustPolicy
@@ -119,6 +120,16 @@ class Cache(LocalCache):
 
             warnings.warn(f"cas: the cache at {self.root} takes {format_size(report.size_after)}, over its budget of "
                           f"{format_size(budget)} ({kept})", stacklevel=3)  # fmt: skip
+
+    # -- checkouts --------------------------------------------------------------
+
+    def checkout(self, tag: str | ModelInfo, dest: str | os.PathLike[str], *, include: Patterns = None,
+                 exclude: Patterns = None, link: bool = False, force: bool = False,
+                 remote: str | None = None) -> CheckoutReport:  # fmt: skip
+        """Lay a version (or the files ``include``/``exclude`` select) into ``dest``, pulling what is not here
+        (as ``resolve`` does): writable copies, or read-only hardlinks with ``link``; see ``LocalCache.checkout``."""
+        info = tag if isinstance(tag, ModelInfo) else self.resolve(tag, remote=remote, include=include, exclude=exclude)
+        return super().checkout(info, dest, include=include, exclude=exclude, link=link, force=force)
 
     # -- export files: a model carried without a repository ---------------------
 

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from ..errors import OUT_OF_SPACE, CasError, out_of_space_advice
-from . import archive, foreign, models, remote, space, sync, trust
+from . import archive, checkout, foreign, models, remote, space, sync, trust
 from .output import Command, EscapedStream, printable
 
 
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS: list[Callable[[Command], None]] = [
     models.commands,
     sync.commands,
+    checkout.commands,
     space.commands,
     foreign.commands,
     archive.commands,

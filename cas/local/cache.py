@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
 
     from ..tree import FileEntry, Tree
     from ..trust.policy import TrustPolicy
+    from .checkout import CheckoutReport, CheckoutStatus
     from .chunkindex import ChunkIndex
     from .gc import GcReport
     from .sources import Source
@@ -511,6 +512,61 @@ class LocalCache:
             raise NotFound(f"{info.tag} is partial in the cache at {self.root}: {len(absent)} of the files asked for "
                            f"are not here ({', '.join(map(repr, absent[:3]))}{', ...' if len(absent) > 3 else ''}); "
                            f"pull them with 'cas pull {info.tag}{options}'")  # fmt: skip
+
+    # -- checkouts: a version laid into a directory of the user's ---------------
+
+    def checkout(self, tag: str | ModelInfo, dest: str | os.PathLike[str], *, include: Patterns = None,
+                 exclude: Patterns = None, link: bool = False, force: bool = False) -> CheckoutReport:  # fmt: skip
+        """Lay the model's files (those ``include``/``exclude`` select) into ``dest``: writable copies (reflinks
+        where the filesystem clones), or with ``link`` read-only hardlinks to the cache's blobs.  Over an
+        earlier checkout only what changed is written and what the version lacks is removed; a file the
+        user changed is never overwritten or removed unless ``force``."""
+        from .checkout import Checkout
+
+        info = tag if isinstance(tag, ModelInfo) else self.check_trusted(self.get(tag), self.trust_policy())
+        sel = Selection.of(include, exclude)
+        target = self._checkout_dir(dest)
+        with self.locks.hold("objects", shared=True):  # gc removes no blob while it is copied
+            tree = self.tree(info)
+            files = sel.files(tree, info.tag) if sel is not None else list(tree.files)
+            self._check_here(info, files, sel)
+            return Checkout(self.objects, info, files, sel, target, link=link).run(force)
+
+    def status(self, dest: str | os.PathLike[str], tag: str | None = None, *, include: Patterns = None,
+               exclude: Patterns = None) -> CheckoutStatus:  # fmt: skip
+        """How ``dest`` differs from the version last checked out there (or ``tag``): files changed, missing
+        and not part of it.  The selection is the checkout's unless ``include``/``exclude`` are given."""
+        from .checkout import Record, read_record, status
+
+        target = Path(os.path.abspath(os.fspath(dest)))
+        rec = read_record(target)
+        if rec is None and tag is None:
+            raise InvalidInput(f"{target} holds no cas checkout (no .cas/checkout.json): name the version to "
+                               "compare it with (cas status DIR --tag TAG)")  # fmt: skip
+        if tag is not None:
+            info = self.get(tag)
+            name, root = info.tag, info.root
+        else:
+            name, root = rec.tag, rec.root  # type: ignore[union-attr]
+        sel = Selection.of(include, exclude) if include or exclude else (rec.selection if rec else None)
+        try:
+            tree = self.objects.load_tree(root)
+        except NotFound:
+            raise NotFound(f"{name} (tree {root[:12]}) is not in the cache at {self.root}; pull it to compare "
+                           f"{target} with it") from None  # fmt: skip
+        files = sel.files(tree, name) if sel is not None else list(tree.files)
+        return status(target, rec or Record(name, root, sel, {}), files, name)
+
+    def _checkout_dir(self, dest: str | os.PathLike[str]) -> Path:
+        """``dest`` made if need be; never inside the cache, never a file."""
+        target = Path(os.path.abspath(os.fspath(dest)))
+        real, cache = os.path.realpath(target), os.path.realpath(self._root)
+        if real == cache or real.startswith(cache + os.sep):
+            raise InvalidInput(f"{target} is inside the cache at {self.root}; check out into a folder of your own")
+        if target.exists() and not target.is_dir():
+            raise InvalidInput(f"{target} is a file; give a folder to check out into")
+        make_dirs(target)
+        return target
 
     # -- verifying --------------------------------------------------------------
 
