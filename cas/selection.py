@@ -1,8 +1,8 @@
 """Selections: which files of a model a pull, a snapshot or a checkout takes, by gitignore-style patterns.
 
 ``include`` patterns pick files (none: every file), ``exclude`` patterns drop
-files from what they picked, each list read as a ``.gitignore`` is (pathspec's
-``gitwildmatch``): ``*.json`` matches at any depth, ``/config.json`` only at
+files from what they picked, each list read as git reads a ``.gitignore`` (pathspec's
+``GitIgnoreSpec``): ``*.json`` matches at any depth, ``/config.json`` only at
 the top, ``original/`` everything under that folder, ``**`` any folders,
 ``!pattern`` takes a file back.  An include pattern that matches no file is
 an error, so a service never gets a folder that silently lacks what it asked
@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing costs 2 ms to import: a service declaring a sele
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from pathspec import PathSpec
+    from pathspec import GitIgnoreSpec
 
     from .tree import FileEntry, Tree
 
@@ -33,7 +33,7 @@ KEY_HEX = 16  # 64 bits: distinct selections of one model never meet by chance
 
 
 class Selection(namedtuple("Selection", ("include", "exclude"))):
-    """Include and exclude patterns, each sorted and without repeats (so equal selections are equal)."""
+    """Include and exclude patterns, each in the order given, without repeats."""
 
     __slots__ = ()
     include: tuple[str, ...]
@@ -77,7 +77,7 @@ class Selection(namedtuple("Selection", ("include", "exclude"))):
         """The files of ``tree`` this selects, in tree order; an include pattern matching none is an error."""
         included = _spec(self.include) if self.include else None
         excluded = _spec(self.exclude) if self.exclude else None
-        for pattern in self.include:
+        for pattern in (p for p in self.include if not p.startswith("!")):
             one = _spec((pattern,))
             if not any(one.match_file(f.path) for f in tree.files):
                 raise InvalidInput(f"--include {pattern!r} matches no file of {tag} (it has {_sample(tree)}); "
@@ -104,14 +104,14 @@ def _patterns(given: Iterable[str] | str | None, what: str) -> tuple[str, ...]:
                                f"most {MAX_PATTERN_CHARS} characters")  # fmt: skip
         if any(ord(c) < 32 or c == "\x7f" for c in p):
             raise InvalidInput(f"{what} pattern {p[:80]!r} holds a control character")
-    return tuple(sorted({p.strip() for p in items}))  # read by pathspec when matched: a warm start never loads it
+    return tuple(dict.fromkeys(p.strip() for p in items))  # in order (a "!" line undoes those before it)
 
 
-def _spec(patterns: Iterable[str]) -> PathSpec:
+def _spec(patterns: Iterable[str]) -> GitIgnoreSpec:
     import pathspec
 
     try:
-        return pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+        return pathspec.GitIgnoreSpec.from_lines(patterns)
     except ValueError as e:  # GitIgnorePatternError: "!" alone, a trailing backslash
         raise InvalidInput(f"pattern in {list(patterns)!r:.200} cannot be read as a gitignore line: {e}") from None
 

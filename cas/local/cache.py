@@ -450,7 +450,9 @@ class LocalCache:
             shown = {v.info.root for v in rows}
             stored = sum(inv.blob_bytes[b] for b in {b for r in shown for b in inv.blobs_by_root.get(r, ())})
             built = sum(self.snapshots.built(r) for r in shown)
-            return SpaceReport(rows, sum(v.info.size for v in rows), stored, inv.distinct_chunk_bytes(shown), built,
+            logical = sum(v.info.size if not v.info.partial else sum(f.size for f in self.files_here(v.info, inv.trees[
+                v.info.root])) for v in rows)  # fmt: skip
+            return SpaceReport(rows, logical, stored, inv.distinct_chunk_bytes(shown), built,
                                leftover, disk_usage(self.root))  # fmt: skip
 
     def gc(self, max_size: int | str | None = None, *, dry_run: bool = False, keep: Iterable[ModelInfo] = (),

@@ -23,13 +23,13 @@ PACKAGES = ("cas", "descriptor")
 # Lowest first; a module's layer is the first whose prefixes match its name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("content", ("cas.errors", "cas.digest", "cas.chunking", "cas.codec", "cas.tree", "cas.tags", "cas.ref",
-                 "cas.fsutil", "cas.privateloop", "cas.forking", "cas.selection", "cas.trust.keys", "cas.trust.documents",
-                 "cas.trust.policy")),
+                 "cas.fsutil", "cas.privateloop", "cas.forking", "cas.selection", "cas.trust.keys",
+                 "cas.trust.documents", "cas.trust.policy")),
     ("local cache", ("cas.local",)),
     ("repository", ("cas.repo",)),
     ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.workerprocs", "cas.fetcher", "cas.fetchworker",
-              "cas.fetch", "cas.seeds", "cas.download", "cas.packing", "cas.pushworker", "cas.upload", "cas.prune", "cas.archive",
-              "cas.trust")),
+              "cas.fetch", "cas.seeds", "cas.download", "cas.packing", "cas.pushworker", "cas.upload", "cas.prune",
+              "cas.archive", "cas.trust")),
     ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.connlimits", "cas.__main__", "cas",
                     "descriptor")),
 ]  # fmt: skip

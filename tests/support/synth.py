@@ -140,3 +140,25 @@ def write_model_dir(
     write_safetensors(p / "model.safetensors", tensors, metadata)
     (p / "config.json").write_text(json.dumps({"layers": len(tensors) // 2, "kind": "synthetic"}))
     return p
+
+
+def write_variant_repo(path: str | os.PathLike[str], seed: int, total_bytes: int) -> Path:
+    """A model laid out like a multi-variant hub repository: fp32 and fp16 safetensors, a ``pytorch_model.bin``,
+    an ONNX export, an ``original/`` checkpoint, tokenizer and config files.  ``total_bytes`` is the fp32
+    weights' size; the other variants are derived from them (fp16 half of it, the rest about the same)."""
+    p = Path(path)
+    (p / "onnx").mkdir(parents=True, exist_ok=True)
+    (p / "original").mkdir(exist_ok=True)
+    tensors = model_tensors(seed, total_bytes, "F32", layer_bytes=1 << 20)
+    write_safetensors(p / "model.safetensors", tensors)
+    write_safetensors(p / "model.fp16.safetensors", [(n, a.astype(np.float16)) for n, a in tensors])
+    rng = np.random.default_rng(seed + 1)
+    for name in ("pytorch_model.bin", "onnx/model.onnx", "original/consolidated.pth"):
+        with open(p / name, "wb") as f:
+            for _, a in tensors:
+                f.write((a + rng.standard_normal(a.shape, dtype=np.float32) * np.float32(1e-3)).tobytes())
+    (p / "config.json").write_text(json.dumps({"hidden_size": 256, "layers": len(tensors) // 2}))
+    (p / "tokenizer.json").write_text(json.dumps({"vocab": {f"tok{i}": i for i in range(2000)}}))
+    (p / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    (p / "README.md").write_text("# a synthetic multi-variant model\n")
+    return p
