@@ -30,6 +30,7 @@ from benchmarks import (
     dedup,
     fanout,
     ingest,
+    landing,
     latency,
     lifecycle,
     peers,
@@ -60,6 +61,7 @@ SCENARIOS = (
     "trust",
     "peers",
     "registry",
+    "landing",
     "soak",
 )
 # The soak is no measurement but a bounded run of half an hour against invariants: only ``--only soak`` runs it.
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "trust": lambda: trust.run(work, minilm, args.quick),
             "peers": lambda: peers.run(work, args.quick),
             "registry": lambda: registry.run(work, args.quick),
+            "landing": lambda: landing.run(work, args.quick),
             "soak": lambda: soak.run(work, args.quick, args.minutes),
         }
         for name in chosen:

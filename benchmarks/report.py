@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, lifecycle, peers, registry, soak, trust
+from benchmarks import archive, fanout, ingest, landing, lifecycle, peers, registry, soak, trust
 from benchmarks.harness import met
 
 
@@ -177,6 +177,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += peers.headline_rows(r["peers"])
     if r.get("registry"):
         rows += registry.headline_rows(r["registry"])
+    if r.get("landing"):
+        rows += landing.headline_rows(r["landing"])
     if r.get("soak"):
         s = r["soak"]
         rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
@@ -341,6 +343,8 @@ def sections(r: dict) -> list[str]:
         out.append(peers.section(r["peers"]))
     if r.get("registry"):
         out.append(registry.section(r["registry"]))
+    if r.get("landing"):
+        out.append(landing.section(r["landing"]))
     if r.get("soak"):
         out.append(soak.section(r["soak"]))
     return out

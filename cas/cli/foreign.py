@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..foreign.bento import import_bento
-from ..foreign.hf import REPO_TYPES, import_hf
 from ..ref import ModelInfo
 from .output import Command, cache_of, print_json, size
 
@@ -17,7 +15,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("tag", nargs="?", metavar="NAME[:VERSION]",
                     help="default: a name from the repo id, the version from the commit")  # fmt: skip
     sp.add_argument("--revision", metavar="REV", help="a commit or a ref such as main (default: main, else the newest)")
-    sp.add_argument("--repo-type", choices=REPO_TYPES, default="model")
+    sp.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model")
     sp.add_argument("--hub-cache", metavar="DIR", help="the hub cache (default: $HF_HUB_CACHE, else $HF_HOME/hub)")
     sp.add_argument("--json", action="store_true")
     sp = cmd("import-oci", _import_oci, "store a model artifact of an OCI registry (ModelPack, KitOps, oras files)")
@@ -33,6 +31,8 @@ def commands(cmd: Command) -> None:
 
 def _import_hf(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    from ..foreign.hf import import_hf
+
     info = import_hf(cache_of(args), args.source, args.tag, revision=args.revision, repo_type=args.repo_type,
                      hub_cache=args.hub_cache)  # fmt: skip
     _report(info, args.json, time.perf_counter() - start)
@@ -52,6 +52,8 @@ def _import_oci(args: argparse.Namespace) -> None:
 
 def _import_bento(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    from ..foreign.bento import import_bento
+
     info = import_bento(cache_of(args), args.bento_tag, args.tag)
     _report(info, args.json, time.perf_counter() - start)
 

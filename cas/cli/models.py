@@ -4,12 +4,12 @@ repository, with --remote)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from typing import TYPE_CHECKING
 
 from . import output
 from .output import Command, cache_of, print_json, size, table
+
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from ..cache import Cache
@@ -114,6 +114,8 @@ def _show(args: argparse.Namespace) -> None:
     print(f"created:  {output.when(info.created)}")
     print(f"labels:   {output.labels(info) or '-'}")
     if info.metadata:
+        import json
+
         print(f"metadata: {json.dumps(info.metadata, sort_keys=True)}")
     print()
     mark = (lambda f: "" if f["here"] else "not here") if info.partial else (lambda f: "")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..cache import Cache
 from ..errors import InvalidInput
 from ..local.space import format_size
 from ..ref import ModelInfo
+
+TYPE_CHECKING = False  # typing and json cost a warm `cas` run 4 ms: imported where used
+if TYPE_CHECKING:
+    from typing import Any
 
 PROGRESS_MIN_BYTES = 32 << 20
 
@@ -54,6 +56,8 @@ def pairs(items: list[str], what: str, parse_value: bool) -> dict[str, Any]:
             raise InvalidInput(f"--{what} {item!r}: expected KEY=VALUE")
         if parse_value:
             try:
+                import json
+
                 out[key] = json.loads(value)
             except ValueError:
                 out[key] = value
@@ -82,6 +86,8 @@ class EscapedStream:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
 

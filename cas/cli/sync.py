@@ -11,7 +11,6 @@ from ..errors import InvalidInput
 from ..local.cache import LocalCache
 from ..ref import ModelInfo
 from ..repo import CONCURRENCY
-from ..repo.repository import remote_url
 from . import output
 from .output import Command, cache_of, print_json, size
 
@@ -80,6 +79,7 @@ def _push(args: argparse.Namespace) -> None:
 def _push_modelpack(args: argparse.Namespace, cache: LocalCache) -> None:
     """``push --format modelpack``: a ModelPack artifact in a registry (signed by its cas tree's ref, not here)."""
     from ..foreign.ociartifact import push_modelpack
+    from ..repo.repository import remote_url
 
     remote = remote_url(args.remote)
     if not remote.startswith(("oci://", "oci+http://", "oci+https://")):

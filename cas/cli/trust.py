@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidInput
-from ..repo.repository import remote_url, run_with_repository
 from ..tags import Tag, parse
 from ..trust import modelsigning
 from ..trust.keys import SigningKey, from_environment, generate, keyid, load_public
@@ -110,6 +109,7 @@ def _keygen(args: argparse.Namespace) -> None:
 
 
 def _init(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish  # not at the top: every cas command would pay its import (18 ms)
 
     url = remote_url(args.url)
@@ -125,6 +125,7 @@ def _init(args: argparse.Namespace) -> None:
 
 
 def _delegate(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     keys = [load_public(p) for p in args.key]
@@ -137,6 +138,7 @@ def _delegate(args: argparse.Namespace) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     root = run_with_repository(lambda repo: publish.remove_role(repo, args.role, signers(args.sign)),
@@ -145,6 +147,7 @@ def _revoke(args: argparse.Namespace) -> None:
 
 
 def _rotate(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     if not args.root and not args.online:
@@ -156,6 +159,7 @@ def _rotate(args: argparse.Namespace) -> None:
 
 
 def _refresh(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     state = run_with_repository(lambda repo: publish.refresh(repo, signers(args.sign), args.days),
@@ -164,6 +168,7 @@ def _refresh(args: argparse.Namespace) -> None:
 
 
 def _sign(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     wanted = [parse(t) for t in args.tags]
@@ -179,6 +184,7 @@ def _sign(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
     async def work(repo) -> tuple[object, object, dict[str, object]]:

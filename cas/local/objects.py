@@ -98,14 +98,14 @@ class ObjectStore:
         return self.root / "trees" / root[:2] / root
 
     def load_tree(self, root: str) -> Tree:
-        """A stored tree, checked against its root; NotFound when it is missing."""
+        """A stored tree, checked against its root (validated when it was stored); NotFound when it is missing."""
         try:
             data = self.tree_path(root).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"tree {root} is missing from {self.root}") from None
-        from ..tree import decode
+        from ..tree import decode_stored
 
-        return decode(data, root)
+        return decode_stored(data, root)
 
     def store_tree(self, root: str, encoded: bytes) -> None:
         path = self.tree_path(root)
