@@ -11,6 +11,11 @@
   ``cas materialize`` (whole processes, interleaved, fresh hosts).
 - Checkout: ``cas checkout`` of v2 (a 10% fine-tune, a new tokenizer, a file gone) over a checkout of v1,
   against ``dvc checkout`` of the same v2 over v1 in a DVC workspace: time and files rewritten (inodes).
+- Materialize: 10,000 files of 1-64 KiB (1,000 in quick mode) whose blobs are stored, whole and half of them
+  (``--include 'folder-0*/'``), against ``cp -rl`` of the same files.  Each timed command starts after the
+  previous one's output is removed and a ``sync``, and the order alternates: the old loop timed ``cp -rl``
+  right after ``cas materialize`` and right after ``rm -rf`` of its previous copy (10,000 unlinks of the
+  very inodes it links again), with nothing flushed in between.
 - Seeds: a host holding v1 as a plain folder outside any cache gets v2 with ``cas pull --seed``, against a
   host holding v1 in its cache and against ``casync extract --seed`` (Debian's casync, its store on the same
   counting server): bytes served and time.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -27,7 +33,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from benchmarks.harness import met, reset, summary, wall_cpu
+from benchmarks.harness import met, reset, summary, wall, wall_cpu
 from cas import Cache
 from cas.selection import Selection
 from tests.support import synth
@@ -63,10 +69,11 @@ def run(work: Path, quick: bool) -> dict:
         out["selection"] = _selection(work, (8 if quick else 128) << 20, runs, servers)
         out["checkout"] = _checkout(work, (16 if quick else 256) << 20, runs)
         out["seeds"] = _seeds(work, (16 if quick else 256) << 20, servers)
+        out["materialize"] = _materialize(work, quick)
     finally:
         for s in servers:
             s.stop()
-        for d in ("land-model", "land-repo", "land-src", "land-hosts", "land-hf", "land-co", "land-seed"):
+        for d in ("land-model", "land-repo", "land-src", "land-hosts", "land-hf", "land-co", "land-seed", "land-small"):
             reset(work / d)
     return out
 
@@ -252,13 +259,62 @@ def _casync(d: Path, v1: Path, v2: Path, server: Counting) -> dict:
     return _served(server, extract)
 
 
+# -- materialize ------------------------------------------------------------------------------------------
+
+
+def _small_files(path: Path, count: int, seed: int = 14) -> int:
+    """``count`` files of 1-64 KiB of random bytes in 20 folders; returns their total size."""
+    rng = random.Random(seed)
+    total = 0
+    for i in range(count):
+        d = path / f"folder-{i % 20:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = rng.randbytes(rng.randint(1 << 10, 64 << 10))
+        (d / f"file-{i:05d}.bin").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def _materialize(work: Path, quick: bool) -> dict:
+    """``cas materialize`` of many small files whose blobs are stored (no snapshot yet), whole and half of them,
+    against ``cp -rl`` of the same files; alternate order, each command after a removal and a ``sync``."""
+    count, runs = (1000, 3) if quick else (10_000, 9)
+    d = work / "land-small"
+    model, home = d / "model", d / "home"
+    size = _small_files(model, count)
+    Cache(home, durable=False).add(model, "many:v1")
+    env = {**os.environ, "CAS_HOME": str(home)}
+    half = [str(p) for p in sorted(model.glob("folder-0*"))]
+    cases = {
+        "whole": ([sys.executable, "-m", "cas", "materialize", "many:v1"], ["cp", "-rl", str(model), str(d / "cp")]),
+        "partial": ([sys.executable, "-m", "cas", "materialize", "many:v1", "--include", "folder-0*/"],
+                    ["sh", "-c", f"mkdir {d / 'cp'} && cp -rl {' '.join(half)} {d / 'cp'}"]),
+    }  # fmt: skip
+    out: dict = {"files": count, "bytes": size}
+    for case, (cas_cmd, cp_cmd) in cases.items():
+        ours, theirs = [], []
+        for i in range(runs + 1):  # the first round warms the caches and is not counted
+            steps = [("cas", cas_cmd), ("cp", cp_cmd)]
+            for who, cmd in steps if i % 2 else reversed(steps):
+                reset(home / "snapshots")
+                reset(d / "cp")
+                os.sync()
+                seconds = wall(cmd, env)[0]
+                if i:
+                    (ours if who == "cas" else theirs).append(seconds)
+        out[case] = {"cas_s": summary(ours), "cp_rl_s": summary(theirs)}
+    out["partial"]["files"] = sum(1 for p in half for _ in Path(p).iterdir())
+    return out
+
+
 # -- how the report shows it ------------------------------------------------------------------------------
 
 
 def headline_rows(f: dict) -> list[tuple[str, str, str, str, str]]:
-    s, c, sd = f["selection"], f["checkout"], f["seeds"]
+    s, c, sd, m = f["selection"], f["checkout"], f["seeds"], f["materialize"]
     over = s["moved"] / s["selected_encoded"] - 1
     rows = [
+        *(_materialize_row(m, case) for case in ("whole", "partial")),
         ("`pull --include '*.json' model.fp16.safetensors` of a multi-variant model: bytes moved",
          _mb(s["moved"]), f"the selected files' compressed bytes {_mb(s['selected_encoded'])}; whole model "
          f"{_mb(s['whole_encoded'])}", f"+{over:.1%}", f"≤ +2%: {met(over <= 0.02)}"),
@@ -282,6 +338,15 @@ def headline_rows(f: dict) -> list[tuple[str, str, str, str, str]]:
                      f"{sd['seed']['s']:.2f} s", f"casync {_mb(sd['casync']['bytes'])} in {sd['casync']['s']:.2f} s",
                      f"{sd['casync']['s'] / sd['seed']['s']:.2f}x", "-"))  # fmt: skip
     return rows
+
+
+def _materialize_row(m: dict, case: str) -> tuple[str, str, str, str, str]:
+    c = m[case]
+    ratio = c["cp_rl_s"]["median"] / c["cas_s"]["median"]
+    files = m["files"] if case == "whole" else m[case]["files"]
+    what = f"`cas materialize` {files:,} small files{', a selection of half' if case == 'partial' else ''}"
+    return (f"{what}, blobs present", _spread(c["cas_s"], "{:.3f}"), "`cp -rl` " + _spread(c["cp_rl_s"], "{:.3f}"),
+            f"{ratio:.2f}x", f"≥ 0.5x: {met(ratio >= 0.5)}")  # fmt: skip
 
 
 def section(f: dict) -> str:
@@ -310,12 +375,23 @@ def section(f: dict) -> str:
         f"**Seeds.** v2 of a {_mb(sd['model_bytes'])} model, from a static server counting bytes: a host holding v1 "
         f"in its cache moved {_mb(sd['cache']['bytes'])} ({sd['cache']['s']:.2f} s); a host holding v1 only as a "
         f"plain folder, with `--seed`, {_mb(sd['seed']['bytes'])} ({sd['seed']['s']:.2f} s); a cold host "
-        f"{_mb(sd['cold']['bytes'])} ({sd['cold']['s']:.2f} s).{ca_text}"
+        f"{_mb(sd['cold']['bytes'])} ({sd['cold']['s']:.2f} s).{ca_text}\n\n"
+        f"**Materialize.** {f['materialize']['files']:,} files of 1-64 KiB ({_mb(f['materialize']['bytes'])}) whose "
+        "blobs are stored, as a whole `cas materialize` process against `cp -rl` of the same files; each command "
+        "after the previous one's output is removed and a `sync`, in alternating order (min / median / max): "
+        + "; ".join(
+            f"{case} {_spread(f['materialize'][case]['cas_s'], '{:.3f}')} against `cp -rl` "
+            f"{_spread(f['materialize'][case]['cp_rl_s'], '{:.3f}')}"
+            for case in ("whole", "partial")
+        )
+        + "."
     )
 
 
-def _spread(s: dict) -> str:
-    return f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f} s" if s["n"] > 1 else f"{s['median']:.2f} s"
+def _spread(s: dict, fmt: str = "{:.2f}") -> str:
+    if s["n"] == 1:
+        return f"{fmt.format(s['median'])} s"
+    return f"{fmt.format(s['min'])} / {fmt.format(s['median'])} / {fmt.format(s['max'])} s"
 
 
 def _mb(n: float) -> str:

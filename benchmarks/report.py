@@ -136,12 +136,6 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
                      f"{dur['raw_fsync_s']['median'] / dur['cas_s']['median']:.2f}x", "≥ 0.8x"))  # fmt: skip
         rows.append(("`cas pull` peak memory", f"{pull['peak_rss_mb']:.0f} MB", "-", "-", "< 500 MB"))
         rows += goal_rows(pull.get("goals") or {})
-    small = (r.get("scale") or {}).get("materialize_small_files")
-    if small:  # issue 14, goal 4
-        ratio = small["cp_rl_s"]["median"] / small["cas_s"]["median"]
-        rows.append((f"`cas materialize` {small['files']:,} small files ({_mb(small['bytes'])}), blobs present",
-                     _spread(small["cas_s"], "s", "{:.3f}"), "`cp -rl` " + _spread(small["cp_rl_s"], "s", "{:.3f}"),
-                     f"{ratio:.2f}x", _goal(ratio, 0.5, at_most=False)))  # fmt: skip
     dd = r.get("dedup")
     if dd:
         ft = dd["10% of tensors changed"]
@@ -305,22 +299,9 @@ def sections(r: dict) -> list[str]:
                 what = f"{int(n)} MB" if label == "size" else f"{int(n)} files"
                 rows.append((what, *(f"{v[op]['seconds']:.2f} s / {v[op]['peak_rss_mb']:.0f} MB"
                                      for op in ("add", "push", "pull", "materialize"))))  # fmt: skip
-        small = sc.get("materialize_small_files")
-        if small:
-            ratio = small["cp_rl_s"]["median"] / small["cas_s"]["median"]
-            small_text = (
-                f"\n\nMaterializing {small['files']:,} small files ({_mb(small['bytes'])}, 1-64 KiB each in 20 "
-                "folders) whose blobs are stored, no snapshot yet, as a whole `cas materialize` process against "
-                "`cp -rl` of the same tree, run alternately (min / median / max of "
-                f"{small['cas_s']['n']}): cas {'{min:.3f} / {median:.3f} / {max:.3f}'.format(**small['cas_s'])} s, "
-                f"`cp -rl` {'{min:.3f} / {median:.3f} / {max:.3f}'.format(**small['cp_rl_s'])} s: {ratio:.2f}x "
-                "the speed of `cp -rl`."
-            )
-        else:
-            small_text = ""
         out.append("## 6. Scale\n\nTime and peak memory of each operation as a whole process, by model size (one "
                    "file) and by file count (64 MB in all).\n\n"
-                   + _table(("model", "add", "push", "pull", "materialize"), rows) + small_text
+                   + _table(("model", "add", "push", "pull", "materialize"), rows)
                    + "\n\n![scale](scale.png)")  # fmt: skip
     rc = r.get("racing")
     if rc:

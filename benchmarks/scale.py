@@ -5,24 +5,18 @@ safetensors file, 100 MB to 10 GB; the largest only in full mode) and file
 count (1 to 10,000 files holding 64 MB in all).  Each operation is a whole
 ``cas`` process; peak memory is the summed RSS of its process tree.
 
-Then materializing a model of many small files (10,000 files of 1-64 KiB of
-random bytes in 20 folders, as issue 14 measured; 1,000 in quick mode) from
-blobs already stored, against ``cp -rl`` of the same tree (hardlinking it):
-whole processes, run alternately, min/median/max of several runs.
+Materializing many small files against ``cp -rl`` is in scenario 15 (``landing``).
 """
 
 from __future__ import annotations
 
 import os
-import random
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import TOKEN, reset, start_server, summary, timed_tree, wall
-from cas import Cache
+from benchmarks.harness import TOKEN, reset, start_server, timed_tree
 from tests.support import synth
 from tests.support.procs import free_port, stop
 
@@ -78,45 +72,4 @@ def run(work: Path, quick: bool) -> dict:
                 stop(server)
                 reset(work / "scale-model")
                 reset(repo)
-    out["materialize_small_files"] = materialize_small_files(work, quick)
     return out
-
-
-def _small_files(path: Path, count: int, seed: int = 14) -> int:
-    """``count`` files of 1-64 KiB of random bytes in 20 folders; returns their total size."""
-    rng = random.Random(seed)
-    total = 0
-    for i in range(count):
-        d = path / f"folder-{i % 20:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        data = rng.randbytes(rng.randint(1 << 10, 64 << 10))
-        (d / f"file-{i:05d}.bin").write_bytes(data)
-        total += len(data)
-    return total
-
-
-def materialize_small_files(work: Path, quick: bool) -> dict:
-    """`cas materialize` of a model of many small files whose blobs are stored (no snapshot) against `cp -rl`."""
-    count, runs = (1000, 3) if quick else (10_000, 7)
-    model, home, copy = work / "small-files", work / "small-home", work / "small-cp"
-    size = _small_files(model, count)
-    cache = Cache(home, durable=False)
-    cache.add(model, "many:v1")
-    env = {**os.environ, "CAS_HOME": str(home)}
-    cas_cmd = [sys.executable, "-m", "cas", "materialize", "many:v1"]
-    cp_cmd = ["cp", "-rl", str(model), str(copy)]
-    ours, theirs = [], []
-    try:
-        for i in range(runs + 1):  # the first pair warms the page cache and is not counted
-            reset(home / "snapshots")
-            t_cas = wall(cas_cmd, env)[0]
-            t_cp = wall(cp_cmd)[0]
-            subprocess.run(["rm", "-rf", str(copy)], check=True)
-            if i:
-                ours.append(t_cas)
-                theirs.append(t_cp)
-    finally:
-        reset(model)
-        reset(home)
-        reset(copy)
-    return {"files": count, "bytes": size, "cas_s": summary(ours), "cp_rl_s": summary(theirs)}
