@@ -22,10 +22,12 @@ def app(folder: Path) -> web.Application:
         if not path.is_relative_to(root) or not path.is_file():
             return web.Response(status=404)
         stats["requests"] += 1
-        response = web.FileResponse(path)
-        await response.prepare(request)
-        stats["bytes"] += response.content_length or 0
-        return response
+        return web.FileResponse(path)
+
+    async def count(request: web.Request, response: web.StreamResponse) -> None:
+        """Each file's body as sent (a range's length), known once its headers are ready."""
+        if isinstance(response, web.FileResponse) and request.method == "GET":
+            stats["bytes"] += response.content_length or 0
 
     async def served(request: web.Request) -> web.Response:
         return web.json_response(stats)
@@ -35,6 +37,7 @@ def app(folder: Path) -> web.Application:
         return web.json_response(stats)
 
     a = web.Application()
+    a.on_response_prepare.append(count)
     a.router.add_get("/_stats", served)
     a.router.add_post("/_reset", reset)
     a.router.add_get("/{path:.+}", serve)
