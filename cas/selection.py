@@ -76,15 +76,15 @@ class Selection(namedtuple("Selection", ("include", "exclude"))):
 
     def files(self, tree: Tree, tag: str) -> list[FileEntry]:
         """The files of ``tree`` this selects, in tree order; an include pattern matching none is an error."""
-        included = _spec(self.include) if self.include else None
-        excluded = _spec(self.exclude) if self.exclude else None
-        for pattern in (p for p in self.include if not p.startswith("!")):
-            one = _spec((pattern,))
-            if not any(one.match_file(f.path) for f in tree.files):
+        included = _Spec(self.include) if self.include else None
+        excluded = _Spec(self.exclude) if self.exclude else None
+        chosen = [f for f in tree.files if (included is None or included.match_file(f.path))
+                  and not (excluded is not None and excluded.match_file(f.path))]  # fmt: skip
+        for line, pattern in zip(included.lines if included else (), self.include):
+            if not line[0] and not line[2] and not any(line[1].match(f.path) for f in tree.files):
                 raise InvalidInput(f"--include {pattern!r} matches no file of {tag} (it has {_sample(tree)}); "
                                    "check the pattern: it is read as a .gitignore line")  # fmt: skip
-        return [f for f in tree.files if (included is None or included.match_file(f.path))
-                and not (excluded is not None and excluded.match_file(f.path))]  # fmt: skip
+        return chosen
 
     def describe(self) -> str:
         """The options that make this selection, as a user would type them."""
@@ -109,21 +109,19 @@ def _patterns(given: Iterable[str] | str | None, what: str) -> tuple[str, ...]:
 
 
 class _Spec:
-    """Compiled gitignore lines: a path is matched by the last line that matches it (a ``!`` line unmatches)."""
+    """Compiled gitignore lines: a path is matched by the last line that matches it (a ``!`` line unmatches).
+    Each line is [negated, regex, whether it has matched a path yet]."""
 
     def __init__(self, patterns: Iterable[str]):
-        self.lines = [_compile(p) for p in patterns]
+        self.lines = [[*_compile(p), False] for p in patterns]
 
     def match_file(self, path: str) -> bool:
         matched = False
-        for negated, regex in self.lines:
-            if matched == negated and regex.match(path):
-                matched = not negated
+        for line in self.lines:
+            if matched == line[0] and line[1].match(path):
+                matched = not line[0]
+                line[2] = True
         return matched
-
-
-def _spec(patterns: Iterable[str]) -> _Spec:
-    return _Spec(patterns)
 
 
 def _compile(pattern: str) -> tuple[bool, re.Pattern[str]]:

@@ -18,6 +18,7 @@ import io
 import re
 import struct
 from collections.abc import Iterator
+from itertools import starmap
 from typing import NamedTuple
 
 import msgpack
@@ -225,6 +226,6 @@ def decode_stored(data: bytes, root: str) -> Tree:
         raise InvalidManifest(f"tree bytes do not hash to {root}")
     try:
         doc = msgpack.unpackb(data, raw=False, use_list=False)
-        return Tree(tuple(FileEntry(*item) for item in doc[1]))
+        return Tree(tuple(starmap(FileEntry, doc[1])))
     except Exception:  # not what was stored after all: the full decode words the error
         return decode(data, root)

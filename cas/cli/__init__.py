@@ -113,7 +113,6 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     def cmd(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
         if only is not None and name != only:
-            sub.add_parser(name, help=help, add_help=False)  # named, so the usage line stays the same
             return _Unused()  # type: ignore[return-value]
         sp = sub.add_parser(name, help=help, description=help, parents=[common])
         sp.set_defaults(func=func)

@@ -88,7 +88,7 @@ class Snapshots:
         path = Path(self._selections, sel.key)
         if not path.exists():
             make_dirs(self._selections)
-            atomic_write(path, sel.encode(), Path(self._tmp))
+            atomic_write(path, sel.encode(), Path(self._tmp), durable=False)  # lost in a crash: verify rebuilds
 
     def lease(self, root: str) -> None:
         """Keep removals from deleting this snapshot while this process lives."""

@@ -10,7 +10,6 @@ KMS or an HSM plugs in as such an object.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +29,8 @@ class Signer(Protocol):
 
 
 def keyid(public: bytes) -> str:
+    import hashlib  # not at the top: every cas command would pay its import (3 ms)
+
     return hashlib.sha256(public).hexdigest()
 
 
