@@ -13,6 +13,7 @@ read, never written, and never trusted.
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -56,10 +57,9 @@ def candidates(dirs: Sequence[str], wanted: Sequence[FileEntry]) -> list[str]:
     """The files under ``dirs`` worth chunking for ``wanted``, likeliest first: the same path in the model,
     then the same name, then the same suffix and a size within ``SIZE_RATIO``; each real file once."""
     scored: dict[tuple[int, int], tuple[int, str]] = {}  # (dev, ino): (score, path)
-    by_name = {os.path.basename(f.path): f for f in wanted}
-    by_path = {f.path: f for f in wanted}
+    likely = _Likely(wanted)
     for root, rel, st in _walk(dirs):
-        score = _score(rel, st.st_size, by_path, by_name, wanted)
+        score = likely.score(rel, st.st_size)
         key = (st.st_dev, st.st_ino)
         if score is not None and (key not in scored or score < scored[key][0]):
             scored[key] = (score, os.path.join(root, rel))
@@ -67,19 +67,32 @@ def candidates(dirs: Sequence[str], wanted: Sequence[FileEntry]) -> list[str]:
     return [path for _, path in ranked[: MAX_PER_FILE * max(1, len(wanted))]]
 
 
-def _score(rel: str, size: int, by_path: dict[str, FileEntry], by_name: dict[str, FileEntry],
-           wanted: Sequence[FileEntry]) -> int | None:  # fmt: skip
-    """0: the same path and size; 1: the same path; 2: the same name; 3: the same suffix, a near size."""
-    same = by_path.get(rel)
-    if same is not None:
-        return 0 if same.size == size else 1
-    if os.path.basename(rel) in by_name:
-        return 2
-    suffix = os.path.splitext(rel)[1]
-    for f in wanted:
-        if suffix and f.path.endswith(suffix) and f.size / SIZE_RATIO <= size <= f.size * SIZE_RATIO:
-            return 3
-    return None
+class _Likely:
+    """What makes a file a likely source of the wanted files, indexed (a seed may hold 100,000 files)."""
+
+    def __init__(self, wanted: Sequence[FileEntry]):
+        self.by_path = {f.path: f.size for f in wanted}
+        self.names = {os.path.basename(f.path) for f in wanted}
+        self.sizes: dict[str, list[int]] = {}
+        for f in wanted:
+            suffix = os.path.splitext(f.path)[1]
+            if suffix:
+                self.sizes.setdefault(suffix, []).append(f.size)
+        for sizes in self.sizes.values():
+            sizes.sort()
+
+    def score(self, rel: str, size: int) -> int | None:
+        """0: the same path and size; 1: the same path; 2: the same name; 3: the same suffix, a near size."""
+        if rel in self.by_path:
+            return 0 if self.by_path[rel] == size else 1
+        if os.path.basename(rel) in self.names:
+            return 2
+        sizes = self.sizes.get(os.path.splitext(rel)[1])
+        if sizes:
+            i = bisect.bisect_left(sizes, size / SIZE_RATIO)
+            if i < len(sizes) and sizes[i] <= size * SIZE_RATIO:
+                return 3
+        return None
 
 
 def _walk(dirs: Sequence[str]) -> Iterable[tuple[str, str, os.stat_result]]:
