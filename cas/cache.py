@@ -224,7 +224,10 @@ class Cache(LocalCache):
             raise NotFound(f"{info.tag} is here but was not verified under {policy.where}")
         if not self.covers(info, sel):
             asked = f"the files {sel.describe()} selects" if sel is not None else "every file"
-            raise NotFound(f"{info.tag} is partial in the cache at {self.root} and lacks some of {asked}")
+            raise NotFound(
+                f"{info.tag} is partial in the cache at {self.root} and lacks some of {asked}; pull "
+                f"them with 'cas pull {info.tag}{' ' + sel.describe() if sel else ''}' from a repository"
+            )
         return info
 
     def _pinned(self, t: tags.Tag) -> tags.Tag:
@@ -248,11 +251,17 @@ class Cache(LocalCache):
             return url
         if refresh:
             return ""
-        with contextlib.suppress(NotFound):
-            self._local(t, policy, sel, trusted_only=False)  # here, but not vouched for or partial: say so
-        if why_offline:
-            raise NotFound(f"{self.refs.not_found(str(t))} ({why_offline}, so it was not pulled)")
-        raise self.refs.not_found(str(t))
+        try:
+            here: ModelInfo | None = self.get(t)
+        except NotFound:
+            here = None
+        offline_note = f" ({why_offline}, so it was not pulled)" if why_offline else ""
+        if here is not None:
+            try:
+                self._local(t, policy, sel, trusted_only=False)  # here, but not vouched for or partial: say so
+            except NotFound as e:
+                raise NotFound(f"{e}{offline_note}") from None
+        raise NotFound(f"{self.refs.not_found(str(t))}{offline_note}")
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool, policy: TrustPolicy | None,
                                 sel: Selection | None = None) -> ModelInfo:  # fmt: skip

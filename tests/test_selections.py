@@ -136,6 +136,16 @@ def test_a_partial_version_cannot_be_pushed_exported_or_materialized_whole(tmp_p
         Cache(host).materialize("m:v1", include="model.onnx")
 
 
+def test_a_selection_a_partial_version_lacks_offline_says_it_is_partial(tmp_path, repo):
+    host = tmp_path / "host"
+    cas_cli("pull", "m:v1", "--remote", repo, "--include", *FP16, home=host)
+    out = cas_cli("materialize", "m:v1", "--include", "onnx/", home=host, check=False,
+                  env={**os.environ, "CAS_OFFLINE": "1"})  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "m:v1 is partial in the cache" in out.stderr and "'cas pull m:v1 --include onnx/'" in out.stderr
+    assert "CAS_OFFLINE is set, so it was not pulled" in out.stderr
+
+
 def test_an_include_that_matches_nothing_pulls_nothing(tmp_path, repo):
     host = tmp_path / "host"
     out = cas_cli("pull", "m:v1", "--remote", repo, "--include", "*.gguf", home=host, check=False)
