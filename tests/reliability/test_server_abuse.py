@@ -193,3 +193,12 @@ def test_one_address_holding_too_many_connections_is_answered_503_and_others_sti
             s.close()
         stop(server)
     assert log.count("holds 8 connections, the most one address may") == 1, log  # one line per burst
+
+
+def test_a_listing_prefix_that_climbs_out_of_the_layout_is_refused(served, tmp_path):
+    """``?list=`` takes a prefix inside the layout: one with a ``..`` component is a 400, whatever it names."""
+    url, port, _ = served
+    (tmp_path / "outside.txt").write_text("not the repository's")
+    for prefix in ("refs/../", "refs/../../", "trees/../refs/", "refs/m/../../.."):
+        assert request(port, "GET", f"/?list={prefix}") == 400, prefix
+    assert b"refs/m/v1" in urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()
