@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cas import Cache, CasError
+from cas import Cache, CasError, CorruptObject
 
 from .conftest import REPO, TOKEN, descendants, processes, tree_files, wait_until
 
@@ -105,3 +105,20 @@ def _push_workers(parent: int) -> list[int]:
     """The running `python -m cas.pushworker` children of a process."""
     table = processes()
     return [p for p in descendants(parent, table) if p != parent and b"cas.pushworker" in table[p].cmdline]
+
+
+def test_a_blob_changed_after_add_is_never_pushed_under_its_old_id(tmp_path, minilm):
+    """Every chunk a push reads from a blob is hashed again: a blob edited through a hardlink (possible as root,
+    or after a chmod) makes the push fail in one line saying what to run, and the repository gets no ref."""
+    cache = Cache(tmp_path / "cache")
+    info = cache.add(minilm, "m:v1")
+    big = max(cache.tree(info).files, key=lambda f: f.size)
+    blob = cache.objects.blob_of(big)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(big.size // 2)
+        f.write(b"\xff" * 64)
+    repo = tmp_path / "repo"
+    with pytest.raises(CorruptObject, match=r"blob .* does not hold chunk .* any more; run 'cas verify'"):
+        cache.push("m:v1", f"file://{repo}")
+    assert not (repo / "refs").exists() or not any((repo / "refs").rglob("*"))
