@@ -554,3 +554,25 @@ def test_a_file_written_while_it_is_added_is_refused_not_stored_mixed(tmp_path):
         proc.stderr
     )
     assert Cache(tmp_path / "cas").list() == [] and list((tmp_path / "cas" / "tmp").iterdir()) == []
+
+
+def test_a_tree_file_swapped_for_another_valid_tree_is_caught(tmp_path):
+    """A tree is read back only if its bytes hash to its root: another model's (valid) tree copied over it must
+    not make a snapshot of the other model's files, and verify says the tree is damaged."""
+    cache = Cache(tmp_path / "cache")
+    for name, text in (("a", "first"), ("b", "second")):
+        src = tmp_path / name
+        src.mkdir()
+        (src / f"{name}.txt").write_text(text)
+        cache.add(src, f"m:{name}")
+    a, b = cache.get("m:a"), cache.get("m:b")
+    target = cache.objects.tree_path(a.root)
+    os.chmod(target, 0o644)
+    target.write_bytes(cache.objects.tree_path(b.root).read_bytes())
+    with pytest.raises(
+        CorruptObject, match=r"tree .* of m:a .* is damaged \(tree bytes do not hash to .*run 'cas verify'"
+    ):
+        cache.materialize("m:a")
+    assert not cache.snapshots.built(a.root)
+    report = cache.verify(repair=False)
+    assert any(a.root in line and "m:a" in line for line in report.missing), report.missing

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .. import ref, tags
-from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, NotFound
+from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, InvalidManifest, NotFound
 from ..fsutil import make_dirs, remove_tree, temp_name
 from ..ref import ModelInfo, recency
 from ..selection import Selection
@@ -255,6 +255,9 @@ class LocalCache:
             raise CorruptObject(
                 f"tree {info.root} of {info.tag} is missing from {self.root}; run 'cas verify' and add the model again"
             ) from None
+        except InvalidManifest as e:
+            raise CorruptObject(f"tree {info.root} of {info.tag} in {self.root} is damaged ({e}); run 'cas verify' "
+                                "and add or pull the model again") from None  # fmt: skip
 
     # -- storing ----------------------------------------------------------------
 
