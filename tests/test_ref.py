@@ -70,3 +70,44 @@ def test_tag_parts_are_checked_as_the_regex_did(part):
     except tags.InvalidTag:
         accepted = False
     assert accepted == ok
+
+
+@pytest.mark.parametrize("length", [0, 16, 31, 33, 64])
+def test_a_repository_ref_whose_root_is_not_a_digest_is_refused_before_anything_is_read(tmp_path, length):
+    """A forged ref naming a root of the wrong length is refused as a ref, in one line: its hex would otherwise
+    name some other key of the layout."""
+    from cas import Cache
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"weights")
+    repo = tmp_path / "repo"
+    Cache(tmp_path / "pub").add(src, "m:v1")
+    Cache(tmp_path / "pub").push("m:v1", f"file://{repo}")
+    path = repo / "refs" / "m" / "v1"
+    doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    doc["root"] = (doc["root"] * 3)[:length]
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(InvalidManifest, match="ref record has a field of the wrong type or out of range"):
+        Cache(tmp_path / "host").pull("m:v1", f"file://{repo}")
+    assert Cache(tmp_path / "host").list() == []
+
+
+def test_a_local_ref_whose_remotes_are_not_strings_is_kept_as_stored_here_only(tmp_path):
+    """gc evicts only what can come back: a ref record whose remotes field is malformed names no repository,
+    so the version counts as stored here only and is never evicted."""
+    from cas import Cache
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"weights" * 1000)
+    cache = Cache(tmp_path / "cache")
+    info = cache.add(src, "m:v1")
+    path = cache.root / "refs" / "m" / "v1"
+    doc = msgpack.unpackb(path.read_bytes(), raw=False)
+    for remotes in ([1, 2], "file:///elsewhere", [None], {"a": "b"}):
+        path.write_bytes(msgpack.packb({**doc, "remotes": remotes}, use_bin_type=True))
+        assert cache.refs.remotes(info) == []
+        report = cache.gc(1)
+        assert report.evicted == [] and [k.tag for k in report.kept] == ["m:v1"]
+        assert "stored here only" in report.kept[0].reason
