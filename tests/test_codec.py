@@ -1,4 +1,5 @@
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -118,3 +119,19 @@ def test_decode_rejects_unknown_codec_and_empty_input():
         codec.decode(b"\x09abc", 3, chunk_id(b"abc"))
     with pytest.raises(CorruptObject, match="empty"):
         codec.decode(b"", 0, chunk_id(b""))
+
+
+@pytest.mark.parametrize("codec_byte", [codec.ZSTD_BG2, codec.ZSTD_BG4])
+@pytest.mark.parametrize("wrong", [-1, 1, 7])
+def test_a_raw_plane_of_the_wrong_length_is_a_corrupt_object_not_a_numpy_error(codec_byte, wrong):
+    """Byte planes stored raw whose lengths do not add up to the declared chunk: one CorruptObject, whatever
+    the planes hold (a numpy reshape error would escape every caller's handling)."""
+    word = {codec.ZSTD_BG2: 2, codec.ZSTD_BG4: 4}[codec_byte]
+    raw_length = 1000
+    plane = raw_length // word
+    sizes = [plane] * word
+    sizes[0] += wrong
+    header = b"".join(struct.pack(">BI", 0, n) for n in sizes)
+    blob = bytes([codec_byte]) + header + bytes(sum(sizes))
+    with pytest.raises(CorruptObject, match=rf"raw plane 0 has {plane + wrong} bytes, expected {plane}"):
+        codec.decode(blob, raw_length, b"\0" * 32)
