@@ -364,3 +364,27 @@ def test_refresh_picks_up_a_newer_version(tmp_path, variants):
 
     assert Stale().model.tag == "m:v1"  # the warm path never asks the network
     assert Fresh().model.tag == "m:v2"
+
+
+@pytest.mark.parametrize("shrink", [1, 4096, None])
+def test_a_part_file_of_the_wrong_size_is_assembled_anew_whatever_its_log_says(tmp_path, variants, shrink):
+    """An interrupted pull's part file is resumed only if it has the file's size: one cut short or grown (by hand,
+    by another tool), whose log claims every chunk, is fetched again and the pull is exact."""
+    repo = f"file://{tmp_path / 'repo'}"
+    published(tmp_path, variants["base"], "m:v1", repo)
+    host = Cache(tmp_path / "host")
+    info = host.estimate_pull("m:v1", repo).info
+    big = max(Cache(tmp_path / "src").tree("m:v1").files, key=lambda f: f.size)
+    work = host.objects.pull_work / info.root
+    work.mkdir(parents=True)
+    part = work / f"{big.file_id.hex()}.part"
+    size = big.size - shrink if shrink else big.size + 1
+    part.write_bytes(b"\0" * size)
+    offsets, offset = [], 0
+    for _, length in big.chunk_list():
+        offsets.append(offset)
+        offset += length
+    Path(str(part) + ".done").write_text("".join(f"{o}\n" for o in offsets))
+    stats = host.pull("m:v1", repo)
+    assert stats.bytes_fetched == Cache(tmp_path / "clean").pull("m:v1", repo).bytes_fetched  # nothing was kept
+    assert tree_files(host.materialize("m:v1")) == tree_files(variants["base"])
