@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from cas import Cache, CasError, NotFound, codec
+from cas import Cache, CasError, ModelInfo, NotFound, codec
 from tests.support import synth
 
 from .conftest import (
@@ -388,3 +388,16 @@ def test_a_part_file_of_the_wrong_size_is_assembled_anew_whatever_its_log_says(t
     stats = host.pull("m:v1", repo)
     assert stats.bytes_fetched == Cache(tmp_path / "clean").pull("m:v1", repo).bytes_fetched  # nothing was kept
     assert tree_files(host.materialize("m:v1")) == tree_files(variants["base"])
+
+
+@pytest.mark.parametrize("missing", ["trees", "locators"])
+def test_server_refuses_a_ref_whose_tree_or_locator_is_not_there(tmp_path, synthetic, server, token, missing):
+    """Refs go last: `cas serve` takes a ref only once the tree and the locator it needs are stored, so no reader
+    ever meets a ref it cannot pull."""
+    url, repo = server
+    info = published(tmp_path, synthetic, "m:v1", url).info
+    (repo / missing / info.root).unlink()
+    record = ModelInfo(info.name, "v2", info.root, info.created, info.size, info.file_count).encode()
+    assert http("PUT", f"{url}/refs/m/v2", record) == 409
+    assert not (repo / "refs" / "m" / "v2").exists()
+    assert http("PUT", f"{url}/refs/m/v2", record, auth=False) == 401
