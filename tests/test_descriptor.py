@@ -239,3 +239,27 @@ def test_warm_first_access_loads_no_lock_or_compression_library(cache, synthetic
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_removal_right_after_the_snapshot_is_built_leaves_the_service_its_files(tmp_path, synthetic):
+    """The descriptor leases a version before it materializes it: a `cas rm` that lands the moment the snapshot
+    is built (here, run from inside materialize) finds it leased and leaves it, so the path handed to the
+    service holds the model."""
+    home = tmp_path / "cache"
+
+    class RemovedAtOnce(Cache):
+        def materialize(self, tag, **kwargs):  # type: ignore[no-untyped-def]
+            path = super().materialize(tag, **kwargs)
+            subprocess.run([sys.executable, "-m", "cas", "--home", str(home), "rm", "m:v1"], check=True,
+                           capture_output=True, cwd=REPO)  # fmt: skip
+            return path
+
+    cache = RemovedAtOnce(home)
+    cache.add(synthetic, "m:v1")
+
+    class Service:
+        model = descriptor.Model("m:v1", cache=cache)
+
+    resolved = Service().model
+    assert cache.list() == []  # the ref went
+    assert tree_files(resolved.path) == tree_files(synthetic)  # the leased snapshot stayed
