@@ -401,3 +401,29 @@ def test_server_refuses_a_ref_whose_tree_or_locator_is_not_there(tmp_path, synth
     assert http("PUT", f"{url}/refs/m/v2", record) == 409
     assert not (repo / "refs" / "m" / "v2").exists()
     assert http("PUT", f"{url}/refs/m/v2", record, auth=False) == 401
+
+
+def test_a_one_chunk_file_copied_from_a_changed_local_blob_is_fetched_again(tmp_path):
+    """A file of one chunk has that chunk's id as its file id, so a chunk decoded from the repository needs no
+    second hash; one copied from a local blob does: here the same bytes are wanted as an executable, the
+    non-executable blob holding them was changed through its hardlink, and the pull still lays down the
+    repository's bytes."""
+    repo = f"file://{tmp_path / 'repo'}"
+    script = b"#!/bin/sh\necho " + b"x" * 4000 + b"\n"
+    plain, runnable = tmp_path / "plain", tmp_path / "runnable"
+    for folder, mode in ((plain, 0o644), (runnable, 0o755)):
+        folder.mkdir()
+        (folder / "run.sh").write_bytes(script)
+        os.chmod(folder / "run.sh", mode)
+    src = Cache(tmp_path / "src")
+    for tag, folder in (("m:plain", plain), ("m:exec", runnable)):
+        src.add(folder, tag)
+        src.push(tag, repo)
+    host = Cache(tmp_path / "host")
+    host.pull("m:plain", repo)
+    target = host.materialize("m:plain") / "run.sh"
+    os.chmod(target, 0o644)
+    target.write_bytes(b"#!/bin/sh\necho " + b"y" * 4000 + b"\n")  # same size, through the blob's hardlink
+    host.pull("m:exec", repo)
+    got = host.materialize("m:exec") / "run.sh"
+    assert got.read_bytes() == script and os.access(got, os.X_OK)
