@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from cas.digest import hash_file
 from cas.fsutil import remove_tree
 from tests.support import synth
 
-from .conftest import REPO, blobs_of, cas_cli, tree_files
+from .conftest import REPO, blobs_of, cas_cli, missing, tree_files
 
 
 def listing(root: Path) -> set[str]:
@@ -576,3 +577,48 @@ def test_a_tree_file_swapped_for_another_valid_tree_is_caught(tmp_path):
     assert not cache.snapshots.built(a.root)
     report = cache.verify(repair=False)
     assert any(a.root in line and "m:a" in line for line in report.missing), report.missing
+
+
+def test_a_durable_add_flushes_each_blob_s_bytes_before_naming_it(tmp_path):
+    """Traced as it runs: every file an add publishes as a blob was flushed (its own fsync, or a syncfs of the
+    cache's filesystem) after its last write and before its blob name was linked, so a power loss can never
+    leave a blob whose bytes do not match its name."""
+    if shutil.which("strace") is None:
+        missing("strace (apt-get install strace; bash dev test does it as root)")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "big.bin").write_bytes(os.urandom(3 << 20))
+    (model / "small.bin").write_bytes(os.urandom(5000))
+    trace = tmp_path / "add.trace"
+    cmd = [
+        "strace",
+        "-f",
+        "-y",
+        "-qq",
+        "-e",
+        "trace=write,pwrite64,copy_file_range,fsync,fdatasync,syncfs,link,linkat",
+        "-o",
+        str(trace),
+        sys.executable,
+        "-m",
+        "cas",
+        "--home",
+        str(tmp_path / "home"),
+        "add",
+        str(model),
+        "m:v1",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, env={**os.environ, "CAS_DURABLE": "1"})
+    events = trace.read_text().splitlines()
+    links = [(i, m.group(1)) for i, e in enumerate(events)
+             if (m := re.search(r'link(?:at)?\(.*?"([^"]+/tmp/blob-[^"]+)", .*"[^"]+/blobs/', e))]  # fmt: skip
+    assert len(links) == 2, events
+    for at, src in links:
+        touched = [
+            i
+            for i, e in enumerate(events[:at])
+            if re.match(rf"\d+ (write|pwrite64|copy_file_range)\(.*<{re.escape(src)}>", e)
+        ]
+        flushed = [i for i, e in enumerate(events[:at]) if re.match(rf"\d+ (fsync|fdatasync)\(\d+<{re.escape(src)}>", e)
+                   or re.match(r"\d+ syncfs\(", e)]  # fmt: skip
+        assert touched and flushed and max(flushed) > max(touched), (src, events[: at + 1])
