@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -324,3 +325,26 @@ def test_forged_marks_never_delete_what_a_ref_reaches(pushed, tmp_path, models):
     assert marks.decode(stored(p.url)[marks_key()]).deleting == {}  # taken out of the marks: they are live
     assert cas.check_repository(p.url, deep=True).ok
     assert pulled(p.url, "m:v1", tmp_path / "h") == tree_files(models["m:v1"])
+
+
+def test_a_new_version_never_reuses_a_pack_a_prune_is_deleting(pushed, tmp_path, models):
+    """Another version sharing the chunks of a removed one, pushed after a prune committed to deleting that
+    version's pack (and was killed): the push uploads those chunks again, so once the prune finishes, the new
+    version still pulls byte for byte and the repository checks clean."""
+    p = pushed
+    cas.remove_remote(["m:v2"], p.url)
+    cas.prune_remote(p.url, max_unused=1.0)
+
+    async def commit_only(backend):  # what a prune killed right after its commit leaves
+        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, marks.decode(d).marked, {})))
+
+    on_store(p.url, commit_only)
+    like_v2 = tmp_path / "v3"
+    shutil.copytree(models["m:v2"], like_v2)
+    (like_v2 / "notes.txt").write_text("v2's weights under another version\n")
+    p.cache.add(like_v2, "m:v3")
+    stats = p.cache.push("m:v3", p.url)
+    assert stats.bytes_uploaded > 0.2 * stats.info.size  # v2's changed tensors went up again
+    assert cas.prune_remote(p.url, grace=DAY, max_unused=1.0).deleted.count > 0  # v2's objects go now
+    assert pulled(p.url, "m:v3", tmp_path / "h") == tree_files(like_v2)
+    assert cas.check_repository(p.url, deep=True).ok
