@@ -348,3 +348,28 @@ def test_a_new_version_never_reuses_a_pack_a_prune_is_deleting(pushed, tmp_path,
     assert cas.prune_remote(p.url, grace=DAY, max_unused=1.0).deleted.count > 0  # v2's objects go now
     assert pulled(p.url, "m:v3", tmp_path / "h") == tree_files(like_v2)
     assert cas.check_repository(p.url, deep=True).ok
+
+
+def test_what_a_recently_removed_ref_reaches_is_marked_but_never_deleted_within_the_grace(pushed):
+    """A pull that began before ``rm --remote`` reads the removed version's locator and packs: while the removal
+    is younger than the grace period, a prune marks them but never commits to deleting them, however old
+    their marks are."""
+    p = pushed
+    cas.remove_remote(["m:v2"], p.url)
+    grace = 3600.0
+    cas.prune_remote(p.url, grace=grace, max_unused=1.0)
+    v2_only = {k for k in version_objects(p, "m:v2") - version_objects(p, "m:v1") if not k.endswith(".idx")}
+
+    async def age_marks(backend):  # the marks made long ago; the removal stays recent
+        def older(d):
+            m = marks.decode(d)
+            return marks.encode(marks.Marks({k: t - 2 * grace for k, t in m.marked.items()}, m.deleting, m.removed))
+
+        await backend.update(marks_key(), older)
+
+    on_store(p.url, age_marks)
+    assert v2_only <= set(marks.decode(stored(p.url)[marks_key()]).marked)
+    report = cas.prune_remote(p.url, grace=grace, max_unused=1.0)
+    after = marks.decode(stored(p.url)[marks_key()])
+    assert report.deleted.count == 0 and not v2_only & set(after.deleting)
+    assert v2_only <= objects(p.url)
