@@ -33,6 +33,7 @@ from benchmarks import (
     landing,
     latency,
     lifecycle,
+    mutation,
     peers,
     pull,
     racing,
@@ -62,10 +63,12 @@ SCENARIOS = (
     "peers",
     "registry",
     "landing",
+    "mutation",
     "soak",
 )
-# The soak is no measurement but a bounded run of half an hour against invariants: only ``--only soak`` runs it.
-DEFAULT = tuple(s for s in SCENARIOS if s != "soak")
+# The soak is no measurement but a bounded run of half an hour against invariants, and the mutation job runs the
+# suite's tests again per mutant (10 minutes): only ``--only soak`` / ``--only mutation`` run them.
+DEFAULT = tuple(s for s in SCENARIOS if s not in ("soak", "mutation"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default=",".join(DEFAULT),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak)",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak and mutation)",
     )
     ap.add_argument("--minutes", type=float, help="how long the soak runs (default: $CAS_SOAK_MINUTES, else 30; "
                     "2 with --quick)")  # fmt: skip
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": lambda: peers.run(work, args.quick),
             "registry": lambda: registry.run(work, args.quick),
             "landing": lambda: landing.run(work, args.quick),
+            "mutation": lambda: mutation.run(work, args.quick),
             "soak": lambda: soak.run(work, args.quick, args.minutes),
         }
         for name in chosen:

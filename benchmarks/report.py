@@ -12,7 +12,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import archive, fanout, ingest, landing, lifecycle, peers, registry, soak, trust
+from benchmarks import archive, fanout, ingest, landing, lifecycle, mutation, peers, registry, soak, trust
 from benchmarks.harness import met
 
 
@@ -173,6 +173,8 @@ def headline(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows += registry.headline_rows(r["registry"])
     if r.get("landing"):
         rows += landing.headline_rows(r["landing"])
+    if r.get("mutation"):
+        rows += mutation.headline_rows(r["mutation"])
     if r.get("soak"):
         s = r["soak"]
         rows.append((f"soak, {s['minutes']:g} min: failures", str(s["failures"]),
@@ -326,6 +328,8 @@ def sections(r: dict) -> list[str]:
         out.append(registry.section(r["registry"]))
     if r.get("landing"):
         out.append(landing.section(r["landing"]))
+    if r.get("mutation"):
+        out.append(mutation.section(r["mutation"]))
     if r.get("soak"):
         out.append(soak.section(r["soak"]))
     return out
