@@ -113,7 +113,7 @@ MUTANTS = [
            "if len(data) != c.length or chunk_id(data) != c.chunk_id:", "if len(data) != c.length:",
            ("tests/test_archive.py",)),
     Mutant("selection: an include matching nothing accepted", "cas/selection.py",
-           "if not line[0] and not line[2] and not any(", "if False and not any(",
+           "if not line.negated and not line.hit and not any(", "if False and not any(",
            ("tests/test_selections.py",)),
     Mutant("checkout: a user's edit overwritten without --force", "cas/local/checkout.py",
            "if plan.conflicts and not force:", "if False:", ("tests/test_checkout.py",)),

@@ -11,6 +11,7 @@ cheap for a service's warm path.
 
 from __future__ import annotations
 
+import builtins
 import os
 
 from . import forking  # noqa: F401 - a forked child re-imports what other threads were importing
@@ -188,11 +189,11 @@ def import_bento(tag: str, name: str | None = None, *, cache: Cache | None = Non
     return import_bento(cache or default_cache(), tag, name)
 
 
-def list(name: str | None = None) -> list[ModelInfo]:
+def list(name: str | None = None) -> builtins.list[ModelInfo]:
     return default_cache().list(name)
 
 
-def delete(tag: str) -> list[ModelInfo]:
+def delete(tag: str) -> builtins.list[ModelInfo]:
     return default_cache().delete(tag)
 
 
@@ -230,7 +231,7 @@ def import_model(src: Source, *, progress: Progress | None = None) -> ArchiveSta
     return default_cache().import_model(src, progress=progress)
 
 
-def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:
+def list_remote(remote: str | None = None, name: str | None = None) -> builtins.list[ModelInfo]:
     """The models in a repository (``$CAS_REMOTE`` by default), newest first."""
     from .repo.repository import list_remote
 
@@ -244,7 +245,7 @@ def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoRe
     return check_repository(remote, deep=deep)
 
 
-def remove_remote(tags: Iterable[str], remote: str | None = None) -> list[ModelInfo]:
+def remove_remote(tags: Iterable[str], remote: str | None = None) -> builtins.list[ModelInfo]:
     """Remove refs (``name:version``, ``name:latest``, ``name``) from a repository; ``prune`` deletes the data."""
     from .prune import remove_remote
 

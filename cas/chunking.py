@@ -18,7 +18,7 @@ the per-chunk work in a pull.  Xet settled on the same 64 KiB.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 MIN_SIZE = 16 * 1024
 AVG_SIZE = 64 * 1024
@@ -29,7 +29,7 @@ class Readable(Protocol):
     def readinto(self, b: memoryview, /) -> int: ...
 
 
-def _fastcdc():
+def _fastcdc() -> Any:
     from pyfastcdc import FastCDC
 
     return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)

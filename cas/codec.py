@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .digest import chunk_id
 from .errors import CorruptObject
@@ -51,14 +51,14 @@ _zstd = None
 _local = threading.local()  # zstd contexts are not thread-safe; making one per chunk costs more than decoding it
 
 
-def _dctx():
+def _dctx() -> Any:
     d = getattr(_local, "dctx", None)
     if d is None:
         d = _local.dctx = _z().ZstdDecompressor()
     return d
 
 
-def _cctx(level: int) -> tuple:
+def _cctx(level: int) -> tuple[Any, Any]:
     """This thread's compressors at ``level``: for whole chunks, and tuned for byte planes (``PLANE_TUNING``)."""
     c = getattr(_local, "cctx", None)
     if c is None or _local.level != level:
@@ -70,7 +70,7 @@ def _cctx(level: int) -> tuple:
     return c
 
 
-def _z():
+def _z() -> Any:
     """zstandard, imported on first use so that resolving a model never loads it."""
     global _zstd
     if _zstd is None:
@@ -127,7 +127,7 @@ _LITTLE = sys.byteorder == "little"
 _WIDE = {2: "<u2", 4: "<u4"}
 
 
-def _np():
+def _np() -> Any:
     """numpy transposes byte planes in C (pure Python managed 700 MB/s); imported on first use."""
     import numpy
 
@@ -171,7 +171,8 @@ def encode(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice | Non
     return b"".join(encode_parts(data, level=level, choice=choice))
 
 
-def encode_parts(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice | None = None) -> list:
+def encode_parts(data: bytes | memoryview, *, level: int = LEVEL,
+                 choice: Choice | None = None) -> list[bytes | memoryview]:  # fmt: skip
     """``encode``'s result in the parts it is made of (the codec byte first), for a writer that joins them
     anyway: a pack builder copies each once, into its pack."""
     cctx = _cctx(level)
@@ -189,9 +190,9 @@ def encode_parts(data: bytes | memoryview, *, level: int = LEVEL, choice: Choice
     return [bytes([best_codec]), *best]
 
 
-def _smallest(cctx: tuple, raw: bytes) -> tuple[int, list, list[bool]]:
+def _smallest(cctx: tuple[Any, Any], raw: bytes) -> tuple[int, list[bytes | memoryview], list[bool]]:
     """The codec that packs ``raw`` smallest, its pieces, and for byte planes which planes compressed."""
-    best_codec, best, squeeze = ZSTD, [cctx[0].compress(raw)], []
+    best_codec, best, squeeze = ZSTD, [cctx[0].compress(raw)], list[bool]()
     for codec, word in _WORD.items():
         packed, compressed = _encode_planes(cctx[1], raw, word)
         if _size(packed) < _size(best):
@@ -199,19 +200,22 @@ def _smallest(cctx: tuple, raw: bytes) -> tuple[int, list, list[bool]]:
     return best_codec, best, squeeze
 
 
-def _size(pieces: list) -> int:
+def _size(pieces: list[bytes | memoryview]) -> int:
     return sum(len(p) for p in pieces)
 
 
-def _encode_planes(cctx, raw: bytes, word: int, squeeze: list[bool] | None = None) -> tuple[list, list[bool]]:
+def _encode_planes(cctx: Any, raw: bytes, word: int, squeeze: list[bool] | None = None
+                   ) -> tuple[list[bytes | memoryview], list[bool]]:  # fmt: skip
     """The pieces of a byte-plane encoding (headers, planes, tail), and which planes are compressed.
     ``squeeze``: which planes to try compressing (all when None); a plane that does not shrink is raw."""
     *plns, tail = planes(raw, word)
-    heads, bodies, compressed = [], [], []
+    heads: list[bytes | memoryview] = []
+    bodies: list[bytes | memoryview] = []
+    compressed: list[bool] = []
     for i, p in enumerate(plns):
         z = cctx.compress(p) if squeeze is None or squeeze[i] else None
         smaller = z is not None and len(z) < len(p) * (1 - MIN_SAVING)
-        stored = z if smaller else p
+        stored = z if z is not None and smaller else p
         heads.append(_PLANE.pack(1 if smaller else 0, len(stored)))
         bodies.append(stored)
         compressed.append(smaller)
@@ -228,6 +232,7 @@ def decode(blob: bytes | memoryview, raw_length: int, expected_id: bytes) -> byt
         raise CorruptObject("empty encoded chunk")
     codec, payload = blob[0], memoryview(blob)[1:]
     what = f"chunk {expected_id.hex()[:16]}"
+    out: bytes | memoryview
     if codec == RAW:
         out = payload
     elif codec == ZSTD:
@@ -243,12 +248,12 @@ def decode(blob: bytes | memoryview, raw_length: int, expected_id: bytes) -> byt
     return out
 
 
-def _decode_planes(payload: memoryview, raw_length: int, word: int, what: str) -> bytes:
+def _decode_planes(payload: memoryview, raw_length: int, word: int, what: str) -> bytes | memoryview:
     plane = raw_length // word
     pos = _PLANE.size * word
     if len(payload) < pos:
         raise CorruptObject(f"{what}: truncated plane headers")
-    parts = []
+    parts: list[bytes | memoryview] = []
     for i in range(word):
         kind, stored = _PLANE.unpack_from(payload, i * _PLANE.size)
         body = payload[pos : pos + stored]

@@ -28,6 +28,7 @@ import errno
 import os
 import stat
 from _thread import allocate_lock
+from typing import Any
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do n
 _libc: object = None
 
 
-def _c_library():
+def _c_library() -> Any:
     """libc through ctypes (imported when first needed), or False where it has neither call."""
     global _libc
     if _libc is None:
@@ -170,7 +171,7 @@ def sync_filesystem(path: str | Path) -> bool:
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        if lib.syncfs(fd) != 0:  # type: ignore[attr-defined]
+        if lib.syncfs(fd) != 0:
             import ctypes
 
             err = ctypes.get_errno()
@@ -186,7 +187,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     that fsync; elsewhere this does nothing."""
     lib = _c_library()
     if lib:
-        lib.sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # type: ignore[attr-defined]
+        lib.sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 SYNCFS_MIN_FILES = 64  # from this many files on, one syncfs beats an fsync (a journal commit) each
@@ -348,7 +349,7 @@ def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = Non
     reason, and re-raises ``refused`` when a copy would not get around it.  ``refused`` None: a later file
     of the same kind, whose link is not tried again."""
     if refused is not None:
-        why = _why_no_link(refused, src)
+        why = _why_no_link(refused, Path(src))
         with _counter_lock:  # snapshots are linked by two threads: still one warning
             first = why not in _COPY_WARNED
             _COPY_WARNED.add(why)

@@ -81,7 +81,7 @@ class Selection(namedtuple("Selection", ("include", "exclude"))):
         chosen = [f for f in tree.files if (included is None or included.match_file(f.path))
                   and not (excluded is not None and excluded.match_file(f.path))]  # fmt: skip
         for line, pattern in zip(included.lines if included else (), self.include):
-            if not line[0] and not line[2] and not any(line[1].match(f.path) for f in tree.files):
+            if not line.negated and not line.hit and not any(line.regex.match(f.path) for f in tree.files):
                 raise InvalidInput(f"--include {pattern!r} matches no file of {tag} (it has {_sample(tree)}); "
                                    "check the pattern: it is read as a .gitignore line")  # fmt: skip
         return chosen
@@ -108,19 +108,28 @@ def _patterns(given: Iterable[str] | str | None, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.strip() for p in items))  # in order (a "!" line undoes those before it)
 
 
+class _Line:
+    """One compiled gitignore line, and whether it has matched a path yet."""
+
+    __slots__ = ("hit", "negated", "regex")
+
+    def __init__(self, pattern: str):
+        self.negated, self.regex = _compile(pattern)
+        self.hit = False
+
+
 class _Spec:
-    """Compiled gitignore lines: a path is matched by the last line that matches it (a ``!`` line unmatches).
-    Each line is [negated, regex, whether it has matched a path yet]."""
+    """Compiled gitignore lines: a path is matched by the last line that matches it (a ``!`` line unmatches)."""
 
     def __init__(self, patterns: Iterable[str]):
-        self.lines = [[*_compile(p), False] for p in patterns]
+        self.lines = [_Line(p) for p in patterns]
 
     def match_file(self, path: str) -> bool:
         matched = False
         for line in self.lines:
-            if matched == line[0] and line[1].match(path):
-                matched = not line[0]
-                line[2] = True
+            if matched == line.negated and line.regex.match(path):
+                matched = not line.negated
+                line.hit = True
         return matched
 
 

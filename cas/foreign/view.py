@@ -45,10 +45,10 @@ def build(folder: Path, allowed: list[Path], view: Path, what: str, leave_out: f
             if not regular:
                 raise InvalidInput(f"{what}: {rel} is not a regular file; refused")
             files.append((rel, Path(real)))
-    for rel, real in files:
+    for rel, target in files:
         link = view / rel
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(real, link)
+        os.symlink(target, link)
     return files
 
 

@@ -16,6 +16,7 @@ repositories: ``cas.Cache`` adds pull, push and the resolution policy.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -321,7 +322,9 @@ class LocalCache:
         finally:
             remove_tree(staging)
 
-    def _ingest(self, sources: list[Source], progress: Progress | None, move: bool) -> list[FileEntry]:
+    def _ingest(
+        self, sources: builtins.list[Source], progress: Progress | None, move: bool
+    ) -> builtins.list[FileEntry]:
         """Hash and chunk every file (copying it to ``tmp/`` unless ``move`` and it is the staging folder's own,
         see ``Source.movable``: a link's target is the user's, never moved or chmod-ed), then publish them all
         as blobs at once: their bytes flushed together (one syncfs for many files, not an fsync each),
@@ -358,7 +361,7 @@ class LocalCache:
                     os.unlink(tmp)
         return entries
 
-    def _record(self, name: str, version: str, entries: list[FileEntry], labels: dict[str, str],
+    def _record(self, name: str, version: str, entries: builtins.list[FileEntry], labels: dict[str, str],
                 metadata: dict[str, Any], created: float | None = None) -> ModelInfo:  # fmt: skip
         from ..tree import Tree, root_of
 
@@ -377,7 +380,7 @@ class LocalCache:
         self.chunk_index().add_files(self.files_here(info, tree))
         return self.refs.create_if_absent(info, remote)
 
-    def files_here(self, info: ModelInfo, tree: Tree) -> list[FileEntry]:
+    def files_here(self, info: ModelInfo, tree: Tree) -> builtins.list[FileEntry]:
         """The files of a version this cache holds: all of them, or of a partial version those whose blob is here."""
         if not info.partial:
             return list(tree.files)
@@ -396,7 +399,7 @@ class LocalCache:
 
     # -- removing ---------------------------------------------------------------
 
-    def delete(self, tag: str) -> list[ModelInfo]:
+    def delete(self, tag: str) -> builtins.list[ModelInfo]:
         """Remove ``name:version`` (``name:latest``: the newest; bare ``name``: every version).
 
         Trees, blobs and snapshots no other ref uses are removed with it.
@@ -507,7 +510,7 @@ class LocalCache:
                 self._check_here(info, files, sel)
                 self.snapshots.build(info, files, sel)
 
-    def _check_here(self, info: ModelInfo, files: list[FileEntry], sel: Selection | None) -> None:
+    def _check_here(self, info: ModelInfo, files: builtins.list[FileEntry], sel: Selection | None) -> None:
         """A partial version's snapshot needs every file it takes here: else NotFound naming what to pull."""
         if not self.refs.get(tags.parse(info.tag)).partial:
             return  # a whole version: a missing blob is damage, which linking reports

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -115,7 +115,7 @@ def _close_inherited() -> None:
 SQLITE.in_child(_close_inherited)
 
 
-def _rows(files: Iterable[FileEntry]):
+def _rows(files: Iterable[FileEntry]) -> Iterator[tuple[bytes, bytes, int, int, int]]:
     for f in files:
         offset = 0
         for cid, length in f.chunk_list():

@@ -46,8 +46,8 @@ class Digested:
 
 
 def digest_file(
-    src_path: str | os.PathLike,
-    copy_to: str | os.PathLike | None = None,
+    src_path: str | os.PathLike[str],
+    copy_to: str | os.PathLike[str] | None = None,
     progress: Callable[[int], None] | None = None,
     durable: bool = False,
 ) -> Digested:
@@ -78,7 +78,7 @@ def digest_file(
         os.close(src)
 
 
-def _unchanged(path: str | os.PathLike, before: os.stat_result, after: os.stat_result, read: int) -> None:
+def _unchanged(path: str | os.PathLike[str], before: os.stat_result, after: os.stat_result, read: int) -> None:
     """A file written while it was read would be stored as a mix of old and new bytes: refuse it (a write
     moves the modification time; the link count a concurrent hardlink changes is no reason to)."""
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or read != after.st_size:

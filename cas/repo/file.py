@@ -12,6 +12,7 @@ so a push's ref is never durable before what it names; a removal unlinks.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -102,13 +103,13 @@ class FileBackend:
             return write(*args)
         except OSError as e:
             raise RepoError(
-                f"cannot write {self.url}/{key}: {e.strerror}; {_WRITE_ADVICE.get(e.errno, 'push again')}"
+                f"cannot write {self.url}/{key}: {e.strerror}; {_WRITE_ADVICE.get(e.errno or 0, 'push again')}"
             ) from None
 
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
 
-    def _list(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str) -> builtins.list[str]:
         base = self._path(prefix)
         try:
             if not base.is_dir():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -189,19 +189,19 @@ def iter_ranges(locations: list[tuple[int, int]], max_gap: int, max_span: int) -
     Neighbours closer than ``max_gap`` share a request (the gap is read and
     dropped); no span grows past ``max_span`` bytes unless one range alone does.
     """
-    start = end = None
+    span: tuple[int, int] | None = None
     for offset, length in sorted(locations):
-        if start is not None and offset - end <= max_gap and offset + length - start <= max_span:
-            end = max(end, offset + length)
+        if span is not None and offset - span[1] <= max_gap and offset + length - span[0] <= max_span:
+            span = (span[0], max(span[1], offset + length))
             continue
-        if start is not None:
-            yield start, end
-        start, end = offset, offset + length
-    if start is not None:
-        yield start, end
+        if span is not None:
+            yield span
+        span = (offset, offset + length)
+    if span is not None:
+        yield span
 
 
-def _unpack_doc(data: bytes, what: str, middle: type) -> tuple:
+def _unpack_doc(data: bytes, what: str, middle: type) -> tuple[Any, ...]:
     if len(data) > MAX_DOC_BYTES:
         raise InvalidManifest(f"{what} is {len(data)} bytes, more than {MAX_DOC_BYTES}")
     try:

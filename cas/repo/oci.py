@@ -23,6 +23,7 @@ and its write (one round trip); the README says so.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import random
 
@@ -107,7 +108,7 @@ class OciBackend:
         tags = await self._registry.tags(self._pool)
         return sorted(k for t in tags if (k := layout.key_of_tag(t)) is not None and k.startswith(prefix))
 
-    async def _refs(self, prefix: str) -> list[str]:
+    async def _refs(self, prefix: str) -> builtins.list[str]:
         """The refs under ``refs/`` (every listed name's) or ``refs/<name>/``: the tags of model repositories."""
         names = [prefix.split("/")[1]] if prefix.count("/") >= 2 else await self._names()
         keys = []
@@ -116,7 +117,7 @@ class OciBackend:
             keys += [f"refs/{n}/{t}" for t in tags if _is_version(t)]  # not tags other tools put there
         return keys
 
-    async def _names(self) -> list[str]:
+    async def _names(self) -> builtins.list[str]:
         """The models here: the names listing's, and the registry's catalog's where it is open (a push killed
         before its listing was written still created its repository)."""
         try:
@@ -160,7 +161,7 @@ class OciBackend:
         config = await self._registry.put_blob(where.repository, data)
         return await self._tag_once(where, layout.version_manifest(key, config, info.root, info.created, layers))
 
-    async def _needed(self, root: str) -> list[tuple[str, Blob]]:
+    async def _needed(self, root: str) -> builtins.list[tuple[str, Blob]]:
         """The tree, the locator and every pack a root's chunks lie in, with their blobs in the pool."""
         packs = sorted({loc.pack_id for loc in decode_locator(await self.get(locator_key(root))).values()})
         keys = [tree_key(root), locator_key(root), *(pack_key(p) for p in packs)]

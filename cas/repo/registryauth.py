@@ -42,8 +42,8 @@ def credentials_for(host: str) -> Credentials | None:
     if isinstance(entry, dict) and isinstance(entry.get("auth"), str):
         user, _, password = base64.b64decode(entry["auth"] + "==").decode("utf-8", "replace").partition(":")
         return Credentials(user, password) if user else None
-    helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
-    helper = helpers.get(host) or doc.get("credsStore")
+    helpers = doc.get("credHelpers")
+    helper = (helpers.get(host) if isinstance(helpers, dict) else None) or doc.get("credsStore")
     return _from_helper(str(helper), host) if isinstance(helper, str) and helper else None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections import namedtuple
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -85,7 +86,7 @@ def signing_input(kind: str, payload: bytes) -> bytes:
     return b"cas-trust/1\0" + kind.encode() + b"\0" + payload
 
 
-def seal(kind: str, payload: bytes, signers: list[Signer]) -> bytes:
+def seal(kind: str, payload: bytes, signers: Sequence[Signer]) -> bytes:
     data = signing_input(kind, payload)
     sigs = [[bytes.fromhex(keyid(s.public)), s.sign(data)] for s in signers]
     return msgpack.packb([FORMAT, kind, payload, sigs], use_bin_type=True)

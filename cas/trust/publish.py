@@ -9,7 +9,7 @@ one, and two publishers racing both land, one after the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import blake3
 
@@ -45,8 +45,8 @@ class _Moved(Exception):
     """The state changed between reading it and replacing it: compute the change again."""
 
 
-async def init(repo: Repository, root_signers: list[Signer], online: list[bytes], *, root_threshold: int = 1,
-               online_threshold: int = 1, online_signers: list[Signer] = ()) -> bytes:  # fmt: skip
+async def init(repo: Repository, root_signers: Sequence[Signer], online: list[bytes], *, root_threshold: int = 1,
+               online_threshold: int = 1, online_signers: Sequence[Signer] = ()) -> bytes:  # fmt: skip
     """Set up signing in ``repo``: root version 1 and an empty state. Returns the root document (the anchor)."""
     keys = {keyid(s.public): s.public for s in root_signers} | {keyid(k): k for k in online}
     root = Root(1, _later(ROOT_DAYS), keys, Grant(tuple(keyid(s.public) for s in root_signers), root_threshold),
@@ -62,7 +62,7 @@ async def init(repo: Repository, root_signers: list[Signer], online: list[bytes]
 
 
 async def set_role(repo: Repository, role: str, names: list[str], keys: list[bytes], threshold: int,
-                   signers: list[Signer]) -> Root:  # fmt: skip
+                   signers: Sequence[Signer]) -> Root:  # fmt: skip
     """Add or replace a role (a rotation or revocation of its keys takes effect at hosts' next pull)."""
     validate_role_name(role)
     if not names:
@@ -79,7 +79,7 @@ async def set_role(repo: Repository, role: str, names: list[str], keys: list[byt
     return await _new_root(repo, change, signers)
 
 
-async def remove_role(repo: Repository, role: str, signers: list[Signer]) -> Root:
+async def remove_role(repo: Repository, role: str, signers: Sequence[Signer]) -> Root:
     def change(root: Root) -> Root:
         if role not in root.roles:
             raise InvalidInput(f"{repo.url} has no role {role}")
@@ -89,7 +89,7 @@ async def remove_role(repo: Repository, role: str, signers: list[Signer]) -> Roo
     return await _new_root(repo, change, signers)
 
 
-async def set_keys(repo: Repository, signers: list[Signer], *, root_keys: list[bytes] = (),
+async def set_keys(repo: Repository, signers: Sequence[Signer], *, root_keys: list[bytes] = (),
                    root_threshold: int | None = None, online: list[bytes] = (),
                    online_threshold: int | None = None) -> Root:  # fmt: skip
     """Rotate the root's or the online role's keys; the new root is signed by the old root keys and the new."""
@@ -106,7 +106,7 @@ async def set_keys(repo: Repository, signers: list[Signer], *, root_keys: list[b
     return await _new_root(repo, change, signers)
 
 
-async def sign(repo: Repository, signed: Iterable[tuple[Tag, str]], signers: list[Signer], *,
+async def sign(repo: Repository, signed: Iterable[tuple[Tag, str]], signers: Sequence[Signer], *,
                latest: bool = True) -> list[str]:  # fmt: skip
     """Sign each ``(name:version, root)``, and with ``latest`` make it its name's ``latest``; returns the
     roles that signed.  The role is the first one covering the tag whose keys are among ``signers``."""
@@ -132,7 +132,7 @@ async def sign(repo: Repository, signed: Iterable[tuple[Tag, str]], signers: lis
     raise Untrusted(f"{repo.url}: the signed state kept changing while signing; try again")
 
 
-async def refresh(repo: Repository, signers: list[Signer], days: float | None = None) -> State:
+async def refresh(repo: Repository, signers: Sequence[Signer], days: float | None = None) -> State:
     """A new state version valid for ``days`` (a publish's ``STATE_DAYS`` if None); run it more often than that:
     hosts refuse a stale state."""
     for _ in range(RETRIES):
@@ -180,7 +180,7 @@ async def _current(repo: Repository) -> tuple[Root, State, bytes]:
         state.but(root_version=version), state_bytes  # fmt: skip
 
 
-async def _new_root(repo: Repository, change: Callable[[Root], Root], signers: list[Signer]) -> Root:
+async def _new_root(repo: Repository, change: Callable[[Root], Root], signers: Sequence[Signer]) -> Root:
     for _ in range(RETRIES):
         old, state, state_bytes = await _current(repo)
         new = change(old).but(version=old.version + 1, expires=_later(ROOT_DAYS))
@@ -198,7 +198,7 @@ async def _new_root(repo: Repository, change: Callable[[Root], Root], signers: l
 
 
 async def _new_role_version(repo: Repository, root: Root, state: State, name: str, tags: list[tuple[Tag, str]],
-                            signers: list[Signer], latest: bool) -> tuple[RoleMeta, bytes]:  # fmt: skip
+                            signers: Sequence[Signer], latest: bool) -> tuple[RoleMeta, bytes]:  # fmt: skip
     """A new signed version of role ``name`` with ``tags`` among its targets, and its document."""
     old = state.roles.get(name)
     targets = dict((await role(repo, state, name)).targets) if old else {}
@@ -215,7 +215,7 @@ async def _new_role_version(repo: Repository, root: Root, state: State, name: st
         version += 1  # left by a signer that lost a race or was killed: never overwritten
 
 
-def _role_for(root: Root, tag: Tag, signers: list[Signer]) -> str:
+def _role_for(root: Root, tag: Tag, signers: Sequence[Signer]) -> str:
     ids = {keyid(s.public) for s in signers}
     covering = [(n, g) for n, g in root.roles.items() if g.covers(tag)]
     for name, grant in covering:
@@ -228,7 +228,7 @@ def _role_for(root: Root, tag: Tag, signers: list[Signer]) -> str:
     raise InvalidInput(f"the keys given cannot sign {tag}: it needs role {names}")
 
 
-def _seal_state(root: Root, state: State, signers: list[Signer]) -> bytes:
+def _seal_state(root: Root, state: State, signers: Sequence[Signer]) -> bytes:
     return seal("state", encode_state(state), _pick(signers, root.state, "the state (the online key)"))
 
 
