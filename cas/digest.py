@@ -15,7 +15,7 @@ DIGEST_SIZE = 32
 _THREADS = blake3.AUTO
 
 
-def chunk_id(data: bytes | memoryview) -> bytes:
+def chunk_id(data: bytes | bytearray | memoryview) -> bytes:
     """The id of one chunk: BLAKE3 of its raw bytes."""
     return blake3(data).digest()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -60,13 +60,13 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Work):
         r = msg.range
         pieces = [[p.offset, p.length, p.chunk_id, p.raw_length, [list(t) for t in p.targets]] for p in r.pieces]
-        body: list = ["work", msg.rid, r.pack_id, r.start, r.end, pieces]
+        body: list[Any] = ["work", msg.rid, r.pack_id, r.start, r.end, pieces]
     else:
         body = [_NAMES[type(msg)], *msg]
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(obj: list) -> Message:
+def decode(obj: list[Any]) -> Message:
     kind, *rest = obj
     if kind == "end":
         return END
@@ -108,7 +108,7 @@ async def _serve() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     unpacker = msgpack.Unpacker(raw=False)
     fetcher: Fetcher | None = None
-    tasks: set[asyncio.Task] = set()
+    tasks: set[asyncio.Task[None]] = set()
     parts = Parts()
     ended = False
     try:

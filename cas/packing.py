@@ -109,7 +109,7 @@ class Encoder:
         del data[end:]
         return Built(chunk_id(data).hex(), data, entries)
 
-    def encode(self, chunk: Chunk) -> list:
+    def encode(self, chunk: Chunk) -> list[bytes | memoryview]:
         """Read, check and encode one chunk (``codec.encode_parts``).  Its codec is chosen once per
         ``CHOICE_SPAN`` of its file (a tensor's chunks are alike, and choosing was half of encoding them), never by
         a file's first chunk (a header)."""

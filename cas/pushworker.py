@@ -24,6 +24,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -64,7 +65,7 @@ async def feed(proc: asyncio.subprocess.Process, url: str, packs: deque[list[Chu
     await proc.wait()
 
 
-def _packed(msg: list) -> bytes:
+def _packed(msg: list[Any]) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
@@ -45,13 +45,13 @@ def raised(f: Failed) -> Exception:
     return OSError(f.errno, f.message) if f.kind == "OSError" else _ERRORS.get(f.kind, CasError)(f.message)
 
 
-def fail_and_exit(e: BaseException) -> None:
+def fail_and_exit(e: BaseException) -> NoReturn:
     """In a worker: tell the parent what failed (as ``["failed", ...]``), and exit at once, writing nothing more."""
     write_all(1, msgpack.packb(["failed", *failure(e)], use_bin_type=True))
     os._exit(1)
 
 
-async def replies(proc: asyncio.subprocess.Process, unpacker: msgpack.Unpacker, last: bool, died: str) -> list:
+async def replies(proc: asyncio.subprocess.Process, unpacker: msgpack.Unpacker, last: bool, died: str) -> list[Any]:
     """Send what was written to a worker (and, when ``last``, ``["end"]``: it exits after its work), then read
     its next answers; a ``["failed", ...]`` is raised here, and a worker gone without one raises ``died``
     (formatted with its exit ``code``)."""

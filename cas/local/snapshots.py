@@ -106,14 +106,14 @@ class Snapshots:
             self._fill(info, files, stage)
             os.rename(stage, snap)
         except OSError as e:
-            remove_tree(stage)
+            remove_tree(Path(stage))
             if os.path.isdir(snap):  # another process without our lock won the race
                 return
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # the caller says "not writable", naming the cache
             raise CasError(f"could not materialize {info.tag} in {self.dir}: {e}") from e
         except BaseException:
-            remove_tree(stage)
+            remove_tree(Path(stage))
             raise
         fsync_dir(self._dir)
 

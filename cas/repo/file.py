@@ -78,7 +78,7 @@ class FileBackend:
             raise RepoError(f"{self.url}/{key} is shorter than the range {start}-{end}")
         return data
 
-    async def create(self, key: str, data: bytes) -> bool:
+    async def create(self, key: str, data: bytes | bytearray) -> bool:
         return await asyncio.to_thread(self._writing, key, write_new, self._path(key), data, self.root / ".tmp")
 
     async def update(self, key: str, change: Change) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 import random
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -83,7 +83,7 @@ class HttpBackend:
         expect: tuple[int, ...],
         limit: int = MAX_DOC_BYTES,
         window: tuple[int, int] | None = None,
-        **kw,
+        **kw: Any,
     ) -> _Answer:
         """One request, retried; the body is read up to ``limit`` bytes, or (a 200 to a Range) only ``window``."""
         url = f"{self.url}/{key}"
@@ -150,7 +150,7 @@ class HttpBackend:
             raise RepoError(f"{self.url}/{key}: range {start}-{end} returned {len(body)} bytes")
         return body
 
-    async def create(self, key: str, data: bytes) -> bool:
+    async def create(self, key: str, data: bytes | bytearray) -> bool:
         answer = await self._request("PUT", key, expect=(200, 201, 204, 412), data=data, headers={"If-None-Match": "*"})
         return answer.status in (201, 204)  # 412, or 200 from a server without conditions: it was there
 

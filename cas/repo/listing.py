@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 
@@ -120,7 +121,7 @@ def without_version(data: bytes | None, version: str) -> bytes | None:
     return encode_versions({v: t for v, t in versions.items() if v != version}) if version in versions else None
 
 
-def _unpack(data: bytes, what: str) -> list:
+def _unpack(data: bytes, what: str) -> list[Any]:
     try:
         doc = msgpack.unpackb(data, raw=False, max_map_len=0, max_ext_len=0, max_bin_len=0, max_str_len=63,
                               max_array_len=MAX_ENTRIES, strict_map_key=True)  # fmt: skip

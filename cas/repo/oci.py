@@ -26,6 +26,8 @@ import asyncio
 import builtins
 import os
 import random
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from .. import ref
 from ..errors import InvalidManifest, InvalidTag, NotFound, RepoError
@@ -39,6 +41,7 @@ from .ocilayout import Manifest, Place, place
 from .registry import Blob, Registry, digest_of
 from .registryauth import credentials_for
 
+T = TypeVar("T")
 SETTLE = 0.5  # seconds a contested tag is given before it is read back (CAS_REGISTRY_SETTLE)
 UPDATE_TRIES = 20
 _IMMUTABLE = frozenset({"tree", "pack", "index"})  # content-addressed and never rewritten: their blobs are cached
@@ -133,7 +136,7 @@ class OciBackend:
 
     # writing
 
-    async def create(self, key: str, data: bytes) -> bool:
+    async def create(self, key: str, data: bytes | bytearray) -> bool:
         kind = check_key(key)[0]
         if kind == "ref":
             return await self._create_ref(key, data)
@@ -149,7 +152,7 @@ class OciBackend:
             self._blobs[key] = blob
         return True
 
-    async def _create_ref(self, key: str, data: bytes) -> bool:
+    async def _create_ref(self, key: str, data: bytes | bytearray) -> bool:
         """Mount what the version needs into its model's repository, then tag its manifest there once."""
         _, name, version = check_key(key)
         info = ref.decode(data, name=name, version=version)
@@ -281,7 +284,7 @@ class OciBackend:
             self._empty = await self._registry.put_blob(self._pool, layout.EMPTY)
         return self._empty
 
-    async def _bounded(self, work):
+    async def _bounded(self, work: Awaitable[T]) -> T:
         async with self._slots:
             return await work
 

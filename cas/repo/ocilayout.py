@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from ..errors import InvalidManifest, RepoError
@@ -146,8 +146,8 @@ def media_type(key: str) -> str:
     return MEDIA_TYPES.get(check_key(key)[0], DOCUMENT_TYPE)
 
 
-def descriptor(blob: Blob, media: str, annotations: dict[str, str] | None = None) -> dict:
-    out: dict = {"mediaType": media, "digest": blob.digest, "size": blob.size}
+def descriptor(blob: Blob, media: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"mediaType": media, "digest": blob.digest, "size": blob.size}
     if annotations:
         out["annotations"] = annotations
     return out
@@ -226,7 +226,7 @@ def read_manifest(body: bytes, key: str) -> Manifest:
     return Manifest(key, blob_of(doc.get("config"), where), found, root if isinstance(root, str) else "")
 
 
-def load_manifest(body: bytes, where: str) -> dict:
+def load_manifest(body: bytes, where: str) -> dict[str, Any]:
     """A manifest's JSON object, refused unless it is an OCI image manifest (schema 2)."""
     try:
         doc = json.loads(body)
@@ -257,5 +257,5 @@ def _noted(notes: object) -> str:
     return repr(named)[:100].encode("unicode_escape").decode("ascii") if named is not None else "no key"
 
 
-def _dump(doc: dict) -> bytes:
+def _dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()

@@ -28,7 +28,7 @@ import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlencode, urljoin
 
 import aiohttp
@@ -274,7 +274,7 @@ class Registry:
 
     async def _send(self, method: str, path: str, repo: str, *, expect: tuple[int, ...], push: bool = False,
                     scopes: tuple[str, ...] = (), limit: int = 0, window: tuple[int, int] | None = None,
-                    **kw) -> _Answer:  # fmt: skip
+                    **kw: Any) -> _Answer:  # fmt: skip
         """One request, authenticated as the registry asks and retried; the body read up to ``limit``."""
         own = [f"repository:{repo}:{'pull,push' if push else 'pull'}"] if repo else []
         scope = " ".join((*own, *scopes))
@@ -395,7 +395,7 @@ async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int, *, pa
         raise _Transient(f"a range of {end - start} bytes ended after {len(e.partial)}") from None
 
 
-def _json(body: bytes, what: str) -> dict:
+def _json(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(body)
     except ValueError:

@@ -162,7 +162,7 @@ class Repository:
 
     # -- writing, bottom-up -------------------------------------------------------
 
-    async def put_pack(self, pack_id: str, data: bytes, index: bytes) -> None:
+    async def put_pack(self, pack_id: str, data: bytes | bytearray, index: bytes) -> None:
         """A pack, then its index: a listed index always names a whole pack."""
         await self.backend.create(pack_key(pack_id), data)
         await self.backend.create(index_key(pack_id), index)

@@ -132,7 +132,7 @@ class S3Backend:
             return None
         return key
 
-    async def create(self, key: str, data: bytes) -> bool:
+    async def create(self, key: str, data: bytes | bytearray) -> bool:
         try:
             await self._call("PUT", key, "put_object", Body=data, IfNoneMatch="*")
         except _Conflict:
