@@ -371,3 +371,20 @@ def test_a_repository_ref_with_a_time_out_of_range_is_refused_and_the_cache_list
     got = cas_cli("pull", "m:v1", "--remote", f"file://{repo}", home=home, check=False)
     assert got.returncode == 1 and len(got.stderr.splitlines()) == 1 and "creation time 1e+300" in got.stderr
     assert cas_cli("list", home=home).returncode == 0 and Cache(home).list() == []
+
+
+def test_a_blob_changed_after_add_is_never_exported(tmp_path, minilm):
+    """Every chunk an export reads from a blob is hashed again: a blob edited through a hardlink makes the export
+    fail in one line naming what to run, and no export file is left."""
+    cache = Cache(tmp_path / "cache")
+    info = cache.add(minilm, "m:v1")
+    big = max(cache.tree(info).files, key=lambda f: f.size)
+    blob = cache.objects.blob_of(big)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(big.size // 3)
+        f.write(b"\x01" * 32)
+    out = cas_cli("export", "m:v1", str(tmp_path / "m.cas"), home=cache.root, check=False)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "does not hold chunk" in out.stderr and "run 'cas verify'" in out.stderr
+    assert not (tmp_path / "m.cas").exists()
