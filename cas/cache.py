@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .upload import PushStats
 
     TrustSpec = str | os.PathLike[str] | TrustPolicy | None
-    Patterns = Sequence[str] | str | None
+    from .local.cache import Patterns
+
     Seeds = Sequence[str | os.PathLike[str]] | None
 
 

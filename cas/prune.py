@@ -103,7 +103,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 class Usage(NamedTuple):
-    count: int  # objects (trees, locators, packs)
+    count: int  # type: ignore[assignment]  # objects (trees, locators, packs); shadows tuple.count, as always
     bytes: int  # pack bytes
 
 

@@ -27,8 +27,9 @@ MAX_REMOTES = 64
 DIGEST_SIZE = 32  # cas.digest's; not imported from there, which would load blake3 on a service's warm path
 _MAX_DEPTH = 16
 
-_Fields = namedtuple("ModelInfo", ("name", "version", "root", "created", "size", "file_count", "labels", "metadata",
-                                   "partial"), defaults=({}, {}, False))  # fmt: skip
+# named ModelInfo, not _Fields: its repr and its pickles say ModelInfo
+_Fields = namedtuple("ModelInfo", ("name", "version", "root", "created", "size", "file_count",  # type: ignore[name-match]
+                                   "labels", "metadata", "partial"), defaults=({}, {}, False))  # fmt: skip
 
 
 class ModelInfo(_Fields):

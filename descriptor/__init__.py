@@ -22,6 +22,7 @@ that process's cache and repository.
 
 from __future__ import annotations
 
+import functools
 import os
 from _thread import allocate_lock
 from _weakrefset import WeakSet  # what weakref.WeakSet is; loaded at every start already (abc uses it)
@@ -227,7 +228,7 @@ class Model:
             pending, mine = self._claim()
             if mine:  # all of it off this loop, settled from there: a sync reader on this loop may wait for it
                 try:
-                    await privateloop.run_async(lambda p=pending: self._arun(p))
+                    await privateloop.run_async(functools.partial(self._arun, pending))
                 except BaseException as e:
                     self._abandon(pending, e)
                     raise

@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _tune_process()
     warnings.showwarning = _warning_line
     if not isinstance(sys.stdout, EscapedStream):
-        sys.stdout = EscapedStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = EscapedStream(sys.stdout)
     parser = _parser(_command_in(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -108,7 +108,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
     names: list[str] = []
     for group in COMMANDS:
-        group(lambda name, func, help: names.append(name) or _Unused())  # type: ignore[arg-type,func-returns-value]
+        group(lambda name, func, help: names.append(name) or _Unused())  # type: ignore[arg-type,func-returns-value,return-value]
     only = command if command in names else None
 
     def cmd(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:

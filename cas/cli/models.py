@@ -118,11 +118,11 @@ def _show(args: argparse.Namespace) -> None:
 
         print(f"metadata: {json.dumps(info.metadata, sort_keys=True)}")
     print()
-    mark = (lambda f: "" if f["here"] else "not here") if info.partial else (lambda f: "")
     table(
         ["PATH", "SIZE", "CHUNKS", "FILE ID", ""],
-        [[f["path"], size(f["size"]), str(f["chunks"]), f["file_id"][:16], mark(f)] for f in files],
-    )
+        [[f.path, size(f.size), str(f.chunk_count), f.file_id.hex()[:16],
+          "not here" if info.partial and f.path not in here else ""] for f in tree.files],
+    )  # fmt: skip
 
 
 def _materialize(args: argparse.Namespace) -> None:

@@ -14,6 +14,10 @@ from ..repo import CONCURRENCY
 from . import output
 from .output import Command, cache_of, print_json, size
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..trust.keys import Signer
+
 
 def commands(cmd: Command) -> None:
     sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
@@ -99,13 +103,13 @@ def _push_modelpack(args: argparse.Namespace, cache: LocalCache) -> None:
     )
 
 
-def _signers(args: argparse.Namespace) -> list[object]:
+def _signers(args: argparse.Namespace) -> list[Signer]:
     """The keys of --sign, and $CAS_SIGNING_KEY's only with --sign or when it is set (a push signs if either)."""
     if not args.sign and not os.environ.get("CAS_SIGNING_KEY", "").strip():
         return []
     from .trust import signers
 
-    return signers(args.sign)  # type: ignore[return-value]
+    return list(signers(args.sign))
 
 
 def _pull(args: argparse.Namespace) -> None:

@@ -157,13 +157,14 @@ class LocalCache:
             key = policy_key(spec)
         except OSError:
             return self.trust_policy(override)  # says what is wrong with it
-        known = self.trusted.known_policy(key, f"the trust policy {spec}")
+        known: TrustPolicy | KnownPolicy | None = self.trusted.known_policy(key, f"the trust policy {spec}")
         if known is None:
             known = self.trust_policy(override)
             self.trusted.remember_policy(key, known)  # type: ignore[arg-type]
         return known
 
-    def _trust_spec(self, override: str | os.PathLike[str] | TrustPolicy | None) -> object:
+    def _trust_spec(self, override: str | os.PathLike[str] | TrustPolicy | None
+                    ) -> str | os.PathLike[str] | TrustPolicy | None:  # fmt: skip
         spec = override if override is not None else self._trust
         return spec if spec is not None else (os.environ.get("CAS_TRUST", "").strip() or None)
 

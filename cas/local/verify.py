@@ -160,7 +160,7 @@ class Verifier:
             _, _, key = name.partition(".")
             sel = self.snapshots.selection(key) if key else None
             try:
-                files = sel.files(tree, info.tag) if sel else tree.files
+                files = sel.files(tree, info.tag) if sel else list(tree.files)
             except CasError:
                 sel = None
             snap = self.snapshots.dir / name

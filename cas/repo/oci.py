@@ -155,7 +155,7 @@ class OciBackend:
     async def _create_ref(self, key: str, data: bytes | bytearray) -> bool:
         """Mount what the version needs into its model's repository, then tag its manifest there once."""
         _, name, version = check_key(key)
-        info = ref.decode(data, name=name, version=version)
+        info = ref.decode(bytes(data), name=name, version=version)
         where = place(self._where.namespace, key)
         if await self._registry.manifest_digest(where.repository, where.tag):
             return False

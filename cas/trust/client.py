@@ -22,6 +22,7 @@ from ..tags import Tag
 from .documents import (
     MAX_BYTES,
     MAX_ROOT_CHAIN,
+    Role,
     Root,
     State,
     check_fresh,
@@ -165,14 +166,14 @@ class _Check:
         if data != seen:
             self.state.write(self.anchor, "state", data)
 
-    async def _role(self, root: Root, name: str, meta: tuple[int, str]) -> tuple[object, frozenset[str]]:
+    async def _role(self, root: Root, name: str, meta: tuple[int, str]) -> tuple[Role, frozenset[str]]:
         version, digest = meta
         key = trust_role_key(name, version)
         where = f"{self.repo.url}/{key}"
-        data = self.state.read(self.anchor, f"roles/{name}")
-        fetched = data is None or blake3.blake3(data).hexdigest() != digest
+        stored = self.state.read(self.anchor, f"roles/{name}")
+        fetched = stored is None or blake3.blake3(stored).hexdigest() != digest
+        data = await self._get(key, "role") if fetched or stored is None else stored
         if fetched:
-            data = await self._get(key, "role")
             if blake3.blake3(data).hexdigest() != digest:
                 raise Untrusted(f"{where} is not the version the signed state names (a mix of two states, or a "
                                 "stale cache in front of the repository); nothing was pulled")  # fmt: skip

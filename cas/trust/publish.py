@@ -89,8 +89,8 @@ async def remove_role(repo: Repository, role: str, signers: Sequence[Signer]) ->
     return await _new_root(repo, change, signers)
 
 
-async def set_keys(repo: Repository, signers: Sequence[Signer], *, root_keys: list[bytes] = (),
-                   root_threshold: int | None = None, online: list[bytes] = (),
+async def set_keys(repo: Repository, signers: Sequence[Signer], *, root_keys: Sequence[bytes] = (),
+                   root_threshold: int | None = None, online: Sequence[bytes] = (),
                    online_threshold: int | None = None) -> Root:  # fmt: skip
     """Rotate the root's or the online role's keys; the new root is signed by the old root keys and the new."""
 
