@@ -349,7 +349,7 @@ def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = Non
     reason, and re-raises ``refused`` when a copy would not get around it.  ``refused`` None: a later file
     of the same kind, whose link is not tried again."""
     if refused is not None:
-        why = _why_no_link(refused, Path(src))
+        why = _why_no_link(refused, src)
         with _counter_lock:  # snapshots are linked by two threads: still one warning
             first = why not in _COPY_WARNED
             _COPY_WARNED.add(why)
@@ -364,7 +364,7 @@ def copy_instead(src: str | Path, dst: str | Path, refused: OSError | None = Non
     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode))
 
 
-def _why_no_link(e: OSError, src: Path) -> str:
+def _why_no_link(e: OSError, src: str | Path) -> str:
     """Why a hardlink was refused, for the warning; re-raises a failure a copy would not get around."""
     if e.errno == errno.EXDEV:
         return "the snapshots are on another filesystem than the blobs"
