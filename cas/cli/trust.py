@@ -20,6 +20,11 @@ from ..trust.keys import SigningKey, from_environment, generate, keyid, load_pub
 from ..trust.policy import Anchor, TrustPolicy
 from .output import Command, cache_of, print_json
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..repo.repository import Repository
+    from ..trust.documents import Role, Root, State
+
 SIGN_HELP = "a private key that signs (repeatable; also $CAS_SIGNING_KEY)"
 
 
@@ -31,10 +36,15 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP)
     sp.add_argument("--no-latest", action="store_true", help="do not make them their names' latest")
-    sp = cmd("trust", lambda _: sp.print_help(sys.stderr) or 2, "set up and change who may sign what in a repository")
+
+    def usage(_: argparse.Namespace) -> int:
+        trust.print_help(sys.stderr)
+        return 2
+
+    trust = sp = cmd("trust", usage, "set up and change who may sign what in a repository")
     sub = sp.add_subparsers(metavar="ACTION")
 
-    def action(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+    def action(name: str, func: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         p.add_argument("url", metavar="URL", help="the repository")
@@ -174,7 +184,7 @@ def _sign(args: argparse.Namespace) -> None:
     wanted = [parse(t) for t in args.tags]
     keys = signers(args.sign)
 
-    async def work(repo) -> list[str]:
+    async def work(repo: Repository) -> list[str]:
         refs = [await repo.ref(t) for t in wanted]
         return await publish.sign(repo, [(Tag(i.name, i.version), i.root) for i in refs], keys,
                                   latest=not args.no_latest)  # fmt: skip
@@ -187,7 +197,7 @@ def _show(args: argparse.Namespace) -> None:
     from ..repo.repository import remote_url, run_with_repository
     from ..trust import publish
 
-    async def work(repo) -> tuple[object, object, dict[str, object]]:
+    async def work(repo: Repository) -> tuple[Root, State, dict[str, Role]]:
         root, state = await publish.current(repo)
         return root, state, {n: await publish.role(repo, state, n) for n in state.roles}
 

@@ -24,7 +24,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import InvalidManifest
 from ..ref import ModelInfo
@@ -117,8 +117,7 @@ def read_artifact(body: bytes, where: str) -> Artifact:
     paths = [layer.path for layer in found if not layer.tar]
     if len(set(paths)) != len(paths):
         raise InvalidManifest(f"{where} names one file path in two layers; refused")
-    notes = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
-    created = notes.get(CREATED) if isinstance(notes.get(CREATED), str) else ""
+    created = _text(_map(doc.get("annotations")).get(CREATED))
     return Artifact(found, created)
 
 
@@ -137,9 +136,9 @@ def read_side(body: bytes, where: str, subject: str) -> Side:
 def _layer(entry: object, where: str) -> Layer:
     blob = _any_blob(entry, where)
     assert isinstance(entry, dict)
-    notes = entry.get("annotations") if isinstance(entry.get("annotations"), dict) else {}
+    notes = _map(entry.get("annotations"))
     path = notes.get(FILEPATH) or notes.get(TITLE)
-    media = entry.get("mediaType") if isinstance(entry.get("mediaType"), str) else ""
+    media = _text(entry.get("mediaType"))
     tar = _TAR.fullmatch(media)
     if tar:
         return Layer(str(path or ""), blob, media[media.rindex("tar") :])
@@ -163,5 +162,14 @@ def _when(created: float) -> str:
     return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _dump(doc: dict) -> bytes:
+def _map(value: object) -> dict[str, Any]:
+    """A JSON object of a document, or an empty one for anything else (annotations are optional)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()

@@ -20,12 +20,13 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from .. import privateloop, ref, tags
 from ..digest import chunk_id
 from ..errors import CorruptObject, InvalidInput, InvalidManifest, InvalidTag, NotFound
 from ..local.cache import LocalCache
+from ..local.chunkindex import Seed
 from ..ref import ModelInfo
 from ..repo.ocilayout import EMPTY, model_repository, parse_url
 from ..repo.registry import Blob, Registry
@@ -233,7 +234,7 @@ async def _assemble(cache: LocalCache, registry: Registry, repository: str, blob
     return fetched, reused
 
 
-def _local_chunk(cache: LocalCache, seed, cid: bytes) -> bytes | None:
+def _local_chunk(cache: LocalCache, seed: Seed | None, cid: bytes) -> bytes | None:
     """A chunk read from a local blob, or None when it is not here or no longer what it was."""
     if seed is None:
         return None
@@ -269,7 +270,7 @@ def _dest(staging: Path, path: str) -> Path:
     return dest
 
 
-def _unpack(archive, kind: str, staging: Path) -> None:
+def _unpack(archive: IO[bytes], kind: str, staging: Path) -> None:
     """Unpack a tar layer: regular files and folders only, every path inside the model."""
     mode = {"tar": "r:", "tar+gzip": "r:gz"}.get(kind)
     if kind == "tar+zstd":
@@ -278,7 +279,7 @@ def _unpack(archive, kind: str, staging: Path) -> None:
         stream = zstandard.ZstdDecompressor().stream_reader(archive)
         opened = tarfile.open(fileobj=stream, mode="r|")
     else:
-        opened = tarfile.open(fileobj=archive, mode=(mode or "r:").replace(":", "|"))
+        opened = tarfile.open(fileobj=archive, mode="r|gz" if mode == "r:gz" else "r|")
     with opened as tar:
         for member in tar:
             name = member.name.removeprefix("./").rstrip("/")
@@ -286,7 +287,10 @@ def _unpack(archive, kind: str, staging: Path) -> None:
                 continue
             if not member.isfile():
                 raise InvalidManifest(f"a tar layer holds {name!r}, which is not a regular file; refused")
-            with tar.extractfile(member) as src, _dest(staging, name).open("xb") as out:
+            src = tar.extractfile(member)
+            if src is None:  # a regular file always has its bytes: only a link or a device has none
+                raise InvalidManifest(f"a tar layer holds {name!r} without its bytes; refused")
+            with src, _dest(staging, name).open("xb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
                 if member.mode & 0o111:
                     os.fchmod(out.fileno(), 0o755)
