@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _warning_line
     if not isinstance(sys.stdout, EscapedStream):
         sys.stdout = EscapedStream(sys.stdout)
-    parser = _parser(_command_in(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(_command_in(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -95,7 +95,7 @@ class _Unused:
         return lambda *args, **kwargs: _Unused()  # add_argument, add_subparsers, add_parser, ...
 
 
-def _parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``command``, only that command's own arguments are built (when it
     is not a command, all are, for the error and the help that lists them)."""
     p = argparse.ArgumentParser(prog="cas", description="Content-addressed cache for ML models.")

@@ -1,0 +1,22 @@
+"""The documentation site builds in strict mode: a broken link, anchor or reference fails the suite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .conftest import REPO, require
+
+
+def test_the_docs_build_in_strict_mode(tmp_path):
+    require("mkdocs")
+    require("material")
+    require("mkdocstrings")
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text()
+    assert "cas checkout" in cli and "--include" in cli  # generated from the parser
+    assert 'id="cas.Cache"' in (tmp_path / "site" / "api" / "index.html").read_text()  # from the docstrings
