@@ -225,9 +225,9 @@ def test_racing_pushes_of_new_versions_all_land_in_the_listing(tmp_path, synthet
     assert Cache(tmp_path / "host").get("m:latest").tag == listed[0]["tag"]
 
 
-def test_the_readme_shows_the_nginx_configuration_the_tests_run():
-    readme = (REPO / "README.md").read_text()
-    assert NGINX_SERVER.format(port=8000, repo="/srv/cas-repo") in readme
+def test_the_docs_show_the_nginx_configuration_the_tests_run():
+    page = (REPO / "docs" / "repositories.md").read_text()
+    assert NGINX_SERVER.format(port=8000, repo="/srv/cas-repo") in page
 
 
 def test_a_wrong_token_is_said_but_never_printed(tmp_path, synthetic, server):

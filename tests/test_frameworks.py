@@ -1,6 +1,6 @@
 """The descriptor inside real serving frameworks: `bentoml serve` with two workers and an ASGI app under uvicorn.
 
-The services are the files in ``tests/services/``, the same ones the README
+The services are the files in ``tests/services/``, the same ones docs/serving.md
 shows; each runs as a subprocess on 127.0.0.1 against a `cas serve`
 repository, with a fault proxy in front of it counting (and, for the ASGI
 app, throttling) what the repository sends.
@@ -187,9 +187,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_readme_shows_the_services_the_tests_run():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_show_the_services_the_tests_run():
+    readme = (REPO / "docs" / "serving.md").read_text()
     for name in ("bentoml_service.py", "asgi_app.py"):
         source = (REPO / "tests" / "services" / name).read_text()
         body = source.split('"""', 2)[2].strip()  # the code under the module docstring
-        assert textwrap.dedent(body) in readme, f"README.md does not show tests/services/{name} as it runs"
+        assert textwrap.dedent(body) in readme, f"docs/serving.md does not show tests/services/{name} as it runs"

@@ -36,11 +36,11 @@ def test_the_check_finds_circles_reaches_and_imports_against_the_layers(tmp_path
     assert any(p.startswith("cas.local.cache (local cache) imports cas.download (sync)") for p in found)
 
 
-def test_the_readme_layout_table_names_every_module():
-    readme = (layers.ROOT / "README.md").read_text()
-    table = readme[readme.index("## Layout of the code") :]
+def test_the_architecture_page_s_layout_table_names_every_module():
+    page = (layers.ROOT / "docs" / "architecture.md").read_text()
+    table = page[page.index("## Layout of the code") :]
     for name, path in layers.modules().items():
         if path.name in ("__init__.py", "__main__.py") and name != "cas":
             continue
         shown = path.relative_to(layers.ROOT).as_posix() if name.startswith("cas") else "descriptor/"
-        assert f"`{shown}`" in table, f"README.md's layout table does not name {shown}"
+        assert f"`{shown}`" in table, f"docs/architecture.md's layout table does not name {shown}"

@@ -17,7 +17,7 @@ only if the tag still holds what it was read from, and read back likewise;
 when another writer's manifest is there, the change is applied again to
 what that writer left (as S3's ``If-Match`` retries do).  Both are safe
 when no writer takes longer than the settle time between its last check
-and its write (one round trip); the README says so.
+and its write (one round trip); docs/repositories.md says so.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from cas.tree import CHUNK_RECORD
 from ..conftest import pull_in_child, tree_files
 
 pytestmark = pytest.mark.reliability
-A_MILLION = 1_000_000  # the format's limit, as the README states it: a tree lists at most a million files
+A_MILLION = 1_000_000  # the format's limit, as docs/format.md states it: a tree lists at most a million files
 
 
 @pytest.fixture

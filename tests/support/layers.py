@@ -7,7 +7,7 @@ Fails, naming each offence, on:
 - a module using another module's underscore name (``from m import _x``,
   or ``obj._x`` on anything but ``self`` and ``cls``);
 - an import against the layers (content, local cache, repository, sync,
-  interfaces; the README's layout table): a module may import only from its
+  interfaces; docs/architecture.md's layout table): a module may import only from its
   own layer and the layers below it.
 """
 

@@ -1,7 +1,7 @@
 """The repository servers the tests and benchmarks start on 127.0.0.1: nginx serving a repository folder
 read-only, and an S3-compatible server (moto's standalone server) with buckets made on demand.
 
-The nginx configuration here is the one the README's deployment section shows.
+The nginx configuration here is the one docs/repositories.md shows.
 """
 
 from __future__ import annotations
