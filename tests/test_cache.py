@@ -619,6 +619,6 @@ def test_a_durable_add_flushes_each_blob_s_bytes_before_naming_it(tmp_path):
             for i, e in enumerate(events[:at])
             if re.match(rf"\d+\s+(write|pwrite64|copy_file_range)\(.*<{re.escape(src)}>", e)
         ]
-        flushed = [i for i, e in enumerate(events[:at]) if re.match(rf"\d+\s+(fsync|fdatasync)\(\d+<{re.escape(src)}>", e)
-                   or re.match(r"\d+\s+syncfs\(", e)]  # fmt: skip
+        own = rf"\d+\s+(fsync|fdatasync)\(\d+<{re.escape(src)}>"
+        flushed = [i for i, e in enumerate(events[:at]) if re.match(own, e) or re.match(r"\d+\s+syncfs\(", e)]
         assert touched and flushed and max(flushed) > max(touched), (src, events[: at + 1])
