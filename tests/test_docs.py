@@ -20,3 +20,13 @@ def test_the_docs_build_in_strict_mode(tmp_path):
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
     assert "cas checkout" in cli and "--include" in cli  # generated from the parser
     assert 'id="cas.Cache"' in (tmp_path / "site" / "api" / "index.html").read_text()  # from the docstrings
+
+
+def test_every_environment_variable_cas_reads_is_on_the_configuration_page():
+    import re
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    read = set()
+    for path in [*(REPO / "cas").rglob("*.py"), *(REPO / "descriptor").rglob("*.py")]:
+        read |= set(re.findall(r"[\"'](CAS_[A-Z_]+)[\"']", path.read_text()))
+    assert read and not {v for v in read if f"`{v}" not in page}, sorted(v for v in read if f"`{v}" not in page)
