@@ -29,7 +29,8 @@ from .errors import (
     RepoError,
     Untrusted,
 )
-from .local.cache import Progress, Staging, default_root
+from .local.cache import Progress, default_root
+from .local.storing import Staging
 from .ref import ModelInfo
 from .repo import CONCURRENCY
 

@@ -20,7 +20,6 @@ import builtins
 import contextlib
 import errno
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
+from .storing import Staging, check_created, ingest, new_tag, version_of
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .checkout import CheckoutReport, CheckoutStatus
     from .chunkindex import ChunkIndex
     from .gc import GcReport
-    from .sources import Source
     from .space import SpaceReport
     from .trusted import KnownPolicy, TrustedState
     from .verify import VerifyReport
@@ -65,17 +64,6 @@ def _default_root() -> str:
         return home
     xdg = os.environ.get("XDG_CACHE_HOME")
     return os.path.join(xdg, "cas") if xdg else os.path.expanduser("~/.cache/cas")
-
-
-class Staging:
-    """A directory inside the cache to write a new model into (see ``LocalCache.create``)."""
-
-    def __init__(self, path: Path, tag: str):
-        self.path = path
-        self.tag = tag
-
-    def __repr__(self) -> str:
-        return f"Staging(tag={self.tag!r}, path={str(self.path)!r})"
 
 
 class LocalCache:
@@ -282,13 +270,13 @@ class LocalCache:
         """
         from .sources import scan
 
-        name, version = _new_tag(tag)
+        name, version = new_tag(tag)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
-        created = _check_created(created) if created is not None else None
+        created = check_created(created) if created is not None else None
         sources = scan(Path(path))
         with self.writing(f"storing {name}:{version}", "'cas add'"), self.locks.hold("objects", shared=True):
-            entries = self._ingest(sources, progress, move=False)
-            return self._record(name, version, entries, labels, metadata, created)
+            entries = ingest(self.objects, sources, progress, move=False, durable=self.durable)
+            return self.commit(*version_of(name, version, entries, labels, metadata, created))
 
     @contextlib.contextmanager
     def create(
@@ -307,7 +295,7 @@ class LocalCache:
         """
         from .sources import scan
 
-        name, version = _new_tag(name)
+        name, version = new_tag(name)
         labels, metadata = ref.check_labels(labels), ref.check_metadata(metadata)
         owners.claim(self.locks.dir)  # the staging folder lives as long as this process: gc must see it alive
         staging = self.objects.tmp / temp_name("create-")
@@ -318,60 +306,10 @@ class LocalCache:
             yield Staging(staging, f"{name}:{version}")
             sources = scan(staging)
             with self.writing(*doing), self.locks.hold("objects", shared=True):
-                entries = self._ingest(sources, None, move=True)
-                self._record(name, version, entries, labels, metadata)
+                entries = ingest(self.objects, sources, None, move=True, durable=self.durable)
+                self.commit(*version_of(name, version, entries, labels, metadata))
         finally:
             remove_tree(staging)
-
-    def _ingest(
-        self, sources: builtins.list[Source], progress: Progress | None, move: bool
-    ) -> builtins.list[FileEntry]:
-        """Hash and chunk every file (copying it to ``tmp/`` unless ``move`` and it is the staging folder's own,
-        see ``Source.movable``: a link's target is the user's, never moved or chmod-ed), then publish them all
-        as blobs at once: their bytes flushed together (one syncfs for many files, not an fsync each),
-        then their names.  Nothing is visible under a blob's name before its bytes are durable."""
-        from ..tree import FileEntry
-        from .ingest import digest_file
-
-        tmp_dir = os.path.join(self._root, "tmp")
-        make_dirs(tmp_dir)
-        durable = self.durable
-        done: list[tuple[str, bytes, bool]] = []
-        copies: list[str] = []
-
-        def one(s: Source) -> FileEntry:
-            copy = not (move and s.movable)
-            if copy:
-                tmp = os.path.join(tmp_dir, temp_name("blob-"))
-                copies.append(tmp)
-                d = digest_file(s.src, copy_to=tmp, progress=progress, durable=durable)
-            else:
-                d = digest_file(s.src, durable=durable)
-            if copy and self.objects.has_blob(d.file_id, s.executable):
-                os.unlink(tmp)  # stored already: the copy goes now, not after the whole model
-            else:
-                done.append((tmp if copy else s.src, d.file_id, s.executable))
-            return FileEntry(s.path, d.size, s.executable, d.file_id, d.chunks)
-
-        try:
-            entries = [one(s) for s in sources]
-            self.objects.store_blobs(done, durable)
-        finally:
-            for tmp in copies:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-        return entries
-
-    def _record(self, name: str, version: str, entries: builtins.list[FileEntry], labels: dict[str, str],
-                metadata: dict[str, Any], created: float | None = None) -> ModelInfo:  # fmt: skip
-        from ..tree import Tree, root_of
-
-        tree = Tree.build(entries)
-        encoded = tree.encode()
-        when = time.time() if created is None else created
-        info = ModelInfo(name=name, version=version, root=root_of(encoded), created=when, size=tree.size,
-                         file_count=len(tree.files), labels=labels, metadata=metadata)  # fmt: skip
-        return self.commit(info, tree, encoded)
 
     def commit(self, info: ModelInfo, tree: Tree, encoded: bytes, remote: str | None = None) -> ModelInfo:
         """Record a model whose blobs are stored: the tree, its chunks in the index, then the ref (the commit
@@ -530,11 +468,11 @@ class LocalCache:
         where the filesystem clones), or with ``link`` read-only hardlinks to the cache's blobs.  Over an
         earlier checkout only what changed is written and what the version lacks is removed; a file the
         user changed is never overwritten or removed unless ``force``."""
-        from .checkout import Checkout
+        from .checkout import Checkout, destination
 
         info = tag if isinstance(tag, ModelInfo) else self.check_trusted(self.get(tag), self.trust_policy())
         sel = Selection.of(include, exclude)
-        target = self._checkout_dir(dest)
+        target = destination(dest, self.root)
         with self.locks.hold("objects", shared=True):  # gc removes no blob while it is copied
             tree = self.tree(info)
             files = sel.files(tree, info.tag) if sel is not None else list(tree.files)
@@ -545,37 +483,10 @@ class LocalCache:
                exclude: Patterns = None) -> CheckoutStatus:  # fmt: skip
         """How ``dest`` differs from the version last checked out there (or ``tag``): files changed, missing
         and not part of it.  The selection is the checkout's unless ``include``/``exclude`` are given."""
-        from .checkout import Record, read_record, status
+        from .checkout import compare
 
-        target = Path(os.path.abspath(os.fspath(dest)))
-        rec = read_record(target)
-        if rec is None and tag is None:
-            raise InvalidInput(f"{target} holds no cas checkout (no .cas/checkout.json): name the version to "
-                               "compare it with (cas status DIR --tag TAG)")  # fmt: skip
-        if tag is not None:
-            info = self.get(tag)
-            name, root = info.tag, info.root
-        else:
-            name, root = rec.tag, rec.root  # type: ignore[union-attr]
-        sel = Selection.of(include, exclude) if include or exclude else (rec.selection if rec else None)
-        try:
-            tree = self.objects.load_tree(root)
-        except NotFound:
-            raise NotFound(f"{name} (tree {root[:12]}) is not in the cache at {self.root}; pull it to compare "
-                           f"{target} with it") from None  # fmt: skip
-        files = sel.files(tree, name) if sel is not None else list(tree.files)
-        return status(target, rec or Record(name, root, sel, {}), files, name)
-
-    def _checkout_dir(self, dest: str | os.PathLike[str]) -> Path:
-        """``dest`` made if need be; never inside the cache, never a file."""
-        target = Path(os.path.abspath(os.fspath(dest)))
-        real, cache = os.path.realpath(target), os.path.realpath(self._root)
-        if real == cache or real.startswith(cache + os.sep):
-            raise InvalidInput(f"{target} is inside the cache at {self.root}; check out into a folder of your own")
-        if target.exists() and not target.is_dir():
-            raise InvalidInput(f"{target} is a file; give a folder to check out into")
-        make_dirs(target)
-        return target
+        info = self.get(tag) if tag is not None else None
+        return compare(self.objects, dest, info, Selection.of(include, exclude))
 
     # -- verifying --------------------------------------------------------------
 
@@ -594,17 +505,3 @@ class LocalCache:
             return verifier.run(tag)
         with self.writing("verify (repairing; 'cas verify --no-repair' only checks)", "'cas verify'"):
             return verifier.run(tag)
-
-
-def _check_created(created: float) -> float:
-    if not ref.valid_time(created):
-        raise InvalidInput(f"created={created!r}: give seconds since the epoch, as time.time() does")
-    return float(created)
-
-
-def _new_tag(tag: str) -> tuple[str, str]:
-    """The name and version a new model is stored under: a fresh, time-sortable version when none is given."""
-    name, version = tags.split(tag)
-    if version is None:
-        return name, tags.new_version()
-    return name, tags.validate_version(version, whole=tag)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..digest import hash_file
-from ..errors import CasError, InvalidInput
+from ..errors import CasError, InvalidInput, NotFound
 from ..fsutil import atomic_write, copy_range, make_dirs, temp_name
 from ..ref import ModelInfo
 from ..selection import Selection
@@ -241,6 +241,41 @@ def status(dest: Path, rec: Record, files: list[FileEntry], tag: str) -> Checkou
     wanted = {f.path for f in files}
     untracked = sorted(p for p in _files_in(dest) if p not in wanted)
     return CheckoutStatus(tag, dest, modified, missing, untracked)
+
+
+def compare(objects: ObjectStore, dest: str | os.PathLike[str], info: ModelInfo | None,
+            sel: Selection | None) -> CheckoutStatus:  # fmt: skip
+    """How ``dest`` differs from ``info`` (None: the version last checked out there), through ``sel`` (None:
+    the checkout's own selection)."""
+    target = Path(os.path.abspath(os.fspath(dest)))
+    rec = read_record(target)
+    if info is not None:
+        name, root = info.tag, info.root
+    elif rec is not None:
+        name, root = rec.tag, rec.root
+    else:
+        raise InvalidInput(f"{target} holds no cas checkout (no .cas/checkout.json): name the version to "
+                           "compare it with (cas status DIR --tag TAG)")  # fmt: skip
+    sel = sel if sel is not None else (rec.selection if rec else None)
+    try:
+        tree = objects.load_tree(root)
+    except NotFound:
+        raise NotFound(f"{name} (tree {root[:12]}) is not in the cache at {objects.root}; pull it to compare "
+                       f"{target} with it") from None  # fmt: skip
+    files = sel.files(tree, name) if sel is not None else list(tree.files)
+    return status(target, rec or Record(name, root, sel, {}), files, name)
+
+
+def destination(dest: str | os.PathLike[str], cache_root: Path) -> Path:
+    """``dest`` made if need be; never inside the cache, never a file."""
+    target = Path(os.path.abspath(os.fspath(dest)))
+    real, cache = os.path.realpath(target), os.path.realpath(cache_root)
+    if real == cache or real.startswith(cache + os.sep):
+        raise InvalidInput(f"{target} is inside the cache at {cache_root}; check out into a folder of your own")
+    if target.exists() and not target.is_dir():
+        raise InvalidInput(f"{target} is a file; give a folder to check out into")
+    make_dirs(target)
+    return target
 
 
 def _files_in(dest: Path) -> list[str]:
