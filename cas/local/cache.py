@@ -374,8 +374,7 @@ class LocalCache:
 
     def du(self, name: str | None = None) -> SpaceReport:
         """What each version (of ``name``, or all) takes on disk, what only it holds, and the totals."""
-        from .space import Inventory, SpaceReport, VersionSpace, disk_usage
-        from .usage import UsageLog
+        from .space import space_report
 
         only = tags.validate_name(name) if name is not None else None
         try:
@@ -383,22 +382,7 @@ class LocalCache:
         except CacheBusy:
             leftover = None  # an add or pull is writing: what is left over is not knowable now
         with self.locks.hold("objects", shared=True):
-            inv = Inventory(self.objects, self.refs)
-            usage = UsageLog(self._root, self.refs, self.snapshots)
-            recorded, roots = usage.recorded(), inv.roots()
-            rows = []
-            for info, remotes in sorted(inv.versions, key=lambda v: recency(v[0]), reverse=True):
-                if only is None or info.name == only:
-                    held, unique = inv.held_by(info.root)
-                    last = usage.last_used(info.root, roots[info.root], recorded)
-                    rows.append(VersionSpace(info, held, unique, last, remotes))
-            shown = {v.info.root for v in rows}
-            stored = sum(inv.blob_bytes[b] for b in {b for r in shown for b in inv.blobs_by_root.get(r, ())})
-            built = sum(self.snapshots.built(r) for r in shown)
-            logical = sum(v.info.size if not v.info.partial else sum(f.size for f in self.files_here(v.info, inv.trees[
-                v.info.root])) for v in rows)  # fmt: skip
-            return SpaceReport(rows, logical, stored, inv.distinct_chunk_bytes(shown), built,
-                               leftover, disk_usage(self.root))  # fmt: skip
+            return space_report(self.objects, self.refs, self.snapshots, only, leftover, self.files_here)
 
     def gc(self, max_size: int | str | None = None, *, dry_run: bool = False, keep: Iterable[ModelInfo] = (),
            wait: bool = True) -> GcReport:  # fmt: skip

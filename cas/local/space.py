@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import CasError, InvalidInput
-from ..ref import ModelInfo
-from ..tree import Tree
+from ..ref import ModelInfo, recency
+from ..tree import FileEntry, Tree
 from .objects import ObjectStore
 from .refs import Refs
+from .snapshots import Snapshots
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)b?", re.IGNORECASE)
 _POWERS = "kmgtp"
@@ -174,3 +175,26 @@ class SpaceReport(NamedTuple):
         return {"versions": [v.to_dict() for v in self.versions], "logical": self.logical, "stored": self.stored,
                 "saving": self.saving, "distinct_chunks": self.distinct_chunks, "snapshots": self.snapshots,
                 "leftovers": self.leftovers, "total": self.total}  # fmt: skip
+
+
+def space_report(objects: ObjectStore, refs: Refs, snapshots: Snapshots, only: str | None, leftover: int | None,
+                 files_here: Callable[[ModelInfo, Tree], list[FileEntry]]) -> SpaceReport:  # fmt: skip
+    """``cas du``: each version (of ``only``, or all), newest first, and the totals; the caller holds the objects
+    lock.  A partial version counts the files it has here (``files_here``)."""
+    from .usage import UsageLog
+
+    inv = Inventory(objects, refs)
+    usage = UsageLog(os.fspath(objects.root), refs, snapshots)
+    recorded, roots = usage.recorded(), inv.roots()
+    rows = []
+    for info, remotes in sorted(inv.versions, key=lambda v: recency(v[0]), reverse=True):
+        if only is None or info.name == only:
+            held, unique = inv.held_by(info.root)
+            rows.append(VersionSpace(info, held, unique, usage.last_used(info.root, roots[info.root], recorded),
+                                     remotes))  # fmt: skip
+    shown = {v.info.root for v in rows}
+    stored = sum(inv.blob_bytes[b] for b in {b for r in shown for b in inv.blobs_by_root.get(r, ())})
+    logical = sum(v.info.size if not v.info.partial else sum(f.size for f in files_here(v.info, inv.trees[v.info.root]))
+                  for v in rows)  # fmt: skip
+    return SpaceReport(rows, logical, stored, inv.distinct_chunk_bytes(shown), sum(snapshots.built(r) for r in shown),
+                       leftover, disk_usage(objects.root))  # fmt: skip
