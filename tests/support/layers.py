@@ -28,8 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("local cache", ("cas.local",)),
     ("repository", ("cas.repo",)),
     ("sync", ("cas.ranges", "cas.parts", "cas.prefixhash", "cas.workerprocs", "cas.fetcher", "cas.fetchworker",
-              "cas.fetch", "cas.seeds", "cas.download", "cas.packing", "cas.pushworker", "cas.upload", "cas.prune",
-              "cas.archive", "cas.trust")),
+              "cas.fetch", "cas.seeds", "cas.assembly", "cas.download", "cas.packing", "cas.pushworker",
+              "cas.upload", "cas.prune", "cas.archive", "cas.trust")),
     ("interfaces", ("cas.cache", "cas.foreign", "cas.cli", "cas.server", "cas.connlimits", "cas.__main__", "cas",
                     "descriptor")),
 ]  # fmt: skip
