@@ -136,3 +136,14 @@ def test_control_characters_from_a_model_are_printed_escaped_and_json_stays_exac
 def test_an_error_message_is_printed_escaped(tmp_path):
     out = cas_cli("pull", "m:v1", "--remote", "file:///nonexistent/\x1b[2Jrepo", home=tmp_path / "c", check=False)
     assert out.returncode == 1 and "\x1b" not in out.stderr and "\\x1b[2Jrepo" in out.stderr
+
+
+def test_list_remote_without_a_url_lists_cas_remote(tmp_path, minilm):
+    """`cas list --remote` alone reads the repository `$CAS_REMOTE` names, as every other command does."""
+    repo = f"file://{tmp_path / 'repo'}"
+    cas_cli("add", str(minilm), "minilm:v1", home=tmp_path / "pub")
+    cas_cli("push", "minilm:v1", "--remote", repo, home=tmp_path / "pub")
+    env = {**os.environ, "CAS_REMOTE": repo}
+    listed = json.loads(cas_cli("list", "--remote", "--json", home=tmp_path / "host", env=env).stdout)
+    assert [i["tag"] for i in listed] == ["minilm:v1"] and "files_here" not in listed[0]
+    assert json.loads(cas_cli("list", "--json", home=tmp_path / "host", env=env).stdout) == []  # the cache: empty

@@ -26,7 +26,8 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--json", action="store_true")
     sp = cmd("list", _list, "list stored models, newest first")
     sp.add_argument("name", nargs="?")
-    sp.add_argument("--remote", metavar="URL", help="list a repository instead of the local cache")
+    sp.add_argument("--remote", nargs="?", const="", metavar="URL",
+                    help="list a repository instead of the local cache (no URL: $CAS_REMOTE's)")  # fmt: skip
     sp.add_argument("--json", action="store_true")
     sp = cmd("show", _show, "show a model's files, sizes, root and labels")
     sp.add_argument("tag")
@@ -65,13 +66,13 @@ def _add(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    if args.remote:
+    if args.remote is not None:
         from ..repo.repository import list_remote
 
-        infos = list_remote(args.remote, args.name)
+        infos = list_remote(args.remote or None, args.name)
     else:
         infos = cache_of(args).list(args.name)
-    here = {} if args.remote else _files_here(cache_of(args), infos)
+    here = {} if args.remote is not None else _files_here(cache_of(args), infos)
     if args.json:
         print_json([{**i.to_dict(), **({"files_here": here[i.tag]} if i.tag in here else {})} for i in infos])
         return
