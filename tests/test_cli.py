@@ -147,3 +147,13 @@ def test_list_remote_without_a_url_lists_cas_remote(tmp_path, minilm):
     listed = json.loads(cas_cli("list", "--remote", "--json", home=tmp_path / "host", env=env).stdout)
     assert [i["tag"] for i in listed] == ["minilm:v1"] and "files_here" not in listed[0]
     assert json.loads(cas_cli("list", "--json", home=tmp_path / "host", env=env).stdout) == []  # the cache: empty
+
+
+def test_pulling_a_version_already_here_says_so(tmp_path, minilm):
+    repo = f"file://{tmp_path / 'repo'}"
+    cas_cli("add", str(minilm), "minilm:v1", home=tmp_path / "pub")
+    cas_cli("push", "minilm:v1", "--remote", repo, home=tmp_path / "pub")
+    first = cas_cli("pull", "minilm:v1", "--remote", repo, home=tmp_path / "host").stdout
+    again = cas_cli("pull", "minilm:v1", "--remote", repo, home=tmp_path / "host").stdout
+    assert first.startswith("pulled minilm:v1") and "fetched" in first
+    assert again.startswith("minilm:v1 (") and "is here already: nothing was fetched" in again

@@ -60,9 +60,12 @@ def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], k
     if args.json:
         print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds})
         return
-    rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
     verb = "pushed" if moved[0] == "uploaded" else "pulled"
     part = f", {info.file_count} files, partial" if info.partial else ""
+    if verb == "pulled" and moved[1] == 0 and kept[1] == 0:
+        print(f"{info.tag} ({size(info.size)}{part}) is here already: nothing was fetched ({seconds:.2f}s)")
+        return
+    rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
     print(f"{verb} {info.tag} ({size(info.size)}{part}): {moved[0]} {size(moved[1])}, {kept[0]} {size(kept[1])}, "
           f"{seconds:.2f}s, {rate:.0f} MB/s")  # fmt: skip
 
