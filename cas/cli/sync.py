@@ -132,9 +132,9 @@ def _estimate(args: argparse.Namespace) -> None:
                     "bytes_reused": e.bytes_reused, "bytes_present": e.bytes_present})  # fmt: skip
         return
     requests = f"{e.requests} range request{'' if e.requests == 1 else 's'}"
-    reuse = f"reuse {size(e.bytes_reused)} from local files"
-    print(f"pulling {e.info.tag} ({size(e.info.size)}) would fetch {size(e.bytes_to_fetch)} in {requests}, {reuse}; "
-          f"{size(e.bytes_present)} of its files are here already")  # fmt: skip
+    print(f"pulling {e.info.tag} ({size(e.info.size)}) would fetch {size(e.bytes_to_fetch)} compressed, in {requests}; "
+          f"of the rest, {size(e.bytes_reused)} would be copied from files already on this host and "
+          f"{size(e.bytes_present)} is stored here already")  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> None:
