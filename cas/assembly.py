@@ -149,21 +149,20 @@ class Assembly:
         """Copy every wanted chunk a file in the seed folders holds, each checked against its id as it is
         read (see ``seeds``); returns the bytes copied."""
         places = seeds_module.SeedIndex(dirs, files, set(self.wanted)).places
-        parts, copied = Parts(), [0]
+        parts = Parts()
 
-        def write(cid: bytes, data: bytes) -> None:
+        def write(cid: bytes, data: bytes) -> int:
             targets = self.wanted.pop(cid)
             parts.write(targets, data)
             parts.mark(targets)
-            copied[0] += len(data) * len(targets)
             if progress:
                 progress(len(data) * len(targets))
+            return len(data) * len(targets)
 
         try:
-            seeds_module.copy(places, write)
+            return seeds_module.copy(places, write)
         finally:
             parts.close()
-        return copied[0]
 
     def large_parts(self) -> list[str]:
         """The part files worth flushing behind the download (``FLUSH_MIN_BYTES`` and more), largest first."""

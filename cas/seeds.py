@@ -138,9 +138,10 @@ class SeedIndex:
             offset += length
 
 
-def copy(places: dict[bytes, Place], write: Callable[[bytes, bytes], None]) -> int:
+def copy(places: dict[bytes, Place], write: Callable[[bytes, bytes], int]) -> int:
     """Read each chunk from its seed file and hand it to ``write(chunk id, bytes)`` only if it hashes to its id;
-    returns the bytes handed over.  A chunk that fails (the file changed) is left for the repository."""
+    returns the sum of what ``write`` returned (the bytes it wrote).  A chunk that fails (the file changed) is
+    left for the repository."""
     copied = 0
     by_file: dict[str, list[tuple[int, int, bytes]]] = {}
     for cid, p in places.items():
@@ -154,8 +155,7 @@ def copy(places: dict[bytes, Place], write: Callable[[bytes, bytes], None]) -> i
             for offset, length, cid in sorted(chunks):
                 data = os.pread(fd, length, offset)
                 if len(data) == length and chunk_id(data) == cid:
-                    write(cid, data)
-                    copied += length
+                    copied += write(cid, data)
         finally:
             os.close(fd)
     return copied

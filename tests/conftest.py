@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cas import Cache, PushStats
+from cas import Cache, ModelInfo, PushStats
 from tests.support import synth
 from tests.support.procs import descendants, free_port, processes, start, stop  # noqa: F401 - for the tests
 from tests.support.registry import registry_binary, start_registry
@@ -172,6 +172,16 @@ def pull_in_child(home: Path, tag: str, url: str, env: dict[str, str] | None = N
                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
+
+
+def edit_largest_blob(cache: Cache, info: ModelInfo) -> None:
+    """Write 64 bytes into the middle of a model's largest blob, in place (as an edit through a hardlink would)."""
+    big = max(cache.tree(info).files, key=lambda f: f.size)
+    blob = cache.objects.blob_of(big)
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.seek(big.size // 2)
+        f.write(b"\xff" * 64)
 
 
 def blobs_of(cache: Cache) -> list[Path]:

@@ -24,7 +24,7 @@ from cas.archive import END, MAGIC, VERSION, blobs_in_order
 from cas.tree import CHUNK_RECORD
 from tests.support import synth
 
-from .conftest import REPO, cas_cli, tree_files
+from .conftest import REPO, cas_cli, edit_largest_blob, tree_files
 from .reliability.test_hostile import zstd_bomb
 
 
@@ -377,13 +377,7 @@ def test_a_blob_changed_after_add_is_never_exported(tmp_path, minilm):
     """Every chunk an export reads from a blob is hashed again: a blob edited through a hardlink makes the export
     fail in one line naming what to run, and no export file is left."""
     cache = Cache(tmp_path / "cache")
-    info = cache.add(minilm, "m:v1")
-    big = max(cache.tree(info).files, key=lambda f: f.size)
-    blob = cache.objects.blob_of(big)
-    os.chmod(blob, 0o644)
-    with open(blob, "r+b") as f:
-        f.seek(big.size // 3)
-        f.write(b"\x01" * 32)
+    edit_largest_blob(cache, cache.add(minilm, "m:v1"))
     out = cas_cli("export", "m:v1", str(tmp_path / "m.cas"), home=cache.root, check=False)
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "does not hold chunk" in out.stderr and "run 'cas verify'" in out.stderr

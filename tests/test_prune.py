@@ -110,6 +110,17 @@ def pulled(url: str, tag: str, home: Path) -> dict[str, bytes]:
     return tree_files(cache.materialize(cache.get(tag).tag))
 
 
+def killed_after_committing_deletion_of_v2(p: Pushed) -> None:
+    """m:v2 removed, then what a prune killed right after committing its deletions leaves (its marks)."""
+    cas.remove_remote(["m:v2"], p.url)
+    cas.prune_remote(p.url, max_unused=1.0)
+
+    async def commit_only(backend):
+        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, marks.decode(d).marked, {})))
+
+    on_store(p.url, commit_only)
+
+
 def version_objects(p: Pushed, tag: str) -> set[str]:
     pack = p.packs[tag]
     return {tree_key(p.roots[tag]), locator_key(p.roots[tag]), pack_key(pack), f"packs/{pack}.idx"}
@@ -253,13 +264,7 @@ def test_a_push_reuses_nothing_a_prune_is_deleting(pushed, tmp_path, models):
     """A prune killed after committing deletions: a push uploads again what it would have reused; its own tree
     being deleted stops it with a clear error; the next prune finishes."""
     p = pushed
-    cas.remove_remote(["m:v2"], p.url)
-    cas.prune_remote(p.url, max_unused=1.0)
-
-    async def commit_only(backend):  # what a prune killed right after its commit leaves
-        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, marks.decode(d).marked, {})))
-
-    on_store(p.url, commit_only)
+    killed_after_committing_deletion_of_v2(p)
     with pytest.raises(RepoError, match="a prune of .* is deleting .*, which this push needs; push again"):
         p.cache.push("m:v2", p.url)
     assert cas.prune_remote(p.url, grace=DAY, max_unused=1.0).deleted.count == 3  # finished whatever the grace
@@ -332,13 +337,7 @@ def test_a_new_version_never_reuses_a_pack_a_prune_is_deleting(pushed, tmp_path,
     version's pack (and was killed): the push uploads those chunks again, so once the prune finishes, the new
     version still pulls byte for byte and the repository checks clean."""
     p = pushed
-    cas.remove_remote(["m:v2"], p.url)
-    cas.prune_remote(p.url, max_unused=1.0)
-
-    async def commit_only(backend):  # what a prune killed right after its commit leaves
-        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, marks.decode(d).marked, {})))
-
-    on_store(p.url, commit_only)
+    killed_after_committing_deletion_of_v2(p)
     like_v2 = tmp_path / "v3"
     shutil.copytree(models["m:v2"], like_v2)
     (like_v2 / "notes.txt").write_text("v2's weights under another version\n")

@@ -12,7 +12,7 @@ import pytest
 
 from cas import Cache, CasError, CorruptObject
 
-from .conftest import REPO, TOKEN, descendants, processes, tree_files, wait_until
+from .conftest import REPO, TOKEN, descendants, edit_largest_blob, processes, tree_files, wait_until
 
 
 def _packs(repo: Path) -> dict[str, bytes]:
@@ -111,13 +111,7 @@ def test_a_blob_changed_after_add_is_never_pushed_under_its_old_id(tmp_path, min
     """Every chunk a push reads from a blob is hashed again: a blob edited through a hardlink (possible as root,
     or after a chmod) makes the push fail in one line saying what to run, and the repository gets no ref."""
     cache = Cache(tmp_path / "cache")
-    info = cache.add(minilm, "m:v1")
-    big = max(cache.tree(info).files, key=lambda f: f.size)
-    blob = cache.objects.blob_of(big)
-    os.chmod(blob, 0o644)
-    with open(blob, "r+b") as f:
-        f.seek(big.size // 2)
-        f.write(b"\xff" * 64)
+    edit_largest_blob(cache, cache.add(minilm, "m:v1"))
     repo = tmp_path / "repo"
     with pytest.raises(CorruptObject, match=r"blob .* does not hold chunk .* any more; run 'cas verify'"):
         cache.push("m:v1", f"file://{repo}")
