@@ -1,4 +1,4 @@
-"""How the chunk size trades deduplication against metadata: the data behind cas/chunking.py.
+"""How the chunk size trades deduplication against metadata: the data behind cas/content/chunking.py.
 
     python -m benchmarks.chunk_sizes [--size-mb 256]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from blake3 import blake3
 from pyfastcdc import FastCDC
 
-from cas.tree import CHUNK_RECORD
+from cas.content.tree import CHUNK_RECORD
 from tests.support import synth
 
 SIZES = [16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20]

@@ -4,7 +4,7 @@ Every chunk of a synthetic safetensors file (and the real MiniLM weights)
 is encoded three ways: raw, one zstd frame (the level cas uses), and the
 cas codec (the best of zstd and zstd over byte planes).  Speeds are MB/s
 of raw bytes on one thread.  The chunk-size table reruns the measurement
-behind ``cas/chunking.py``: bytes a 10% fine-tune fetches, and tree
+behind ``cas/content/chunking.py``: bytes a 10% fine-tune fetches, and tree
 metadata, per average chunk size.
 """
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from benchmarks import chunk_sizes
-from cas import codec
-from cas.chunking import chunk_stream
-from cas.digest import chunk_id
+from cas.content import codec
+from cas.content.chunking import chunk_stream
+from cas.content.digest import chunk_id
 from tests.support import synth
 from tests.support.synth import minilm_path
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.harness import met, reset, summary, wall, wall_cpu
 from cas import Cache
-from cas.selection import Selection
+from cas.content.selection import Selection
 from tests.support import synth
 from tests.support.procs import free_port, start, stop
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import builtins
 import os
 
-from . import forking  # noqa: F401 - a forked child re-imports what other threads were importing
 from .cache import Cache
+from .content.ref import ModelInfo
 from .errors import (
     CacheBusy,
     CacheNotWritable,
@@ -31,8 +31,8 @@ from .errors import (
 )
 from .local.cache import Progress, default_root
 from .local.storing import Staging
-from .ref import ModelInfo
 from .repo import CONCURRENCY
+from .system import forking  # noqa: F401 - a forked child re-imports what other threads were importing
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
@@ -41,16 +41,16 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from .archive import ArchiveStats, Source
-    from .download import PullEstimate, PullStats
     from .local.gc import GcReport
     from .local.space import SpaceReport
     from .local.verify import VerifyReport
-    from .prune import PruneReport
     from .repo.check import RepoReport
+    from .sync.archive import ArchiveStats, Source
+    from .sync.prune import PruneReport
+    from .sync.pull import PullEstimate, PullStats
+    from .sync.push import PushStats
     from .trust.keys import SigningKey
     from .trust.policy import TrustPolicy
-    from .upload import PushStats
 
 __all__ = [
     "ArchiveStats",
@@ -104,9 +104,10 @@ __all__ = [
     "verify",
 ]
 
-_LAZY = {"ArchiveStats": ".archive", "PruneReport": ".prune", "PullStats": ".download", "PullEstimate": ".download",
-         "PushStats": ".upload", "RepoReport": ".repo.check", "VerifyReport": ".local.verify", "GcReport": ".local.gc",
-         "SpaceReport": ".local.space", "SigningKey": ".trust.keys", "TrustPolicy": ".trust.policy"}  # fmt: skip
+_LAZY = {"ArchiveStats": ".sync.archive", "PruneReport": ".sync.prune", "PullStats": ".sync.pull",
+         "PullEstimate": ".sync.pull", "PushStats": ".sync.push", "RepoReport": ".repo.check",
+         "VerifyReport": ".local.verify", "GcReport": ".local.gc", "SpaceReport": ".local.space",
+         "SigningKey": ".trust.keys", "TrustPolicy": ".trust.policy"}  # fmt: skip
 _default: Cache | None = None
 _default_env: tuple[str | None, str | None] = (None, None)
 
@@ -248,7 +249,7 @@ def check_repository(remote: str | None = None, *, deep: bool = False) -> RepoRe
 
 def remove_remote(tags: Iterable[str], remote: str | None = None) -> builtins.list[ModelInfo]:
     """Remove refs (``name:version``, ``name:latest``, ``name``) from a repository; ``prune`` deletes the data."""
-    from .prune import remove_remote
+    from .sync.prune import remove_remote
 
     return remove_remote(tags, remote)
 
@@ -256,8 +257,8 @@ def remove_remote(tags: Iterable[str], remote: str | None = None) -> builtins.li
 def prune_remote(remote: str | None = None, *, grace: float = 86_400.0, max_unused: float = 0.10,
                  dry_run: bool = False) -> PruneReport:  # fmt: skip
     """Mark what no ref reaches in a repository, delete what was marked ``grace`` seconds ago and is still
-    unreachable, repack packs more than ``max_unused`` dead; see the module ``cas.prune``.  (Named like
-    ``list_remote``: a function ``cas.prune`` would be shadowed by that module once it is imported.)"""
-    from .prune import prune
+    unreachable, repack packs more than ``max_unused`` dead; see the module ``cas.sync.prune``.  (Named like
+    ``list_remote``: a function ``cas.sync.prune`` would be shadowed by that module once it is imported.)"""
+    from .sync.prune import prune
 
     return prune(remote, grace=grace, max_unused=max_unused, dry_run=dry_run)

@@ -1,7 +1,7 @@
 """``cas.Cache``: the local cache with its repositories, and the policy that resolves a tag for a service.
 
 ``LocalCache`` (``cas.local``) knows one host's files; this adds pull and
-push (``cas.download``, ``cas.upload``, imported only when a repository is used) and
+push (``cas.sync.pull``, ``cas.sync.push``, imported only when a repository is used) and
 ``resolve``, the policy the descriptor and the CLI share: the local version
 when there is one, else pulled; ``refresh`` asks the repository first;
 offline never asks.  Every blocking call works from any thread, event loop
@@ -13,24 +13,24 @@ from __future__ import annotations
 import contextlib
 import os
 
-from . import tags
+from .content import tags
+from .content.ref import ModelInfo
+from .content.selection import Selection
 from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace, Untrusted
 from .local.cache import LocalCache, Progress
-from .ref import ModelInfo
 from .repo import CONCURRENCY
-from .selection import Selection
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .archive import ArchiveStats, Source
-    from .download import PullEstimate, PullStats
     from .local.checkout import CheckoutReport
     from .local.trusted import KnownPolicy
+    from .sync.archive import ArchiveStats, Source
+    from .sync.pull import PullEstimate, PullStats
+    from .sync.push import PushStats
     from .trust.keys import Signer
     from .trust.policy import TrustPolicy
-    from .upload import PushStats
 
     TrustSpec = str | os.PathLike[str] | TrustPolicy | None
     from .local.cache import Patterns
@@ -47,14 +47,14 @@ class Cache(LocalCache):
              sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
         """Upload a stored model to a repository (``$CAS_REMOTE`` by default), only what it lacks; ``sign``:
         keys (``cas.SigningKey`` or any signer) that sign it there as its name's newest version."""
-        from .upload import push
+        from .sync.push import push
 
         return push(self, tag, remote, progress=progress, sign=sign)
 
     async def apush(self, tag: str, remote: str | None = None, *, progress: Progress | None = None,
                     sign: Sequence[Signer] = ()) -> PushStats:  # fmt: skip
         """``push`` for async code: the upload runs on a loop of its own, so the caller's loop keeps serving."""
-        from .upload import apush
+        from .sync.push import apush
 
         return await apush(self, tag, remote, progress=progress, sign=sign)
 
@@ -66,7 +66,7 @@ class Cache(LocalCache):
         that must vouch for it (default: the cache's, else ``$CAS_TRUST``'s); ``include``/``exclude``:
         gitignore-style patterns choosing the files to pull (the version is then partial here); ``seeds``:
         folders whose files may hold chunks of it (default ``$CAS_SEEDS``), each chunk verified."""
-        from .download import pull
+        from .sync.pull import pull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = pull(self, tag, remote, concurrency=concurrency, progress=progress,
@@ -78,7 +78,7 @@ class Cache(LocalCache):
     def estimate_pull(self, tag: str, remote: str | None = None, *, include: Patterns = None,
                       exclude: Patterns = None) -> PullEstimate:  # fmt: skip
         """What ``pull`` would fetch and reuse, without fetching (three small documents are read)."""
-        from .download import estimate
+        from .sync.pull import estimate
 
         return estimate(self, tag, remote, Selection.of(include, exclude))
 
@@ -87,7 +87,7 @@ class Cache(LocalCache):
                     exclude: Patterns = None, seeds: Seeds = None) -> PullStats:  # fmt: skip
         """``pull`` for async code: the pull runs on a loop of its own, so the caller's loop keeps serving;
         cancelling the awaiting task stops it, keeping what it verified for the next pull."""
-        from .download import apull
+        from .sync.pull import apull
 
         with self.writing(tag, f"'cas pull {tag}'"):
             stats = await apull(self, tag, remote, concurrency=concurrency, progress=progress,
@@ -136,7 +136,7 @@ class Cache(LocalCache):
 
     def export_model(self, tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
         """Write a stored model as one export file: a path, ``-`` (stdout) or a binary file object."""
-        from .archive import export_model
+        from .sync.archive import export_model
 
         return export_model(self, tag, dest, progress=progress)
 
@@ -144,7 +144,7 @@ class Cache(LocalCache):
         """Store the model of an export file (a path, ``-`` for stdin, or a binary file object), every chunk
         verified; files already here are reused, and nothing is stored unless all of it checks out.
         ``trust`` (default: the cache's policy, else ``$CAS_TRUST``'s): the file's signatures must satisfy it."""
-        from .archive import import_model
+        from .sync.archive import import_model
 
         with self.writing("the import", "'cas import'"):
             return import_model(self, src, progress=progress, trust=self.trust_policy(trust))
@@ -177,10 +177,10 @@ class Cache(LocalCache):
         found = self._here_or_where(t, remote, refresh, offline, known, sel)  # the warm path: nothing else is read
         if isinstance(found, ModelInfo):
             return found
-        from . import privateloop
+        from .system import eventloop
 
         policy = self.trust_policy(trust)
-        return privateloop.run(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
+        return eventloop.run(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
 
     async def aresolve(
         self,
@@ -196,14 +196,14 @@ class Cache(LocalCache):
         """``resolve`` for async code: a pull runs on a loop of its own, and the task can be cancelled."""
         import asyncio
 
-        from . import privateloop
+        from .system import eventloop
 
         t, known, sel = tags.parse(tag), self.known_policy(trust), Selection.of(include, exclude)
         found = await asyncio.to_thread(self._here_or_where, t, remote, refresh, offline, known, sel)
         if isinstance(found, ModelInfo):
             return found
         policy = self.trust_policy(trust)
-        return await privateloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
+        return await eventloop.run_async(lambda: self._resolve_remotely(t, found, refresh, policy, sel))
 
     def _here_or_where(self, t: tags.Tag, remote: str | None, refresh: bool, offline: bool | None,
                        policy: TrustPolicy | KnownPolicy | None, sel: Selection | None) -> ModelInfo | str:  # fmt: skip
@@ -268,7 +268,7 @@ class Cache(LocalCache):
                                 sel: Selection | None = None) -> ModelInfo:  # fmt: skip
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
-        from .download import pull_here
+        from .sync.pull import pull_here
 
         t = tags.parse(tag)
         try:

@@ -28,10 +28,10 @@ from _thread import allocate_lock
 from _weakrefset import WeakSet  # what weakref.WeakSet is; loaded at every start already (abc uses it)
 
 from cas import Cache, CasError, ModelInfo, NotFound, default_cache
-from cas.selection import Selection
-from cas.tags import parse
+from cas.content.selection import Selection
+from cas.content.tags import parse
 
-# Importing this module is part of every service's start: threading, typing, pathlib and cas.tree (blake3)
+# Importing this module is part of every service's start: threading, typing, pathlib and cas.content.tree (blake3)
 # are not imported here (``_thread``'s lock is threading's), and nothing else is until a model is resolved.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class ResolvedModel:
 
     def path_of(self, relpath: str) -> Path:
         """The path of one file of the model; refuses paths that leave the model directory."""
-        from cas.tree import check_path
+        from cas.content.tree import check_path
 
         try:
             check_path(relpath)
@@ -222,13 +222,13 @@ class Model:
     async def aresolve(self) -> ResolvedModel:
         """``resolve`` for async code (``await Service.model.aresolve()``): the event loop keeps serving
         while the model is pulled, and cancelling the task stops the pull, keeping what it verified."""
-        from cas import privateloop
+        from cas.system import eventloop
 
         while self._resolved is None:
             pending, mine = self._claim()
             if mine:  # all of it off this loop, settled from there: a sync reader on this loop may wait for it
                 try:
-                    await privateloop.run_async(functools.partial(self._arun, pending))
+                    await eventloop.run_async(functools.partial(self._arun, pending))
                 except BaseException as e:
                     self._abandon(pending, e)
                     raise

@@ -19,14 +19,14 @@ from typing import NamedTuple
 import pytest
 
 from cas import ModelInfo, NotFound, RepoError
-from cas.digest import chunk_id
+from cas.content.digest import chunk_id
+from cas.content.tree import FileEntry, Tree, pack_chunks, root_of
 from cas.repo import listing, ocilayout
 from cas.repo.backend import WriteBackend
 from cas.repo.file import FileBackend
 from cas.repo.format import encode_locator, locator_key, tree_key
 from cas.repo.registry import Registry
 from cas.repo.stores import open_backend
-from cas.tree import FileEntry, Tree, pack_chunks, root_of
 
 from .conftest import TOKEN
 

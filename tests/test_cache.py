@@ -16,8 +16,8 @@ import pytest
 from blake3 import blake3
 
 from cas import Cache, CasError, CorruptObject, InvalidInput, InvalidTag, ModelInfo, NotFound
-from cas.digest import hash_file
-from cas.fsutil import remove_tree
+from cas.content.digest import hash_file
+from cas.system.fsutil import remove_tree
 from tests.support import synth
 
 from .conftest import REPO, blobs_of, cas_cli, missing, tree_files
@@ -495,9 +495,9 @@ def test_a_cache_inside_a_world_writable_folder_is_not_made_world_writable(tmp_p
 
 
 def _expected(data: bytes) -> tuple[bytes, bytes]:
-    from cas.chunking import chunk_bytes
-    from cas.digest import chunk_id
-    from cas.tree import CHUNK_RECORD
+    from cas.content.chunking import chunk_bytes
+    from cas.content.digest import chunk_id
+    from cas.content.tree import CHUNK_RECORD
 
     return blake3(data).digest(), b"".join(CHUNK_RECORD.pack(chunk_id(c), len(c)) for c in chunk_bytes(data))
 

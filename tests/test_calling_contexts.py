@@ -220,7 +220,7 @@ def test_a_cancelled_aresolve_leaves_a_cache_that_verifies_and_a_pull_that_resum
     monkeypatch.setenv("CAS_PULL_PROCESSES", "1")  # a worker process too: it must be gone when the task is
     asyncio.run(cancel_midway())
     table = processes()
-    assert not [p for p in descendants(os.getpid(), table) if b"cas.fetchworker" in table[p].cmdline]
+    assert not [p for p in descendants(os.getpid(), table) if b"cas.sync.fetchworker" in table[p].cmdline]
     assert cache.list() == [] and cache.verify(repair=False).ok  # (a repairing verify would drop the resumable part)
     served_before = settled_bytes(slow)
     resolved = asyncio.run(Service.model.aresolve())

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import zstandard
 
-from cas import CorruptObject, codec
-from cas.digest import chunk_id
+from cas import CorruptObject
+from cas.content import codec
+from cas.content.digest import chunk_id
 from tests.support import synth
 
 RNG = np.random.default_rng(7)

@@ -14,9 +14,9 @@ import pytest
 from blake3 import blake3
 
 from cas import Cache, CasError, CorruptObject
-from cas.prefixhash import STEP, PrefixHasher
+from cas.content.tree import Tree, root_of
 from cas.repo.format import locator_key, ref_key, tree_key
-from cas.tree import Tree, root_of
+from cas.sync.prefixhash import STEP, PrefixHasher
 
 from .conftest import (
     REPO,
@@ -130,7 +130,9 @@ def test_a_worker_killed_mid_pull_ends_in_a_clear_error_and_the_pull_resumes(tmp
     t.join(120)
     assert isinstance(outcome[0], CasError)
     message = str(outcome[0])
-    assert "a fetch worker (python -m cas.fetchworker) exited with code -9 mid-pull; pull again to resume" in message
+    assert (
+        "a fetch worker (python -m cas.sync.fetchworker) exited with code -9 mid-pull; pull again to resume" in message
+    )
     assert host.list() == []
     resumed = host.pull("minilm:v1", url)
     assert 0 < resumed.bytes_fetched < total
@@ -169,9 +171,9 @@ def _connections(pid: int, port: int) -> int:
 
 
 def _fetch_workers(parent: int) -> list[int]:
-    """The running `python -m cas.fetchworker` children of a process."""
+    """The running `python -m cas.sync.fetchworker` children of a process."""
     table = processes()
-    return [p for p in descendants(parent, table) if p != parent and b"cas.fetchworker" in table[p].cmdline]
+    return [p for p in descendants(parent, table) if p != parent and b"cas.sync.fetchworker" in table[p].cmdline]
 
 
 LIMITED_PULL = """

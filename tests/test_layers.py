@@ -21,19 +21,19 @@ def write(root: Path, files: dict[str, str]) -> Path:
 def test_the_check_finds_circles_reaches_and_imports_against_the_layers(tmp_path):
     root = write(tmp_path, {
         "cas/__init__.py": "",
-        "cas/tree.py": "from .codec import encode\n",  # content <-> content, through a lazy import below
-        "cas/codec.py": "def encode():\n    from . import tree\n",
+        "cas/content/tree.py": "from .codec import encode\n",  # content <-> content, through a lazy import below
+        "cas/content/codec.py": "def encode():\n    from . import tree\n",
         "cas/local/__init__.py": "",
-        "cas/local/cache.py": "from ..download import pull\n",  # local cache importing sync: against the layers
-        "cas/download.py": "from .local.cache import _helper\n\ndef pull(c):\n    return c._blob_path\n",
+        "cas/local/cache.py": "from ..sync.pull import pull\n",  # local cache importing sync: against the layers
+        "cas/sync/pull.py": "from ..local.cache import _helper\n\ndef pull(c):\n    return c._blob_path\n",
         "descriptor/__init__.py": "import cas\n",
     })  # fmt: skip
     found = layers.problems(root)
-    assert "import circle: cas.codec <-> cas.tree" in found
-    assert "import circle: cas.download <-> cas.local.cache" in found
+    assert "import circle: cas.content.codec <-> cas.content.tree" in found
+    assert "import circle: cas.local.cache <-> cas.sync.pull" in found
     assert any("imports _helper from cas.local.cache" in p for p in found)
     assert any("uses c._blob_path" in p for p in found)
-    assert any(p.startswith("cas.local.cache (local cache) imports cas.download (sync)") for p in found)
+    assert any(p.startswith("cas.local.cache (local cache) imports cas.sync.pull (sync)") for p in found)
 
 
 def test_the_architecture_page_s_layout_table_names_every_module():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cas import Cache, InvalidInput
-from cas.digest import hash_file
+from cas.content.digest import hash_file
 
 from .conftest import blobs_of, cas_cli, tree_files
 

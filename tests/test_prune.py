@@ -19,11 +19,11 @@ import pytest
 
 import cas
 from cas import Cache, InvalidInput, InvalidManifest, NotFound, RepoError
-from cas.prune import parse_duration
 from cas.repo import listing, marks
 from cas.repo.format import decode_locator, locator_key, marks_key, pack_key, tree_key
 from cas.repo.repository import Repository
 from cas.repo.stores import open_backend
+from cas.sync.prune import parse_duration
 from tests.support import synth
 
 from .conftest import TOKEN, cas_cli, tree_files

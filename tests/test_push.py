@@ -79,7 +79,7 @@ def test_a_worker_killed_mid_push_ends_in_one_line_and_a_second_push_completes(t
     os.kill(_push_workers(os.getpid())[0], 9)
     t.join(120)
     assert isinstance(outcome[0], CasError)
-    assert "a push worker (python -m cas.pushworker) exited with code -9 mid-push; push again" in str(outcome[0])
+    assert "a push worker (python -m cas.sync.pushworker) exited with code -9 mid-push; push again" in str(outcome[0])
     assert not (folder / "refs").exists() or not list((folder / "refs").rglob("v1"))  # no ref to missing data
     src.push("minilm:v1", url)
     host = Cache(tmp_path / "host")
@@ -102,9 +102,9 @@ def test_a_killed_push_takes_its_workers_with_it(tmp_path, minilm, server, proxy
 
 
 def _push_workers(parent: int) -> list[int]:
-    """The running `python -m cas.pushworker` children of a process."""
+    """The running `python -m cas.sync.pushworker` children of a process."""
     table = processes()
-    return [p for p in descendants(parent, table) if p != parent and b"cas.pushworker" in table[p].cmdline]
+    return [p for p in descendants(parent, table) if p != parent and b"cas.sync.pushworker" in table[p].cmdline]
 
 
 def test_a_blob_changed_after_add_is_never_pushed_under_its_old_id(tmp_path, minilm):

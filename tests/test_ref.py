@@ -10,7 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cas import InvalidManifest, ModelInfo, ref, tags
+from cas import InvalidManifest, ModelInfo
+from cas.content import ref, tags
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()

@@ -11,8 +11,8 @@ import pytest
 
 import descriptor
 from cas import Cache, InvalidInput, NotFound
-from cas.selection import Selection
-from cas.tree import FileEntry, Tree, pack_chunks
+from cas.content.selection import Selection
+from cas.content.tree import FileEntry, Tree, pack_chunks
 from tests.support import synth
 
 from .conftest import cas_cli, stats, tree_files

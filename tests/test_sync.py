@@ -15,7 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from cas import Cache, CasError, ModelInfo, NotFound, codec
+from cas import Cache, CasError, ModelInfo, NotFound
+from cas.content import codec
 from tests.support import synth
 
 from .conftest import (

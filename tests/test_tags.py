@@ -1,6 +1,7 @@
 import pytest
 
-from cas import InvalidTag, tags
+from cas import InvalidTag
+from cas.content import tags
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from cas import InvalidManifest
-from cas.digest import chunk_id
-from cas.tree import FileEntry, Tree, check_path, decode, pack_chunks, root_of
+from cas.content.digest import chunk_id
+from cas.content.tree import FileEntry, Tree, check_path, decode, pack_chunks, root_of
 
 ID = chunk_id(b"x")
 

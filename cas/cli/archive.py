@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing and json cost a warm `cas` run 4 ms: imported wh
 if TYPE_CHECKING:
     from typing import TextIO
 
-    from ..archive import ArchiveStats
+    from ..sync.archive import ArchiveStats
 
 
 def commands(cmd: Command) -> None:

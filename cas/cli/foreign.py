@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..ref import ModelInfo
+from ..content.ref import ModelInfo
 from .output import Command, cache_of, print_json, size
 
 

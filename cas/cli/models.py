@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from ..cache import Cache
-    from ..ref import ModelInfo
+    from ..content.ref import ModelInfo
     from ..trust.audit import SignatureReport
 
 
@@ -134,7 +134,7 @@ def _materialize(args: argparse.Namespace) -> None:
 
 def _rm(args: argparse.Namespace) -> None:
     if args.remote:
-        from ..prune import remove_remote
+        from ..sync.prune import remove_remote
 
         removed = remove_remote(args.tags, args.remote)
     else:

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 from ..cache import Cache
+from ..content.ref import ModelInfo
 from ..errors import InvalidInput
 from ..local.space import format_size
-from ..ref import ModelInfo
 
 TYPE_CHECKING = False  # typing and json cost a warm `cas` run 4 ms: imported where used
 if TYPE_CHECKING:

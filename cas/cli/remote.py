@@ -21,7 +21,7 @@ def commands(cmd: Command) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    from ..prune import parse_duration, prune
+    from ..sync.prune import parse_duration, prune
 
     report = prune(args.remote, grace=parse_duration(args.grace), max_unused=args.max_unused / 100,
                    dry_run=args.dry_run)  # fmt: skip

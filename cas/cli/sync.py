@@ -7,9 +7,9 @@ import os
 import sys
 import time
 
+from ..content.ref import ModelInfo
 from ..errors import InvalidInput
 from ..local.cache import LocalCache
-from ..ref import ModelInfo
 from ..repo import CONCURRENCY
 from . import output
 from .output import Command, cache_of, print_json, size
@@ -140,8 +140,8 @@ def _estimate(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ..connlimits import PER_CLIENT
-    from ..server import serve
+    from ..server.app import serve
+    from ..server.limits import PER_CLIENT
 
     token = os.environ.get("CAS_TOKEN") or None
     if args.token_file:

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..content.tags import Tag, parse
 from ..errors import InvalidInput
-from ..tags import Tag, parse
 from ..trust import modelsigning
 from ..trust.keys import SigningKey, from_environment, generate, keyid, load_public
 from ..trust.policy import Anchor, TrustPolicy

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import ref, tags
+from ..content import ref, tags
+from ..content.ref import ModelInfo
 from ..errors import CasError, InvalidInput, InvalidManifest, InvalidTag, NotFound
 from ..local.cache import LocalCache
-from ..ref import ModelInfo
 from . import view
 
 if TYPE_CHECKING:

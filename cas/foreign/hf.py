@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .. import tags
+from ..content import tags
+from ..content.ref import ModelInfo
 from ..errors import InvalidInput, NotFound
 from ..local.cache import LocalCache
-from ..ref import ModelInfo
 from . import view
 
 if TYPE_CHECKING:

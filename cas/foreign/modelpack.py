@@ -26,11 +26,11 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
+from ..content.ref import ModelInfo
+from ..content.tree import check_path
 from ..errors import InvalidManifest
-from ..ref import ModelInfo
 from ..repo.ocilayout import CREATED, EMPTY_TYPE, MAX_LAYERS, REF_TYPE, ROOT, blob_of, descriptor, load_manifest
 from ..repo.registry import MANIFEST, Blob
-from ..tree import check_path
 
 MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG = "application/vnd.cncf.model.config.v1+json"

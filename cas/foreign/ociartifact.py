@@ -22,17 +22,18 @@ import tempfile
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from .. import privateloop, ref, tags
-from ..digest import chunk_id
+from ..content import ref, tags
+from ..content.digest import chunk_id
+from ..content.ref import ModelInfo
+from ..content.tree import FileEntry, Tree, check_path
+from ..content.tree import decode as decode_tree
 from ..errors import CorruptObject, InvalidInput, InvalidManifest, InvalidTag, NotFound
 from ..local.cache import LocalCache
 from ..local.chunkindex import Seed
-from ..ref import ModelInfo
 from ..repo.ocilayout import EMPTY, model_repository, parse_url
 from ..repo.registry import Blob, Registry
 from ..repo.registryauth import credentials_for
-from ..tree import FileEntry, Tree, check_path
-from ..tree import decode as decode_tree
+from ..system import eventloop
 from . import modelpack
 
 AT_ONCE = 4  # files sent or fetched at once
@@ -89,7 +90,7 @@ def push_modelpack(cache: LocalCache, tag: str, url: str) -> Pushed:
         finally:
             await registry.close()
 
-    return privateloop.run(work)
+    return eventloop.run(work)
 
 
 async def _push(registry: Registry, repository: str, info: ModelInfo, tree: Tree, folder: Path,
@@ -140,7 +141,7 @@ def import_oci(cache: LocalCache, text: str, tag: str | None = None) -> Imported
         finally:
             await registry.close()
 
-    return privateloop.run(work)
+    return eventloop.run(work)
 
 
 async def _import(cache: LocalCache, registry: Registry, target: Reference, tag: str | None) -> Imported:

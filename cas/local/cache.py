@@ -23,11 +23,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .. import ref, tags
+from ..content import ref, tags
+from ..content.ref import ModelInfo, recency
+from ..content.selection import Selection
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, InvalidManifest, NotFound
-from ..fsutil import make_dirs, remove_tree, temp_name
-from ..ref import ModelInfo, recency
-from ..selection import Selection
+from ..system.fsutil import make_dirs, remove_tree, temp_name
 from . import owners
 from .locks import Locks
 from .objects import ObjectStore
@@ -39,7 +39,7 @@ TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would 
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
     from typing import Any, TypeAlias
 
-    from ..tree import FileEntry, Tree
+    from ..content.tree import FileEntry, Tree
     from ..trust.policy import TrustPolicy
     from .checkout import CheckoutReport, CheckoutStatus
     from .chunkindex import ChunkIndex
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # imported where used: a service's warm path needs none of th
     from .trusted import KnownPolicy, TrustedState
     from .verify import VerifyReport
 
-    Patterns: TypeAlias = Iterable[str] | str | None  # gitignore-style patterns (``cas.selection``)
+    Patterns: TypeAlias = Iterable[str] | str | None  # gitignore-style patterns (``cas.content.selection``)
 
 Progress = Callable[[int], None]  # called with byte counts as work is done
 
@@ -404,7 +404,7 @@ class LocalCache:
 
     def materialize(self, tag: str | ModelInfo, *, include: Patterns = None, exclude: Patterns = None) -> Path:
         """The model's read-only snapshot directory, built from hardlinks on first use (the warm path: one
-        ``stat``); with ``include``/``exclude`` (gitignore-style patterns, see ``cas.selection``) a directory
+        ``stat``); with ``include``/``exclude`` (gitignore-style patterns, see ``cas.content.selection``) a directory
         of just the files they select.  A tag is checked against the trust policy; a ``ModelInfo`` is
         taken as resolved."""
         info = tag if isinstance(tag, ModelInfo) else self.check_trusted(self.get(tag), self.trust_policy())

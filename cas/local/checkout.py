@@ -24,12 +24,12 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
-from ..digest import hash_file
+from ..content.digest import hash_file
+from ..content.ref import ModelInfo
+from ..content.selection import Selection
+from ..content.tree import FileEntry, check_path
 from ..errors import CasError, InvalidInput, NotFound
-from ..fsutil import atomic_write, copy_range, make_dirs, temp_name
-from ..ref import ModelInfo
-from ..selection import Selection
-from ..tree import FileEntry, check_path
+from ..system.fsutil import atomic_write, copy_range, make_dirs, temp_name
 from .objects import ObjectStore
 
 STATE_DIR = ".cas"
@@ -349,6 +349,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError as e:
-        from ..fsutil import copy_instead
+        from ..system.fsutil import copy_instead
 
         copy_instead(src, dst, e)

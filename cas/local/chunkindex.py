@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from ..forking import SQLITE
-from ..fsutil import make_dirs, open_shared
-from ..tree import FileEntry
+from ..content.tree import FileEntry
+from ..system.forking import SQLITE
+from ..system.fsutil import make_dirs, open_shared
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
 

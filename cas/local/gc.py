@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..ref import ModelInfo, recency
+from ..content.ref import ModelInfo, recency
 from . import leftovers, owners
 from .locks import DEFAULT_TIMEOUT, Locks
 from .objects import ObjectStore

@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 from blake3 import blake3
 
-from ..chunking import chunk_bytes, chunk_stream
-from ..digest import chunk_id
+from ..content.chunking import chunk_bytes, chunk_stream
+from ..content.digest import chunk_id
+from ..content.tree import CHUNK_RECORD
 from ..errors import InvalidInput
-from ..fsutil import pwrite_all, start_writeback, write_all
-from ..tree import CHUNK_RECORD
+from ..system.fsutil import pwrite_all, start_writeback, write_all
 
 PIPELINE_MIN_BYTES = 8 << 20
 _QUEUE_BLOCKS = 16  # bounds memory: 16 reads of at most 512 KiB in flight

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 
 from ..errors import CasError
-from ..fsutil import make_dirs, open_shared, still_named
+from ..system.fsutil import make_dirs, open_shared, still_named
 
 try:
     import fcntl

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from ..fsutil import TRASH, remove_tree
-from ..tree import Tree
+from ..content.tree import Tree
+from ..system.fsutil import TRASH, remove_tree
 from . import owners
 from .objects import PULL_WORK, ObjectStore
 from .snapshots import STAGING, Snapshots

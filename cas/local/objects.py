@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NotFound
-from ..fsutil import fsync_all, holding_dirs, make_dirs, write_new
+from ..system.fsutil import fsync_all, holding_dirs, make_dirs, write_new
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # cas.tree and cas.digest load blake3: imported where used, off a service's warm path
-    from ..tree import FileEntry, Tree
+if TYPE_CHECKING:  # cas.content.tree and cas.content.digest load blake3: imported where used, off a service's warm path
+    from ..content.tree import FileEntry, Tree
 
 PULL_WORK = "pull"  # tmp/pull/<root>: the part files of pulls, kept across an interruption so the next one resumes
 
@@ -103,7 +103,7 @@ class ObjectStore:
             data = self.tree_path(root).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"tree {root} is missing from {self.root}") from None
-        from ..tree import decode_stored
+        from ..content.tree import decode_stored
 
         return decode_stored(data, root)
 

@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ..fsutil import make_dirs, open_shared, process_token, still_named, token_of_temp
+from ..system.fsutil import make_dirs, open_shared, process_token, still_named, token_of_temp
 
 try:
     import fcntl

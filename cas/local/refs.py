@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from .. import ref
+from ..content import ref
+from ..content.ref import ModelInfo, recency
+from ..content.tags import Tag
 from ..errors import CasError, InvalidInput, NotFound
-from ..fsutil import atomic_write, make_durable_dirs, temp_name
-from ..ref import ModelInfo, recency
-from ..tags import Tag
+from ..system.fsutil import atomic_write, make_durable_dirs, temp_name
 from . import owners
 from .locks import Locks
 

@@ -1,7 +1,7 @@
 """Snapshots: a model's files as a read-only directory of hardlinks to its blobs, and the leases on them.
 
     snapshots/<root>/         the files of every model whose tree has that root; directories 0555
-    snapshots/<root>.<key>/   the files of that tree a selection takes (``cas.selection``)
+    snapshots/<root>.<key>/   the files of that tree a selection takes (``cas.content.selection``)
     selections/<key>          the patterns of that selection, so verify knows what the snapshot must hold
 
 A snapshot is built under a temporary name inside ``snapshots/`` and renamed
@@ -17,16 +17,16 @@ import errno
 import os
 from pathlib import Path
 
+from ..content.ref import ModelInfo
 from ..errors import CasError, CorruptObject
-from ..fsutil import TRASH, copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
-from ..ref import ModelInfo
+from ..system.fsutil import TRASH, copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
 from . import leases
 from .objects import ObjectStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..selection import Selection
-    from ..tree import FileEntry
+    from ..content.selection import Selection
+    from ..content.tree import FileEntry
 
 PARALLEL_LINKS = 2000  # files from which a snapshot is linked by two threads
 STAGING = ".tmp-"  # a snapshot being built; followed by the builder's temp name (its pid)
@@ -68,7 +68,7 @@ class Snapshots:
 
     def selection(self, key: str) -> Selection | None:
         """The selection a partial snapshot was built for, or None if its record is gone or damaged."""
-        from ..selection import Selection
+        from ..content.selection import Selection
 
         try:
             with open(f"{self._selections}/{key}", "rb") as f:
@@ -83,7 +83,7 @@ class Snapshots:
         return sorted(d.iterdir()) if d.is_dir() else []
 
     def _record(self, sel: Selection) -> None:
-        from ..fsutil import atomic_write
+        from ..system.fsutil import atomic_write
 
         path = Path(self._selections, sel.key)
         if not path.exists():

@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
+from ..content.tree import check_path
 from ..errors import CasError, InvalidInput
-from ..tree import check_path
 
 
 class Source(NamedTuple):

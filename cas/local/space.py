@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..content.ref import ModelInfo, recency
+from ..content.tree import FileEntry, Tree
 from ..errors import CasError, InvalidInput
-from ..ref import ModelInfo, recency
-from ..tree import FileEntry, Tree
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots

@@ -14,17 +14,17 @@ import os
 import time
 from pathlib import Path
 
-from .. import ref, tags
+from ..content import ref, tags
+from ..content.ref import ModelInfo
 from ..errors import InvalidInput
-from ..fsutil import make_dirs, temp_name
-from ..ref import ModelInfo
+from ..system.fsutil import make_dirs, temp_name
 from .objects import ObjectStore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..tree import FileEntry, Tree
+    from ..content.tree import FileEntry, Tree
     from .sources import Source
 
 
@@ -59,7 +59,7 @@ def ingest(objects: ObjectStore, sources: list[Source], progress: Callable[[int]
     see ``Source.movable``: a link's target is the user's, never moved or chmod-ed), then publish them all
     as blobs at once: their bytes flushed together (one syncfs for many files, not an fsync each),
     then their names.  Nothing is visible under a blob's name before its bytes are durable."""
-    from ..tree import FileEntry
+    from ..content.tree import FileEntry
     from .ingest import digest_file
 
     tmp_dir = os.fspath(objects.tmp)
@@ -94,7 +94,7 @@ def ingest(objects: ObjectStore, sources: list[Source], progress: Callable[[int]
 def version_of(name: str, version: str, entries: list[FileEntry], labels: dict[str, str],
                metadata: dict[str, object], created: float | None = None) -> tuple[ModelInfo, Tree, bytes]:  # fmt: skip
     """The ref, tree and encoded tree of a new version made of ``entries`` (to ``LocalCache.commit``)."""
-    from ..tree import Tree, root_of
+    from ..content.tree import Tree, root_of
 
     tree = Tree.build(entries)
     encoded = tree.encode()

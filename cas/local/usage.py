@@ -16,8 +16,8 @@ from pathlib import Path
 
 import msgpack
 
-from ..fsutil import atomic_write
-from ..ref import ModelInfo
+from ..content.ref import ModelInfo
+from ..system.fsutil import atomic_write
 from .refs import Refs
 from .snapshots import Snapshots
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import tags
-from ..digest import hash_file
+from ..content import tags
+from ..content.digest import hash_file
+from ..content.ref import ModelInfo, recency
+from ..content.selection import Selection
+from ..content.tree import FileEntry, Tree
 from ..errors import CasError
-from ..ref import ModelInfo, recency
-from ..selection import Selection
-from ..tree import FileEntry, Tree
 from . import interrupted, leftovers
 from .locks import Locks
 from .objects import ObjectStore

@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .. import codec
-from ..digest import file_hasher
+from ..content import codec
+from ..content.digest import file_hasher
+from ..content.ref import ModelInfo
+from ..content.tree import FileEntry
 from ..errors import CasError, CorruptObject, NotFound, RepoError
-from ..ref import ModelInfo
-from ..tree import FileEntry
 from .format import IndexEntry, Location, decode_index, pack_key
 from .repository import Repository, remote_url, run_with_repository
 

@@ -30,10 +30,10 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from ..chunking import MAX_SIZE as MAX_CHUNK
-from ..codec import CODEC_NAMES
+from ..content.chunking import MAX_SIZE as MAX_CHUNK
+from ..content.codec import CODEC_NAMES
+from ..content.tags import validate_name, validate_version
 from ..errors import InvalidManifest
-from ..tags import validate_name, validate_version
 
 FORMAT = 1
 MAX_PACK_BYTES = 1 << 30

@@ -30,9 +30,9 @@ from typing import Any
 
 import msgpack
 
+from ..content.ref import valid_time
+from ..content.tags import validate_name, validate_version
 from ..errors import InvalidInput, InvalidManifest, InvalidTag
-from ..ref import valid_time
-from ..tags import validate_name, validate_version
 from .format import FORMAT
 
 # Names in a repository, versions of a name: past it a listing is refused at its header, within seconds (a

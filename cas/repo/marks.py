@@ -10,7 +10,7 @@ prune and the pushes and removals racing it see each other's changes::
 
 Keys are ``trees/<root>``, ``locators/<root>`` and ``packs/<id>`` (the pack
 with its index).  Times are seconds since the epoch, on the clock of the
-host that wrote them.  The protocol is ``cas.prune``'s; a push takes part
+host that wrote them.  The protocol is ``cas.sync.prune``'s; a push takes part
 by ``reserving`` what it reuses (see ``Repository.reserve``).  Decoding is
 strict: the document may come from a hostile server.
 """

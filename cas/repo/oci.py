@@ -29,9 +29,9 @@ import random
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from .. import ref
+from ..content import ref
+from ..content.tags import validate_name, validate_version
 from ..errors import InvalidManifest, InvalidTag, NotFound, RepoError
-from ..tags import validate_name, validate_version
 from . import CONCURRENCY
 from . import ocilayout as layout
 from .backend import Change

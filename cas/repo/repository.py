@@ -10,11 +10,11 @@ with different content: one creates the ref, the other gets a clear error.
 Every document read is validated: it may come from a hostile server.
 Removal runs the other way, top-down: ``remove_ref`` records the removal in
 the prune marks, then deletes the ref, then updates the listings; what the
-ref reached goes with a later prune (``cas.prune``), which a push keeps off
+ref reached goes with a later prune (``cas.sync.prune``), which a push keeps off
 what it reuses with ``reserve``.
 
 Opening one: ``with_repository`` on the running loop, ``run_with_repository``
-from any thread (a private loop, see ``privateloop``).  ``CAS_OFFLINE=1``
+from any thread (a private loop, see ``eventloop``).  ``CAS_OFFLINE=1``
 refuses to open any.
 """
 
@@ -25,11 +25,12 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .. import privateloop, ref, tags
+from ..content import ref, tags
+from ..content.ref import ModelInfo
+from ..content.tree import Tree
+from ..content.tree import decode as decode_tree
 from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
-from ..ref import ModelInfo
-from ..tree import Tree
-from ..tree import decode as decode_tree
+from ..system import eventloop
 from . import CONCURRENCY, listing, marks
 from .backend import Attaching, WriteBackend
 from .format import (
@@ -269,7 +270,7 @@ async def with_repository(work: Callable[[Repository], Awaitable[T]], url: str,
 
 def run_with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
     """Run ``work(repository)`` to completion on a private loop: works from any thread, loop or not."""
-    return privateloop.run(lambda: with_repository(work, url, concurrency))
+    return eventloop.run(lambda: with_repository(work, url, concurrency))
 
 
 def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:

@@ -15,18 +15,18 @@ import tempfile
 from collections import namedtuple
 from typing import TYPE_CHECKING
 
+from ..content.tags import Tag
 from ..errors import NotFound, Untrusted
 from ..local.trusted import TrustedState
 from ..repo.format import trust_root_key
 from ..repo.repository import Repository, remote_url, run_with_repository
-from ..tags import Tag
 from .client import verify
 from .documents import MAX_BYTES
 from .policy import Anchor, TrustPolicy
 
 if TYPE_CHECKING:
+    from ..content.ref import ModelInfo
     from ..local.cache import LocalCache
-    from ..ref import ModelInfo
 
 Finding = namedtuple("Finding", ("tag", "role", "keys", "problem"))  # role and keys when signed, else the problem
 

@@ -15,10 +15,10 @@ from typing import Protocol
 
 import blake3
 
+from ..content.tags import Tag
 from ..errors import CasError, NotFound, Untrusted
 from ..local.trusted import TrustedState, Verified
 from ..repo.format import trust_role_key, trust_root_key, trust_state_key
-from ..tags import Tag
 from .documents import (
     MAX_BYTES,
     MAX_ROOT_CHAIN,

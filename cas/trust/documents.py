@@ -29,8 +29,8 @@ from typing import Any
 
 import msgpack
 
+from ..content.tags import Tag, covers
 from ..errors import InvalidManifest, Untrusted
-from ..tags import Tag, covers
 from .keys import Signer, keyid
 
 FORMAT = 1

@@ -20,8 +20,8 @@ import os
 from collections import namedtuple
 from pathlib import Path
 
+from ..content.tags import Tag, covers
 from ..errors import InvalidInput
-from ..tags import Tag, covers
 
 ENV = "CAS_TRUST"
 MAX_POLICY_BYTES = 4 << 20

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import blake3
 
+from ..content.tags import Tag
 from ..errors import InvalidInput, NotFound, Untrusted
 from ..repo.format import trust_role_key, trust_root_key, trust_state_key
 from ..repo.repository import Repository
-from ..tags import Tag
 from .documents import (
     Grant,
     Role,

@@ -26,20 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from cas import Cache, codec
-from cas import ref as refs
-from cas.chunking import chunk_bytes
-from cas.digest import chunk_id
+from cas import Cache
+from cas.content import codec
+from cas.content import ref as refs
+from cas.content.chunking import chunk_bytes
+from cas.content.digest import chunk_id
+from cas.content.ref import ModelInfo
+from cas.content.tree import FileEntry, Tree, pack_chunks
+from cas.content.tree import decode as decode_tree
 from cas.errors import CasError
 from cas.foreign.bento import import_bento
 from cas.foreign.hf import import_hf
-from cas.ref import ModelInfo
 from cas.repo import format as fmt
 from cas.repo import listing, marks
 from cas.repo.format import IndexEntry, Location, decode_index, decode_locator, encode_index, encode_locator
 from cas.repo.http import parse_listing
-from cas.tree import FileEntry, Tree, pack_chunks
-from cas.tree import decode as decode_tree
 from tests.support import synth
 from tests.support.procs import peak_mb
 

@@ -300,7 +300,7 @@ def test_kill_pull_midway(tmp_path, big_model, pushed, pull_span, trial):
     cache = Cache(tmp_path / "cache")
     env = {**os.environ, "CAS_HOME": str(cache.root)}
     kill_midway("cas pull", pull_args(pushed), env, pull_span, trial, salt=300)
-    wait_until(lambda: not any(b"cas.fetchworker" in p.cmdline for p in processes().values()), timeout=30,
+    wait_until(lambda: not any(b"cas.sync.fetchworker" in p.cmdline for p in processes().values()), timeout=30,
                what="the killed pull's workers to exit")  # fmt: skip
     if cache.list():  # finished before the kill: then it must be whole
         assert tree_files(cache.materialize("big:v1")) == tree_files(big_model)

@@ -22,7 +22,9 @@ import pytest
 import zstandard
 from blake3 import blake3
 
-from cas import Cache, CasError, codec
+from cas import Cache, CasError
+from cas.content import codec
+from cas.content.tree import CHUNK_RECORD
 from cas.repo.format import (
     FORMAT,
     Location,
@@ -32,7 +34,6 @@ from cas.repo.format import (
     ref_key,
     tree_key,
 )
-from cas.tree import CHUNK_RECORD
 
 from ..conftest import pull_in_child, tree_files
 

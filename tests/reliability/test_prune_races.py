@@ -1,6 +1,6 @@
 """Prune racing pushes, pulls and removals on one repository, and prune killed at seeded points.
 
-What holds (``cas/prune.py`` explains why):
+What holds (``cas/sync/prune.py`` explains why):
 
 - With a grace period longer than any push or pull (here 3 s against pushes and pulls of well under a
   second), prune runs over and over, deleting, while other processes push new versions sharing chunks with
@@ -38,7 +38,7 @@ TAGS = [f"m:v{i}" for i in range(1, 7)]
 
 PRUNER = f"""
 import json, sys, time
-from cas.prune import prune
+from cas.sync.prune import prune
 url, seconds, grace, max_unused = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 {READY}
 runs, end = [], time.monotonic() + seconds
@@ -217,9 +217,9 @@ def test_prune_with_no_grace_racing_pulls_and_removals(tmp_path, server, token, 
 
 KILLED = """
 import sys
-import cas.prune, cas.repo.file  # imported before "ready": the kill's delay counts from the work
+import cas.sync.prune, cas.repo.file  # imported before "ready": the kill's delay counts from the work
 print("ready", flush=True)
-cas.prune.prune(sys.argv[1], grace=0)
+cas.sync.prune.prune(sys.argv[1], grace=0)
 """
 
 

@@ -157,8 +157,8 @@ def test_a_pull_that_fills_the_disk_frees_what_it_wrote_and_never_wedges_the_cac
 
 SHORT_WRITE = """
 import resource, signal, sys
-from cas.parts import Parts
-from cas.ranges import Target
+from cas.sync.partfiles import Parts
+from cas.sync.pullplan import Target
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

@@ -2,7 +2,7 @@
 
 A push cuts the chunks it uploads into packs of about ``PACK_TARGET`` raw
 bytes (``groups``); each pack is built by one ``Builder``, in the pushing
-process or in a push worker process (``cas.pushworker``), on one thread:
+process or in a push worker process (``cas.sync.pushworker``), on one thread:
 a pack's chunks never wait for another thread's GIL.  A builder uploads a
 pack while it encodes the next.  A prune's repack adds chunks that are
 encoded already (``PackWriter``).
@@ -16,11 +16,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import codec
-from .digest import chunk_id
-from .errors import CorruptObject
-from .repo.format import IndexEntry, Location, encode_index
-from .repo.repository import Repository
+from ..content import codec
+from ..content.digest import chunk_id
+from ..errors import CorruptObject
+from ..repo.format import IndexEntry, Location, encode_index
+from ..repo.repository import Repository
 
 PACK_TARGET = 32 << 20
 CHOICE_SPAN = 4 << 20  # bytes of a file whose chunks share one codec choice

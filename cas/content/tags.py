@@ -12,7 +12,7 @@ import os
 import time
 from collections import namedtuple
 
-from .errors import InvalidTag
+from ..errors import InvalidTag
 
 LATEST = "latest"
 MAX_LEN = 63

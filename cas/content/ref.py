@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from collections import namedtuple
 
+from ..errors import InvalidInput, InvalidManifest
 from . import tags
-from .errors import InvalidInput, InvalidManifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ FORMAT = 1
 MAX_REF_BYTES = 1 << 20
 MAX_CREATED = 1e11  # seconds since the epoch (the year 5138): every date function takes what is below it
 MAX_REMOTES = 64
-DIGEST_SIZE = 32  # cas.digest's; not imported from there, which would load blake3 on a service's warm path
+DIGEST_SIZE = 32  # cas.content.digest's; not imported from there, which would load blake3 on a service's warm path
 _MAX_DEPTH = 16
 
 # named ModelInfo, not _Fields: its repr and its pickles say ModelInfo

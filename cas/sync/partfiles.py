@@ -18,8 +18,8 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 
-from .fsutil import copy_range, open_shared, pwrite_all, write_all
-from .ranges import Target
+from ..system.fsutil import copy_range, open_shared, pwrite_all, write_all
+from .pullplan import Target
 
 FLUSH_EVERY = 0.5  # seconds between write-behind flushes of large part files
 FLUSH_MIN_BYTES = 64 << 20

@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import msgpack
 
+from ..errors import InvalidManifest
 from .chunking import MAX_SIZE as MAX_CHUNK
 from .digest import DIGEST_SIZE, chunk_id
-from .errors import InvalidManifest
 
 FORMAT = 1
 CHUNK_RECORD = struct.Struct(">32sI")

@@ -4,7 +4,7 @@ The repository's pack indexes say which chunks it holds (kept on this host
 by pack id, so a second push reads only the new ones).  The other chunks
 are cut into packs of about ``packing.PACK_TARGET`` raw bytes, each read
 from its blobs, re-hashed, encoded and uploaded (pack, then index) by this
-process or a push worker process beside it (``cas.pushworker``: one per
+process or a push worker process beside it (``cas.sync.pushworker``: one per
 further core for large pushes), each taking the next pack as it finishes
 one; then the tree and its locator, and the ref last,
 so a reader never sees a ref whose data is missing.  What it reuses is first
@@ -23,22 +23,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from . import packing, privateloop
-from .errors import NotFound, RepoError
-from .fetch import all_or_nothing
-from .fsutil import make_dirs, temp_name
-from .local.cache import LocalCache, Progress
+from ..content.ref import ModelInfo
+from ..content.tags import Tag
+from ..content.tree import Tree
+from ..errors import NotFound, RepoError
+from ..local.cache import LocalCache, Progress
+from ..repo.format import Location, locator_key, pack_key, tree_key
+from ..repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
+from ..repo.stores import public_url
+from ..system import eventloop
+from ..system.fsutil import make_dirs, temp_name
+from ..trust import publish as trust
+from ..trust.keys import Signer
+from . import packing
+from .fetchpool import all_or_nothing
 from .packing import Builder, Chunk, Packed
 from .pushworker import feed
-from .ref import ModelInfo
-from .repo.format import Location, locator_key, pack_key, tree_key
-from .repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
-from .repo.stores import public_url
-from .tags import Tag
-from .tree import Tree
-from .trust import publish as trust
-from .trust.keys import Signer
-from .workerprocs import Workers, count_from_env, spare_cores
+from .workers import Workers, count_from_env, spare_cores
 
 # Below this, worker processes are not started: a worker's interpreter and imports cost ~0.2 CPU-seconds, and
 # this process alone encodes 256 MB in about a second.  CAS_PUSH_PROCESSES=N chooses for any size.
@@ -69,7 +70,7 @@ async def apush(cache: LocalCache, tag: str, remote: str | None = None, *, progr
     """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
     info, url = cache.whole(tag, "a push"), remote_url(remote)
     work = lambda repo: _push(cache, info, repo, progress, sign)  # noqa: E731
-    return await privateloop.run_async(lambda: with_repository(work, url))
+    return await eventloop.run_async(lambda: with_repository(work, url))
 
 
 async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None,
@@ -96,7 +97,7 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
 
 
 async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:
-    """Take what this push reuses out of any prune's marks (see ``cas.prune``); returns the packs it must not
+    """Take what this push reuses out of any prune's marks (see ``cas.sync.prune``); returns the packs it must not
     reuse after all (a prune is deleting them, or did since they were listed).  A tree of this root there
     already keeps its locator, and the locator its packs: those are reserved too, and one of them being
     deleted stops the push."""
@@ -187,7 +188,7 @@ async def _upload(repo: Repository, todo: list[Chunk], locations: dict[bytes, Lo
             progress(p.raw_size())
 
     count = min(worker_count(sum(c.length for c in todo)), len(packs) - 1)
-    workers = await Workers.start("cas.pushworker", count) if count > 0 else None
+    workers = await Workers.start("cas.sync.pushworker", count) if count > 0 else None
     try:
         procs = workers.procs if workers else []
         await all_or_nothing([_build_here(repo, packs, done)] + [feed(p, repo.url, packs, done) for p in procs])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import namedtuple
 
-from .errors import InvalidInput, InvalidManifest
+from ..errors import InvalidInput, InvalidManifest
 
 TYPE_CHECKING = False  # typing costs 2 ms to import: a service declaring a selection would pay it on start
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Fetch worker processes (``python -m cas.fetchworker``) and the messages a pull exchanges with them.
+"""Fetch worker processes (``python -m cas.sync.fetchworker``) and the messages a pull exchanges with them.
 
 A large pull runs its ranges in its own process and in workers beside it,
 each with its own connection pool and decoding threads: in one process the
@@ -11,7 +11,7 @@ worker).  The protocol, msgpack values on the worker's stdin and stdout:
     worker -> pull   Done(rid, fetched) for each range; or Failed(kind, message, errno), and it exits
 
 A worker whose stdin closes without END (the pull died) exits at once and
-writes nothing more (see ``cas.workerprocs`` for what the workers share).
+writes nothing more (see ``cas.sync.workers`` for what the workers share).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from .errors import CasError
-from .fetcher import Fetcher
-from .fsutil import write_all
-from .parts import Parts
-from .ranges import Backlog, Piece, Range, Target
-from .repo.repository import Repository, token
-from .repo.stores import open_backend
-from .workerprocs import Failed, fail_and_exit, replies, send
+from ..errors import CasError
+from ..repo.repository import Repository, token
+from ..repo.stores import open_backend
+from ..system.fsutil import write_all
+from .partfiles import Parts
+from .pullplan import Backlog, Piece, Range, Target
+from .rangefetch import Fetcher
+from .workers import Failed, fail_and_exit, replies, send
 
 
 class Start(NamedTuple):
@@ -92,8 +92,8 @@ async def feed(proc: asyncio.subprocess.Process, start: Start, backlog: Backlog)
         if not sent:
             await send(proc)
             break
-        died = (f"{start.tag}: a fetch worker (python -m cas.fetchworker) exited with code {{code}} mid-pull; pull "
-                "again to resume")  # fmt: skip
+        died = (f"{start.tag}: a fetch worker (python -m cas.sync.fetchworker) exited with code {{code}} mid-pull; "
+                "pull again to resume")  # fmt: skip
         for obj in await replies(proc, unpacker, backlog.empty(), died):
             msg = decode(obj)
             assert isinstance(msg, Done)

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterable
 
-from .digest import file_hasher
+from ..content.digest import file_hasher
 
 STEP = 8 << 20  # hash a file's new prefix once this much of it is ready (or the file is complete)
 

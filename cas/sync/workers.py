@@ -1,6 +1,6 @@
 """Worker processes beside a pull or a push, and how their failures cross the pipe.
 
-Pull (``cas.fetchworker``) and push (``cas.pushworker``) run part of their
+Pull (``cas.sync.fetchworker``) and push (``cas.sync.pushworker``) run part of their
 work in ``python -m <module>`` children that talk msgpack on stdin and
 stdout.  The token travels in the environment, never in argv.  A worker
 reports a failure as ``Failed`` and exits at once; the parent raises it
@@ -19,9 +19,9 @@ from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
-from .errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
-from .fsutil import write_all
-from .repo.repository import token
+from ..errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
+from ..repo.repository import token
+from ..system.fsutil import write_all
 
 
 class Failed(NamedTuple):

@@ -1,9 +1,9 @@
 """Assembly: the part files one pull assembles, and the chunks they get from files already on this host.
 
-A pull (``cas.download``) plans each missing file as a part file in
+A pull (``cas.sync.pull``) plans each missing file as a part file in
 ``tmp/pull/<root>``, keeping what an interrupted pull verified there; copies
 the chunks local blobs hold (the chunk index) by the kernel, and those seed
-folders hold (``cas.seeds``), each of these checked against its id; leaves
+folders hold (``cas.sync.seeds``), each of these checked against its id; leaves
 the rest as ranges to fetch; and publishes the part files as blobs only
 once each hashes to its file id.
 """
@@ -17,13 +17,13 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..content.tree import FileEntry
+from ..errors import CorruptObject
+from ..local.cache import LocalCache, Progress
+from ..repo.format import Location
 from . import seeds as seeds_module
-from .errors import CorruptObject
-from .local.cache import LocalCache, Progress
-from .parts import FLUSH_MIN_BYTES, LOG_MIN_BYTES, Parts, new_part, read_done
-from .ranges import Range, Target, copy_runs, plan
-from .repo.format import Location
-from .tree import FileEntry
+from .partfiles import FLUSH_MIN_BYTES, LOG_MIN_BYTES, Parts, new_part, read_done
+from .pullplan import Range, Target, copy_runs, plan
 
 
 def ranges_for(wanted: dict[bytes, list[Target]], raw_len: dict[bytes, int], locations: dict[bytes, Location],

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .local.chunkindex import Seed
-from .repo.format import Location, iter_ranges
+from ..local.chunkindex import Seed
+from ..repo.format import Location, iter_ranges
 
 MAX_SPAN = 4 << 20  # bytes per range request: bounds memory to concurrency * MAX_SPAN
 MAX_GAP = 64 << 10  # neighbouring ranges closer than this share a request

@@ -73,11 +73,10 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from . import codec, tags
-from .errors import CasError, InvalidInput, NotFound, RepoError
-from .packing import PackWriter
-from .ref import ModelInfo
-from .repo.format import (
+from ..content import codec, tags
+from ..content.ref import ModelInfo
+from ..errors import CasError, InvalidInput, NotFound, RepoError
+from ..repo.format import (
     IndexEntry,
     Location,
     decode_index,
@@ -90,10 +89,11 @@ from .repo.format import (
     pack_key,
     tree_key,
 )
-from .repo.marks import Marks
-from .repo.marks import decode as decode_marks
-from .repo.marks import encode as encode_marks
-from .repo.repository import Repository, remote_url, run_with_repository
+from ..repo.marks import Marks
+from ..repo.marks import decode as decode_marks
+from ..repo.marks import encode as encode_marks
+from ..repo.repository import Repository, remote_url, run_with_repository
+from .packing import PackWriter
 
 GRACE = 86_400.0  # a day, in seconds
 MAX_UNUSED = 0.10  # a pack with more dead bytes than this fraction is repacked

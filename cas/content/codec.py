@@ -30,8 +30,8 @@ import sys
 import threading
 from typing import Any, NamedTuple
 
+from ..errors import CorruptObject
 from .digest import chunk_id
-from .errors import CorruptObject
 
 RAW, ZSTD, ZSTD_BG2, ZSTD_BG4 = 0, 1, 2, 3
 CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", ZSTD_BG2: "zstd+bg2", ZSTD_BG4: "zstd+bg4"}

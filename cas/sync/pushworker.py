@@ -1,4 +1,4 @@
-"""Push worker processes (``python -m cas.pushworker``) and the messages a push exchanges with them.
+"""Push worker processes (``python -m cas.sync.pushworker``) and the messages a push exchanges with them.
 
 A large push builds its packs in its own process and in workers beside it,
 one pack per process at a time: in one process, the encoding threads queued
@@ -28,13 +28,13 @@ from typing import Any
 
 import msgpack
 
-from .errors import CasError
-from .fsutil import write_all
+from ..errors import CasError
+from ..repo.format import IndexEntry
+from ..repo.repository import Repository, token
+from ..repo.stores import open_backend
+from ..system.fsutil import write_all
 from .packing import Builder, Chunk, Packed
-from .repo.format import IndexEntry
-from .repo.repository import Repository, token
-from .repo.stores import open_backend
-from .workerprocs import fail_and_exit, replies, send
+from .workers import fail_and_exit, replies, send
 
 IN_FLIGHT = 2  # packs sent to a worker at once: it builds the next while it uploads one
 
@@ -57,7 +57,7 @@ async def feed(proc: asyncio.subprocess.Process, url: str, packs: deque[list[Chu
         if not sent:
             await send(proc)
             break
-        died = ("a push worker (python -m cas.pushworker) exited with code {code} mid-push; push again (what was "
+        died = ("a push worker (python -m cas.sync.pushworker) exited with code {code} mid-push; push again (what was "
                 "uploaded is reused)")  # fmt: skip
         for _, got, pack_id, size, entries in await replies(proc, unpacker, not packs, died):
             sent.pop(got)

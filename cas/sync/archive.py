@@ -40,17 +40,17 @@ from typing import IO, TYPE_CHECKING, NamedTuple, TypeVar
 
 from blake3 import blake3
 
-from . import codec, ref
-from .digest import chunk_id, file_hasher
-from .errors import CorruptObject, InvalidInput, InvalidManifest, NotFound, Untrusted
-from .fsutil import make_dirs, remove_tree, temp_name
-from .local.cache import LocalCache, Progress
-from .ref import ModelInfo
-from .tree import MAX_TREE_BYTES, FileEntry, Tree, decode
+from ..content import codec, ref
+from ..content.digest import chunk_id, file_hasher
+from ..content.ref import ModelInfo
+from ..content.tree import MAX_TREE_BYTES, FileEntry, Tree, decode
+from ..errors import CorruptObject, InvalidInput, InvalidManifest, NotFound, Untrusted
+from ..local.cache import LocalCache, Progress
+from ..system.fsutil import make_dirs, remove_tree, temp_name
 
 if TYPE_CHECKING:
-    from .trust.client import Verdict
-    from .trust.policy import TrustPolicy
+    from ..trust.client import Verdict
+    from ..trust.policy import TrustPolicy
 
 MAGIC = b"\x89CASX\r\n\x1a"
 VERSION = 2
@@ -157,7 +157,7 @@ def _signatures(cache: LocalCache, info: ModelInfo) -> bytes:
     held = cache.trusted.held_for(info)
     if not held:
         return b""
-    from .trust import bundle
+    from ..trust import bundle
 
     return bundle.encode(bundle.gather(held))
 
@@ -313,13 +313,14 @@ def _store(cache: LocalCache, reader: _Reader, info: ModelInfo, tree: Tree, enco
 def _verdict(cache: LocalCache, policy: TrustPolicy, signatures: bytes, info: ModelInfo, name: str) -> Verdict:
     """What the file's signatures say the model is, under ``policy``: ``Untrusted`` unless they vouch for
     exactly this version and tree."""
-    from . import privateloop, tags
-    from .trust import bundle
-    from .trust.client import verify
+    from ..content import tags
+    from ..system import eventloop
+    from ..trust import bundle
+    from ..trust.client import verify
 
     source = bundle.Bundle(bundle.decode(signatures, name), name)
     with cache.locks.hold("trust"):
-        verdict = privateloop.run(lambda: verify(source, policy, cache.trusted, tags.Tag(info.name, info.version)))
+        verdict = eventloop.run(lambda: verify(source, policy, cache.trusted, tags.Tag(info.name, info.version)))
     if verdict.verified.root != info.root:
         raise Untrusted(f"{name} carries {info.tag} with tree {info.root[:16]}, but its signature names "
                         f"{verdict.verified.root[:16]}: refused, nothing was stored")  # fmt: skip

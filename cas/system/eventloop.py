@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from .errors import CasError
+from ..errors import CasError
 
 T = TypeVar("T")
 Factory = Callable[[], Coroutine[Any, Any, T]]

@@ -24,26 +24,27 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import privateloop, tags
+from ..content import tags
+from ..content.ref import ModelInfo
+from ..content.selection import Selection
+from ..content.tree import FileEntry, Tree
+from ..errors import OUT_OF_SPACE, CasError, OutOfSpace, Untrusted, out_of_space_advice
+from ..local import interrupted
+from ..local.cache import LocalCache, Progress
+from ..local.space import format_size
+from ..repo import CONCURRENCY
+from ..repo.repository import Repository, remote_url, run_with_repository, with_repository
+from ..repo.stores import public_url
+from ..system import eventloop
+from ..system.fsutil import make_dirs
+from ..trust.client import Verdict, verify
+from ..trust.policy import TrustPolicy
 from . import seeds as seeds_module
 from .assembly import Assembly, LocalCopyRefused, ranges_for
-from .errors import OUT_OF_SPACE, CasError, OutOfSpace, Untrusted, out_of_space_advice
-from .fetch import fetch, worker_count
-from .fsutil import make_dirs
-from .local import interrupted
-from .local.cache import LocalCache, Progress
-from .local.space import format_size
+from .fetchpool import fetch, worker_count
 from .prefixhash import PrefixHasher
-from .ranges import Range, Target
-from .ref import ModelInfo
-from .repo import CONCURRENCY
-from .repo.repository import Repository, remote_url, run_with_repository, with_repository
-from .repo.stores import public_url
-from .selection import Selection
-from .tree import FileEntry, Tree
-from .trust.client import Verdict, verify
-from .trust.policy import TrustPolicy
-from .workerprocs import Workers
+from .pullplan import Range, Target
+from .workers import Workers
 
 
 class PullStats(NamedTuple):
@@ -62,7 +63,7 @@ def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency:
     """Fetch ``tag`` from ``remote`` (else ``$CAS_REMOTE``) into the cache and record it; from any thread.
     ``selection``: only the files it takes (the version is then recorded as partial unless all are here)."""
     url = remote_url(remote)
-    return privateloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
+    return eventloop.run(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
                                              trust=trust, selection=selection, seeds=seeds))  # fmt: skip
 
 
@@ -72,7 +73,7 @@ async def apull(cache: LocalCache, tag: str, remote: str | None = None, *, concu
     """``pull`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving;
     cancelling the awaiting task stops it once unwound, keeping what it verified for the next pull."""
     url = remote_url(remote)
-    return await privateloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
+    return await eventloop.run_async(lambda: pull_here(cache, tag, url, concurrency=concurrency, progress=progress,
                                                          trust=trust, selection=selection, seeds=seeds))  # fmt: skip
 
 
@@ -216,7 +217,7 @@ class _Pull:
     async def _assemble(self, info: ModelInfo, files: list[FileEntry], *, local: bool) -> tuple[int, int]:
         count = worker_count(sum(f.size for f in files))
         # their imports overlap the planning below
-        workers = await Workers.start("cas.fetchworker", count) if count else None
+        workers = await Workers.start("cas.sync.fetchworker", count) if count else None
         try:
             locations = await self.repo.locator(info.root)
             work = self.cache.objects.pull_work / info.root  # a pull of another model sharing a file builds its own

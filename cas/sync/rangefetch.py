@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from . import codec
-from .errors import CorruptObject
-from .parts import Parts
-from .ranges import Piece, Range, Target
-from .repo.repository import Repository
+from ..content import codec
+from ..errors import CorruptObject
+from ..repo.repository import Repository
+from .partfiles import Parts
+from .pullplan import Piece, Range, Target
 
 REREADS = 3  # a chunk that fails verification is read again alone this many times before the pull stops
 

@@ -29,15 +29,14 @@ import blake3
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from . import codec
-from . import ref as refs
-from .connlimits import PER_CLIENT, bounded
-from .digest import file_hasher
-from .errors import CasError
-from .fsutil import make_durable_dirs, move_into_place, publish, temp_name
-from .repo import listing, marks
-from .repo.file import locked_folder
-from .repo.format import (
+from ..content import codec
+from ..content import ref as refs
+from ..content.digest import file_hasher
+from ..content.tree import decode as decode_tree
+from ..errors import CasError
+from ..repo import listing, marks
+from ..repo.file import locked_folder
+from ..repo.format import (
     MAX_PACK_BYTES,
     check_key,
     decode_index,
@@ -47,8 +46,9 @@ from .repo.format import (
     marks_key,
     tree_key,
 )
-from .tree import decode as decode_tree
-from .trust.documents import open_envelope
+from ..system.fsutil import make_durable_dirs, move_into_place, publish, temp_name
+from ..trust.documents import open_envelope
+from .limits import PER_CLIENT, bounded
 
 MAX_SMALL_BODY = 256 << 20  # trees, indexes, locators, refs
 LIST_PREFIXES = ("refs/", "trees/", "packs/", "locators/", "index/", "trust/")

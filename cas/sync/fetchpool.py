@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .fetcher import Fetcher
+from ..repo.repository import Repository
 from .fetchworker import Start, feed
-from .parts import FlushBehind, Parts
-from .ranges import Backlog, Range
-from .repo.repository import Repository
-from .workerprocs import Workers, count_from_env, spare_cores
+from .partfiles import FlushBehind, Parts
+from .pullplan import Backlog, Range
+from .rangefetch import Fetcher
+from .workers import Workers, count_from_env, spare_cores
 
 # Below this, a worker process costs more than it saves: at 537 MB (fp16, fp32) a worker added 0.3
 # CPU-seconds (its interpreter, imports, pipe) to 1.5 and did not shorten the pull on two cores.

@@ -19,9 +19,9 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from .digest import chunk_id
-from .errors import InvalidInput
-from .tree import CHUNK_RECORD, FileEntry
+from ..content.digest import chunk_id
+from ..content.tree import CHUNK_RECORD, FileEntry
+from ..errors import InvalidInput
 
 MAX_ENTRIES = 200_000  # directory entries looked at in all seed folders: a seed at / must not take an hour
 MAX_PER_FILE = 3  # candidates chunked per wanted file, the likeliest first
@@ -125,7 +125,7 @@ class SeedIndex:
             self._chunk(path, wanted)
 
     def _chunk(self, path: str, wanted: set[bytes]) -> None:
-        from .local.ingest import digest_file
+        from ..local.ingest import digest_file
 
         try:
             digested = digest_file(os.path.realpath(path))

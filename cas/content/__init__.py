@@ -1,0 +1,1 @@
+"""The content formats, pure: chunks, the codec, trees, tags, refs and selections."""

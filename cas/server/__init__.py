@@ -1,0 +1,1 @@
+"""``cas serve``: a repository folder over HTTP."""

@@ -1,0 +1,1 @@
+"""Operating-system primitives: durable files, the private event loop, forks and worker processes."""
