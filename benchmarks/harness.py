@@ -72,7 +72,7 @@ def met(ok: bool) -> str:
 def reset(home: Path) -> None:
     """Remove a directory tree the benchmarks made, read-only snapshots included."""
     if home.exists():
-        from cas.system.fsutil import remove_tree
+        from cas.system.dirs import remove_tree
 
         remove_tree(home)
 

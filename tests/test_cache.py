@@ -17,7 +17,7 @@ from blake3 import blake3
 
 from cas import Cache, CasError, CorruptObject, InvalidInput, InvalidTag, ModelInfo, NotFound
 from cas.content.digest import hash_file
-from cas.system.fsutil import remove_tree
+from cas.system.dirs import remove_tree
 from tests.support import synth
 
 from .conftest import REPO, blobs_of, cas_cli, missing, tree_files

@@ -27,7 +27,8 @@ from ..content import ref, tags
 from ..content.ref import ModelInfo, recency
 from ..content.selection import Selection
 from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, InvalidManifest, NotFound
-from ..system.fsutil import make_dirs, remove_tree, temp_name
+from ..system.dirs import make_dirs, remove_tree
+from ..system.names import temp_name
 from . import owners
 from .locks import Locks
 from .objects import ObjectStore

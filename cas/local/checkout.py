@@ -29,7 +29,9 @@ from ..content.ref import ModelInfo
 from ..content.selection import Selection
 from ..content.tree import FileEntry, check_path
 from ..errors import CasError, InvalidInput, NotFound
-from ..system.fsutil import atomic_write, copy_range, make_dirs, temp_name
+from ..system.dirs import make_dirs
+from ..system.files import atomic_write, copy_range
+from ..system.names import temp_name
 from .objects import ObjectStore
 
 STATE_DIR = ".cas"
@@ -349,6 +351,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError as e:
-        from ..system.fsutil import copy_instead
+        from ..system.files import copy_instead
 
         copy_instead(src, dst, e)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..content.tree import FileEntry
+from ..system.dirs import make_dirs, open_shared
 from ..system.forking import SQLITE
-from ..system.fsutil import make_dirs, open_shared
 
 FIND_BATCH = 500  # under SQLite's default limit of 999 bound parameters on old builds
 

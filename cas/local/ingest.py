@@ -27,7 +27,8 @@ from ..content.chunking import chunk_bytes, chunk_stream
 from ..content.digest import chunk_id
 from ..content.tree import CHUNK_RECORD
 from ..errors import InvalidInput
-from ..system.fsutil import pwrite_all, start_writeback, write_all
+from ..system.durable import start_writeback
+from ..system.files import pwrite_all, write_all
 
 PIPELINE_MIN_BYTES = 8 << 20
 _QUEUE_BLOCKS = 16  # bounds memory: 16 reads of at most 512 KiB in flight

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CacheBusy
-from ..system.fsutil import remove_tree
+from ..system.dirs import remove_tree
 from .locks import Locks
 from .objects import ObjectStore
 from .space import disk_usage

@@ -21,7 +21,8 @@ import os
 from collections.abc import Iterator
 
 from ..errors import CasError
-from ..system.fsutil import make_dirs, open_shared, still_named
+from ..system.dirs import make_dirs, open_shared
+from ..system.files import still_named
 
 try:
     import fcntl

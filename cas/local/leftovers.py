@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..content.tree import Tree
-from ..system.fsutil import TRASH, remove_tree
+from ..system.dirs import TRASH, remove_tree
 from . import owners
 from .objects import PULL_WORK, ObjectStore
 from .snapshots import STAGING, Snapshots
@@ -55,7 +55,7 @@ def find(objects: ObjectStore, snapshots: Snapshots, live: Mapping[str, Tree], *
 
 def remove(path: Path) -> None:
     """Remove one leftover; PermissionError for what only its owner can remove in a shared cache (a
-    read-only snapshot another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``)."""
+    read-only snapshot another user's ``cas rm`` moved aside, see ``cas.system.dirs.remove_tree``)."""
     if path.is_dir() and not path.is_symlink():
         remove_tree(path, move_aside=False)
     else:

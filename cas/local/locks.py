@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ..errors import CacheBusy
+from ..system.dirs import make_dirs, open_shared
 from ..system.forking import LOCK_FILES
-from ..system.fsutil import make_dirs, open_shared
 
 try:
     import fcntl

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NotFound
-from ..system.fsutil import fsync_all, holding_dirs, make_dirs, write_new
+from ..system.dirs import holding_dirs, make_dirs
+from ..system.durable import fsync_all
+from ..system.files import write_new
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # cas.content.tree and cas.content.digest load blake3: imported where used, off a service's warm path

@@ -6,7 +6,7 @@ PID namespace runs.  So a process that leaves a temporary in ``tmp/`` while
 it does not hold the objects lock (a ``create()`` staging folder, filled for
 as long as the user likes; a ref being replaced) first takes an exclusive
 ``flock`` on ``locks/owner-<token>`` and holds it for its life; its temporaries'
-names carry that token (``fsutil.temp_name``).  gc and verify remove such a
+names carry that token (``cas.system.names.temp_name``).  gc and verify remove such a
 temporary only once they can take that lock themselves.  Everything else in
 ``tmp/`` and ``snapshots/`` is written under the objects lock, which gc and
 verify hold exclusively, so what they find of it is dead.
@@ -18,7 +18,9 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ..system.fsutil import make_dirs, open_shared, process_token, still_named, token_of_temp
+from ..system.dirs import make_dirs, open_shared
+from ..system.files import still_named
+from ..system.names import process_token, token_of_temp
 
 try:
     import fcntl

@@ -24,7 +24,9 @@ from ..content import ref
 from ..content.ref import ModelInfo, recency
 from ..content.tags import Tag
 from ..errors import CasError, InvalidInput, NotFound
-from ..system.fsutil import atomic_write, make_durable_dirs, temp_name
+from ..system.dirs import make_durable_dirs
+from ..system.files import atomic_write
+from ..system.names import temp_name
 from . import owners
 from .locks import Locks
 

@@ -19,7 +19,10 @@ from pathlib import Path
 
 from ..content.ref import ModelInfo
 from ..errors import CasError, CorruptObject
-from ..system.fsutil import TRASH, copy_instead, fsync_dir, make_dirs, remove_tree, temp_name
+from ..system.dirs import TRASH, make_dirs, remove_tree
+from ..system.durable import fsync_dir
+from ..system.files import copy_instead
+from ..system.names import temp_name
 from . import leases
 from .objects import ObjectStore
 
@@ -83,7 +86,7 @@ class Snapshots:
         return sorted(d.iterdir()) if d.is_dir() else []
 
     def _record(self, sel: Selection) -> None:
-        from ..system.fsutil import atomic_write
+        from ..system.files import atomic_write
 
         path = Path(self._selections, sel.key)
         if not path.exists():

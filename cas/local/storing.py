@@ -17,7 +17,8 @@ from pathlib import Path
 from ..content import ref, tags
 from ..content.ref import ModelInfo
 from ..errors import InvalidInput
-from ..system.fsutil import make_dirs, temp_name
+from ..system.dirs import make_dirs
+from ..system.names import temp_name
 from .objects import ObjectStore
 
 TYPE_CHECKING = False

@@ -74,7 +74,7 @@ class TrustedState:
     def write(self, anchor: Anchor, name: str, data: bytes, *, durable: bool = False) -> None:
         """Documents are kept without fsync, as python-tuf's client keeps its metadata: a power loss may make
         this host forget the newest state it saw (it then accepts no older one than before), never tear one."""
-        from ..system.fsutil import atomic_write
+        from ..system.files import atomic_write
 
         atomic_write(self.root / anchor.id / name, data, self.root / ".tmp", durable=durable)
 
@@ -118,7 +118,7 @@ class TrustedState:
         if any(set(n) & {"\t", "\n", "\r"} for a in policy.anchors for n in a.names):
             return  # no tag has these: such a pattern never matches, and the file is read whole each time
         text = "".join("\t".join((a.id, *a.names)) + "\n" for a in policy.anchors)
-        from ..system.fsutil import atomic_write
+        from ..system.files import atomic_write
 
         with contextlib.suppress(OSError):
             atomic_write(self.root / "policies" / key, text.encode(), self.root / ".tmp", durable=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgpack
 
 from ..content.ref import ModelInfo
-from ..system.fsutil import atomic_write
+from ..system.files import atomic_write
 from .refs import Refs
 from .snapshots import Snapshots
 

@@ -228,7 +228,7 @@ class Verifier:
 
     def _remove_orphan(self, p: Path) -> None:
         """Remove what no ref needs; in a shared cache, what only its owner can remove (a read-only snapshot
-        another user's ``cas rm`` moved aside, see ``fsutil.remove_tree``) stays for the owner's verify."""
+        another user's ``cas rm`` moved aside, see ``cas.system.dirs.remove_tree``) stays for the owner's verify."""
         if self.repair:
             try:
                 leftovers.remove(p)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import NotFound, RepoError
-from ..system.fsutil import atomic_write, write_new
+from ..system.files import atomic_write, write_new
 from .backend import Change
 from .format import MAX_DOC_BYTES
 

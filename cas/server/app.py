@@ -46,7 +46,9 @@ from ..repo.format import (
     marks_key,
     tree_key,
 )
-from ..system.fsutil import make_durable_dirs, move_into_place, publish, temp_name
+from ..system.dirs import make_durable_dirs
+from ..system.files import move_into_place, publish
+from ..system.names import temp_name
 from ..trust.documents import open_envelope
 from .limits import PER_CLIENT, bounded
 

@@ -46,7 +46,8 @@ from ..content.ref import ModelInfo
 from ..content.tree import MAX_TREE_BYTES, FileEntry, Tree, decode
 from ..errors import CorruptObject, InvalidInput, InvalidManifest, NotFound, Untrusted
 from ..local.cache import LocalCache, Progress
-from ..system.fsutil import make_dirs, remove_tree, temp_name
+from ..system.dirs import make_dirs, remove_tree
+from ..system.names import temp_name
 
 if TYPE_CHECKING:
     from ..trust.client import Verdict

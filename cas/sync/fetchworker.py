@@ -26,7 +26,7 @@ import msgpack
 from ..errors import CasError
 from ..repo.repository import Repository, token
 from ..repo.stores import open_backend
-from ..system.fsutil import write_all
+from ..system.files import write_all
 from .partfiles import Parts
 from .pullplan import Backlog, Piece, Range, Target
 from .rangefetch import Fetcher

@@ -18,7 +18,8 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 
-from ..system.fsutil import copy_range, open_shared, pwrite_all, write_all
+from ..system.dirs import open_shared
+from ..system.files import copy_range, pwrite_all, write_all
 from .pullplan import Target
 
 FLUSH_EVERY = 0.5  # seconds between write-behind flushes of large part files

@@ -36,7 +36,7 @@ from ..repo import CONCURRENCY
 from ..repo.repository import Repository, remote_url, run_with_repository, with_repository
 from ..repo.stores import public_url
 from ..system import eventloop
-from ..system.fsutil import make_dirs
+from ..system.dirs import make_dirs
 from ..trust.client import Verdict, verify
 from ..trust.policy import TrustPolicy
 from . import seeds as seeds_module

@@ -32,7 +32,8 @@ from ..repo.format import Location, locator_key, pack_key, tree_key
 from ..repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
 from ..repo.stores import public_url
 from ..system import eventloop
-from ..system.fsutil import make_dirs, temp_name
+from ..system.dirs import make_dirs
+from ..system.names import temp_name
 from ..trust import publish as trust
 from ..trust.keys import Signer
 from . import packing

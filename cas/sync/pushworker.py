@@ -32,7 +32,7 @@ from ..errors import CasError
 from ..repo.format import IndexEntry
 from ..repo.repository import Repository, token
 from ..repo.stores import open_backend
-from ..system.fsutil import write_all
+from ..system.files import write_all
 from .packing import Builder, Chunk, Packed
 from .workers import fail_and_exit, replies, send
 

@@ -21,7 +21,7 @@ import msgpack
 
 from ..errors import CasError, CorruptObject, InvalidManifest, NotFound, RepoError
 from ..repo.repository import token
-from ..system.fsutil import write_all
+from ..system.files import write_all
 
 
 class Failed(NamedTuple):

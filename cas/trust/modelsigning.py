@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CasError, InvalidInput, Untrusted
-from ..system.fsutil import temp_name
+from ..system.names import temp_name
 
 if TYPE_CHECKING:
     from ..local.cache import LocalCache

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cas import Cache
-from cas.system.fsutil import remove_tree
+from cas.system.dirs import remove_tree
 from tests.support import synth
 from tests.support.procs import free_port, start_server, stop
 
