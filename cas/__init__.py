@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from .local.space import SpaceReport
     from .local.verify import VerifyReport
     from .repo.check import RepoReport
-    from .sync.archive import ArchiveStats, Source
+    from .sync.archive import ArchiveStats
+    from .sync.exportfile import Source
     from .sync.prune import PruneReport
     from .sync.pull import PullEstimate, PullStats
     from .sync.push import PushStats

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from .local.checkout import CheckoutReport
     from .local.trusted import KnownPolicy
-    from .sync.archive import ArchiveStats, Source
+    from .sync.archive import ArchiveStats
+    from .sync.exportfile import Source
     from .sync.pull import PullEstimate, PullStats
     from .sync.push import PushStats
     from .trust.keys import Signer

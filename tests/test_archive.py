@@ -22,7 +22,7 @@ import descriptor
 from cas import Cache, CasError, InvalidInput
 from cas.content import codec
 from cas.content.tree import CHUNK_RECORD
-from cas.sync.archive import END, MAGIC, VERSION, blobs_in_order
+from cas.sync.exportfile import END, MAGIC, VERSION, blobs_in_order
 from tests.support import synth
 
 from .conftest import REPO, cas_cli, edit_largest_blob, tree_files
@@ -225,7 +225,7 @@ def assert_refused(tmp_path: Path, data: bytes, pattern: str) -> None:
 
 
 def test_cas_writes_the_documented_format(honest):
-    """The file is exactly what ``cas.sync.archive``'s docstring describes, built here without cas's writer."""
+    """The file is exactly what ``cas.sync.exportfile``'s docstring describes, built here without cas's writer."""
     data, src = honest
     assert data == write_export(src.get("m:v1").encode(), src.tree("m:v1").encode(), chunks_of(src))
 

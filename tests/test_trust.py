@@ -30,7 +30,7 @@ from cas import Cache
 from cas.content.ref import decode as decode_ref
 from cas.repo.format import trust_role_key, trust_state_key
 from cas.repo.repository import run_with_repository
-from cas.sync.archive import END, MAGIC
+from cas.sync.exportfile import END, MAGIC
 from cas.trust import publish
 from cas.trust.documents import Role, RoleMeta, Target, encode_role, encode_state, seal
 from cas.trust.keys import SigningKey, generate, load_public

@@ -1,23 +1,5 @@
-"""Export files: one model (ref, tree and chunks) as a single stream, to carry between hosts with no repository
-in reach (``cas export m:v1 - | ssh host cas import -``).
-
-Format, version 2 (integers big-endian)::
-
-    magic       8 bytes   b"\\x89CASX\\r\\n\\x1a" (PNG-style: mangled line endings or a text file are refused)
-    version     1 byte    2 (1: the same without the signatures record; still read)
-    ref         uint32 length, then the ref record (``ref``, no remotes)
-    tree        uint32 length, then the encoded tree (``tree``); it hashes to the ref's root
-    signatures  uint32 length, then the signed trust documents the exporting host verified the model with
-                (``cas.trust.bundle``; length 0: none); a host with a trust policy verifies them before
-                anything is written, as it would a repository's
-    chunks      for each distinct blob (file id, executable) in tree order, each of its chunks in file order:
-                uint32 length, then the chunk encoded by ``codec`` as in repository packs
-    end         4 bytes b"CEND", then BLAKE3 of every byte before it (32 bytes); nothing may follow
-
-Chunk ids and raw lengths are not repeated: the tree lists them, so a reader knows before each chunk what it
-must decode to, bounds its length (an encoded chunk is at most its raw length plus the codec byte) and checks
-its id.  Both sides stream chunk by chunk, encoding or decoding on every core in a bounded window: memory does
-not grow with the model.
+"""Export and import: one model carried between hosts as an export file, with no repository in reach
+(``cas export m:v1 - | ssh host cas import -``); the file's format is ``exportfile``'s.
 
 Import writes bottom-up, as a pull does: each file is assembled in ``tmp/`` and checked against its file id,
 the end marker is checked, and only then are the blobs published, then the tree, then the ref (the commit
@@ -27,18 +9,12 @@ by the end check.  Anything refused leaves nothing stored.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import struct
-import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple, TypeVar
-
-from blake3 import blake3
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..content import codec, ref
 from ..content.digest import chunk_id, file_hasher
@@ -48,23 +24,23 @@ from ..errors import CorruptObject, InvalidInput, InvalidManifest, NotFound, Unt
 from ..local.cache import LocalCache, Progress
 from ..system.dirs import make_dirs, remove_tree
 from ..system.names import temp_name
+from .exportfile import (
+    LENGTH,
+    MAGIC,
+    MAX_SIGNATURES_BYTES,
+    VERSION,
+    Reader,
+    Sink,
+    Source,
+    blobs_in_order,
+    destination,
+    ordered,
+    source,
+)
 
 if TYPE_CHECKING:
     from ..trust.client import Verdict
     from ..trust.policy import TrustPolicy
-
-MAGIC = b"\x89CASX\r\n\x1a"
-VERSION = 2
-READS = (1, 2)  # the format versions import reads
-END = b"CEND"
-LENGTH = struct.Struct(">I")
-MAX_SIGNATURES_BYTES = 64 << 20  # the signatures record (cas.trust.bundle bounds each document within it)
-WINDOW = 64  # chunks encoded or decoded ahead of the writer: at most ~2 x 64 x 256 KiB in memory
-BUFFER = 1 << 20  # bytes buffered when reading or writing an export file
-
-Source = str | os.PathLike[str] | IO[bytes]  # a path ("-": stdin) or a binary file object
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class ArchiveStats(NamedTuple):
@@ -76,54 +52,7 @@ class ArchiveStats(NamedTuple):
     seconds: float
 
 
-def blobs_in_order(tree: Tree) -> list[FileEntry]:
-    """The files whose chunks an export carries: each distinct blob once, in tree order."""
-    seen: set[tuple[bytes, bool]] = set()
-    out = []
-    for f in tree.files:
-        if (f.file_id, f.executable) not in seen:
-            seen.add((f.file_id, f.executable))
-            out.append(f)
-    return out
-
-
-def ordered(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int = WINDOW) -> Iterator[R]:
-    """``fn`` over ``items`` on the pool, results in order, at most ``window`` in flight (bounded memory)."""
-    pending: deque[Future[R]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
-
-
 # -- export -----------------------------------------------------------------------
-
-
-class _Sink:
-    """The export stream: counts and hashes every byte written."""
-
-    def __init__(self, out: IO[bytes]):
-        self.out, self.hash, self.count = out, blake3(), 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.out.write(data)
-        self.hash.update(data)
-        self.count += len(data)
-
-    def record(self, data: bytes) -> None:
-        self.write(LENGTH.pack(len(data)) + data)
-
-    def end(self) -> None:
-        digest = self.hash.digest()
-        self.out.write(END + digest)
-        self.count += len(END) + len(digest)
-        self.out.flush()
 
 
 def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progress | None = None) -> ArchiveStats:
@@ -137,8 +66,8 @@ def export_model(cache: LocalCache, tag: str, dest: Source, *, progress: Progres
         for f in files:
             if not cache.objects.blob_of(f).exists():
                 raise CorruptObject(f"{info.tag}: the blob of {f.path} is missing from {cache.root}; run 'cas verify'")
-        with _destination(dest, cache.durable) as out:
-            sink = _Sink(out)
+        with destination(dest, cache.durable) as out:
+            sink = Sink(out)
             sink.write(MAGIC + bytes([VERSION]))
             sink.record(info.encode())
             sink.record(tree.encode())
@@ -188,91 +117,7 @@ def _encode(c: _Chunk) -> tuple[int, bytes]:
     return c.length, codec.encode(data)
 
 
-@contextlib.contextmanager
-def _destination(dest: Source, durable: bool) -> Iterator[IO[bytes]]:
-    """The stream to write: stdout, the caller's file object, or a file published by rename only when complete
-    (fsynced first unless the cache is not durable: ``CAS_DURABLE=0`` means no fsync anywhere)."""
-    if dest == "-":
-        yield sys.stdout.buffer
-        return
-    if not isinstance(dest, (str, os.PathLike)):
-        yield dest
-        return
-    path = Path(dest)
-    tmp = path.with_name(f".{path.name}.{temp_name()}")
-    try:
-        try:
-            f = open(tmp, "xb", buffering=BUFFER)
-        except OSError as e:  # name the file the user gave, not the temporary
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        with f:
-            yield f
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -- import -----------------------------------------------------------------------
-
-
-class _Reader:
-    """The import stream: exact reads that refuse a short one, every byte hashed for the end check."""
-
-    def __init__(self, f: IO[bytes], name: str):
-        self.f, self.name, self.hash, self.count, self.version = f, name, blake3(), 0, VERSION
-
-    def damaged(self, what: str) -> CorruptObject:
-        return CorruptObject(f"{self.name} is not a whole cas export file: {what}; nothing was stored: export the "
-                             "model again (and check the copy)")  # fmt: skip
-
-    def header(self) -> None:
-        """The magic and the format version: anything else is refused before a length is believed."""
-        head = self.f.read(len(MAGIC) + 1)
-        if not head:
-            raise InvalidInput(f"{self.name} is empty: give a file written by 'cas export'")
-        if head[: len(MAGIC)] != MAGIC:
-            raise InvalidInput(f"{self.name} is not a cas export file (it does not start with the export header); "
-                               "give a file written by 'cas export'")  # fmt: skip
-        if len(head) <= len(MAGIC) or head[len(MAGIC)] not in READS:
-            version = head[len(MAGIC)] if len(head) > len(MAGIC) else "none"
-            raise InvalidInput(f"{self.name} is a cas export file of format {version}; this cas reads formats "
-                               f"{READS[0]} to {READS[-1]}: import it with the cas that exported it")  # fmt: skip
-        self.version = head[len(MAGIC)]
-        self.hash.update(head)
-        self.count += len(head)
-
-    def read(self, n: int, what: str) -> bytes:
-        data = self.f.read(n)
-        while len(data) < n:  # a raw file object may return short reads before the end
-            more = self.f.read(n - len(data))
-            if not more:
-                raise self.damaged(f"it ends in the middle of {what} (truncated)")
-            data += more
-        self.hash.update(data)
-        self.count += n
-        return data
-
-    def record(self, limit: int, what: str) -> bytes:
-        (n,) = LENGTH.unpack(self.read(LENGTH.size, f"the length of {what}"))
-        if n > limit:
-            raise self.damaged(f"{what} claims {n} bytes, more than the {limit} allowed")
-        return self.read(n, what)
-
-    def end(self) -> None:
-        expected = self.hash.digest()
-        marker = self.f.read(len(END) + len(expected))
-        if len(marker) < len(END) + len(expected):
-            raise self.damaged("it ends before its end marker (truncated)")
-        if marker[: len(END)] != END:
-            raise self.damaged("its end marker is missing where the last chunk ends")
-        if marker[len(END) :] != expected:
-            raise self.damaged("its end check does not match its bytes (altered)")
-        if self.f.read(1):
-            raise self.damaged("bytes follow its end marker")
-        self.count += len(marker)
 
 
 def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = None,
@@ -281,8 +126,8 @@ def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = 
     verified; files the cache holds already are reused.  A tag that exists with the same content is left
     as it is.  ``trust``: the policy the file's signatures must satisfy, checked before anything is written."""
     start = time.perf_counter()
-    with _source(src) as (f, name):
-        reader = _Reader(f, name)
+    with source(src) as (f, name):
+        reader = Reader(f, name)
         info, tree, encoded = _head(reader)
         signatures = reader.record(MAX_SIGNATURES_BYTES, "the signatures") if reader.version >= 2 else b""
         verdict = _verdict(cache, trust, signatures, info, name) if trust is not None else None
@@ -295,7 +140,7 @@ def import_model(cache: LocalCache, src: Source, *, progress: Progress | None = 
     return ArchiveStats(stored, reader.count, reused, time.perf_counter() - start)
 
 
-def _store(cache: LocalCache, reader: _Reader, info: ModelInfo, tree: Tree, encoded: bytes,
+def _store(cache: LocalCache, reader: Reader, info: ModelInfo, tree: Tree, encoded: bytes,
            progress: Progress | None) -> tuple[ModelInfo, int]:  # fmt: skip
     """The model's blobs, tree and ref, written bottom-up once every chunk and the end check passed."""
     with cache.locks.hold("objects", shared=True):  # gc must not remove a blob this import counts on
@@ -328,18 +173,7 @@ def _verdict(cache: LocalCache, policy: TrustPolicy, signatures: bytes, info: Mo
     return verdict
 
 
-@contextlib.contextmanager
-def _source(src: Source) -> Iterator[tuple[IO[bytes], str]]:
-    if src == "-":
-        yield sys.stdin.buffer, "stdin"
-    elif isinstance(src, (str, os.PathLike)):
-        with open(src, "rb", buffering=BUFFER) as f:
-            yield f, os.fspath(src)
-    else:
-        yield src, getattr(src, "name", "the export stream")
-
-
-def _head(reader: _Reader) -> tuple[ModelInfo, Tree, bytes]:
+def _head(reader: Reader) -> tuple[ModelInfo, Tree, bytes]:
     """The header, ref and tree, each bounded before it is read and checked before anything is written."""
     reader.header()
     try:
@@ -368,7 +202,7 @@ def _already_here(cache: LocalCache, info: ModelInfo) -> bool:
     return True
 
 
-def _assemble(cache: LocalCache, reader: _Reader, tree: Tree, work: Path,
+def _assemble(cache: LocalCache, reader: Reader, tree: Tree, work: Path,
               progress: Progress | None) -> tuple[list[tuple[Path, FileEntry]], int]:  # fmt: skip
     """Every blob the cache lacks, assembled in ``work`` from verified chunks and checked against its file id;
     the chunks of blobs it holds are read past.  Returns the part files and the raw bytes reused."""
@@ -385,19 +219,19 @@ def _assemble(cache: LocalCache, reader: _Reader, tree: Tree, work: Path,
     return assembled, reused
 
 
-def _encoded_chunks(reader: _Reader, f: FileEntry) -> Iterator[tuple[bytes, bytes, int, str]]:
+def _encoded_chunks(reader: Reader, f: FileEntry) -> Iterator[tuple[bytes, bytes, int, str]]:
     """(encoded bytes, chunk id, raw length, name) of each chunk of ``f``, its length bounded before it is read."""
     for i, (cid, length) in enumerate(f.chunk_list()):
         what = f"chunk {i} of {f.path}"
         yield reader.record(length + 1, what), cid, length, what  # the codec stores at most raw plus its byte
 
 
-def _skip(reader: _Reader, f: FileEntry) -> None:
+def _skip(reader: Reader, f: FileEntry) -> None:
     for _ in _encoded_chunks(reader, f):
         pass
 
 
-def _write_part(pool: ThreadPoolExecutor, reader: _Reader, f: FileEntry, work: Path) -> Path:
+def _write_part(pool: ThreadPoolExecutor, reader: Reader, f: FileEntry, work: Path) -> Path:
     part = work / f"{f.file_id.hex()}{'.x' if f.executable else ''}"
     hasher = file_hasher(threads=False)
     with open(part, "xb") as out:
@@ -409,7 +243,7 @@ def _write_part(pool: ThreadPoolExecutor, reader: _Reader, f: FileEntry, work: P
     return part
 
 
-def _decode(reader: _Reader, encoded: bytes, cid: bytes, length: int, what: str) -> bytes | memoryview:
+def _decode(reader: Reader, encoded: bytes, cid: bytes, length: int, what: str) -> bytes | memoryview:
     try:
         return codec.decode(encoded, length, cid)
     except CorruptObject as e:
