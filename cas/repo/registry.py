@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import random
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlencode, urljoin
@@ -35,6 +33,16 @@ import aiohttp
 
 from ..errors import NotFound, RepoError
 from . import CONCURRENCY
+from .registryanswers import (
+    Answer,
+    Transient,
+    json_object,
+    next_page,
+    read_answer,
+    read_at_most,
+    same_host,
+    shown,
+)
 from .registryauth import Credentials, challenge
 
 RETRIES = 5
@@ -62,15 +70,6 @@ def _sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-# What a manifest PUT is answered while a racing writer links the same blob into the repository (distribution
-# reads its half-written link file): seen in racing pushes of one model's versions; a moment later it passes.
-_SETTLING = ("(DIGEST_INVALID:", "(MANIFEST_BLOB_UNKNOWN:", "(BLOB_UNKNOWN:")
-
-
-class _Transient(Exception):
-    """A failure worth another attempt: connection error, timeout, 5xx, 429, short body."""
 
 
 class Registry:
@@ -246,13 +245,13 @@ class Registry:
                 if not repo:
                     raise
                 return found
-            names = _json(answer.body, f"{self.base}: {what}").get(field) or []
+            names = json_object(answer.body, f"{self.base}: {what}").get(field) or []
             if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
                 raise RepoError(f"{self.base}: {what} is not a list of names")
             found += names
             if len(found) > MAX_TAGS:
                 raise RepoError(f"{self.base}: {what} holds more than {MAX_TAGS} names; refused")
-            path = _next_page(answer.headers.get("Link"))
+            path = next_page(answer.headers.get("Link"))
         return found
 
     # the transport
@@ -266,15 +265,15 @@ class Registry:
             )
         return self._session
 
-    def _location(self, answer: _Answer) -> str:
+    def _location(self, answer: Answer) -> str:
         where = answer.headers.get("Location")
         if not where:
             raise RepoError(f"{self.base}: an upload was opened without a Location to send it to")
-        return where if where.startswith("/") else _same_host(self.base, where)
+        return where if where.startswith("/") else same_host(self.base, where)
 
     async def _send(self, method: str, path: str, repo: str, *, expect: tuple[int, ...], push: bool = False,
                     scopes: tuple[str, ...] = (), limit: int = 0, window: tuple[int, int] | None = None,
-                    **kw: Any) -> _Answer:  # fmt: skip
+                    **kw: Any) -> Answer:  # fmt: skip
         """One request, authenticated as the registry asks and retried; the body read up to ``limit``."""
         own = [f"repository:{repo}:{'pull,push' if push else 'pull'}"] if repo else []
         scope = " ".join((*own, *scopes))
@@ -290,34 +289,15 @@ class Registry:
                         challenged = True
                         await self._authenticate(resp.headers.get("WWW-Authenticate", ""), scope)
                         continue
-                    return await self._answer(method, url, resp, expect, limit, window)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Transient) as e:
+                    return await read_answer(
+                        method, url, resp, expect, limit, window, anonymous=self._credentials is None
+                    )
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, Transient) as e:
                 attempt += 1
                 if attempt == RETRIES:
-                    raise RepoError(f"{method} {_shown(url)} failed {RETRIES} times, last: {e or type(e).__name__}") \
+                    raise RepoError(f"{method} {shown(url)} failed {RETRIES} times, last: {e or type(e).__name__}") \
                         from None  # fmt: skip
                 await asyncio.sleep(BACKOFF * 2**attempt * (0.5 + random.random()))
-
-    async def _answer(self, method: str, url: str, resp: aiohttp.ClientResponse, expect: tuple[int, ...],
-                      limit: int, window: tuple[int, int] | None) -> _Answer:  # fmt: skip
-        if resp.status == 404:
-            raise NotFound(f"{_shown(url)} is not in the registry")
-        if resp.status in (401, 403):
-            who = "these credentials" if self._credentials else "anonymous access"
-            raise RepoError(f"{method} {_shown(url)}: {resp.status} {resp.reason} for {who}; set "
-                            "CAS_REGISTRY_USERNAME and CAS_REGISTRY_PASSWORD or log in with docker login")  # fmt: skip
-        if resp.status >= 500 or resp.status == 429:
-            raise _Transient(f"{resp.status} {resp.reason}")
-        if resp.status not in expect:
-            said = _said(await resp.content.read(4096))
-            if resp.status == 400 and "/manifests/" in url and any(c in said for c in _SETTLING):
-                raise _Transient(f"{resp.status}{said}")  # another writer is linking the same blob: again
-            raise RepoError(f"{method} {_shown(url)}: unexpected {resp.status} {resp.reason}{said}")
-        if window is not None:
-            return _Answer(resp.status, await _read_window(resp, *window, partial=resp.status == 206), resp.headers)
-        if method in ("HEAD", "DELETE", "PUT", "POST", "PATCH"):
-            return _Answer(resp.status, b"", resp.headers)
-        return _Answer(resp.status, await _read_at_most(resp, limit, url), resp.headers)
 
     def _authorization(self, scope: str) -> dict[str, str]:
         value = self._auth.get(scope) or self._auth.get("")
@@ -344,91 +324,13 @@ class Registry:
         try:
             async with self._client().get(url, headers=headers) as resp:
                 if resp.status != 200:
-                    raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} answered "
+                    raise RepoError(f"the token service {shown(params['realm'])} of {self.base} answered "
                                     f"{resp.status} {resp.reason}; check CAS_REGISTRY_USERNAME and "
                                     "CAS_REGISTRY_PASSWORD or docker login")  # fmt: skip
-                doc = _json(await _read_at_most(resp, MAX_MANIFEST_BYTES, url), "the token service's answer")
+                doc = json_object(await read_at_most(resp, MAX_MANIFEST_BYTES, url), "the token service's answer")
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} failed: {e}") from None
+            raise RepoError(f"the token service {shown(params['realm'])} of {self.base} failed: {e}") from None
         token = doc.get("token") or doc.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RepoError(f"the token service {_shown(params['realm'])} of {self.base} sent no token")
+            raise RepoError(f"the token service {shown(params['realm'])} of {self.base} sent no token")
         return token
-
-
-class _Answer(NamedTuple):
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-
-
-async def _read_at_most(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-    declared = resp.content_length
-    if declared is not None and declared > limit:
-        raise RepoError(f"{_shown(url)}: {declared} bytes, more than the {limit} allowed; refused")
-    body = bytearray()
-    while len(body) <= limit and (block := await resp.content.read(limit + 1 - len(body))):
-        body += block
-    if len(body) > limit:
-        raise RepoError(f"{_shown(url)}: more than the {limit} bytes allowed; refused")
-    if declared is not None and len(body) < declared:
-        raise _Transient(f"short body: {len(body)} of {declared} bytes")
-    return bytes(body)
-
-
-async def _read_window(resp: aiohttp.ClientResponse, start: int, end: int, *, partial: bool) -> bytes:
-    """Exactly ``start`` up to ``end``: from a 206, its body; from a 200 (Range ignored), read that far only."""
-    skipped = 0
-    try:
-        if partial:
-            body = await resp.content.readexactly(end - start)
-            if await resp.content.read(1):
-                raise RepoError(f"a range of {end - start} bytes came with more; refused")
-            return body
-        while skipped < start:
-            got = await resp.content.read(min(1 << 20, start - skipped))
-            if not got:
-                raise _Transient("the blob ended before the range")
-            skipped += len(got)
-        return await resp.content.readexactly(end - start)
-    except asyncio.IncompleteReadError as e:
-        raise _Transient(f"a range of {end - start} bytes ended after {len(e.partial)}") from None
-
-
-def _json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise RepoError(f"{what} is not JSON") from None
-    if not isinstance(doc, dict):
-        raise RepoError(f"{what} is not a JSON object")
-    return doc
-
-
-def _said(body: bytes) -> str:
-    """What a registry's error body says (``{"errors": [{"code", "message"}]}``), escaped, or nothing."""
-    try:
-        first = json.loads(body)["errors"][0]
-        return f" ({first['code']}: {first['message']})"[:300].encode("unicode_escape").decode("ascii")
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
-
-
-def _next_page(link: str | None) -> str | None:
-    """The next page of a listing, from an RFC 5988 ``Link: </v2/...>; rel="next"`` header (same registry)."""
-    found = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link or "")
-    if not found or not found.group(1).startswith("/v2/"):
-        return None
-    return found.group(1)
-
-
-def _same_host(base: str, url: str) -> str:
-    """An absolute upload location must stay on the registry: credentials are sent there."""
-    if not url.startswith(base + "/"):
-        raise RepoError(f"{base}: an upload location points to another host ({_shown(url)}); refused")
-    return url
-
-
-def _shown(url: str) -> str:
-    """A URL as printed: its query (upload states, signatures) left out, control characters escaped."""
-    return url.split("?", 1)[0].encode("unicode_escape").decode("ascii")
