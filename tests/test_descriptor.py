@@ -234,7 +234,7 @@ def test_warm_first_access_loads_no_lock_or_compression_library(cache, synthetic
         "from cas import Cache\n"
         f"class S:\n    model = descriptor.Model('m:v1', cache=Cache({str(cache.root)!r}))\n"
         "S().model\n"
-        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'pyfastcdc', 'botocore', 'aiobotocore')\n"
+        "print([m for m in ('aiohttp', 'zstandard', 'portalocker', 'pyfastcdc', 'blake3', 'botocore', 'aiobotocore')\n"
         "       if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,15 +25,16 @@ from pathlib import Path
 from ..content import ref, tags
 from ..content.ref import ModelInfo, recency
 from ..content.selection import Selection
-from ..errors import CacheBusy, CacheNotWritable, CasError, CorruptObject, InvalidInput, InvalidManifest, NotFound
+from ..errors import CacheBusy, CorruptObject, InvalidInput, InvalidManifest, NotFound
 from ..system.dirs import make_dirs, remove_tree
 from ..system.names import temp_name
-from . import owners
+from . import owners, settings
 from .locks import Locks
 from .objects import ObjectStore
 from .refs import Refs
 from .snapshots import Snapshots
 from .storing import Staging, check_created, ingest, new_tag, version_of
+from .writable import writing
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:  # imported where used: a service's warm path needs none of them
@@ -56,15 +56,7 @@ Progress = Callable[[int], None]  # called with byte counts as work is done
 
 def default_root() -> Path:
     """``$CAS_HOME``, else ``$XDG_CACHE_HOME/cas``, else ``~/.cache/cas``."""
-    return Path(_default_root())
-
-
-def _default_root() -> str:
-    home = os.environ.get("CAS_HOME")
-    if home:
-        return home
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return os.path.join(xdg, "cas") if xdg else os.path.expanduser("~/.cache/cas")
+    return Path(settings.default_root())
 
 
 class LocalCache:
@@ -80,13 +72,12 @@ class LocalCache:
         each pull, evicting least recently used versions that can be pulled again.  ``trust`` (default
         ``$CAS_TRUST``; a policy file or a ``TrustPolicy``): only models signed by keys it trusts are pulled,
         resolved or materialized (see ``cas.trust``)."""
-        self._durable = durable
-        self._max_size = max_size
-        self._trust = trust
-        self._policy: tuple[object, TrustPolicy | None] | None = None
+        self.settings = settings.Settings(durable, max_size, trust)
         self._chunks: ChunkIndex | None = None
         self._chunks_pid = 0  # the process that opened it
-        self._root = os.path.abspath(os.path.expanduser(os.fspath(root) if root is not None else _default_root()))
+        self._root = os.path.abspath(
+            os.path.expanduser(os.fspath(root) if root is not None else settings.default_root())
+        )
         self.locks = Locks(self._root + "/locks")
         self.objects = ObjectStore(self._root)
         self.refs = Refs(self._root, self.locks)
@@ -99,19 +90,12 @@ class LocalCache:
 
     @property
     def durable(self) -> bool:
-        if self._durable is None:  # read when first writing: the warm path never needs it
-            self._durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
-        return self._durable
+        return self.settings.durable()  # read when first writing: the warm path never needs it
 
     @property
     def max_size(self) -> int | None:
         """The size budget in bytes (``max_size=``, else ``$CAS_MAX_SIZE``), or None for no budget."""
-        from .space import parse_size
-
-        if self._max_size is not None:
-            return parse_size(self._max_size, "max_size")
-        budget = os.environ.get("CAS_MAX_SIZE", "").strip()
-        return parse_size(budget, "CAS_MAX_SIZE") if budget else None
+        return self.settings.max_size()
 
     @property
     def trusted(self) -> TrustedState:
@@ -124,38 +108,12 @@ class LocalCache:
 
     def trust_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None) -> TrustPolicy | None:
         """The policy in force: ``override``, else the cache's ``trust``, else ``$CAS_TRUST``'s (read once)."""
-        spec = self._trust_spec(override)
-        if spec is None:
-            return None
-        if self._policy is None or self._policy[0] != spec:
-            from ..trust.policy import load
-
-            self._policy = (spec, load(spec))
-        return self._policy[1]
+        return self.settings.policy(override)
 
     def known_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None
                      ) -> TrustPolicy | KnownPolicy | None:  # fmt: skip
-        """The policy in force as a warm path needs it: a file's anchors kept under this cache since it last
-        read that file (no JSON parsed, no root hashed), else the whole policy."""
-        spec = self._trust_spec(override)
-        if not isinstance(spec, (str, os.PathLike)):
-            return self.trust_policy(override)
-        from .trusted import policy_key
-
-        try:
-            key = policy_key(spec)
-        except OSError:
-            return self.trust_policy(override)  # says what is wrong with it
-        known: TrustPolicy | KnownPolicy | None = self.trusted.known_policy(key, f"the trust policy {spec}")
-        if known is None:
-            known = self.trust_policy(override)
-            self.trusted.remember_policy(key, known)  # type: ignore[arg-type]
-        return known
-
-    def _trust_spec(self, override: str | os.PathLike[str] | TrustPolicy | None
-                    ) -> str | os.PathLike[str] | TrustPolicy | None:  # fmt: skip
-        spec = override if override is not None else self._trust
-        return spec if spec is not None else (os.environ.get("CAS_TRUST", "").strip() or None)
+        """The policy in force as a warm path needs it (see ``policysource``)."""
+        return self.settings.known(override, lambda: self.trusted)
 
     def check_trusted(self, info: ModelInfo, policy: TrustPolicy | KnownPolicy | None) -> ModelInfo:
         """``info`` if ``policy`` allows it (no policy allows all), else ``Untrusted`` saying what to do."""
@@ -166,7 +124,13 @@ class LocalCache:
 
     def __getstate__(self) -> dict[str, Any]:
         """A cache travels (pickle, cloudpickle) as its root: the open chunk index stays behind."""
-        return {"root": self._root, "durable": self._durable, "max_size": self._max_size, "trust": self._trust}
+        given = self.settings
+        return {
+            "root": self._root,
+            "durable": given.given_durable,
+            "max_size": given.given_max_size,
+            "trust": given.trust,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["root"], durable=state["durable"], max_size=state.get("max_size"),  # type: ignore[misc]
@@ -185,35 +149,9 @@ class LocalCache:
         """The chunk index if this cache has one (gc prunes it, and has no reason to make one)."""
         return self.chunk_index() if self._chunks is not None or (self.root / "chunks.sqlite").exists() else None
 
-    @contextlib.contextmanager
-    def writing(self, tag: str, remedy: str) -> Iterator[None]:
-        """Turn a refused write inside this cache (a read-only volume, another user's files) into one clear
-        error naming what to run; a refused access elsewhere (a repository folder) is not the cache's.  A cache
-        on a read-only filesystem, or whose root this user cannot write, is refused before any work: locks are
-        opened read-only or skipped there (see ``locks``), so no lock would stop a writer before its first write."""
-        try:
-            self._check_writable()
-            yield
-        except OSError as e:
-            if isinstance(e, CasError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            where = os.path.abspath(os.fspath(e.filename or ""))
-            if where != self._root and not where.startswith(self._root + os.sep):
-                raise
-            raise CacheNotWritable(
-                f"the cache at {self.root} is not writable by this process: {e.strerror} ({e.filename}); {tag} "
-                f"needs a write there: run {remedy} as the cache's owner when provisioning, or use a cache this "
-                "user can write (CAS_HOME, or cache= in Python)"
-            ) from None
-
-    def _check_writable(self) -> None:
-        """Raise the OSError a write in the cache would meet, where it is certain (a new cache: none)."""
-        if not os.path.isdir(self._root):
-            return
-        if hasattr(os, "statvfs") and os.statvfs(self._root).f_flag & os.ST_RDONLY:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), self._root)
-        if not os.access(self._root, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), self._root)
+    def writing(self, tag: str, remedy: str) -> contextlib.AbstractContextManager[None]:
+        """A refused write inside this cache as one clear error naming ``remedy`` (see ``writable``)."""
+        return writing(self._root, tag, remedy)
 
     # -- reading ----------------------------------------------------------------
 
@@ -252,16 +190,9 @@ class LocalCache:
 
     # -- storing ----------------------------------------------------------------
 
-    def add(
-        self,
-        path: str | os.PathLike[str],
-        tag: str,
-        *,
-        labels: dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        progress: Progress | None = None,
-        created: float | None = None,
-    ) -> ModelInfo:
+    def add(self, path: str | os.PathLike[str], tag: str, *, labels: dict[str, str] | None = None,
+            metadata: dict[str, Any] | None = None, progress: Progress | None = None,
+            created: float | None = None) -> ModelInfo:  # fmt: skip
         """Copy a directory (or one file) into the cache under ``tag`` (``name`` or ``name:version``).
 
         The user's files are copied, never moved or linked, so later edits to
@@ -280,13 +211,8 @@ class LocalCache:
             return self.commit(*version_of(name, version, entries, labels, metadata, created))
 
     @contextlib.contextmanager
-    def create(
-        self,
-        name: str,
-        *,
-        labels: dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Iterator[Staging]:
+    def create(self, name: str, *, labels: dict[str, str] | None = None,
+               metadata: dict[str, Any] | None = None) -> Iterator[Staging]:  # fmt: skip
         """Write a new model in place: yields a staging directory inside the cache.
 
         On normal exit the files are moved (not copied) into the cache under a
@@ -350,26 +276,13 @@ class LocalCache:
             victims = self.list(tags.validate_name(tag))
             if not victims:
                 raise self.refs.not_found(tag)
+        from .leftovers import remove_unused
+
         with self.writing(f"removing {tag}", f"'cas rm {tag}'"), self.locks.hold("objects"):
             for name in sorted({i.name for i in victims}):
                 self.refs.remove(name, [i.version for i in victims if i.name == name])
-            self._prune({i.root for i in victims})
+            remove_unused(self.objects, self.snapshots, {i.root for i in self.list()}, {i.root for i in victims})
         return victims
-
-    def _prune(self, candidates: set[str]) -> None:
-        """Remove the trees, snapshots and blobs of ``candidates`` that no ref still uses."""
-        live = {i.root for i in self.list()}
-        dead = candidates - live
-        keep: set[Path] = set()
-        for root in live if dead else ():
-            with contextlib.suppress(CasError):
-                keep |= self.objects.blobs_of(self.objects.load_tree(root))
-        for root in dead:
-            self.snapshots.remove(root)  # in use: it stays for a later verify; its hardlinks keep its bytes
-            with contextlib.suppress(CasError):
-                for blob in self.objects.blobs_of(self.objects.load_tree(root)) - keep:
-                    blob.unlink(missing_ok=True)
-            self.objects.tree_path(root).unlink(missing_ok=True)
 
     # -- space ------------------------------------------------------------------
 
@@ -431,19 +344,9 @@ class LocalCache:
                     raise NotFound(f"model {info.tag} was removed while it was being resolved; store or pull it again")
                 tree = self.tree(info)
                 files = sel.files(tree, info.tag) if sel is not None else list(tree.files)
-                self._check_here(info, files, sel)
+                if self.refs.get(tags.parse(info.tag)).partial:  # a whole version's missing blob: linking reports it
+                    self.objects.require_blobs(info.tag, files, sel)
                 self.snapshots.build(info, files, sel)
-
-    def _check_here(self, info: ModelInfo, files: builtins.list[FileEntry], sel: Selection | None) -> None:
-        """A partial version's snapshot needs every file it takes here: else NotFound naming what to pull."""
-        if not self.refs.get(tags.parse(info.tag)).partial:
-            return  # a whole version: a missing blob is damage, which linking reports
-        absent = [f.path for f in files if not self.objects.has_blob(f.file_id, f.executable)]
-        if absent:
-            options = f" {sel.describe()}" if sel is not None else ""
-            raise NotFound(f"{info.tag} is partial in the cache at {self.root}: {len(absent)} of the files asked for "
-                           f"are not here ({', '.join(map(repr, absent[:3]))}{', ...' if len(absent) > 3 else ''}); "
-                           f"pull them with 'cas pull {info.tag}{options}'")  # fmt: skip
 
     # -- checkouts: a version laid into a directory of the user's ---------------
 
@@ -461,7 +364,8 @@ class LocalCache:
         with self.locks.hold("objects", shared=True):  # gc removes no blob while it is copied
             tree = self.tree(info)
             files = sel.files(tree, info.tag) if sel is not None else list(tree.files)
-            self._check_here(info, files, sel)
+            if self.refs.get(tags.parse(info.tag)).partial:  # a whole version's missing blob: linking reports it
+                self.objects.require_blobs(info.tag, files, sel)
             return Checkout(self.objects, info, files, sel, target, link=link).run(force)
 
     def status(self, dest: str | os.PathLike[str], tag: str | None = None, *, include: Patterns = None,

@@ -9,11 +9,13 @@ removes them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from ..content.tree import Tree
+from ..errors import CasError
 from ..system.dirs import TRASH, remove_tree
 from . import owners
 from .objects import PULL_WORK, ObjectStore
@@ -60,3 +62,19 @@ def remove(path: Path) -> None:
         remove_tree(path, move_aside=False)
     else:
         path.unlink(missing_ok=True)
+
+
+def remove_unused(objects: ObjectStore, snapshots: Snapshots, live: set[str], candidates: set[str]) -> None:
+    """Remove the trees, snapshots and blobs of the roots in ``candidates`` that no live root still uses (a
+    snapshot in use stays for a later verify; its hardlinks keep its bytes)."""
+    dead = candidates - live
+    keep: set[Path] = set()
+    for root in live if dead else ():
+        with contextlib.suppress(CasError):
+            keep |= objects.blobs_of(objects.load_tree(root))
+    for root in dead:
+        snapshots.remove(root)
+        with contextlib.suppress(CasError):
+            for blob in objects.blobs_of(objects.load_tree(root)) - keep:
+                blob.unlink(missing_ok=True)
+        objects.tree_path(root).unlink(missing_ok=True)

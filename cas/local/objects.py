@@ -21,6 +21,7 @@ from ..system.files import write_new
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # cas.content.tree and cas.content.digest load blake3: imported where used, off a service's warm path
+    from ..content.selection import Selection
     from ..content.tree import FileEntry, Tree
 
 PULL_WORK = "pull"  # tmp/pull/<root>: the part files of pulls, kept across an interruption so the next one resumes
@@ -64,6 +65,15 @@ class ObjectStore:
 
     def has_blob(self, file_id: bytes, executable: bool) -> bool:
         return os.path.exists(self._blob(file_id, executable)[1])
+
+    def require_blobs(self, tag: str, files: list[FileEntry], sel: Selection | None) -> None:
+        """NotFound naming what to pull unless every one of ``files`` (of a partial version) has its blob here."""
+        absent = [f.path for f in files if not self.has_blob(f.file_id, f.executable)]
+        if absent:
+            options = f" {sel.describe()}" if sel is not None else ""
+            raise NotFound(f"{tag} is partial in the cache at {self._root}: {len(absent)} of the files asked for "
+                           f"are not here ({', '.join(map(repr, absent[:3]))}{', ...' if len(absent) > 3 else ''}); "
+                           f"pull them with 'cas pull {tag}{options}'")  # fmt: skip
 
     def store_blobs(self, files: list[tuple[str, bytes, bool]], durable: bool) -> list[str]:
         """Move finished files (path, file id, executable) into place as blobs, several at once: with
