@@ -269,6 +269,7 @@ class Cache(LocalCache):
                                 sel: Selection | None = None) -> ModelInfo:  # fmt: skip
         """Pull ``tag`` on the running (private) loop, one process of this host at a time per name;
         a refresh that cannot pull (repository down, cache read-only or busy) falls back to the local version."""
+        from .sync.notices import PullNotes
         from .sync.pull import pull_here
 
         t = tags.parse(tag)
@@ -279,7 +280,10 @@ class Cache(LocalCache):
                         with contextlib.suppress(NotFound):
                             return self._local(t, policy, sel)  # pulled by another process while this one waited
                     pin = self._pinned(t) if not refresh else t
-                    info = (await pull_here(self, str(pin), url, trust=policy, selection=sel)).info
+                    notes = PullNotes(str(pin), url, str(self.root), refresh=refresh)
+                    stats = await pull_here(self, str(pin), url, progress=notes.progress, trust=policy, selection=sel)
+                    info = stats.info
+                    notes.finished(info.tag, stats.bytes_fetched, stats.bytes_reused, stats.seconds)
             self._fit_budget(info)
             return info
         except CasError as e:

@@ -14,7 +14,7 @@ import pytest
 import descriptor
 from cas import Cache, NotFound
 
-from .conftest import READY, REPO, start_together, tree_files
+from .conftest import READY, REPO, published, start_together, tree_files
 
 
 def service_class(tag: str, cache: Cache):
@@ -263,3 +263,68 @@ def test_a_removal_right_after_the_snapshot_is_built_leaves_the_service_its_file
     resolved = Service().model
     assert cache.list() == []  # the ref went
     assert tree_files(resolved.path) == tree_files(synthetic)  # the leased snapshot stayed
+
+
+SERVICE = """
+import logging, sys
+if sys.argv[1] == "logging":
+    logging.basicConfig(level=logging.INFO, format="LOG %(name)s %(levelname)s %(message)s")
+import descriptor
+
+class Service:
+    model = descriptor.Model("m:latest")
+
+print(Service().model.tag)
+"""
+
+
+def run_service(home: Path, url: str, how: str = "plain", **env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAS_HOME": str(home), "CAS_REMOTE": url, **env}
+    out = subprocess.run([sys.executable, "-c", SERVICE, how], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_a_service_s_first_access_says_what_it_pulls_and_a_warm_one_says_nothing(tmp_path, synthetic, server, token):
+    """A pull on first access can take minutes: the service's stderr shows it starting and ending (as
+    huggingface_hub's progress bars do); a warm start prints nothing."""
+    url, _ = server
+    published(tmp_path, synthetic, "m:v1", url)
+    first = run_service(tmp_path / "host", url)
+    assert first.stdout.strip() == "m:v1"
+    lines = first.stderr.splitlines()
+    assert lines[0] == f"cas: pulling m:latest from {url} into the cache at {tmp_path / 'host'}", lines
+    assert lines[-1].startswith(f"cas: pulled m:v1 from {url} in ") and " fetched)" in lines[-1], lines
+    assert run_service(tmp_path / "host", url).stderr == ""
+
+
+def test_a_service_that_set_up_logging_gets_the_notes_as_records_of_the_cas_logger(tmp_path, synthetic, server, token):
+    url, _ = server
+    published(tmp_path, synthetic, "m:v1", url)
+    out = run_service(tmp_path / "host", url, "logging")
+    notes = [line for line in out.stderr.splitlines() if line.startswith("LOG cas ")]
+    assert notes[0] == f"LOG cas INFO pulling m:latest from {url} into the cache at {tmp_path / 'host'}"
+    assert notes[-1].startswith(f"LOG cas INFO pulled m:v1 from {url}")
+    assert not [line for line in out.stderr.splitlines() if line.startswith("cas: ")]  # not printed twice
+
+
+def test_cas_progress_0_keeps_a_service_quiet(tmp_path, synthetic, server, token):
+    url, _ = server
+    published(tmp_path, synthetic, "m:v1", url)
+    out = run_service(tmp_path / "host", url, CAS_PROGRESS="0")
+    assert out.stdout.strip() == "m:v1" and out.stderr == ""
+
+
+def test_a_long_pull_says_how_far_it_got(tmp_path, synthetic, server, token, monkeypatch, caplog):
+    from cas.sync import notices
+
+    url, _ = server
+    published(tmp_path, synthetic, "m:v1", url)
+    monkeypatch.setattr(notices, "PERIOD", 0.0)  # a note at every step, as a long pull gets one every 10 s
+    with caplog.at_level("INFO", logger="cas"):
+        Cache(tmp_path / "host").resolve("m:latest", remote=url)
+    steps = [
+        r.getMessage() for r in caplog.records if r.name == "cas" and r.getMessage().startswith("pulling m:latest: ")
+    ]
+    assert steps and steps[-1].endswith(" done"), steps
