@@ -123,7 +123,7 @@ def __getattr__(name: str) -> Any:
 
 
 def default_cache() -> Cache:
-    """The cache at ``$CAS_HOME`` (else ``~/.cache/cas``), re-chosen when those variables change."""
+    """The cache at ``$CAS_HOME`` (else ``$XDG_CACHE_HOME/cas``, else ``~/.cache/cas``), re-chosen when those change."""
     global _default, _default_env
     env = (os.environ.get("CAS_HOME"), os.environ.get("XDG_CACHE_HOME"))
     if _default is None or env != _default_env:

@@ -150,5 +150,6 @@ class _Version(argparse.Action):
 
 
 def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
-    p.add_argument("--home", metavar="DIR", default=default, help="cache root (default: $CAS_HOME, else ~/.cache/cas)")
+    p.add_argument("--home", metavar="DIR", default=default,
+                   help="cache root (default: $CAS_HOME, else $XDG_CACHE_HOME/cas, else ~/.cache/cas)")  # fmt: skip
     p.add_argument("--debug", action="store_true", default=default or False, help="show tracebacks")

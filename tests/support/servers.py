@@ -23,8 +23,8 @@ server {{
     location / {{
         add_header Cache-Control "public, max-age=31536000, immutable";  # packs, trees: named by content
     }}
-    location ~ ^/(refs|index|locators|prune)/ {{
-        add_header Cache-Control "no-cache";  # refs, listings, locators a repack rewrites, prune marks
+    location ~ ^/(refs|index|locators|prune|trust)/ {{
+        add_header Cache-Control "no-cache";  # refs, listings, rewritten locators, prune marks, trust
     }}
     location ~ /\\. {{
         deny all;  # .tmp and other working files of a pushed folder
