@@ -19,6 +19,7 @@ from .content.selection import Selection
 from .errors import CacheBusy, CacheNotWritable, CasError, NotFound, OutOfSpace, Untrusted
 from .local.cache import LocalCache, Progress
 from .repo import CONCURRENCY
+from .system.envflags import env_flag
 
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class Cache(LocalCache):
         to ask); a model that is not here and cannot be pulled is a NotFound saying why."""
         url = remote or os.environ.get("CAS_REMOTE") or ""
         why_offline = "offline=True" if offline else ""
-        if offline is None and os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
+        if offline is None and env_flag("CAS_OFFLINE", False):
             why_offline = "CAS_OFFLINE is set"
         if url and not why_offline:
             return url

@@ -327,7 +327,7 @@ def test_offline_mode_never_touches_the_network(tmp_path, synthetic, server, pro
         assert cli.returncode == 1 and cli.stderr.count("\n") == 1, cli.stderr
         assert "CAS_OFFLINE is set, so the repository" in cli.stderr
     assert stats(counting)["requests"] == 0
-    del env["CAS_OFFLINE"]
+    env["CAS_OFFLINE"] = "false"  # read as every flag is: 0, false, no and off are off
     subprocess.run([sys.executable, "-c", SERVICE], cwd=REPO, env=env, check=True, capture_output=True)
     assert stats(counting)["requests"] > 0  # the same service online: the count is real
 

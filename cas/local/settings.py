@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from ..system.envflags import env_flag
+
 TYPE_CHECKING = False  # typing costs 2 ms to import, which every service would pay on start
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -41,7 +43,7 @@ class Settings:
 
     def durable(self) -> bool:
         if self._durable is None:
-            self._durable = os.environ.get("CAS_DURABLE", "1") not in ("0", "false", "no")
+            self._durable = env_flag("CAS_DURABLE", True)
         return self._durable
 
     def max_size(self) -> int | None:

@@ -31,6 +31,7 @@ from ..content.tree import Tree
 from ..content.tree import decode as decode_tree
 from ..errors import CasError, CorruptObject, InvalidManifest, NotFound
 from ..system import eventloop
+from ..system.envflags import env_flag
 from . import CONCURRENCY, listing, marks
 from .backend import Attaching, WriteBackend
 from .format import (
@@ -248,7 +249,7 @@ def remote_url(remote: str | None) -> str:
     url = remote or os.environ.get("CAS_REMOTE")
     if not url:
         raise CasError("no repository given: pass remote=URL (--remote URL) or set CAS_REMOTE")
-    if os.environ.get("CAS_OFFLINE", "") not in ("", "0"):
+    if env_flag("CAS_OFFLINE", False):
         raise CasError(f"CAS_OFFLINE is set, so the repository {url} was not contacted; unset CAS_OFFLINE to use it")
     return url
 

@@ -12,13 +12,13 @@ quiet; ``cas pull`` reports on its own.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from _thread import allocate_lock
 
 from ..local.space import format_size
 from ..repo.stores import public_url
+from ..system.envflags import env_flag
 
 log = logging.getLogger("cas")
 PERIOD = 10.0  # seconds between progress notes
@@ -28,7 +28,7 @@ def say(message: str) -> None:
     """One note: to the ``cas`` logger, or to stderr when nothing is set up to show it."""
     if log.hasHandlers():
         log.info(message)
-    elif os.environ.get("CAS_PROGRESS", "1") not in ("0", "false", "no"):
+    elif env_flag("CAS_PROGRESS", True):
         text = message.encode("unicode_escape", "backslashreplace").decode("ascii")  # printed, never obeyed
         print(f"cas: {text}", file=sys.stderr, flush=True)
 
