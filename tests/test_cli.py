@@ -149,6 +149,20 @@ def test_list_remote_without_a_url_lists_cas_remote(tmp_path, minilm):
     assert json.loads(cas_cli("list", "--json", home=tmp_path / "host", env=env).stdout) == []  # the cache: empty
 
 
+def test_a_repository_folder_that_is_not_there_is_an_error_not_an_empty_repository(tmp_path, synthetic):
+    """`cas list --remote classifier` reads `classifier` as the repository (a folder): a mistyped URL must say
+    so, not list nothing; a push still starts a repository in a new folder."""
+    typo = str(tmp_path / "classifier")
+    for args in (["list", "--remote", typo], ["verify", "--remote", typo], ["pull", "m:v1", "--remote", typo]):
+        out = cas_cli(*args, home=tmp_path / "host", check=False)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert f"there is no repository at file://{tmp_path / 'classifier'} (no such folder)" in out.stderr
+    assert not (tmp_path / "classifier").exists()
+    cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "pub")
+    cas_cli("push", "m:v1", "--remote", str(tmp_path / "new" / "repo"), home=tmp_path / "pub")
+    assert "m:v1" in cas_cli("list", "--remote", str(tmp_path / "new" / "repo"), home=tmp_path / "host").stdout
+
+
 def test_pulling_a_version_already_here_says_so(tmp_path, minilm):
     repo = f"file://{tmp_path / 'repo'}"
     cas_cli("add", str(minilm), "minilm:v1", home=tmp_path / "pub")

@@ -72,7 +72,7 @@ def pushed(url: str, models: dict[str, Path], tmp_path: Path) -> Pushed:
 
 def on_store(url: str, work):
     async def main():
-        backend = open_backend(url, token=TOKEN)
+        backend = open_backend(url, token=TOKEN, creating=True)  # before the first push: no folder yet
         try:
             return await work(backend)
         finally:

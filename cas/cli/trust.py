@@ -127,7 +127,7 @@ def _init(args: argparse.Namespace) -> None:
     online_keys = [SigningKey.from_file(p) for p in args.online]
     data = run_with_repository(lambda repo: publish.init(
         repo, root_keys, [k.public for k in online_keys], root_threshold=args.root_threshold,
-        online_signers=online_keys), url)  # fmt: skip
+        online_signers=online_keys), url, creating=True)  # fmt: skip
     policy = TrustPolicy((Anchor(args.name or url, data, ("*",)),))
     Path(args.policy).write_text(policy.to_json())
     print(f"{url} signs with root version 1; hosts trust it with CAS_TRUST={args.policy}; "

@@ -41,9 +41,11 @@ _WRITE_ADVICE = {
 class FileBackend:
     """A repository in a local folder; the same folder ``cas serve`` serves."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, creating: bool = False):
+        """``creating``: for a writer (a push, ``trust init``), a folder not there yet is an empty repository."""
         self.root = root.absolute()
         self.url = f"file://{self.root}"
+        self.creating = creating
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -59,6 +61,7 @@ class FileBackend:
             # O_NONBLOCK: a FIFO planted in the repository must not hang the open
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
+            self._check_exists()
             raise NotFound(f"{key} is not in the repository {self.url}") from None
         except OSError as e:
             raise RepoError(f"cannot read {self.url}/{key}: {e.strerror}") from None
@@ -109,10 +112,18 @@ class FileBackend:
     async def list(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
 
+    def _check_exists(self) -> None:
+        """A folder that is not there is no repository: reading it is a mistyped URL, not an empty repository
+        (a push makes the folder; ``cas list --remote NAME`` reads NAME as the URL)."""
+        if not self.creating and not os.path.isdir(self.root):
+            raise RepoError(f"there is no repository at {self.url} (no such folder): check the URL, or push to "
+                            "it to start one")  # fmt: skip
+
     def _list(self, prefix: str) -> builtins.list[str]:
         base = self._path(prefix)
         try:
             if not base.is_dir():
+                self._check_exists()
                 return []
             os.listdir(base)  # os.walk below would skip a folder it cannot read, silently
         except OSError as e:

@@ -259,19 +259,21 @@ def token() -> str | None:
     return os.environ.get("CAS_TOKEN") or None
 
 
-async def with_repository(work: Callable[[Repository], Awaitable[T]], url: str,
-                          concurrency: int = CONCURRENCY) -> T:  # fmt: skip
-    """Run ``work(repository)`` on the running loop, its connections closed afterwards."""
-    repo = Repository(open_backend(url, token=token(), concurrency=concurrency))
+async def with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY,
+                          *, creating: bool = False) -> T:  # fmt: skip
+    """Run ``work(repository)`` on the running loop, its connections closed afterwards; ``creating``: the work
+    may start the repository (see ``open_backend``)."""
+    repo = Repository(open_backend(url, token=token(), concurrency=concurrency, creating=creating))
     try:
         return await work(repo)
     finally:
         await repo.close()
 
 
-def run_with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY) -> T:
+def run_with_repository(work: Callable[[Repository], Awaitable[T]], url: str, concurrency: int = CONCURRENCY,
+                        *, creating: bool = False) -> T:  # fmt: skip
     """Run ``work(repository)`` to completion on a private loop: works from any thread, loop or not."""
-    return eventloop.run(lambda: with_repository(work, url, concurrency))
+    return eventloop.run(lambda: with_repository(work, url, concurrency, creating=creating))
 
 
 def list_remote(remote: str | None = None, name: str | None = None) -> list[ModelInfo]:

@@ -10,9 +10,11 @@ from . import CONCURRENCY
 from .backend import WriteBackend
 
 
-def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY) -> WriteBackend:
+def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCURRENCY,
+                 creating: bool = False) -> WriteBackend:  # fmt: skip
     """The backend for ``file://PATH`` (or a plain path), ``http(s)://HOST[:PORT][/PREFIX]``,
-    ``s3://BUCKET[/PREFIX]`` or ``oci://HOST[:PORT]/NAMESPACE``."""
+    ``s3://BUCKET[/PREFIX]`` or ``oci://HOST[:PORT]/NAMESPACE``; ``creating``: for a writer that may start
+    the repository (a folder not there yet is then empty, not a mistyped URL)."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         from .http import HttpBackend
@@ -29,9 +31,9 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCU
     from .file import FileBackend
 
     if parsed.scheme == "file":
-        return FileBackend(Path(_absolute_file_path(url, parsed.netloc, unquote(parsed.path))))
+        return FileBackend(Path(_absolute_file_path(url, parsed.netloc, unquote(parsed.path))), creating=creating)
     if parsed.scheme == "" and url:
-        return FileBackend(Path(url))
+        return FileBackend(Path(url), creating=creating)
     raise RepoError(f"repository URL {url!r} is not supported; use file://PATH, http(s)://HOST[:PORT][/PREFIX] or "
                     "s3://BUCKET[/PREFIX] or oci://HOST[:PORT]/NAMESPACE")  # fmt: skip
 

@@ -63,7 +63,7 @@ def push(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Pr
     """Upload a stored model to ``remote`` (else ``$CAS_REMOTE``), only what it lacks; from any thread.
     ``sign``: keys that sign it (and make it its name's ``latest``) once it is there (see ``cas.trust``)."""
     info = cache.whole(tag, "a push")
-    return run_with_repository(lambda repo: _push(cache, info, repo, progress, sign), remote_url(remote))
+    return run_with_repository(lambda repo: _push(cache, info, repo, progress, sign), remote_url(remote), creating=True)
 
 
 async def apush(cache: LocalCache, tag: str, remote: str | None = None, *, progress: Progress | None = None,
@@ -71,7 +71,7 @@ async def apush(cache: LocalCache, tag: str, remote: str | None = None, *, progr
     """``push`` for async code: it runs on a loop of its own thread, so the caller's loop keeps serving."""
     info, url = cache.whole(tag, "a push"), remote_url(remote)
     work = lambda repo: _push(cache, info, repo, progress, sign)  # noqa: E731
-    return await eventloop.run_async(lambda: with_repository(work, url))
+    return await eventloop.run_async(lambda: with_repository(work, url, creating=True))
 
 
 async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: Progress | None,

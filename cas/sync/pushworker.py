@@ -98,7 +98,7 @@ async def _serve() -> None:
 
 async def _build(url: str, todo: asyncio.Queue[tuple[int, list[Chunk]] | None]) -> None:
     """Build and upload each pack sent, in turn; the first failure is reported and ends this worker."""
-    builder = Builder(Repository(open_backend(url, token=token())))
+    builder = Builder(Repository(open_backend(url, token=token(), creating=True)))
     try:
         while (item := await todo.get()) is not None:
             pid, chunks = item
