@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -201,3 +202,38 @@ def test_a_pull_of_thousands_of_files_fits_in_256_file_descriptors(tmp_path, pro
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert tree_files(Cache(tmp_path / "host").materialize("many:v1")) == tree_files(src_dir)
+
+
+@pytest.mark.parametrize("kind", ["fetch", "push"])
+def test_workers_run_the_cas_that_started_them(tmp_path, minilm, kind):
+    """A cas imported from a checkout that is not installed (put on sys.path by the program) starts its worker
+    processes on that same checkout, not on whatever cas the interpreter finds by itself (here: the installed
+    one). The checkout's worker leaves a mark when it runs."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "cas", checkout / "cas", ignore=shutil.ignore_patterns("__pycache__"))
+    mark = tmp_path / "worker-ran"
+    worker = checkout / "cas" / "sync" / f"{kind}worker.py"
+    first = "from __future__ import annotations\n"
+    leave_mark = f"if __name__ == '__main__':\n    open({str(mark)!r}, 'a').write('checkout\\n')\n"
+    worker.write_text(worker.read_text().replace(first, first + leave_mark, 1))
+    repo = f"file://{tmp_path / 'repo'}"
+    code = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import cas
+assert cas.__file__.startswith(sys.argv[1])
+c = cas.Cache(sys.argv[2], durable=False)
+if sys.argv[4] == "fetch":
+    c.pull("m:v1", sys.argv[3])
+else:
+    c.push(c.add(sys.argv[5], "m:v1").tag, sys.argv[3])
+"""
+    if kind == "fetch":
+        published(tmp_path, minilm, "m:v1", repo)
+    env = {**os.environ, "CAS_PULL_PROCESSES": "1", "CAS_PUSH_PROCESSES": "1"}
+    env.pop("PYTHONPATH", None)
+    args = [str(checkout), str(tmp_path / "host"), repo, kind, str(minilm)]  # 3 packs: a push worker gets one
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert mark.read_text().startswith("checkout\n")

@@ -336,7 +336,7 @@ def serve(root: Path, *, host: str = "127.0.0.1", port: int = 8000, token: str |
 
 async def _run(app: web.Application, host: str, port: int, per_client: int) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, every connection with a deadline for its request head and at most
-    ``per_client`` from one address (``connlimits``), then shut down cleanly as aiohttp's ``run_app`` does."""
+    ``per_client`` from one address (``limits``), then shut down cleanly as aiohttp's ``run_app`` does."""
     import signal
 
     runner = web.AppRunner(app, access_log_class=AccessLog)

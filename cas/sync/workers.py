@@ -130,4 +130,5 @@ def spare_cores() -> int:
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    """The folder holding the ``cas`` package this process runs, so workers run the same code."""
+    return str(Path(__file__).resolve().parents[len(__name__.split(".")) - 1])
