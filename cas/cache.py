@@ -281,10 +281,12 @@ class Cache(LocalCache):
                         with contextlib.suppress(NotFound):
                             return self._local(t, policy, sel)  # pulled by another process while this one waited
                     pin = self._pinned(t) if not refresh else t
+                    whole_here = {i.tag for i in self.list(t.name) if not i.partial}
                     notes = PullNotes(str(pin), url, str(self.root), refresh=refresh)
                     stats = await pull_here(self, str(pin), url, progress=notes.progress, trust=policy, selection=sel)
                     info = stats.info
-                    notes.finished(info.tag, stats.bytes_fetched, stats.bytes_reused, stats.seconds)
+                    notes.finished(info.tag, stats.bytes_fetched, stats.bytes_reused, stats.seconds,
+                                   was_here=info.tag in whole_here)  # fmt: skip
             self._fit_budget(info)
             return info
         except CasError as e:
@@ -292,17 +294,21 @@ class Cache(LocalCache):
                 return self._refresh_failed(t, url, e, policy, sel)
             if isinstance(e, (NotFound, CacheNotWritable, OutOfSpace, Untrusted)):
                 raise
-            raise type(e)(f"could not pull {t} from {url}: {e}") from None
+            from .repo.stores import public_url  # no user or password in an error
+
+            raise type(e)(f"could not pull {t} from {public_url(url)}: {e}") from None
 
     def _refresh_failed(self, t: tags.Tag, url: str, error: CasError, policy: TrustPolicy | None,
                         sel: Selection | None) -> ModelInfo:  # fmt: skip
+        from .repo.stores import public_url
+
         try:
             info = self._local(t, policy, sel)
         except NotFound:
-            raise type(error)(f"could not pull {t} from {url}: {error}") from None
+            raise type(error)(f"could not pull {t} from {public_url(url)}: {error}") from None
         import warnings
 
-        warnings.warn(f"cas: could not refresh {t} from {url} ({error}); using {info.tag}", stacklevel=2)
+        warnings.warn(f"cas: could not refresh {t} from {public_url(url)} ({error}); using {info.tag}", stacklevel=2)
         return info
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from .conftest import cas_cli, published, tree_files
+from .conftest import REPO, cas_cli, published, tree_files
 
 
 def test_add_list_show_materialize_rm(tmp_path, minilm):
@@ -161,6 +163,25 @@ def test_a_repository_folder_that_is_not_there_is_an_error_not_an_empty_reposito
     cas_cli("add", str(synthetic), "m:v1", home=tmp_path / "pub")
     cas_cli("push", "m:v1", "--remote", str(tmp_path / "new" / "repo"), home=tmp_path / "pub")
     assert "m:v1" in cas_cli("list", "--remote", str(tmp_path / "new" / "repo"), home=tmp_path / "host").stdout
+    keys = [str(tmp_path / k) for k in ("root.key", "online.key")]
+    for k in keys:
+        cas_cli("keygen", k, home=tmp_path / "pub")
+    cas_cli("trust", "init", f"file://{tmp_path / 'signed'}", "--root", keys[0], "--online", keys[1], "--policy",
+            str(tmp_path / "policy.json"), home=tmp_path / "pub")  # fmt: skip
+    assert (tmp_path / "signed" / "trust" / "state").is_file()
+
+
+def test_credentials_in_a_repository_url_are_refused_and_never_printed(tmp_path):
+    """A token belongs in CAS_TOKEN: a URL carrying one (user:password@, ?token=) would print and log it."""
+    for url in ("http://user:s3cret@127.0.0.1:9/repo", "https://127.0.0.1:9/repo?token=s3cret"):
+        out = cas_cli("list", "--remote", url, home=tmp_path / "host", check=False)
+        assert out.returncode == 1 and "carries no user, password or query" in out.stderr, out.stderr
+        assert "s3cret" not in out.stderr + out.stdout
+        env = {**os.environ, "CAS_REMOTE": url}
+        code = "import cas\ntry:\n    cas.resolve('m:latest')\nexcept cas.CasError as e:\n    print(e)"
+        said = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "CAS_HOME": str(tmp_path / "h")},
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert "carries no user" in said.stdout and "s3cret" not in said.stdout + said.stderr
 
 
 def test_pulling_a_version_already_here_says_so(tmp_path, minilm):

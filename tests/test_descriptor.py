@@ -272,7 +272,7 @@ if sys.argv[1] == "logging":
 import descriptor
 
 class Service:
-    model = descriptor.Model("m:latest")
+    model = descriptor.Model("m:latest", refresh=sys.argv[1] == "refresh")
 
 print(Service().model.tag)
 """
@@ -314,6 +314,25 @@ def test_cas_progress_0_keeps_a_service_quiet(tmp_path, synthetic, server, token
     published(tmp_path, synthetic, "m:v1", url)
     out = run_service(tmp_path / "host", url, CAS_PROGRESS="0")
     assert out.stdout.strip() == "m:v1" and out.stderr == ""
+    assert "cas: pulled m:v1" in run_service(tmp_path / "other", url).stderr  # the same first access, unmuted
+
+
+def test_a_refreshing_service_says_nothing_unless_a_newer_version_moves(tmp_path, tuned, server, token):
+    """refresh=True asks the repository at every start: a host with the newest version starts quietly; one
+    that lacks it says what it pulls."""
+    url, _ = server
+    src = Cache(tmp_path / "src")
+    src.add(tuned["base"], "m:v1")
+    src.push("m:v1", url)
+    run_service(tmp_path / "host", url)
+    assert run_service(tmp_path / "host", url, "refresh").stderr == ""
+    src.add(tuned["tuned"], "m:v2")
+    src.push("m:v2", url)
+    out = run_service(tmp_path / "host", url, "refresh")
+    assert out.stdout.strip() == "m:v2"
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("cas: pulling m:latest (newer than the one here) from "), lines
+    assert lines[-1].startswith(f"cas: pulled m:v2 from {url} in ") and "copied from files on this host" in lines[-1]
 
 
 def test_a_long_pull_says_how_far_it_got(tmp_path, synthetic, server, token, monkeypatch, caplog):

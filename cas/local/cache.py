@@ -112,7 +112,7 @@ class LocalCache:
 
     def known_policy(self, override: str | os.PathLike[str] | TrustPolicy | None = None
                      ) -> TrustPolicy | KnownPolicy | None:  # fmt: skip
-        """The policy in force as a warm path needs it (see ``policysource``)."""
+        """The policy in force as a warm path needs it (see ``settings``)."""
         return self.settings.known(override, lambda: self.trusted)
 
     def check_trusted(self, info: ModelInfo, policy: TrustPolicy | KnownPolicy | None) -> ModelInfo:

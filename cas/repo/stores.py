@@ -17,6 +17,9 @@ def open_backend(url: str, *, token: str | None = None, concurrency: int = CONCU
     the repository (a folder not there yet is then empty, not a mistyped URL)."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
+        if "@" in parsed.netloc or parsed.query:
+            raise RepoError(f"{public_url(url)}: a repository URL carries no user, password or query (they would "
+                            "be printed and logged): give the server's token in CAS_TOKEN")  # fmt: skip
         from .http import HttpBackend
 
         return HttpBackend(url, token=token, concurrency=concurrency)

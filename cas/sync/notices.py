@@ -34,31 +34,40 @@ def say(message: str) -> None:
 
 
 class PullNotes:
-    """The notes of one pull: its start, a progress callback, its end."""
+    """The notes of one pull: its start, a progress callback, its end.  A refresh says nothing until it moves
+    a byte: a host that has the newest version starts as quietly as a warm one."""
 
     def __init__(self, tag: str, url: str, root: str, *, refresh: bool = False):
         self.tag, self.url = tag, public_url(url)
         self._done, self._next = 0, time.monotonic() + PERIOD
         self._lock = allocate_lock()
-        if refresh:
-            say(f"asking {self.url} for the newest {tag}")
-        else:
-            say(f"pulling {tag} from {self.url} into the cache at {root}")
+        newer = " (newer than the one here)" if refresh else ""
+        self._start = f"pulling {tag}{newer} from {self.url} into the cache at {root}"
+        if not refresh:
+            say(self._start)
+            self._start = ""
 
     def progress(self, n: int) -> None:
         """Count ``n`` bytes done; say how far the pull got when a period has passed (from any thread)."""
         with self._lock:
+            start, self._start = self._start, ""
             self._done += n
             now = time.monotonic()
-            if now < self._next:
-                return
-            self._next = now + PERIOD
+            due = now >= self._next
+            if due:
+                self._next = now + PERIOD
             done = self._done
-        say(f"pulling {self.tag}: {format_size(done)} done")
+        if start:
+            say(start)
+        if due:
+            say(f"pulling {self.tag}: {format_size(done)} done")
 
-    def finished(self, tag: str, fetched: int, reused: int, seconds: float) -> None:
+    def finished(self, tag: str, fetched: int, reused: int, seconds: float, *, was_here: bool) -> None:
+        """The end: nothing when the version pulled was here already, whole (a refresh found no newer one)."""
+        if was_here:
+            return
         if not fetched and not reused:
-            say(f"{tag} is the newest in {self.url} and is here already: nothing was fetched")
+            say(f"stored {tag} from {self.url}: its files were all in the cache already, nothing was fetched")
             return
         here = f", {format_size(reused)} copied from files on this host" if reused else ""
         say(f"pulled {tag} from {self.url} in {seconds:.1f} s ({format_size(fetched)} fetched{here})")

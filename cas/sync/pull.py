@@ -8,8 +8,8 @@ By stage, for the files whose blobs are missing:
    the kernel, runs of neighbours at once, never through this process; the
    whole-file hash of step 4 proves them, and a file it refuses is
    assembled again from the repository alone;
-3. fetch: the rest, as merged ranges of packs (``ranges``), here and in
-   worker processes (``fetch``), every chunk decoded and verified;
+3. fetch: the rest, as merged ranges of packs (``pullplan``), here and in
+   worker processes (``fetchpool``), every chunk decoded and verified;
 4. verify and publish: each file is hashed whole as it fills
    (``prefixhash``) and becomes a blob only if it hashes to its id, all
    checked before any is published; then the tree and the ref.
