@@ -321,13 +321,10 @@ def test_a_refreshing_service_says_nothing_unless_a_newer_version_moves(tmp_path
     """refresh=True asks the repository at every start: a host with the newest version starts quietly; one
     that lacks it says what it pulls."""
     url, _ = server
-    src = Cache(tmp_path / "src")
-    src.add(tuned["base"], "m:v1")
-    src.push("m:v1", url)
+    published(tmp_path, tuned["base"], "m:v1", url)
     run_service(tmp_path / "host", url)
     assert run_service(tmp_path / "host", url, "refresh").stderr == ""
-    src.add(tuned["tuned"], "m:v2")
-    src.push("m:v2", url)
+    published(tmp_path, tuned["tuned"], "m:v2", url)
     out = run_service(tmp_path / "host", url, "refresh")
     assert out.stdout.strip() == "m:v2"
     lines = out.stderr.splitlines()

@@ -130,10 +130,8 @@ def test_a_delta_pull_copies_what_it_reuses_in_the_kernel_in_a_few_long_runs(tmp
     if shutil.which("strace") is None:
         missing("strace (apt-get install strace; bash dev test does it as root)")
     repo, host, trace = f"file://{tmp_path / 'repo'}", tmp_path / "host", tmp_path / "pull.trace"
-    src = Cache(tmp_path / "src")
     for tag, model in (("m:base", variants["base"]), ("m:tuned", variants["tuned"])):
-        src.add(model, tag)
-        src.push(tag, repo)
+        published(tmp_path, model, tag, repo)
     Cache(host).pull("m:base", repo)
     chunks = max(len(list(f.chunk_list())) for f in Cache(host).tree("m:base").files)
     cmd = ["strace", "-f", "-y", "-qq", "-e", "trace=copy_file_range,pread64,read", "-o", str(trace),
@@ -152,10 +150,8 @@ def test_a_blob_changed_through_its_hardlink_is_not_copied_into_a_pull(tmp_path,
     """Written through a materialized file (root ignores its read-only mode), a blob no longer holds what
     the chunk index says: the pull that would copy from it assembles that file from the repository."""
     repo = f"file://{tmp_path / 'repo'}"
-    src = Cache(tmp_path / "src")
     for tag, model in (("m:base", variants["base"]), ("m:tuned", variants["tuned"])):
-        src.add(model, tag)
-        src.push(tag, repo)
+        published(tmp_path, model, tag, repo)
     host = Cache(tmp_path / "host")
     host.pull("m:base", repo)
     weights = host.materialize("m:base") / "model.safetensors"
@@ -416,10 +412,8 @@ def test_a_one_chunk_file_copied_from_a_changed_local_blob_is_fetched_again(tmp_
         folder.mkdir()
         (folder / "run.sh").write_bytes(script)
         os.chmod(folder / "run.sh", mode)
-    src = Cache(tmp_path / "src")
     for tag, folder in (("m:plain", plain), ("m:exec", runnable)):
-        src.add(folder, tag)
-        src.push(tag, repo)
+        published(tmp_path, folder, tag, repo)
     host = Cache(tmp_path / "host")
     host.pull("m:plain", repo)
     target = host.materialize("m:plain") / "run.sh"

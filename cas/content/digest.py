@@ -29,10 +29,6 @@ def file_hasher(*, threads: bool = True) -> blake3:
     return blake3(max_threads=_THREADS) if threads else blake3()
 
 
-def hex_id(digest: bytes) -> str:
-    return digest.hex()
-
-
 def hash_file(path: str, bufsize: int = 1 << 22) -> bytes:
     """The file id of a file on disk, read in bounded blocks."""
     h = file_hasher()

@@ -30,7 +30,7 @@ from ..content.selection import Selection
 from ..content.tree import FileEntry, check_path
 from ..errors import CasError, InvalidInput, NotFound
 from ..system.dirs import make_dirs
-from ..system.files import atomic_write, copy_range
+from ..system.files import atomic_write, copy_range, link_or_copy
 from ..system.names import temp_name
 from .objects import ObjectStore
 
@@ -211,7 +211,7 @@ class Checkout:
         tmp = state / temp_name("file-")
         try:
             if self.link:
-                _link_or_copy(blob, tmp)
+                link_or_copy(blob, tmp)  # a read-only hardlink; a copy across filesystems
             else:
                 _clone(blob, tmp, 0o755 if f.executable else 0o644)
             target = self.dest / f.path
@@ -344,13 +344,3 @@ def _clone(src: Path, dst: Path, mode: int) -> None:
         finally:
             os.close(fd)
     os.chmod(dst, mode)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """A hardlink to the blob (read-only, shares its inode); a copy where the cache is on another filesystem."""
-    try:
-        os.link(src, dst)
-    except OSError as e:
-        from ..system.files import copy_instead
-
-        copy_instead(src, dst, e)
