@@ -281,12 +281,10 @@ class Cache(LocalCache):
                         with contextlib.suppress(NotFound):
                             return self._local(t, policy, sel)  # pulled by another process while this one waited
                     pin = self._pinned(t) if not refresh else t
-                    whole_here = {i.tag for i in self.list(t.name) if not i.partial}
                     notes = PullNotes(str(pin), url, str(self.root), refresh=refresh)
                     stats = await pull_here(self, str(pin), url, progress=notes.progress, trust=policy, selection=sel)
                     info = stats.info
-                    notes.finished(info.tag, stats.bytes_fetched, stats.bytes_reused, stats.seconds,
-                                   was_here=info.tag in whole_here)  # fmt: skip
+                    notes.finished(stats)
             self._fit_budget(info)
             return info
         except CasError as e:

@@ -192,3 +192,7 @@ def test_pulling_a_version_already_here_says_so(tmp_path, minilm):
     again = cas_cli("pull", "minilm:v1", "--remote", repo, home=tmp_path / "host").stdout
     assert first.startswith("pulled minilm:v1") and "fetched" in first
     assert again.startswith("minilm:v1 (") and "is here already: nothing was fetched" in again
+    cas_cli("add", str(minilm), "copy:v1", home=tmp_path / "pub")  # a new version of files the host holds
+    cas_cli("push", "copy:v1", "--remote", repo, home=tmp_path / "pub")
+    new = cas_cli("pull", "copy:v1", "--remote", repo, home=tmp_path / "host").stdout
+    assert new.startswith("pulled copy:v1") and "fetched 0 B" in new, new

@@ -55,14 +55,15 @@ def commands(cmd: Command) -> None:
 
 
 def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
-            seconds: float) -> None:  # fmt: skip
-    """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept."""
+            seconds: float, here: bool = False) -> None:  # fmt: skip
+    """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept; ``here``: a pull
+    of a version stored here already."""
     if args.json:
         print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds})
         return
     verb = "pushed" if moved[0] == "uploaded" else "pulled"
     part = f", {info.file_count} files, partial" if info.partial else ""
-    if verb == "pulled" and moved[1] == 0 and kept[1] == 0:
+    if here:
         print(f"{info.tag} ({size(info.size)}{part}) is here already: nothing was fetched ({seconds:.2f}s)")
         return
     rate = moved[1] / seconds / 1e6 if seconds > 0 else 0.0
@@ -122,7 +123,8 @@ def _pull(args: argparse.Namespace) -> None:
     with output.progress(total, "pull", unknown_total=True) as progress:
         s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress,
                                 include=args.include, exclude=args.exclude, seeds=args.seed or None)  # fmt: skip
-    _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds)
+    _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds,
+            s.was_here)  # fmt: skip
 
 
 def _estimate(args: argparse.Namespace) -> None:

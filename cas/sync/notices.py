@@ -20,6 +20,10 @@ from ..local.space import format_size
 from ..repo.stores import public_url
 from ..system.envflags import env_flag
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .pull import PullStats
+
 log = logging.getLogger("cas")
 PERIOD = 10.0  # seconds between progress notes
 
@@ -62,12 +66,13 @@ class PullNotes:
         if due:
             say(f"pulling {self.tag}: {format_size(done)} done")
 
-    def finished(self, tag: str, fetched: int, reused: int, seconds: float, *, was_here: bool) -> None:
-        """The end: nothing when the version pulled was here already, whole (a refresh found no newer one)."""
-        if was_here:
+    def finished(self, stats: PullStats) -> None:
+        """The end: nothing when the version pulled was here already (a refresh found no newer one)."""
+        tag, fetched, reused = stats.info.tag, stats.bytes_fetched, stats.bytes_reused
+        if stats.was_here:
             return
         if not fetched and not reused:
             say(f"stored {tag} from {self.url}: its files were all in the cache already, nothing was fetched")
             return
         here = f", {format_size(reused)} copied from files on this host" if reused else ""
-        say(f"pulled {tag} from {self.url} in {seconds:.1f} s ({format_size(fetched)} fetched{here})")
+        say(f"pulled {tag} from {self.url} in {stats.seconds:.1f} s ({format_size(fetched)} fetched{here})")

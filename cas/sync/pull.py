@@ -55,6 +55,7 @@ class PullStats(NamedTuple):
     bytes_reused: int  # raw bytes copied from files already on this host (the cache's and seeds')
     seconds: float
     bytes_seeded: int = 0  # of those, raw bytes taken from seed folders
+    was_here: bool = False  # the version was stored here already, with every file the pull asked for
 
 
 def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
@@ -139,10 +140,12 @@ class _Pull:
         verdict, info, tree, encoded = await self._verdict_and_tree(tags.parse(tag))
         files = selection.files(tree, info.tag) if selection is not None else tree.files
         fetched = reused = 0
+        was_here = False
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
             try:
                 missing = [f for f in files if not self.cache.objects.has_blob(f.file_id, f.executable)]
+                was_here = not missing and self.cache.refs.exists(info)
                 if missing:
                     fetched, reused = await self._build_blobs(info, missing)
                 partial = selection is not None and not all(self.cache.objects.has_blob(f.file_id, f.executable)
@@ -155,7 +158,7 @@ class _Pull:
                 if isinstance(e, CasError) or e.errno not in OUT_OF_SPACE:
                     raise
                 raise await asyncio.to_thread(self._out_of_space, info, e) from None
-        return PullStats(info, fetched, reused, time.perf_counter() - start, self.seeded)
+        return PullStats(info, fetched, reused, time.perf_counter() - start, self.seeded, was_here)
 
     async def _verdict_and_tree(self, tag: tags.Tag) -> tuple[Verdict | None, ModelInfo, Tree, bytes]:
         """The ref and tree to pull and, under a policy, what the signatures say they must be.  A named version's
