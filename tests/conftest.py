@@ -209,11 +209,11 @@ def proxy():
     procs = []
 
     def make(upstream: str, fault: str = "none", every: int = 1, delay: float = 0.0, limit: int = 0,
-             put_delay: float = 0.0) -> str:  # fmt: skip
+             put_delay: float = 0.0, on_relist: str = "") -> str:  # fmt: skip
         port = free_port()
         cmd = [sys.executable, str(REPO / "tests" / "faultproxy.py"), upstream, str(port), "--fault", fault,
                "--every", str(every), "--delay", str(delay), "--limit", str(limit),
-               "--put-delay", str(put_delay)]  # fmt: skip
+               "--put-delay", str(put_delay), "--on-relist", on_relist]  # fmt: skip
         procs.append(start(cmd, f"http://127.0.0.1:{port}/_stats"))
         return f"http://127.0.0.1:{port}"
 

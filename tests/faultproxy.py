@@ -13,6 +13,8 @@ them, a permanent fault), at most ``--limit`` times.  One fault is not
 about packs: ``bloat`` answers every tree request with 2 GB of zeros (``bloat-trust``: every trust
 document request), and
 ``garbage`` answers every request with random bytes.
+``--on-relist CMD`` runs CMD (and waits for it) before passing on the second listing of ``refs/``: a prune lists
+the refs when it surveys and again right before deleting, so CMD is a push landing between the two.
 Requests for anything else pass through untouched.  ``GET /_stats``
 answers with the requests (all of them), pack requests and pack bytes served so far, as JSON.
 """
@@ -29,6 +31,7 @@ import struct
 import aiohttp
 from aiohttp import web
 
+FORWARDED = ("range", "authorization", "accept", "if-match", "if-none-match")  # a writer's conditions too
 S3_ERRORS = {"403": (403, "AccessDenied"), "slowdown": (503, "SlowDown")}
 
 
@@ -41,8 +44,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="at most this many faults (0: no limit)")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds before each pack response")
     ap.add_argument("--put-delay", type=float, default=0.0, help="seconds before each pack upload is passed on")
+    ap.add_argument("--on-relist", default="", help="a shell command run before the second refs/ listing")
     args = ap.parse_args()
     stats = {"requests": 0, "pack_requests": 0, "pack_bytes": 0, "faults": 0}
+    listings = {"refs/": 0}
     session: aiohttp.ClientSession | None = None
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -60,7 +65,8 @@ def main() -> None:
             return await _endless(request)
         if args.fault == "garbage":  # a hostile server: random bytes, 200, for every request
             return web.Response(body=os.urandom(4096), content_type="application/octet-stream")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "authorization", "accept")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED}
+        await _relist_hook(request)
         # "/packs/" anywhere: under a bucket and prefix too (an S3 path-style URL); a registry's blobs read by range
         is_pack = request.method == "GET" and (
             ("/packs/" in request.path and not request.path.endswith(".idx"))
@@ -100,7 +106,7 @@ def main() -> None:
             body = bytearray(body)
             body[len(body) // 2] ^= 0x10
             body = bytes(body)
-        kept = ("content-range", "content-type", "docker-content-digest", "www-authenticate", "link")
+        kept = ("content-range", "content-type", "docker-content-digest", "www-authenticate", "link", "etag")
         out_headers = {k: v for k, v in up.headers.items() if k.lower() in kept}
         if fault == "drop":  # the connection closes before any response
             request.transport.close()
@@ -122,6 +128,14 @@ def main() -> None:
             request.transport.close()  # the rest of the announced body never comes
             return resp
         return web.Response(status=up.status, body=body, headers=out_headers)
+
+    async def _relist_hook(request: web.Request) -> None:
+        if request.query.get("list") != "refs/":
+            return
+        listings["refs/"] += 1
+        if args.on_relist and listings["refs/"] == 2:
+            proc = await asyncio.create_subprocess_shell(args.on_relist)
+            await proc.wait()
 
     async def _endless(request: web.Request) -> web.StreamResponse:
         """Zeros without end (2 GB, chunked: no length announced) where a small document should be."""

@@ -136,3 +136,27 @@ def test_a_raw_plane_of_the_wrong_length_is_a_corrupt_object_not_a_numpy_error(c
     blob = bytes([codec_byte]) + header + bytes(sum(sizes))
     with pytest.raises(CorruptObject, match=rf"raw plane 0 has {plane + wrong} bytes, expected {plane}"):
         codec.decode(blob, raw_length, b"\0" * 32)
+
+
+def test_a_raw_plane_cut_short_is_a_corrupt_object_naming_the_plane():
+    """Plane headers that claim more bytes than follow: the truncated plane is named, not a numpy error."""
+    word, raw_length = 4, 1000
+    plane = raw_length // word
+    header = b"".join(struct.pack(">BI", 0, plane) for _ in range(word))
+    blob = bytes([codec.ZSTD_BG4]) + header + bytes(plane * word - 10)
+    with pytest.raises(CorruptObject, match="plane 3 is truncated"):
+        codec.decode(blob, raw_length, b"\0" * 32)
+
+
+def test_bytes_after_the_last_plane_are_reported_as_trailing_bytes():
+    word, raw_length = 2, 1000
+    header = b"".join(struct.pack(">BI", 0, raw_length // word) for _ in range(word))
+    blob = bytes([codec.ZSTD_BG2]) + header + bytes(raw_length) + b"xyz"
+    with pytest.raises(CorruptObject, match="3 trailing bytes, expected 0"):
+        codec.decode(blob, raw_length, b"\0" * 32)
+
+
+def test_a_raw_chunk_of_another_length_says_how_long_it_is():
+    data = os.urandom(1000)
+    with pytest.raises(CorruptObject, match="decoded 1001 bytes, expected 1000"):
+        codec.decode(bytes([codec.RAW]) + data + b"x", len(data), chunk_id(data))

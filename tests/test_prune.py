@@ -372,3 +372,33 @@ def test_what_a_recently_removed_ref_reaches_is_marked_but_never_deleted_within_
     after = marks.decode(stored(p.url)[marks_key()])
     assert report.deleted.count == 0 and not v2_only & set(after.deleting)
     assert v2_only <= objects(p.url)
+
+
+def test_a_ref_landing_while_forged_marks_are_being_deleted_keeps_what_it_reaches(server, token, proxy, models,
+                                                                                  tmp_path):  # fmt: skip
+    """Forged marks commit m:v3's tree, locator and pack to deletion while its push is one step from done; its ref
+    lands after the prune surveyed the refs and before it deletes (a proxy runs the push's last step at that
+    moment): the refs read again right before deleting keep all three, and m:v3 pulls."""
+    url, folder = server
+    cache = Cache(tmp_path / "src", durable=False)
+    cache.add(models["m:v1"], "m:v1")
+    cache.push("m:v1", url)
+    before = stored_packs(url)
+    root = cache.add(models["m:v2"], "m:v3").root
+    cache.push("m:v3", url)
+    (pack,) = stored_packs(url) - before
+    ref = folder / "refs" / "m" / "v3"
+    held = tmp_path / "v3.ref"
+    ref.rename(held)  # the push's last step, not taken yet
+    doomed = {tree_key(root), locator_key(root), pack_key(pack)}
+
+    async def forge(backend):
+        await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, dict.fromkeys(doomed, 1.0), {})))
+
+    on_store(url, forge)
+    report = cas.prune_remote(proxy(url, on_relist=f"cp {held} {ref}"), grace=DAY, max_unused=1.0)
+    assert ref.is_file()  # the hook ran: the ref landed mid-prune
+    assert report.deleted.count == 0
+    assert doomed <= objects(url)
+    assert pulled(url, "m:v3", tmp_path / "h") == tree_files(models["m:v2"])
+    assert cas.check_repository(url, deep=True).ok

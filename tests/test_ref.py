@@ -112,3 +112,39 @@ def test_a_local_ref_whose_remotes_are_not_strings_is_kept_as_stored_here_only(t
         report = cache.gc(1)
         assert report.evicted == [] and [k.tag for k in report.kept] == ["m:v1"]
         assert "stored here only" in report.kept[0].reason
+
+
+def _forge(tmp_path, change) -> str:
+    """m:v1 pushed to a folder, then its ref record rewritten by ``change``: the repository's URL."""
+    from cas import Cache
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "w.bin").write_bytes(b"weights")
+    Cache(tmp_path / "pub").add(src, "m:v1")
+    Cache(tmp_path / "pub").push("m:v1", f"file://{tmp_path / 'repo'}")
+    path = tmp_path / "repo" / "refs" / "m" / "v1"
+    path.write_bytes(change(msgpack.unpackb(path.read_bytes(), raw=False)))
+    return f"file://{tmp_path / 'repo'}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: {**d, "name": "other"}, "ref record for other:v1 is stored under m:v1"),
+        (lambda d: {**d, "version": "v2"}, "ref record for m:v2 is stored under m:v1"),
+        (lambda d: {**d, "format": 99}, "ref record has unknown format 99"),
+        (lambda d: {**d, "metadata": {"pad": "x" * ref.MAX_REF_BYTES}}, f"bytes, more than {ref.MAX_REF_BYTES}"),
+    ],
+    ids=["other-name", "other-version", "unknown-format", "oversized"],
+)
+def test_a_forged_ref_record_is_refused_in_one_line_and_nothing_is_stored(tmp_path, change, message):
+    """A repository answers refs/m/v1 with a record for another tag, of a format this cas cannot read, or
+    larger than a ref may be: refused as a ref, so a hostile store cannot swap one model in for another."""
+    from cas import Cache
+
+    url = _forge(tmp_path, lambda d: msgpack.packb(change(d), use_bin_type=True))
+    host = Cache(tmp_path / "host")
+    with pytest.raises(InvalidManifest, match=re.escape(message)):
+        host.pull("m:v1", url)
+    assert host.list() == []

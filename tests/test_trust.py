@@ -245,6 +245,39 @@ def test_a_role_cannot_sign_names_it_was_not_given_nor_another_role(tmp_path, ke
                    root=evil)  # fmt: skip
 
 
+def test_a_role_needing_two_keys_refuses_a_document_only_one_of_them_signed(tmp_path, keys, nginx):
+    """Team A's role needs 2 of its 2 keys: the publisher's CI signs with both and hosts pull; a thief of one
+    team key and the online key signs classifier:v2 alone, and hosts refuse it, naming the threshold."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    pair = [load_public(f"{keys[k]}.pub") for k in ("team-a", "team-a-new")]
+    signers = [SigningKey.from_file(keys[k]) for k in ("root", "online")]
+    run_with_repository(lambda repo: publish.set_role(repo, "team-a", ["classifier*"], pair, 2, signers), ns.url)
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "team-a-new", "online")
+    host, url = tmp_path / "host", nginx(folder)
+    assert host_pull(ns, host, "classifier:v1", url).returncode == 0 and pulled(host, "classifier:v1") == v1
+    evil = publish_model(ns, tmp_path, "classifier:v2")
+    forge_role(ns.url, "team-a", {"classifier:v2": Target(evil), "classifier:latest": Target(evil, "v2")},
+               [SigningKey.from_file(keys["team-a"])], keys["online"])  # fmt: skip
+    assert_refused(host_pull(ns, host, "classifier:v2", url), "signed by 1 of the keys trusted for it, 2 needed",
+                   home=host, root=evil)  # fmt: skip
+
+
+def test_a_role_document_whose_latest_disagrees_with_the_version_it_names_is_refused(tmp_path, keys, nginx):
+    """Team A's own document says latest is v2 with one root, and v2 with another (a publishing bug, or two
+    jobs' edits mixed): neither root is taken, whichever the ref of v2 names."""
+    folder = tmp_path / "repo"
+    ns = setup_signing(tmp_path, keys, f"file://{folder}")
+    v1 = publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    other = publish_model(ns, tmp_path, "classifier:v2")
+    forge_role(ns.url, "team-a", {"classifier:v2": Target(v1), "classifier:latest": Target(other, "v2")},
+               [SigningKey.from_file(keys["team-a"])], keys["online"])  # fmt: skip
+    host = tmp_path / "host"
+    assert_refused(host_pull(ns, host, "classifier:latest", nginx(folder)),
+                   "classifier:latest names classifier:v2, which team-a did not sign with the same root", home=host,
+                   root=other)  # fmt: skip
+
+
 # -- rollback, freeze, mix-and-match, mirrors ---------------------------------------------------------------------
 
 
@@ -327,7 +360,8 @@ def test_endless_trust_documents_are_cut_off(tmp_path, keys, server, proxy):
 
 def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, keys, server, token):
     """Team A's key leaks: the root owner gives team-a a new key.  At its next pull the host follows the new
-    root: the old key's signatures stop counting, on new pulls and on what it verified before."""
+    root: the old key's signatures stop counting, on new pulls and on what it verified before, and the state of
+    the old root, put back, is a rollback."""
     ns = setup_signing(tmp_path, keys, server[0], cli=True)
     run(
         "push",
@@ -346,6 +380,7 @@ def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, ke
     env = {**os.environ, "CAS_TRUST": str(ns.policy)}
     assert host_pull(ns, host, "classifier:v1").returncode == 0
     assert cas_cli("materialize", "classifier:v1", home=host, env=env).returncode == 0
+    state_under_root_1 = (server[1] / trust_state_key()).read_bytes()
     run("trust", "delegate", ns.url, "team-a", "--names", "classifier*", "--key", f"{keys['team-a-new']}.pub",
         "--sign", keys["root"], "--sign", keys["online"], home=ns)  # fmt: skip
     evil = publish_model(ns, tmp_path, "classifier:v3")
@@ -359,6 +394,9 @@ def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, ke
     assert host_pull(ns, host, "classifier:v1").returncode == 0
     assert cas_cli("materialize", "classifier:v1", home=host, env=env).returncode == 0
     assert pulled(host, "classifier:v1") == v1
+    (server[1] / trust_state_key()).write_bytes(state_under_root_1)  # back to when the leaked key counted
+    assert_refused(host_pull(ns, host, "classifier:v1"), "names root version 3, older than the version 4 this host "
+                   "trusts: a rollback", home=host)  # fmt: skip
 
 
 def test_a_role_document_checked_under_an_old_root_is_checked_again_under_the_new_one(tmp_path, keys, server):

@@ -10,9 +10,12 @@ import sys
 import urllib.error
 import urllib.request
 
+import blake3
+import msgpack
 import pytest
 
-from cas import Cache, check_repository
+from cas import Cache, check_repository, list_remote
+from cas.repo.format import Location, encode_index, encode_locator
 from tests.support.procs import pss_kib
 
 from ..conftest import TOKEN, free_port, published, start, stop, tree_files, wait_until
@@ -196,9 +199,66 @@ def test_one_address_holding_too_many_connections_is_answered_503_and_others_sti
 
 
 def test_a_listing_prefix_that_climbs_out_of_the_layout_is_refused(served, tmp_path):
-    """``?list=`` takes a prefix inside the layout: one with a ``..`` component is a 400, whatever it names."""
+    """``?list=`` takes a prefix of the layout's listable folders: one with a ``..`` component, or outside them
+    (the whole store, its temporary uploads, the prune marks), is a 400."""
     url, port, _ = served
     (tmp_path / "outside.txt").write_text("not the repository's")
-    for prefix in ("refs/../", "refs/../../", "trees/../refs/", "refs/m/../../.."):
+    for prefix in ("refs/../", "refs/../../", "trees/../refs/", "refs/m/../../..", "", ".tmp/", "prune/"):
         assert request(port, "GET", f"/?list={prefix}") == 400, prefix
     assert b"refs/m/v1" in urllib.request.urlopen(url + "/?list=refs/", timeout=30).read()
+
+
+def test_a_listing_is_never_deleted_and_a_version_never_replaced_by_other_content(served, tmp_path, synthetic):
+    """With the token, a client that sends no condition still cannot delete a listing, nor put another root
+    under a version that exists: the server refuses (400, 409), and pulls still get the original."""
+    url, port, _ = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert request(port, "DELETE", "/index/names", auth) == 400
+    assert request(port, "DELETE", "/index/versions/m", auth) == 400
+    (synthetic / "extra.bin").write_bytes(b"other content")
+    try:
+        published(tmp_path / "second", synthetic, "m:v2", url)
+    finally:
+        (synthetic / "extra.bin").unlink()
+    v1 = urllib.request.urlopen(url + "/refs/m/v1", timeout=30).read()
+    v2 = msgpack.unpackb(urllib.request.urlopen(url + "/refs/m/v2", timeout=30).read(), raw=False)
+    forged = msgpack.packb({**v2, "version": "v1"}, use_bin_type=True)
+    headers = {**auth, "Content-Length": str(len(forged))}
+    assert request(port, "PUT", "/refs/m/v1", headers, forged) == 409
+    assert urllib.request.urlopen(url + "/refs/m/v1", timeout=30).read() == v1
+    host = Cache(tmp_path / "host")
+    host.pull("m:v1", url)
+    assert tree_files(host.materialize("m:v1")) == tree_files(synthetic)
+    assert sorted(i.tag for i in list_remote(url)) == ["m:v1", "m:v2"]
+
+
+def test_uploads_that_would_leave_the_repository_inconsistent_are_refused(served, tmp_path, synthetic):
+    """What a buggy or hostile writer with the token may send, each refused with nothing stored: a locator
+    pointing into a pack that has no index, a pack index declaring another size than its pack, and a listing
+    written over a version of it that is no longer there (lost updates)."""
+    url, port, _ = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def put(key: str, body: bytes, **headers: str) -> int:
+        return request(port, "PUT", f"/{key}", {**auth, "Content-Length": str(len(body)), **headers}, body)
+
+    model = tmp_path / "other"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"other weights" * 100)
+    info = Cache(tmp_path / "other-cache").add(model, "o:v1")
+    tree = (tmp_path / "other-cache" / "trees" / info.root[:2] / info.root).read_bytes()
+    assert put(f"trees/{info.root}", tree) == 201
+    orphan = "ab" * 32
+    locator = encode_locator({b"\1" * 32: Location(orphan, 0, 10)})
+    assert put(f"locators/{info.root}", locator) == 409
+    pack = b"not really a pack, but named for its hash"
+    pack_id = blake3.blake3(pack).hexdigest()
+    assert put(f"packs/{pack_id}", pack) == 201
+    assert put(f"packs/{pack_id}.idx", encode_index(len(pack) + 1, [])) == 400
+    names = urllib.request.urlopen(url + "/index/names", timeout=30)
+    body, etag = names.read(), names.headers["ETag"]
+    assert put("index/names", body, **{"If-Match": '"' + "0" * 64 + '"'}) == 412
+    assert put("index/names", body, **{"If-Match": etag}) == 200
+    for key in (f"locators/{info.root}", f"packs/{pack_id}.idx"):
+        assert request(port, "GET", f"/{key}") == 404, key
+    assert check_repository(url, deep=True).ok
