@@ -151,6 +151,20 @@ def test_list_remote_without_a_url_lists_cas_remote(tmp_path, minilm):
     assert json.loads(cas_cli("list", "--json", home=tmp_path / "host", env=env).stdout) == []  # the cache: empty
 
 
+def test_a_model_name_typed_as_the_remote_of_list_says_how_to_list_it(tmp_path, synthetic):
+    """`cas list --remote classifier` with `$CAS_REMOTE` set: the user meant the model, so the one line names the
+    command that lists it, and that command works."""
+    repo = f"file://{tmp_path / 'repo'}"
+    cas_cli("add", str(synthetic), "classifier:v1", home=tmp_path / "pub")
+    cas_cli("push", "classifier:v1", "--remote", repo, home=tmp_path / "pub")
+    env = {**os.environ, "CAS_REMOTE": repo}
+    out = cas_cli("list", "--remote", "classifier", home=tmp_path / "host", env=env, check=False)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "(no such folder)" in out.stderr and out.stderr.rstrip().endswith("cas list classifier --remote")
+    listed = cas_cli("list", "classifier", "--remote", home=tmp_path / "host", env=env).stdout
+    assert "classifier:v1" in listed
+
+
 def test_a_repository_folder_that_is_not_there_is_an_error_not_an_empty_repository(tmp_path, synthetic):
     """`cas list --remote classifier` reads `classifier` as the repository (a folder): a mistyped URL must say
     so, not list nothing; a push still starts a repository in a new folder."""

@@ -67,9 +67,7 @@ def _add(args: argparse.Namespace) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     if args.remote is not None:
-        from ..repo.repository import list_remote
-
-        infos = list_remote(args.remote or None, args.name)
+        infos = _list_remote(args.remote, args.name)
     else:
         infos = cache_of(args).list(args.name)
     here = {} if args.remote is not None else _files_here(cache_of(args), infos)
@@ -79,6 +77,20 @@ def _list(args: argparse.Namespace) -> None:
     rows = [[i.tag, size(i.size), f"{here[i.tag]} of {i.file_count}" if i.tag in here else str(i.file_count),
              output.when(i.created), i.root[:12], output.labels(i)] for i in infos]  # fmt: skip
     table(["TAG", "SIZE", "FILES", "CREATED", "ROOT", "LABELS"], rows)
+
+
+def _list_remote(remote: str, name: str | None) -> list[ModelInfo]:
+    """A bare word after ``--remote`` is most often a model's name typed in the URL's place: say how to list it."""
+    from ..errors import RepoError
+    from ..repo.repository import list_remote
+
+    try:
+        return list_remote(remote or None, name)
+    except RepoError as e:
+        if name is not None or "/" in remote or ":" in remote or "(no such folder)" not in str(e):
+            raise
+        raise RepoError(f"{e}; to list the model {remote!r} of $CAS_REMOTE, put its name first: "
+                        f"cas list {remote} --remote") from None  # fmt: skip
 
 
 def _files_here(cache: Cache, infos: list[ModelInfo]) -> dict[str, int]:
