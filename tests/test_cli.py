@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO, cas_cli, published, tree_files
 
 
@@ -210,3 +212,20 @@ def test_pulling_a_version_already_here_says_so(tmp_path, minilm):
     cas_cli("push", "copy:v1", "--remote", repo, home=tmp_path / "pub")
     new = cas_cli("pull", "copy:v1", "--remote", repo, home=tmp_path / "host").stdout
     assert new.startswith("pulled copy:v1") and "fetched 0 B" in new, new
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "1e9"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/repo", "s3://bucket/models", "oci://127.0.0.1:9/team"])
+def test_a_stall_timeout_that_is_not_a_duration_is_one_line_naming_it(tmp_path, url, value):
+    """`CAS_STALL_TIMEOUT=abc` was a traceback from deep in the HTTP store; every store reads it the same way."""
+    env = {**os.environ, "CAS_STALL_TIMEOUT": value}
+    out = cas_cli("pull", "m:v1", "--remote", url, home=tmp_path / "host", env=env, check=False)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert f"CAS_STALL_TIMEOUT='{value}' is not a number of seconds from 0.1 to 3600" in out.stderr
+
+
+def test_a_registry_settle_time_that_is_not_a_duration_is_one_line_naming_it(tmp_path):
+    env = {**os.environ, "CAS_REGISTRY_SETTLE": "soon"}
+    out = cas_cli("pull", "m:v1", "--remote", "oci://127.0.0.1:9/team", home=tmp_path / "host", env=env, check=False)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert "CAS_REGISTRY_SETTLE='soon' is not a number of seconds from 0 to 60" in out.stderr

@@ -12,20 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import random
 from typing import Any, NamedTuple
 
 import aiohttp
 
 from ..errors import InvalidManifest, NotFound, RepoError
-from . import CONCURRENCY
+from . import CONCURRENCY, stall_timeout
 from .backend import Change
 from .format import MAX_DOC_BYTES, check_key, marks_key
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
-STALL = 30.0  # seconds without a byte before a read counts as stalled (CAS_STALL_TIMEOUT)
 CONNECT = 10.0  # seconds to open a connection
 UPDATE_TRIES = 20  # a listing changed by other pushes this many times in a row: give up
 MAX_LISTED = 10_000_000  # keys in one listing
@@ -58,7 +56,7 @@ class HttpBackend:
         self.url = url.rstrip("/")
         self._token = token
         self._limit = concurrency
-        self._stall = stall if stall is not None else float(os.environ.get("CAS_STALL_TIMEOUT") or STALL)
+        self._stall = stall if stall is not None else stall_timeout()
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:

@@ -32,6 +32,7 @@ from typing import TypeVar
 from ..content import ref
 from ..content.tags import validate_name, validate_version
 from ..errors import InvalidManifest, InvalidTag, NotFound, RepoError
+from ..system.envflags import env_seconds
 from . import CONCURRENCY
 from . import ocilayout as layout
 from .backend import Change
@@ -55,7 +56,7 @@ class OciBackend:
         self._registry = Registry(self._where.base, credentials=credentials_for(self._where.host),
                                   concurrency=concurrency)  # fmt: skip
         self._pool = layout.pool_repository(self._where.namespace)
-        self._settle = _settle_time()
+        self._settle = env_seconds("CAS_REGISTRY_SETTLE", SETTLE, low=0, high=60)
         self._blobs: dict[str, Blob] = {}  # immutable key -> its blob in the pool
         self._empty: Blob | None = None
         self._slots = asyncio.Semaphore(concurrency)
@@ -287,17 +288,6 @@ class OciBackend:
     async def _bounded(self, work: Awaitable[T]) -> T:
         async with self._slots:
             return await work
-
-
-def _settle_time() -> float:
-    raw = os.environ.get("CAS_REGISTRY_SETTLE") or str(SETTLE)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 60:
-        raise RepoError(f"CAS_REGISTRY_SETTLE={raw!r} is not a number of seconds from 0 to 60")
-    return value
 
 
 def _is_version(tag: str) -> bool:

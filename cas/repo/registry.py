@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import random
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ from urllib.parse import urlencode, urljoin
 import aiohttp
 
 from ..errors import NotFound, RepoError
-from . import CONCURRENCY
+from . import CONCURRENCY, stall_timeout
 from .registryanswers import (
     Answer,
     Transient,
@@ -47,7 +46,6 @@ from .registryauth import Credentials, challenge
 
 RETRIES = 5
 BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
-STALL = 30.0  # seconds without a byte before a read counts as stalled
 MAX_MANIFEST_BYTES = 4 << 20  # what the distribution registry itself accepts
 MAX_TAGS = 1_000_000
 TAGS_PAGE = 1000  # tags asked per page of a listing
@@ -258,7 +256,7 @@ class Registry:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            stall = float(os.environ.get("CAS_STALL_TIMEOUT") or STALL)
+            stall = stall_timeout()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=stall),

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import CasError, NotFound, RepoError
-from . import CONCURRENCY
+from . import CONCURRENCY, stall_timeout
 from .backend import Change
 from .format import MAX_DOC_BYTES, check_key
 
 RETRIES = 5  # attempts per request, botocore's own retries included
-STALL = 30.0  # seconds without a byte (CAS_STALL_TIMEOUT)
 UPDATE_TRIES = 20
 
 
@@ -47,7 +45,7 @@ class S3Backend:
             raise RepoError(f"repository URL {url!r} names no bucket; use s3://BUCKET[/PREFIX]")
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self._concurrency = concurrency
-        self._stall = float(os.environ.get("CAS_STALL_TIMEOUT") or STALL)
+        self._stall = stall_timeout()
         self._context: Any = None
         self._client: Any = None
 
