@@ -153,6 +153,31 @@ def test_list_remote_without_a_url_lists_cas_remote(tmp_path, minilm):
     assert json.loads(cas_cli("list", "--json", home=tmp_path / "host", env=env).stdout) == []  # the cache: empty
 
 
+def test_a_bare_remote_option_means_cas_remote_on_every_command(tmp_path, synthetic):
+    """`--remote` alone is `$CAS_REMOTE`'s repository on every command, as the docs say, not only on `list`:
+    push, pull --dry-run, pull, materialize, checkout, verify, rm and prune, each against the one repository."""
+    repo = tmp_path / "repo"
+    env = {**os.environ, "CAS_REMOTE": f"file://{repo}"}
+
+    def run(*args: str, home: str = "host") -> str:
+        return cas_cli(*args, home=tmp_path / home, env=env).stdout
+
+    run("add", str(synthetic), "m:v1", home="pub")
+    run("push", "m:v1", "--remote", home="pub")
+    assert (repo / "refs" / "m" / "v1").is_file()
+    assert "m:v1" in run("pull", "m:v1", "--remote", "--dry-run")
+    run("pull", "m:v1", "--remote")
+    run("rm", "m:v1")
+    assert tree_files(Path(run("materialize", "m:v1", "--remote").strip())) == tree_files(synthetic)
+    run("checkout", "m:v1", str(tmp_path / "out"), "--remote")
+    assert "clean" in run("status", str(tmp_path / "out"))
+    assert "ok: checked 1 models" in run("verify", "--remote")
+    assert "removed m:v1" in run("rm", "m:v1", "--remote")
+    assert not (repo / "refs" / "m" / "v1").exists()
+    run("prune", "--remote")
+    assert run("list", "--remote").strip().count("\n") == 0  # the header alone
+
+
 def test_a_model_name_typed_as_the_remote_of_list_says_how_to_list_it(tmp_path, synthetic):
     """`cas list --remote classifier` with `$CAS_REMOTE` set: the user meant the model, so the one line names the
     command that lists it, and that command works."""

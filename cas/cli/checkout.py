@@ -19,7 +19,7 @@ def commands(cmd: Command) -> None:
         help="read-only hardlinks to the cache's files (no copy; do not edit them) instead of copies",
     )
     sp.add_argument("--force", action="store_true", help="overwrite or remove files you changed there")
-    sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
+    output.remote_option(sp, "repository to pull from (default, or --remote alone: $CAS_REMOTE)")
     sp.add_argument("--json", action="store_true")
     sp = cmd("status", _status, "say whether a folder still matches the version checked out there (exit 1 if not)")
     sp.add_argument("dir")

@@ -26,24 +26,23 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--json", action="store_true")
     sp = cmd("list", _list, "list stored models, newest first")
     sp.add_argument("name", nargs="?")
-    sp.add_argument("--remote", nargs="?", const="", metavar="URL",
-                    help="list a repository instead of the local cache (no URL: $CAS_REMOTE's)")  # fmt: skip
+    output.remote_option(sp, "list a repository instead of the local cache (no URL: $CAS_REMOTE's)")
     sp.add_argument("--json", action="store_true")
     sp = cmd("show", _show, "show a model's files, sizes, root and labels")
     sp.add_argument("tag")
     sp.add_argument("--json", action="store_true")
     sp = cmd("materialize", _materialize, "print the model's read-only directory; pulls the model if it is not here")
     sp.add_argument("tag")
-    sp.add_argument("--remote", metavar="URL", help="repository to pull from (default: $CAS_REMOTE)")
+    output.remote_option(sp, "repository to pull from (default, or --remote alone: $CAS_REMOTE)")
     output.selection_options(sp)
     sp = cmd("rm", _rm, "remove models (NAME:VERSION, NAME:latest, or NAME for every version)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
-    sp.add_argument("--remote", metavar="URL", help="remove the refs from this repository (cas prune deletes the data)")
+    output.remote_option(sp, "remove the refs from this repository (no URL: $CAS_REMOTE's; cas prune deletes the data)")
     sp.add_argument("--json", action="store_true")
     sp = cmd("verify", _verify, "re-hash blobs and snapshots and repair what can be repaired; or check a repository")
     sp.add_argument("tag", nargs="?")
     sp.add_argument("--no-repair", action="store_true", help="only report")
-    sp.add_argument("--remote", metavar="URL", help="check this repository instead of the cache (never repairs)")
+    output.remote_option(sp, "check this repository instead of the cache (no URL: $CAS_REMOTE's; never repairs)")
     sp.add_argument("--deep", action="store_true", help="with --remote: also read every pack and check its chunks")
     sp.add_argument("--signatures", action="store_true",
                     help="with --remote: also say who signed each version (under $CAS_TRUST, if set)")  # fmt: skip
@@ -145,10 +144,10 @@ def _materialize(args: argparse.Namespace) -> None:
 
 
 def _rm(args: argparse.Namespace) -> None:
-    if args.remote:
+    if args.remote is not None:
         from ..sync.prune import remove_remote
 
-        removed = remove_remote(args.tags, args.remote)
+        removed = remove_remote(args.tags, args.remote or None)
     else:
         cache = cache_of(args)
         removed = [info for tag in args.tags for info in cache.delete(tag)]
@@ -160,7 +159,7 @@ def _rm(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    if args.remote:
+    if args.remote is not None:
         return _verify_remote(args)
     report = cache_of(args).verify(args.tag, repair=not args.no_repair)
     if args.json:
@@ -187,7 +186,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _verify_remote(args: argparse.Namespace) -> int:
     from ..repo.check import check_repository
 
-    report = check_repository(args.remote, deep=args.deep)
+    report = check_repository(args.remote or None, deep=args.deep)
     signed = _signatures(args) if args.signatures else None
     if args.json:
         doc = {"ok": report.ok, "refs": report.refs, "packs": report.packs, "problems": report.problems,
@@ -212,7 +211,7 @@ def _verify_remote(args: argparse.Namespace) -> int:
 def _signatures(args: argparse.Namespace) -> SignatureReport:
     from ..trust.audit import signature_report
 
-    return signature_report(cache_of(args), args.remote)
+    return signature_report(cache_of(args), args.remote or None)
 
 
 def _print_signatures(report: SignatureReport) -> None:

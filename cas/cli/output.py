@@ -33,6 +33,12 @@ def cache_of(args: argparse.Namespace) -> Cache:
     return Cache(args.home) if args.home else Cache()
 
 
+def remote_option(sp: argparse.ArgumentParser, help: str = "repository (default, or --remote alone: $CAS_REMOTE)"
+                  ) -> None:  # fmt: skip
+    """``--remote [URL]``, the same on every command: given alone, it means ``$CAS_REMOTE``'s repository."""
+    sp.add_argument("--remote", nargs="?", const="", metavar="URL", help=help)
+
+
 def selection_options(sp: argparse.ArgumentParser) -> None:
     """--include/--exclude, the same on every command that takes some of a model's files."""
     sp.add_argument(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .output import Command, print_json, size
+from .output import Command, print_json, remote_option, size
 
 
 def commands(cmd: Command) -> None:
     sp = cmd("prune", _prune, "delete what no ref reaches in a repository, in two phases: mark now, delete after "
                               "the grace period; repack packs mostly dead")  # fmt: skip
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    remote_option(sp)
     sp.add_argument("--grace", default="1d", metavar="DURATION",
                     help="delete only what was marked this long ago and is still unreachable: 0, 30m, 12h, 1d, 2w "
                          "(default: 1d; longer than any push or pull)")  # fmt: skip

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def commands(cmd: Command) -> None:
     sp = cmd("push", _push, "upload a model to a repository (only what it lacks)")
     sp.add_argument("tag")
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    output.remote_option(sp)
     sp.add_argument("--sign", action="append", default=[], metavar="KEY",
                     help="sign it there with this private key (repeatable; also $CAS_SIGNING_KEY)")  # fmt: skip
     sp.add_argument("--format", choices=("cas", "modelpack"), default="cas",
@@ -31,7 +31,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("--json", action="store_true")
     sp = cmd("pull", _pull, "fetch a model from a repository (only what no local file holds)")
     sp.add_argument("tag")
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    output.remote_option(sp)
     sp.add_argument("--concurrency", type=int, default=CONCURRENCY, help=f"range requests in flight ({CONCURRENCY})")
     sp.add_argument("--dry-run", action="store_true", help="say what would be fetched and reused; fetch nothing")
     output.selection_options(sp)

@@ -18,7 +18,7 @@ from ..errors import InvalidInput
 from ..trust import modelsigning
 from ..trust.keys import SigningKey, from_environment, generate, keyid, load_public
 from ..trust.policy import Anchor, TrustPolicy
-from .output import Command, cache_of, print_json
+from .output import Command, cache_of, print_json, remote_option
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def commands(cmd: Command) -> None:
     sp.add_argument("path", metavar="KEY")
     sp = cmd("sign", _sign, "sign versions already in a repository (a role whose keys are given signs them)")
     sp.add_argument("tags", nargs="+", metavar="TAG")
-    sp.add_argument("--remote", metavar="URL", help="repository (default: $CAS_REMOTE)")
+    remote_option(sp)
     sp.add_argument("--sign", action="append", default=[], metavar="KEY", help=SIGN_HELP)
     sp.add_argument("--no-latest", action="store_true", help="do not make them their names' latest")
 
