@@ -264,7 +264,13 @@ class Cache(LocalCache):
                 self._local(t, policy, sel, trusted_only=False)  # here, but not vouched for or partial: say so
             except NotFound as e:
                 raise NotFound(f"{e}{offline_note}") from None
-        raise NotFound(f"{self.refs.not_found(str(t))}{offline_note}")
+        if why_offline:  # "set CAS_REMOTE" would send the user to what is set already
+            fix = ("unset CAS_OFFLINE" if offline is None else "drop offline=True") + (
+                "" if url else " and set CAS_REMOTE"
+            )
+            raise NotFound(f"model {t} is not in the cache at {self.root}; {why_offline}, so it was not pulled: {fix} "
+                           f"to pull it, or store it with 'cas add PATH {t.name}'")  # fmt: skip
+        raise NotFound(str(self.refs.not_found(str(t))))
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool, policy: TrustPolicy | None,
                                 sel: Selection | None = None) -> ModelInfo:  # fmt: skip

@@ -90,7 +90,11 @@ def test_materialize_pulls_a_model_that_is_not_here_as_a_service_would(tmp_path,
     path = Path(cas_cli("materialize", "m:latest", home=tmp_path / "host", env=env).stdout.strip())
     assert tree_files(path) == tree_files(synthetic)
     offline = cas_cli("materialize", "m:v1", home=tmp_path / "other", env={**env, "CAS_OFFLINE": "1"}, check=False)
-    assert offline.returncode == 1 and "CAS_OFFLINE is set, so it was not pulled" in offline.stderr
+    assert (
+        offline.returncode == 1
+        and "CAS_OFFLINE is set, so it was not pulled: unset CAS_OFFLINE to pull it, or store it with 'cas add PATH m'"
+        in offline.stderr
+    )  # not "set CAS_REMOTE": it is set
 
 
 def test_version_comes_from_the_package_metadata(tmp_path):
