@@ -1,8 +1,11 @@
-"""MkDocs hooks: the CLI reference generated from cas's own parser, and the benchmark report with its plots."""
+"""MkDocs hooks: the benchmark report with its plots; and the CLI reference, generated from cas's own parser into
+``docs/cli.md`` (committed, so it reads on GitHub too): ``python docs/hooks.py`` writes it again, and the suite
+fails while the committed text is not what the parser says."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -19,22 +22,47 @@ def on_files(files: Files, config: object) -> Files:
 
 
 def on_page_markdown(markdown: str, page: object, config: object, files: Files) -> str:
-    if "<!-- cli reference -->" in markdown:
-        return markdown.replace("<!-- cli reference -->", cli_reference())
     if "<!-- benchmark report -->" in markdown:
         report = (RESULTS / "report.md").read_text()
         return markdown.replace("<!-- benchmark report -->", report.split("\n", 1)[1])  # its own title dropped
     return markdown
 
 
+CLI_PAGE = REPO / "docs" / "cli.md"
+CLI_START, CLI_END = "<!-- cli reference: python docs/hooks.py writes what follows -->", "<!-- end of cli reference -->"
+
+
+def cli_page() -> str:
+    """``docs/cli.md`` with the reference between its markers as the parser has it now."""
+    page = CLI_PAGE.read_text()
+    head, rest = page.split(CLI_START, 1)
+    return f"{head}{CLI_START}\n\n{cli_reference()}\n{CLI_END}{rest.split(CLI_END, 1)[1]}"
+
+
 def cli_reference() -> str:
-    """Every command with its usage and options, from the parser `cas` itself runs."""
+    """Every command with its usage and options, from the parser `cas` itself runs, 100 columns wide wherever
+    it is generated (argparse wraps to the terminal's width)."""
     from cas.cli import build_parser
 
-    parser = build_parser()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        return _reference(build_parser())
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+
+
+def _reference(parser: argparse.ArgumentParser) -> str:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     out = ["```text", parser.format_help().rstrip(), "```", ""]
     for name, command in sub.choices.items():
         command.prog = f"cas {name}"
         out += [f"## `cas {name}`", "", "```text", command.format_help().rstrip(), "```", ""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    CLI_PAGE.write_text(cli_page())

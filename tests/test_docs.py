@@ -22,6 +22,16 @@ def test_the_docs_build_in_strict_mode(tmp_path):
     assert 'id="cas.Cache"' in (tmp_path / "site" / "api" / "index.html").read_text()  # from the docstrings
 
 
+def test_the_committed_cli_reference_is_what_the_parser_says():
+    """docs/cli.md carries the reference in the repository (GitHub shows it unbuilt): never stale."""
+    import runpy
+
+    hooks = runpy.run_path(str(REPO / "docs" / "hooks.py"))
+    page = hooks["cli_page"]()
+    assert "## `cas checkout`" in page and "--remote [URL]" in page
+    assert page == (REPO / "docs" / "cli.md").read_text(), "docs/cli.md is stale: run 'python docs/hooks.py'"
+
+
 def test_every_environment_variable_cas_reads_is_on_the_configuration_page():
     import re
 
