@@ -74,8 +74,7 @@ class Cache(LocalCache):
             stats = pull(self, tag, remote, concurrency=concurrency, progress=progress,
                          trust=self.trust_policy(trust), selection=Selection.of(include, exclude),
                          seeds=_seed_dirs(seeds))  # fmt: skip
-        self._fit_budget(stats.info)
-        return stats
+        return stats._replace(evicted=self._fit_budget(stats.info))
 
     def estimate_pull(self, tag: str, remote: str | None = None, *, include: Patterns = None,
                       exclude: Patterns = None) -> PullEstimate:  # fmt: skip
@@ -97,24 +96,24 @@ class Cache(LocalCache):
                                 seeds=_seed_dirs(seeds))  # fmt: skip
         import asyncio
 
-        await asyncio.to_thread(self._fit_budget, stats.info)
-        return stats
+        return stats._replace(evicted=await asyncio.to_thread(self._fit_budget, stats.info))
 
-    def _fit_budget(self, pulled: ModelInfo) -> None:
+    def _fit_budget(self, pulled: ModelInfo) -> tuple[str, ...]:
         """After a pull, gc to the size budget (``max_size``, ``$CAS_MAX_SIZE``), keeping what was pulled;
-        skipped while another process writes (its own pull gcs after it), never failing the pull."""
+        skipped while another process writes (its own pull gcs after it), never failing the pull.  Returns the
+        tags evicted."""
         budget = self.max_size
         if budget is None:
-            return
+            return ()
         try:
             report = self.gc(budget, keep=[pulled], wait=False)
         except CacheBusy:
-            return
+            return ()
         except (CasError, OSError) as e:
             import warnings
 
             warnings.warn(f"cas: could not keep the cache at {self.root} to its size budget: {e}", stacklevel=3)
-            return
+            return ()
         if report.over_budget:
             kept = "; ".join(f"{k.tag}: {k.reason}" for k in report.kept[:5]) or "nothing else can be evicted"
             import warnings
@@ -123,6 +122,7 @@ class Cache(LocalCache):
 
             warnings.warn(f"cas: the cache at {self.root} takes {format_size(report.size_after)}, over its budget of "
                           f"{format_size(budget)} ({kept})", stacklevel=3)  # fmt: skip
+        return tuple(i.tag for i in report.evicted)
 
     # -- checkouts --------------------------------------------------------------
 

@@ -209,8 +209,11 @@ def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_pat
     home = tmp_path / "home"
     env = {**os.environ, "CAS_MAX_SIZE": "1.5M"}
     cas_cli("pull", "m1:v1", "--remote", repo, home=home, env=env)
-    cas_cli("pull", "m2:v1", "--remote", repo, home=home, env=env)
+    out = cas_cli("pull", "m2:v1", "--remote", repo, home=home, env=env).stdout
     assert [i.tag for i in Cache(home).list()] == ["m2:v1"]
+    assert out.splitlines()[1] == "evicted m1:v1 to keep the cache to its size budget"  # said, not silent
+    stats = Cache(home, max_size="1.5M").pull("m1:v1", repo)
+    assert stats.evicted == ("m2:v1",) and [i.tag for i in Cache(home).list()] == ["m1:v1"]
     # The descriptor's pull fits the budget too; a budget smaller than the model keeps the model, and says so.
     env = {**env, "CAS_MAX_SIZE": "1", "CAS_REMOTE": repo}
     service = subprocess.Popen([sys.executable, "-c", HOLD, str(home), "m3:v1"], stdin=subprocess.PIPE,

@@ -55,11 +55,12 @@ def commands(cmd: Command) -> None:
 
 
 def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
-            seconds: float, here: bool = False) -> None:  # fmt: skip
+            seconds: float, here: bool = False, evicted: tuple[str, ...] = ()) -> None:  # fmt: skip
     """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept; ``here``: a pull
-    of a version stored here already."""
+    of a version stored here already; ``evicted``: versions the size budget took out after it."""
     if args.json:
-        print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds})
+        print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds,
+                    **({"evicted": list(evicted)} if evicted else {})})  # fmt: skip
         return
     verb = "pushed" if moved[0] == "uploaded" else "pulled"
     part = f", {info.file_count} files, partial" if info.partial else ""
@@ -124,7 +125,9 @@ def _pull(args: argparse.Namespace) -> None:
         s = cache_of(args).pull(args.tag, args.remote, concurrency=args.concurrency, progress=progress,
                                 include=args.include, exclude=args.exclude, seeds=args.seed or None)  # fmt: skip
     _report(args, s.info, ("fetched", s.bytes_fetched), ("reused from local files", s.bytes_reused), s.seconds,
-            s.was_here)  # fmt: skip
+            s.was_here, s.evicted)  # fmt: skip
+    if s.evicted and not args.json:
+        print(f"evicted {', '.join(s.evicted)} to keep the cache to its size budget")
 
 
 def _estimate(args: argparse.Namespace) -> None:

@@ -56,6 +56,7 @@ class PullStats(NamedTuple):
     seconds: float
     bytes_seeded: int = 0  # of those, raw bytes taken from seed folders
     was_here: bool = False  # the version was stored here already, with every file the pull asked for
+    evicted: tuple[str, ...] = ()  # versions gc evicted after the pull to keep the cache to its size budget
 
 
 def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
