@@ -74,7 +74,7 @@ class Cache(LocalCache):
             stats = pull(self, tag, remote, concurrency=concurrency, progress=progress,
                          trust=self.trust_policy(trust), selection=Selection.of(include, exclude),
                          seeds=_seed_dirs(seeds))  # fmt: skip
-        return stats._replace(evicted=self._fit_budget(stats.info))
+        return stats.with_evicted(self._fit_budget(stats.info))
 
     def estimate_pull(self, tag: str, remote: str | None = None, *, include: Patterns = None,
                       exclude: Patterns = None) -> PullEstimate:  # fmt: skip
@@ -96,7 +96,7 @@ class Cache(LocalCache):
                                 seeds=_seed_dirs(seeds))  # fmt: skip
         import asyncio
 
-        return stats._replace(evicted=await asyncio.to_thread(self._fit_budget, stats.info))
+        return stats.with_evicted(await asyncio.to_thread(self._fit_budget, stats.info))
 
     def _fit_budget(self, pulled: ModelInfo) -> tuple[str, ...]:
         """After a pull, gc to the size budget (``max_size``, ``$CAS_MAX_SIZE``), keeping what was pulled;

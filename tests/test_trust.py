@@ -40,6 +40,9 @@ from .conftest import REPO, TOKEN, cas_cli, stats
 
 ROLES = {"team-a": "classifier*", "team-b": "ranker*"}
 
+# The attacker's unsigned pushes warn as every unsigned push into a signing repository does (tested on its own).
+pytestmark = pytest.mark.filterwarnings("ignore:.*was pushed unsigned:UserWarning")
+
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
@@ -174,6 +177,22 @@ def test_a_repository_without_signatures_is_refused(tmp_path, keys, nginx):
     root = publish_model(ns, tmp_path, "classifier:v1")
     host = tmp_path / "host"
     assert_refused(host_pull(ns, host, "classifier:v1", nginx(unsigned)), "has no signatures", home=host, root=root)
+
+
+def test_an_unsigned_push_to_a_repository_set_up_for_signing_warns_that_hosts_will_refuse_it(tmp_path, keys):
+    """A publisher who forgets --sign learns it at push time, not from hosts failing; a signed push, or an
+    unsigned one where nobody signs, says nothing of it."""
+    ns = setup_signing(tmp_path, keys, f"file://{tmp_path / 'signed'}")
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online", cli=True)
+    src = tmp_path / "models" / "classifier-v1"
+    for tag, url, signers in (("classifier:v2", ns.url, []), ("classifier:v3", ns.url, ["team-a", "online"]),
+                              ("classifier:v2", f"file://{tmp_path / 'plain'}", [])):  # fmt: skip
+        run("add", src, tag, home=ns, check=False)
+        out = run("push", tag, "--remote", url, *[a for k in signers for a in ("--sign", ns.keys[k])], home=ns)
+        warned = "cas: warning: " in out.stderr and f"set up for signing and {tag} was pushed unsigned" in out.stderr
+        assert warned == (url == ns.url and not signers), (tag, url, out.stderr)
+    assert "cas sign classifier:v2 --remote URL --sign KEY" in run("push", "classifier:v2", "--remote", ns.url,
+                                                                       home=ns).stderr  # fmt: skip
 
 
 def test_the_descriptor_with_a_policy_resolves_only_what_is_signed(tmp_path, keys, server):

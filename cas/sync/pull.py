@@ -58,6 +58,9 @@ class PullStats(NamedTuple):
     was_here: bool = False  # the version was stored here already, with every file the pull asked for
     evicted: tuple[str, ...] = ()  # versions gc evicted after the pull to keep the cache to its size budget
 
+    def with_evicted(self, tags: tuple[str, ...]) -> PullStats:
+        return self._replace(evicted=tags)
+
 
 def pull(cache: LocalCache, tag: str, remote: str | None = None, *, concurrency: int = CONCURRENCY,
          progress: Progress | None = None, trust: TrustPolicy | None = None,

@@ -92,6 +92,12 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
     await repo.put_tree(info.root, tree.encode(), locations)
     await repo.put_ref(info)
     roles = await trust.sign(repo, [(Tag(info.name, info.version), info.root)], list(sign)) if sign else []
+    if not sign and await trust.is_set_up(repo):
+        import warnings
+
+        warnings.warn(f"cas: {public_url(repo.url)} is set up for signing and {info.tag} was pushed unsigned: hosts "
+                      f"with a trust policy refuse it until it is signed ('cas sign {info.tag} --remote URL --sign "
+                      "KEY', or push with --sign)", stacklevel=2)  # fmt: skip
     with contextlib.suppress(OSError):  # a cache this user cannot write still pushes; gc then keeps the model
         cache.refs.add_remote(info, public_url(repo.url))  # it can come back from there now: gc may evict it
     return PushStats(info, uploaded, present, time.perf_counter() - start, tuple(roles))

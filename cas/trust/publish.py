@@ -18,6 +18,7 @@ from ..errors import InvalidInput, NotFound, Untrusted
 from ..repo.format import trust_role_key, trust_root_key, trust_state_key
 from ..repo.repository import Repository
 from .documents import (
+    MAX_BYTES,
     Grant,
     Role,
     RoleMeta,
@@ -149,6 +150,16 @@ async def refresh(repo: Repository, signers: Sequence[Signer], days: float | Non
 async def current(repo: Repository) -> tuple[Root, State]:
     root, state, _ = await _current(repo)
     return root, state
+
+
+async def is_set_up(repo: Repository) -> bool:
+    """Whether ``repo`` is set up for signing (``cas trust init`` wrote its state): its hosts may refuse unsigned
+    versions."""
+    try:
+        await repo.backend.get(trust_state_key(), limit=MAX_BYTES["state"])
+    except NotFound:
+        return False
+    return True
 
 
 async def role(repo: Repository, state: State, name: str) -> Role:
