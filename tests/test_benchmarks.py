@@ -63,3 +63,21 @@ def test_a_second_run_says_which_headline_ratios_moved_more_than_20_percent(tmp_
     again = report.render({"machine": report.machine(), "racing": racing}, "full", 1.0, report.previous_ratios(first))
     assert "Moved more than 20% since the previous report:\n\n- 4 processes racing on a cold model: bytes fetched: " \
            "1.3x → 1x (-23%)" in again  # fmt: skip
+
+
+def test_every_mutant_of_the_mutation_job_still_finds_its_line_and_names_tests_that_exist():
+    """The mutation job edits lines by their text: a refactor that moves one would quietly shrink the campaign
+    (the job reports it, but only when someone runs it); each mutant must also parse, and name real tests."""
+    import ast
+
+    from benchmarks.mutation import MUTANTS
+
+    for m in MUTANTS:
+        source = (REPO / m.path).read_text()
+        assert source.count(m.old) == 1, f"{m.name}: {m.path} holds its line {source.count(m.old)} times"
+        ast.parse(source.replace(m.old, m.new))  # a mutant that does not parse is killed by the compiler
+        for test in m.tests:
+            path, _, name = test.partition("::")
+            assert (REPO / path).is_file(), f"{m.name}: no {path}"
+            assert not name or f"def {name}(" in (REPO / path).read_text(), f"{m.name}: no test {name} in {path}"
+    assert len({m.name for m in MUTANTS}) == len(MUTANTS)
