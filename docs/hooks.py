@@ -39,20 +39,24 @@ def cli_page() -> str:
     return f"{head}{CLI_START}\n\n{cli_reference()}\n{CLI_END}{rest.split(CLI_END, 1)[1]}"
 
 
+PLAIN = {"COLUMNS": "100", "PYTHON_COLORS": "0", "NO_COLOR": "1"}  # argparse wraps to the terminal, and colours
+
+
 def cli_reference() -> str:
-    """Every command with its usage and options, from the parser `cas` itself runs, 100 columns wide wherever
-    it is generated (argparse wraps to the terminal's width)."""
+    """Every command with its usage and options, from the parser `cas` itself runs: plain text 100 columns wide,
+    wherever it is generated."""
     from cas.cli import build_parser
 
-    columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"
+    saved = {k: os.environ.get(k) for k in PLAIN}
+    os.environ.update(PLAIN)
     try:
         return _reference(build_parser())
     finally:
-        if columns is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = columns
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def _reference(parser: argparse.ArgumentParser) -> str:

@@ -175,7 +175,7 @@ def test_a_bare_remote_option_means_cas_remote_on_every_command(tmp_path, synthe
     assert tree_files(Path(run("materialize", "m:v1", "--remote").strip())) == tree_files(synthetic)
     run("checkout", "m:v1", str(tmp_path / "out"), "--remote")
     assert "clean" in run("status", str(tmp_path / "out"))
-    assert "ok: checked 1 models" in run("verify", "--remote")
+    assert "ok: checked 1 models and 1 packs" in run("verify", "--remote")  # the repository's check, not the cache's
     assert "removed m:v1" in run("rm", "m:v1", "--remote")
     assert not (repo / "refs" / "m" / "v1").exists()
     run("prune", "--remote")
@@ -194,6 +194,9 @@ def test_a_model_name_typed_as_the_remote_of_list_says_how_to_list_it(tmp_path, 
     assert "(no such folder)" in out.stderr and out.stderr.rstrip().endswith("cas list classifier --remote")
     listed = cas_cli("list", "classifier", "--remote", home=tmp_path / "host", env=env).stdout
     assert "classifier:v1" in listed
+    env.pop("CAS_REMOTE")  # with no $CAS_REMOTE to list it from, the command would fail: no such hint
+    out = cas_cli("list", "--remote", "classifier", home=tmp_path / "host", env=env, check=False)
+    assert out.returncode == 1 and "(no such folder)" in out.stderr and "put its name first" not in out.stderr
 
 
 def test_a_repository_folder_that_is_not_there_is_an_error_not_an_empty_repository(tmp_path, synthetic):

@@ -208,7 +208,7 @@ def test_a_pushed_version_can_come_back_so_gc_may_evict_it(tmp_path, repo):
 def test_cas_max_size_is_applied_after_each_pull_keeping_what_was_pulled(tmp_path, repo):
     home = tmp_path / "home"
     env = {**os.environ, "CAS_MAX_SIZE": "1.5M"}
-    cas_cli("pull", "m1:v1", "--remote", repo, home=home, env=env)
+    assert json.loads(cas_cli("pull", "m1:v1", "--remote", repo, "--json", home=home, env=env).stdout)["evicted"] == []
     out = cas_cli("pull", "m2:v1", "--remote", repo, home=home, env=env).stdout
     assert [i.tag for i in Cache(home).list()] == ["m2:v1"]
     assert out.splitlines()[1] == "evicted m1:v1 to keep the cache to its size budget"  # said, not silent

@@ -28,7 +28,7 @@ import pytest
 import cas
 from cas import Cache
 from cas.content.ref import decode as decode_ref
-from cas.repo.format import trust_role_key, trust_state_key
+from cas.repo.format import trust_role_key, trust_root_key, trust_state_key
 from cas.repo.repository import run_with_repository
 from cas.sync.exportfile import END, MAGIC
 from cas.trust import publish
@@ -180,19 +180,26 @@ def test_a_repository_without_signatures_is_refused(tmp_path, keys, nginx):
 
 
 def test_an_unsigned_push_to_a_repository_set_up_for_signing_warns_that_hosts_will_refuse_it(tmp_path, keys):
-    """A publisher who forgets --sign learns it at push time, not from hosts failing; a signed push, or an
-    unsigned one where nobody signs, says nothing of it."""
+    """A publisher who forgets --sign learns it at push time, not from hosts failing; a signed push, an unsigned
+    one where nobody signs, or pushing again a version that is there already, says nothing of it."""
     ns = setup_signing(tmp_path, keys, f"file://{tmp_path / 'signed'}")
     publish_model(ns, tmp_path, "classifier:v1", "team-a", "online", cli=True)
     src = tmp_path / "models" / "classifier-v1"
-    for tag, url, signers in (("classifier:v2", ns.url, []), ("classifier:v3", ns.url, ["team-a", "online"]),
-                              ("classifier:v2", f"file://{tmp_path / 'plain'}", [])):  # fmt: skip
+    plain = f"file://{tmp_path / 'plain'}"
+    pushes = [("classifier:v2", ns.url, []), ("classifier:v3", ns.url, ["team-a", "online"]),
+              ("classifier:v2", plain, []), ("classifier:v2", ns.url, [])]  # fmt: skip
+    said = []
+    for tag, url, signers in pushes:
         run("add", src, tag, home=ns, check=False)
-        out = run("push", tag, "--remote", url, *[a for k in signers for a in ("--sign", ns.keys[k])], home=ns)
-        warned = "cas: warning: " in out.stderr and f"set up for signing and {tag} was pushed unsigned" in out.stderr
-        assert warned == (url == ns.url and not signers), (tag, url, out.stderr)
-    assert "cas sign classifier:v2 --remote URL --sign KEY" in run("push", "classifier:v2", "--remote", ns.url,
-                                                                       home=ns).stderr  # fmt: skip
+        said.append(run("push", tag, "--remote", url, *[a for k in signers for a in ("--sign", ns.keys[k])],
+                        home=ns).stderr)  # fmt: skip
+    assert ["set up for signing" in err for err in said] == [True, False, False, False], said  # v2 again: a no-op
+    assert (
+        said[0].startswith("cas: warning: ")
+        and "classifier:v2 was pushed unsigned: hosts with a trust policy "
+        "refuse it until it is signed ('cas sign classifier:v2 --remote URL --sign KEY'"
+        in said[0]
+    )
 
 
 def test_the_descriptor_with_a_policy_resolves_only_what_is_signed(tmp_path, keys, server):
@@ -416,6 +423,24 @@ def test_a_rotated_key_is_no_longer_trusted_after_one_signed_update(tmp_path, ke
     (server[1] / trust_state_key()).write_bytes(state_under_root_1)  # back to when the leaked key counted
     assert_refused(host_pull(ns, host, "classifier:v1"), "names root version 3, older than the version 4 this host "
                    "trusts: a rollback", home=host)  # fmt: skip
+
+
+def test_a_host_anchored_at_a_newer_root_refuses_a_state_of_an_older_one(tmp_path, keys, server):
+    """Freeze: a host set up after the root moved to version 4 (a role was added; team A's key and the online
+    key are unchanged) is served the state of root version 3, still signed and unexpired, naming classifier:v1 as
+    latest though v2 is out. Its signatures check under root 4, so only the root version tells: refused."""
+    url, folder = server
+    ns = setup_signing(tmp_path, keys, url, cli=True)
+    publish_model(ns, tmp_path, "classifier:v1", "team-a", "online")
+    state_of_root_3 = (folder / trust_state_key()).read_bytes()
+    run("trust", "delegate", url, "team-c", "--names", "summarizer*", "--key", f"{keys['team-b']}.pub",
+        "--sign", keys["root"], "--sign", keys["online"], home=ns)  # fmt: skip
+    publish_model(ns, tmp_path, "classifier:v2", "team-a", "online")
+    ns.policy.write_text(TrustPolicy((Anchor(url, (folder / trust_root_key(4)).read_bytes()),)).to_json())
+    (folder / trust_state_key()).write_bytes(state_of_root_3)
+    host = tmp_path / "host"
+    assert_refused(host_pull(ns, host, "classifier:latest"), "names root version 3, older than the version 4 this "
+                   "host trusts: a rollback", home=host)  # fmt: skip
 
 
 def test_a_role_document_checked_under_an_old_root_is_checked_again_under_the_new_one(tmp_path, keys, server):

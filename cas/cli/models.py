@@ -4,6 +4,7 @@ repository, with --remote)."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from . import output
@@ -86,7 +87,8 @@ def _list_remote(remote: str, name: str | None) -> list[ModelInfo]:
     try:
         return list_remote(remote or None, name)
     except RepoError as e:
-        if name is not None or "/" in remote or ":" in remote or "(no such folder)" not in str(e):
+        bare_word = name is None and "/" not in remote and ":" not in remote and os.environ.get("CAS_REMOTE")
+        if not bare_word or "(no such folder)" not in str(e):
             raise
         raise RepoError(f"{e}; to list the model {remote!r} of $CAS_REMOTE, put its name first: "
                         f"cas list {remote} --remote") from None  # fmt: skip

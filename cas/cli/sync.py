@@ -55,12 +55,12 @@ def commands(cmd: Command) -> None:
 
 
 def _report(args: argparse.Namespace, info: ModelInfo, moved: tuple[str, int], kept: tuple[str, int],
-            seconds: float, here: bool = False, evicted: tuple[str, ...] = ()) -> None:  # fmt: skip
+            seconds: float, here: bool = False, evicted: tuple[str, ...] | None = None) -> None:  # fmt: skip
     """One line (or JSON) on what a push or pull moved: (what, bytes) sent or fetched, and kept; ``here``: a pull
-    of a version stored here already; ``evicted``: versions the size budget took out after it."""
+    of a version stored here already; ``evicted``: a pull's, the versions the size budget took out after it."""
     if args.json:
         print_json({**info.to_dict(), "bytes_transferred": moved[1], "bytes_reused": kept[1], "seconds": seconds,
-                    **({"evicted": list(evicted)} if evicted else {})})  # fmt: skip
+                    **({"evicted": list(evicted)} if evicted is not None else {})})  # fmt: skip
         return
     verb = "pushed" if moved[0] == "uploaded" else "pulled"
     part = f", {info.file_count} files, partial" if info.partial else ""

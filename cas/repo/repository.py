@@ -181,14 +181,16 @@ class Repository:
             raise CasError(f"{info.tag} already exists in {self.url} with other content (root "
                            f"{existing.root[:12]}); push under a new version")  # fmt: skip
 
-    async def put_ref(self, info: ModelInfo) -> None:
+    async def put_ref(self, info: ModelInfo) -> bool:
         """The listings, then the ref, created only if absent: its tree, locator and packs must be written
-        already.  The same content there already is a no-op; other content there is refused."""
+        already.  The same content there already is a no-op (False); other content there is refused."""
         await self.backend.update(listing.versions_key(info.name),
                                   lambda data: listing.with_version(data, info.version, info.created))  # fmt: skip
         await self.backend.update(listing.names_key(), lambda data: listing.with_name(data, info.name))
-        if not await self.backend.create(ref_key(info.name, info.version), info.encode()):
-            await self.check_version_free(info)
+        if await self.backend.create(ref_key(info.name, info.version), info.encode()):
+            return True
+        await self.check_version_free(info)
+        return False
 
     async def attach_signature(self, tag: tags.Tag, key: str, document: bytes) -> None:
         """Show a signed document beside the version it signs, where the store has such a place (a registry's

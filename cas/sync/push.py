@@ -26,7 +26,7 @@ from typing import NamedTuple
 from ..content.ref import ModelInfo
 from ..content.tags import Tag
 from ..content.tree import Tree
-from ..errors import NotFound, RepoError
+from ..errors import CasError, NotFound, RepoError
 from ..local.cache import LocalCache, Progress
 from ..repo.format import Location, locator_key, pack_key, tree_key
 from ..repo.repository import Repository, indexed_chunks, remote_url, run_with_repository, with_repository
@@ -90,17 +90,25 @@ async def _push(cache: LocalCache, info: ModelInfo, repo: Repository, progress: 
     if missing:
         raise AssertionError(f"chunk {missing[0].hex()} was not packed")
     await repo.put_tree(info.root, tree.encode(), locations)
-    await repo.put_ref(info)
+    new = await repo.put_ref(info)
     roles = await trust.sign(repo, [(Tag(info.name, info.version), info.root)], list(sign)) if sign else []
-    if not sign and await trust.is_set_up(repo):
-        import warnings
-
-        warnings.warn(f"cas: {public_url(repo.url)} is set up for signing and {info.tag} was pushed unsigned: hosts "
-                      f"with a trust policy refuse it until it is signed ('cas sign {info.tag} --remote URL --sign "
-                      "KEY', or push with --sign)", stacklevel=2)  # fmt: skip
     with contextlib.suppress(OSError):  # a cache this user cannot write still pushes; gc then keeps the model
         cache.refs.add_remote(info, public_url(repo.url))  # it can come back from there now: gc may evict it
+    if new and not sign:
+        await _warn_if_signing(repo, info)
     return PushStats(info, uploaded, present, time.perf_counter() - start, tuple(roles))
+
+
+async def _warn_if_signing(repo: Repository, info: ModelInfo) -> None:
+    """A new version pushed unsigned where publishers sign: hosts with a policy will refuse it, so say so now.
+    Only a warning: the push is done, and a repository that cannot answer this is no reason to fail it."""
+    with contextlib.suppress(CasError):
+        if await trust.is_set_up(repo):
+            import warnings
+
+            warnings.warn(f"cas: {public_url(repo.url)} is set up for signing and {info.tag} was pushed unsigned: "
+                          f"hosts with a trust policy refuse it until it is signed ('cas sign {info.tag} --remote URL "
+                          "--sign KEY', or push with --sign)", stacklevel=2)  # fmt: skip
 
 
 async def _reserve(repo: Repository, root: str, reused: dict[bytes, Location]) -> set[str]:
