@@ -265,12 +265,11 @@ class Cache(LocalCache):
             except NotFound as e:
                 raise NotFound(f"{e}{offline_note}") from None
         if why_offline:  # "set CAS_REMOTE" would send the user to what is set already
-            fix = ("unset CAS_OFFLINE" if offline is None else "drop offline=True") + (
-                "" if url else " and set CAS_REMOTE"
-            )
-            raise NotFound(f"model {t} is not in the cache at {self.root}; {why_offline}, so it was not pulled: {fix} "
-                           f"to pull it, or store it with 'cas add PATH {t.name}'")  # fmt: skip
-        raise NotFound(str(self.refs.not_found(str(t))))
+            fix = "unset CAS_OFFLINE" if offline is None else "drop offline=True"
+            also = "" if url else " and set CAS_REMOTE"
+            raise NotFound(f"model {t} is not in the cache at {self.root}; {why_offline}, so it was not pulled: {fix}"
+                           f"{also} to pull it, or store it with 'cas add PATH {t.name}'")  # fmt: skip
+        raise self.refs.not_found(str(t))
 
     async def _resolve_remotely(self, tag: str | tags.Tag, url: str, refresh: bool, policy: TrustPolicy | None,
                                 sel: Selection | None = None) -> ModelInfo:  # fmt: skip

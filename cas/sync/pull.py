@@ -144,7 +144,6 @@ class _Pull:
         verdict, info, tree, encoded = await self._verdict_and_tree(tags.parse(tag))
         files = selection.files(tree, info.tag) if selection is not None else tree.files
         fetched = reused = 0
-        was_here = False
         # One pull per root at a time on this host: racers wait (cancellably), then find the blobs there.
         async with self.cache.locks.ahold("objects", shared=True), self.cache.locks.ahold(f"pull-{info.root}"):
             try:
