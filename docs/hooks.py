@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -60,12 +61,20 @@ def cli_reference() -> str:
 
 
 def _reference(parser: argparse.ArgumentParser) -> str:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     out = ["```text", parser.format_help().rstrip(), "```", ""]
-    for name, command in sub.choices.items():
-        command.prog = f"cas {name}"
-        out += [f"## `cas {name}`", "", "```text", command.format_help().rstrip(), "```", ""]
+    for prog, command in _commands(parser, "cas"):
+        out += [f"## `{prog}`", "", "```text", command.format_help().rstrip(), "```", ""]
     return "\n".join(out)
+
+
+def _commands(parser: argparse.ArgumentParser, prog: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command below ``parser``, named as typed (``cas trust init``), each before its own subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                command.prog = f"{prog} {name}"
+                yield command.prog, command
+                yield from _commands(command, command.prog)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,7 @@ def main() -> None:
     ap.add_argument("--put-delay", type=float, default=0.0, help="seconds before each pack upload is passed on")
     ap.add_argument("--on-relist", default="", help="a shell command run before the second refs/ listing")
     args = ap.parse_args()
-    stats = {"requests": 0, "pack_requests": 0, "pack_bytes": 0, "faults": 0}
-    listings = {"refs/": 0}
+    stats = {"requests": 0, "pack_requests": 0, "pack_bytes": 0, "faults": 0, "refs_listings": 0}
     session: aiohttp.ClientSession | None = None
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -132,8 +131,8 @@ def main() -> None:
     async def _relist_hook(request: web.Request) -> None:
         if request.query.get("list") != "refs/":
             return
-        listings["refs/"] += 1
-        if args.on_relist and listings["refs/"] == 2:
+        stats["refs_listings"] += 1
+        if args.on_relist and stats["refs_listings"] == 2:
             proc = await asyncio.create_subprocess_shell(args.on_relist)
             await proc.wait()
 

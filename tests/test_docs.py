@@ -27,18 +27,25 @@ def test_the_committed_cli_reference_is_what_the_parser_says():
     has, and no other, each with every option it takes. Compared by content, not byte for byte: argparse lays
     help out a little differently from one Python to the next."""
     import argparse
+    import re
 
     from cas.cli import build_parser
 
+    def commands(parser: argparse.ArgumentParser, prog: str) -> dict[str, argparse.ArgumentParser]:
+        found = {}
+        for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+            for name, command in sub.choices.items():
+                found |= {f"{prog} {name}": command, **commands(command, f"{prog} {name}")}
+        return found
+
     page = (REPO / "docs" / "cli.md").read_text()
     stale = "docs/cli.md is stale: run 'python docs/hooks.py'"
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    sections = dict(part.split("`", 1) for part in page.split("\n## `cas ")[1:])
-    assert sorted(sections) == sorted(sub.choices), stale
-    for name, command in sub.choices.items():
-        for action in command._actions:
-            for option in action.option_strings:
-                assert option in sections[name], f"{stale} (cas {name} {option})"
+    sections = dict(part.split("`", 1) for part in page.split("\n## `")[1:])
+    parsed = commands(build_parser(), "cas")
+    assert "cas trust init" in parsed and sorted(sections) == sorted(parsed), stale
+    for prog, command in parsed.items():
+        for option in (o for action in command._actions for o in action.option_strings):
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", sections[prog]), f"{stale} ({prog} {option})"
 
 
 def test_every_environment_variable_cas_reads_is_on_the_configuration_page():

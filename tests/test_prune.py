@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -396,8 +398,10 @@ def test_a_ref_landing_while_forged_marks_are_being_deleted_keeps_what_it_reache
         await backend.update(marks_key(), lambda d: marks.encode(marks.Marks({}, dict.fromkeys(doomed, 1.0), {})))
 
     on_store(url, forge)
-    report = cas.prune_remote(proxy(url, on_relist=f"cp {held} {ref}"), grace=DAY, max_unused=1.0)
-    assert ref.is_file()  # the hook ran: the ref landed mid-prune
+    front = proxy(url, on_relist=f"cp {shlex.quote(str(held))} {shlex.quote(str(ref))}")
+    report = cas.prune_remote(front, grace=DAY, max_unused=1.0)
+    assert ref.is_file()  # the hook ran before the second listing: the survey's was the first, without the ref
+    assert json.loads(urllib.request.urlopen(front + "/_stats", timeout=30).read())["refs_listings"] == 2
     assert report.deleted.count == 0
     assert doomed <= objects(url)
     assert pulled(url, "m:v3", tmp_path / "h") == tree_files(models["m:v2"])

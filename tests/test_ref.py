@@ -10,8 +10,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cas import InvalidManifest, ModelInfo
+from cas import Cache, InvalidManifest, ModelInfo
 from cas.content import ref, tags
+
+from .conftest import published
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()
@@ -77,8 +79,6 @@ def test_tag_parts_are_checked_as_the_regex_did(part):
 def test_a_repository_ref_whose_root_is_not_a_digest_is_refused_before_anything_is_read(tmp_path, length):
     """A forged ref naming a root of the wrong length is refused as a ref, in one line: its hex would otherwise
     name some other key of the layout."""
-    from cas import Cache
-
     src = tmp_path / "model"
     src.mkdir()
     (src / "w.bin").write_bytes(b"weights")
@@ -97,8 +97,6 @@ def test_a_repository_ref_whose_root_is_not_a_digest_is_refused_before_anything_
 def test_a_local_ref_whose_remotes_are_not_strings_is_kept_as_stored_here_only(tmp_path):
     """gc evicts only what can come back: a ref record whose remotes field is malformed names no repository,
     so the version counts as stored here only and is never evicted."""
-    from cas import Cache
-
     src = tmp_path / "model"
     src.mkdir()
     (src / "w.bin").write_bytes(b"weights" * 1000)
@@ -116,13 +114,10 @@ def test_a_local_ref_whose_remotes_are_not_strings_is_kept_as_stored_here_only(t
 
 def _forge(tmp_path, change) -> str:
     """m:v1 pushed to a folder, then its ref record rewritten by ``change``: the repository's URL."""
-    from cas import Cache
-
     src = tmp_path / "model"
     src.mkdir()
     (src / "w.bin").write_bytes(b"weights")
-    Cache(tmp_path / "pub").add(src, "m:v1")
-    Cache(tmp_path / "pub").push("m:v1", f"file://{tmp_path / 'repo'}")
+    published(tmp_path, src, "m:v1", f"file://{tmp_path / 'repo'}")
     path = tmp_path / "repo" / "refs" / "m" / "v1"
     path.write_bytes(change(msgpack.unpackb(path.read_bytes(), raw=False)))
     return f"file://{tmp_path / 'repo'}"
@@ -141,8 +136,6 @@ def _forge(tmp_path, change) -> str:
 def test_a_forged_ref_record_is_refused_in_one_line_and_nothing_is_stored(tmp_path, change, message):
     """A repository answers refs/m/v1 with a record for another tag, of a format this cas cannot read, or
     larger than a ref may be: refused as a ref, so a hostile store cannot swap one model in for another."""
-    from cas import Cache
-
     url = _forge(tmp_path, lambda d: msgpack.packb(change(d), use_bin_type=True))
     host = Cache(tmp_path / "host")
     with pytest.raises(InvalidManifest, match=re.escape(message)):

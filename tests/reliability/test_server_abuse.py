@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import shutil
 import socket
 import sys
 import urllib.error
@@ -215,11 +216,10 @@ def test_a_listing_is_never_deleted_and_a_version_never_replaced_by_other_conten
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert request(port, "DELETE", "/index/names", auth) == 400
     assert request(port, "DELETE", "/index/versions/m", auth) == 400
-    (synthetic / "extra.bin").write_bytes(b"other content")
-    try:
-        published(tmp_path / "second", synthetic, "m:v2", url)
-    finally:
-        (synthetic / "extra.bin").unlink()
+    other = tmp_path / "other"
+    shutil.copytree(synthetic, other)  # the session's model stays as it is
+    (other / "extra.bin").write_bytes(b"other content")
+    published(tmp_path / "second", other, "m:v2", url)
     v1 = urllib.request.urlopen(url + "/refs/m/v1", timeout=30).read()
     v2 = msgpack.unpackb(urllib.request.urlopen(url + "/refs/m/v2", timeout=30).read(), raw=False)
     forged = msgpack.packb({**v2, "version": "v1"}, use_bin_type=True)
